@@ -1,0 +1,44 @@
+# edgenode: `make run` starts a node with the examples deployed; `make test` runs the tests.
+# Both set everything up first (a virtualenv in .venv, and missing system tools via apt-get).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= edgenode-data
+LISTEN ?= 127.0.0.1:8787
+
+.PHONY: setup system-deps run test bench lint package deb clean
+
+setup: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps:
+	@bash packaging/system-deps.sh
+
+run: setup
+	$(BIN)/python examples/run.py --data $(DATA) --listen $(LISTEN)
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+lint: setup
+	$(BIN)/ruff check edgenode tests bench examples
+	$(BIN)/mypy
+
+package: setup
+	bash packaging/build-zipapp.sh
+
+deb: package
+	bash packaging/build-deb.sh
+
+clean:
+	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,53 @@
+"""Build the Starlette app of a node from every capability's route module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from edgenode.api import core
+from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
+from edgenode.api.middleware import EdgeMiddleware
+from edgenode.errors import EdgenodeError
+
+if TYPE_CHECKING:
+    from edgenode.node import Node
+
+#: Route modules, each with ``routes`` and optionally ``public`` (paths or "prefix/" that skip
+#: bearer auth because they check their own credentials). Capabilities add theirs here.
+ROUTE_MODULES: list[ModuleType] = [core]
+
+
+def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
+    """The ASGI app serving ``node``; its lifespan starts and stops the node."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        if on_ready is not None:
+            await on_ready()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    routes = [route for module in ROUTE_MODULES for route in module.routes]
+    public = [p for module in ROUTE_MODULES for p in getattr(module, "public", ())]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(EdgeMiddleware, auth=node.auth, metrics=node.metrics, public=public)],
+        exception_handlers={
+            EdgenodeError: on_edgenode_error,
+            HTTPException: on_http_exception,
+            Exception: on_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    return app

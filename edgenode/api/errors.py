@@ -1,0 +1,73 @@
+"""Turn exceptions into ``{"error": {"code", "message", "id", ...}}`` responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgenode.errors import EdgenodeError, Internal, MethodNotAllowed, NotFound
+
+log = logging.getLogger("edgenode.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_body(exc: EdgenodeError, request_id: str) -> bytes:
+    """The JSON body for ``exc``; structured details sit beside code, message and id."""
+    error = {"code": exc.code, "message": exc.message, "id": request_id}
+    for key, value in exc.details.items():
+        if value is not None and key not in error:
+            error[key] = value
+    return json.dumps({"error": error}, default=str).encode()
+
+
+def error_response(exc: EdgenodeError, request: Request) -> Response:
+    """A JSON error response with the exception's status and headers."""
+    request_id = request.scope.get("edgenode.request_id", "-")
+    return Response(
+        error_body(exc, request_id), status_code=exc.status, headers=exc.headers(), media_type="application/json"
+    )
+
+
+async def on_edgenode_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EdgenodeError)
+    if exc.status >= 500:
+        log.warning("request failed", extra={"code": exc.code, "error": exc.message})
+    return error_response(exc, request)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        mapped: EdgenodeError = NotFound(f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        response = error_response(mapped, request)
+        if exc.headers and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    else:
+        mapped = EdgenodeError(str(exc.detail))
+        mapped.status = exc.status_code  # type: ignore[misc]
+        mapped.code = _HTTP_CODES.get(exc.status_code, "http_error")  # type: ignore[misc]
+    return error_response(mapped, request)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(Internal(f"internal error ({type(exc).__name__}); see the node's log"), request)

@@ -1,0 +1,109 @@
+"""The client side of the command line: an HTTP client for a running node."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+
+
+@dataclass
+class ClientContext:
+    """Where the node is and which token to send; built from the group's options."""
+
+    url: str | None
+    token: str | None
+    data_dir: Path | None
+    timeout_s: float = 60.0
+    _client: httpx.Client | None = field(default=None, repr=False)
+
+    def base_url(self) -> str:
+        """The node's URL: ``--url``, else the URL a local node in ``--data`` wrote, else the default."""
+        if self.url:
+            return self.url.rstrip("/")
+        if self.data_dir is not None:
+            url_file = self.data_dir / "url"
+            if url_file.exists():
+                return url_file.read_text().strip()
+        return DEFAULT_URL
+
+    def bearer(self) -> str | None:
+        """``--token``, else the admin token of a local node in ``--data``."""
+        if self.token:
+            return self.token
+        if self.data_dir is not None:
+            token_file = self.data_dir / "admin-token"
+            if token_file.exists():
+                return token_file.read_text().strip()
+        return None
+
+    def client(self) -> httpx.Client:
+        """A shared httpx client with the base URL and bearer token set."""
+        if self._client is None:
+            headers = {"user-agent": "edgenode-cli"}
+            token = self.bearer()
+            if token:
+                headers["authorization"] = f"Bearer {token}"
+            self._client = httpx.Client(base_url=self.base_url(), headers=headers, timeout=self.timeout_s)
+        return self._client
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; print the node's JSON error and exit 1 on failure; return parsed JSON."""
+        try:
+            response = self.client().request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"cannot reach the node at {self.base_url()}: {exc}") from exc
+        return check(response)
+
+
+def check(response: httpx.Response) -> Any:
+    """The response's JSON (or text) if it succeeded; a ClickException naming the error otherwise."""
+    if response.is_error:
+        try:
+            error = response.json()["error"]
+            message = f"{response.status_code} {error['code']}: {error['message']} (request {error['id']})"
+        except (ValueError, KeyError, TypeError):
+            message = f"{response.status_code}: {response.text[:500]}"
+        raise click.ClickException(message)
+    if response.status_code == 204 or not response.content:
+        return None
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    return response.text
+
+
+def echo_json(data: Any) -> None:
+    """Print ``data`` as indented JSON."""
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Print rows as a plain aligned table (nothing when empty, to stderr a note)."""
+    if not rows:
+        click.echo("(none)", err=True)
+        return
+    widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(_cell(row.get(c)).ljust(widths[c]) for c in columns).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value > 1e9:  # a timestamp
+        import datetime
+
+        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value)
+
+
+pass_client = click.make_pass_decorator(ClientContext)
+
+__all__ = ["ClientContext", "check", "echo_json", "echo_table", "pass_client"]

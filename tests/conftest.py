@@ -1,0 +1,57 @@
+"""Fixtures shared by every test: real nodes on loopback, in-process apps, clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from edgenode.api import build_app
+from edgenode.config import Config
+from edgenode.node import Node
+from tests.support import NodeProcess
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A real node process on loopback, shared by the tests of one module."""
+    proc = NodeProcess(tmp_path_factory.mktemp("node"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(node: NodeProcess) -> Iterator[httpx.Client]:
+    """An httpx client for ``node`` with the admin token."""
+    with node.client() as c:
+        yield c
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """A factory of real node processes, each stopped at the end of the test."""
+    started: list[NodeProcess] = []
+
+    def make(name: str = "node", **kwargs: Any) -> NodeProcess:
+        proc = NodeProcess(tmp_path / name, **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[tuple[Node, TestClient]]:
+    """A node served in-process (no socket) and a TestClient holding its admin token."""
+    node = Node(Config.load(env={}, overrides={"data_dir": tmp_path / "data"}))
+    app = build_app(node)
+    with TestClient(app, headers={"authorization": f"Bearer {node.admin_token}"},
+                    raise_server_exceptions=False) as c:
+        yield node, c
