@@ -86,6 +86,11 @@ class StateSettings:
     max_value_bytes: int = setting(1024 * 1024, "Largest key-value value, in bytes (413 beyond).")
     sql_time_limit_ms: int = setting(5000, "Longest a SQL statement may run, in ms.")
     sql_max_result_bytes: int = setting(8 * 1024 * 1024, "Largest SQL result, in bytes.")
+    max_key_bytes: int = setting(1024, "Longest key-value key, in UTF-8 bytes.")
+    max_open_namespaces: int = setting(
+        128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files."
+    )
+    namespace_readers: int = setting(2, "Reader connections per open namespace database.")
 
 
 @dataclass
@@ -95,6 +100,19 @@ class ClusterSettings:
     advertise_url: str = setting("", "URL peers use to reach this node; empty derives it from --listen.")
     sync_interval_s: float = setting(5.0, "Mean interval between anti-entropy pulls from a random peer.")
     push_timeout_s: float = setting(2.0, "Timeout for pushing changes to one peer, in seconds.")
+    heartbeat_interval_s: float = setting(2.0, "Interval between health checks and peer exchange with each peer.")
+    peer_auth_window_s: float = setting(
+        60.0, "How far a signed peer request's timestamp may be from this node's clock, in seconds."
+    )
+    clock_offset_ms: int = setting(
+        0, "Shift this node's clock for replication timestamps, in ms (a test and drill knob for clock skew)."
+    )
+    snapshot_threshold_versions: int = setting(
+        5000, "A peer missing more versions of a namespace than this gets a snapshot instead of the change tail."
+    )
+    sync_batch_rows: int = setting(2000, "Rows sent in one anti-entropy response before the puller asks again.")
+    max_peer_body_bytes: int = setting(64 * 1024 * 1024, "Largest peer request body, in bytes.")
+    forget_peer_after_s: float = setting(600.0, "Forget a learned (not configured) peer failing this long.")
 
 
 @dataclass

@@ -188,3 +188,117 @@ class PeerAuthFailed(Unauthorized):
     """A peer request carried no valid fleet signature."""
 
     code = "peer_auth_failed"
+
+
+# -- artifacts -------------------------------------------------------------
+
+
+class ArtifactNotFound(NotFound):
+    """No repository, ref, path or object by that name in this tenant."""
+
+    code = "artifact_not_found"
+
+
+class RepoExists(Conflict):
+    """A repository with that name already exists in this tenant."""
+
+    code = "repo_exists"
+
+
+class ParentMoved(Conflict):
+    """The branch head is no longer the parent the commit was built on."""
+
+    code = "parent_moved"
+
+    def __init__(self, message: str, *, expected: str | None, actual: str | None) -> None:
+        super().__init__(message, expected=expected, actual=actual)
+        self.expected = expected
+        self.actual = actual
+
+
+class RepoInUse(Conflict):
+    """The repository cannot be changed that way now (a fork depends on it, or it is busy)."""
+
+    code = "repo_in_use"
+
+
+class ImportFailed(BadRequest):
+    """Importing a repository from a Git URL failed (unreachable, refused or not Git)."""
+
+    code = "import_failed"
+
+
+class PackTooLarge(PayloadTooLarge):
+    """A pushed pack is larger than the node's limit; nothing of it was kept."""
+
+    code = "pack_too_large"
+
+
+class GitAuthRequired(Unauthorized):
+    """A Git request carried no valid repository credentials (HTTP basic auth)."""
+
+    code = "git_auth_required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="edgenode git"'}
+
+
+class ReadOnlyToken(Forbidden):
+    """A read-only repository token was used to push."""
+
+    code = "read_only_token"
+
+
+class AnnouncementRejected(Unauthorized):
+    """A ref announcement's fleet signature is missing, forged or stale."""
+
+    code = "announcement_rejected"
+
+
+# -- state and cluster -----------------------------------------------------
+
+
+class VersionMismatch(EdgenodeError):
+    """A compare-and-set write named a version that is not the key's current one."""
+
+    code = "version_mismatch"
+    status = 412
+
+    def __init__(self, message: str, *, expected: str | None, current: str | None) -> None:
+        super().__init__(message, expected=expected, current=current)
+        self.expected = expected
+        self.current = current
+
+
+class SqlError(BadRequest):
+    """SQLite rejected a statement (syntax, constraint, missing table, ...)."""
+
+    code = "sql_error"
+
+
+class SqlRefused(Forbidden):
+    """A statement would escape its namespace or break replication (ATTACH, PRAGMA, DROP, ...)."""
+
+    code = "sql_refused"
+
+
+class SqlTimeLimit(BadRequest):
+    """A statement ran longer than the namespace's time limit and was interrupted."""
+
+    code = "sql_time_limit_exceeded"
+
+    def __init__(self, message: str, *, limit_ms: int) -> None:
+        super().__init__(message, limit_ms=limit_ms)
+        self.limit_ms = limit_ms
+
+
+class SqlResultTooLarge(PayloadTooLarge):
+    """A statement's result is larger than the result size limit."""
+
+    code = "sql_result_too_large"
+
+
+class MalformedChanges(BadRequest):
+    """A peer sent replication data that does not check out; none of it was applied."""
+
+    code = "malformed_changes"

@@ -32,7 +32,6 @@ class NodeProcess:
         self.listen = listen
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
-        self._log: Any = None
 
     @property
     def admin_token(self) -> str:
@@ -48,12 +47,12 @@ class NodeProcess:
         url_file.unlink(missing_ok=True)  # a node killed with -9 leaves it behind
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGENODE_")}
         env.update(self.env)
-        self._log = open(self.data_dir / "node.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgenode", "serve", "--data", str(self.data_dir), "--listen", self.listen,
-             *self.args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        with open(self.data_dir / "node.log", "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgenode", "serve", "--data", str(self.data_dir), "--listen", self.listen,
+                 *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -100,11 +99,7 @@ class NodeProcess:
 
     def _finish(self) -> int:
         assert self.proc is not None
-        code = self.proc.returncode
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
+        return self.proc.returncode
 
     def log(self) -> str:
         path = self.data_dir / "node.log"

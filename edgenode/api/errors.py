@@ -8,6 +8,7 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from edgenode.errors import EdgenodeError, Internal, MethodNotAllowed, NotFound
 
@@ -58,14 +59,23 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
         response = error_response(mapped, request)
-        if exc.headers and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        response.headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
         return response
     else:
         mapped = EdgenodeError(str(exc.detail))
         mapped.status = exc.status_code  # type: ignore[misc]
         mapped.code = _HTTP_CODES.get(exc.status_code, "http_error")  # type: ignore[misc]
     return error_response(mapped, request)
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Methods of every route whose path matches (one path may have a route per method)."""
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            allowed |= set(getattr(route, "methods", None) or ())
+    return allowed
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

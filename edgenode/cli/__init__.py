@@ -30,6 +30,7 @@ def cli(ctx: click.Context, url: str | None, token: str | None, data_dir: Path |
     over HTTP (`--url`, `--token`, or `--data` of a local node).
     """
     ctx.obj = ClientContext(url=url, token=token, data_dir=data_dir)
+    ctx.call_on_close(ctx.obj.close)
 
 
 for command in (serve, init, status, token, settings):

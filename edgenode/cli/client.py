@@ -53,6 +53,12 @@ class ClientContext:
             self._client = httpx.Client(base_url=self.base_url(), headers=headers, timeout=self.timeout_s)
         return self._client
 
+    def close(self) -> None:
+        """Close the HTTP client, if one was opened."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; print the node's JSON error and exit 1 on failure; return parsed JSON."""
         try:

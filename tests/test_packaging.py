@@ -1,0 +1,112 @@
+"""The systemd unit, the single-file build and the .deb."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "edgenode.service"
+
+
+def _unit_settings() -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+def test_unit_is_notify_hardened_and_lets_bwrap_work() -> None:
+    unit = _unit_settings()
+    assert unit["Type"] == "notify" and unit["User"] == "edgenode" and unit["Restart"] == "on-failure"
+    assert unit["StateDirectory"] == "edgenode" and "WatchdogSec" in unit
+    for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges", "RestrictAddressFamilies"):
+        assert key in unit, key
+    assert unit["ProtectSystem"] == "strict"
+    # bwrap needs these namespaces, netlink for loopback in a new netns, and a fully visible /proc
+    assert set(unit["RestrictNamespaces"].split()) >= {"user", "mnt", "pid", "net"}
+    assert "AF_NETLINK" in unit["RestrictAddressFamilies"]
+    for breaks_bwrap in ("ProtectKernelTunables", "ProtectProc", "ProtectKernelLogs", "MemoryDenyWriteExecute"):
+        assert breaks_bwrap not in unit, breaks_bwrap
+    assert "${STATE_DIRECTORY}" in unit["ExecStart"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify checks that ExecStart exists, so point it at this checkout's entry point
+    entry = shutil.which("edgenode", path=str(Path(sys.executable).parent)) or "/bin/true"
+    good = tmp_path / "edgenode.service"
+    good.write_text(UNIT.read_text().replace("/usr/bin/edgenode", entry))
+    result = subprocess.run(["systemd-analyze", "verify", str(good)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # and the same check does catch a broken unit
+    broken = tmp_path / "broken.service"
+    broken.write_text(good.read_text().replace("Type=notify", "Type=notifyy"))
+    result = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True)
+    assert "notifyy" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "edgenode.pyz"
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-zipapp.sh"), str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_zipapp_starts_a_node(zipapp: Path, tmp_path: Path) -> None:
+    assert zipapp.read_bytes()[:2] == b"#!"
+    env = {"SHIV_ROOT": str(tmp_path / "shiv")}
+    data = tmp_path / "data"
+    # an isolated interpreter (-I): the zipapp must carry its own dependencies
+    node_cmd = [sys.executable, "-I", str(zipapp)]
+    proc = subprocess.run([*node_cmd, "--version"], capture_output=True, text=True, env={**os.environ, **env},
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "edgenode" in proc.stdout
+    server = subprocess.Popen([*node_cmd, "serve", "--data", str(data), "--listen", "127.0.0.1:0"],
+                              env={**os.environ, **env}, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = wait_for(lambda: (data / "url").exists() and (data / "url").read_text().strip(), timeout=120,
+                       message="zipapp node to listen")
+        assert httpx.get(url + "/healthz").json()["status"] == "ok"
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("fakeroot") is None, reason="needs dpkg-deb")
+def test_deb_package(zipapp: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-deb.sh"), str(zipapp), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    deb = next(tmp_path.glob("edgenode_*.deb"))
+    info = subprocess.run(["dpkg-deb", "--field", str(deb)], capture_output=True, text=True).stdout
+    assert "Package: edgenode" in info and "bubblewrap" in info and "python3" in info
+    contents = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True).stdout
+    for path in ("./usr/bin/edgenode", "./usr/lib/edgenode/edgenode.pyz", "./lib/systemd/system/edgenode.service",
+                 "./etc/edgenode/edgenode.toml"):
+        assert path in contents, path
+    extracted = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "--raw-extract", str(deb), str(extracted)], check=True)
+    for script in ("postinst", "prerm", "postrm"):
+        path = extracted / "DEBIAN" / script
+        assert os.access(path, os.X_OK)
+        assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
+    assert "adduser --system" in (extracted / "DEBIAN" / "postinst").read_text()
+    assert (extracted / "usr/lib/edgenode/edgenode.pyz").read_bytes() == zipapp.read_bytes()
