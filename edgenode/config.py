@@ -77,6 +77,16 @@ class SandboxSettings:
     max_exec_s: int = setting(3600, "Node-wide ceiling on one exec's wall time, in seconds.")
     max_output_bytes: int = setting(4 * 1024 * 1024, "Output kept per exec stream before truncation, in bytes.")
     idle_timeout_s: int = setting(900, "Release an idle sandbox's processes after this long; files stay.")
+    max_cpu_s: int = setting(3600, "Node-wide ceiling on one sandboxed process's CPU time, in seconds.")
+    max_open_files: int = setting(4096, "Node-wide ceiling on open files per sandboxed process.")
+    default_memory_mb: int = setting(1024, "Address space per sandboxed process when a sandbox sets none, in MiB.")
+    default_pids: int = setting(128, "Processes per sandbox when a sandbox sets none.")
+    default_disk_mb: int = setting(1024, "Workspace quota when a sandbox sets none, in MiB.")
+    default_exec_s: int = setting(300, "Wall time of one exec when neither the exec nor its sandbox sets one, in s.")
+    default_cpu_s: int = setting(600, "CPU time per sandboxed process when a sandbox sets none, in seconds.")
+    default_open_files: int = setting(1024, "Open files per sandboxed process when a sandbox sets none.")
+    uid_base: int = setting(1_200_000, "First host uid given to sandboxes (each gets its own) when the node is root.")
+    reaper_interval_s: float = setting(30.0, "How often idle sandboxes are looked for, in seconds.")
 
 
 @dataclass
@@ -130,6 +140,24 @@ class AgentSettings:
 
     retention_days: float = setting(7.0, "Keep a finished run's journal this many days.")
     scheduler_interval_s: float = setting(0.5, "How often the scheduler looks for due timers, in seconds.")
+    runner: str = setting("process", "Where agent code runs: process (a fresh interpreter per activation) "
+                          "or inprocess (node threads, trusted code only).")
+    max_active_runs: int = setting(8, "Activations running at once; more due runs wait their turn.")
+    max_code_bytes: int = setting(1024 * 1024, "Largest deployed agent source, all files together, in bytes.")
+    max_result_bytes: int = setting(1024 * 1024, "Largest step result or agent state, as JSON, in bytes.")
+    max_event_bytes: int = setting(1024 * 1024, "Largest event payload or approval data, as JSON, in bytes.")
+    prune_interval_s: float = setting(60.0, "How often finished runs past retention are pruned, in seconds.")
+    model_timeout_s: float = setting(120.0, "Timeout of one model request, in seconds.")
+    model_retries: int = setting(2, "Retries of a failed model request (connection errors, 429, 5xx).")
+    openai_api_key: str = setting("", "API key for openai: models (a tenant secret OPENAI_API_KEY wins).",
+                                  secret=True)
+    openai_base_url: str = setting("", "Base URL for openai: models; empty uses the provider's default.")
+    anthropic_api_key: str = setting("", "API key for anthropic: models (a tenant secret ANTHROPIC_API_KEY wins).",
+                                     secret=True)
+    anthropic_base_url: str = setting("", "Base URL for anthropic: models; empty uses the provider's default.")
+    model_endpoints: list[str] = setting([], "OpenAI-compatible servers as NAME=BASE_URL (vLLM, llama.cpp, "
+                                         "Ollama); NAME:model then calls that server. Key: tenant secret "
+                                         "NAME_API_KEY, if any.")
 
 
 @dataclass
@@ -141,7 +169,9 @@ class Config:
     peers: list[str] = setting([], "Base URLs of peer nodes to replicate with.")
     fleet_secret: str = setting("", "Shared secret that authenticates peers of one fleet.", secret=True)
     fleet_secret_file: str = setting("", "File holding the fleet secret (read if fleet_secret is empty).")
-    admin_token: str = setting("", "Admin token; empty generates one at first start into DATA/admin-token.", secret=True)
+    admin_token: str = setting(
+        "", "Admin token; empty generates one at first start into DATA/admin-token.", secret=True
+    )
     log_level: str = setting("info", "Log level: debug, info, warning or error.")
     log_format: str = setting("json", "Log format: json (one object per line) or text.")
     http: HttpSettings = section(HttpSettings)

@@ -66,7 +66,7 @@ async def serve(node: Node) -> None:
     """Serve ``node`` until SIGTERM or SIGINT, then drain and stop within the configured bound."""
     settings = node.config.http
     sock = bind(node.config.listen)
-    node.url = url_for(sock)
+    url = node.url = url_for(sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     interrupts = 0
@@ -92,9 +92,9 @@ async def serve(node: Node) -> None:
     async def on_ready() -> None:
         nonlocal watchdog
         url_file = node.data_dir / "url"
-        url_file.write_text(node.url + "\n")
-        log.info("listening", extra={"url": node.url, "node": node.id})
-        systemd.notify("READY=1", f"STATUS=serving on {node.url}")
+        url_file.write_text(url + "\n")
+        log.info("listening", extra={"url": url, "node": node.id})
+        systemd.notify("READY=1", f"STATUS=serving on {url}")
         interval = systemd.watchdog_interval()
         if interval is not None:
             watchdog = asyncio.create_task(_ping_watchdog(interval))

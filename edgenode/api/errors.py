@@ -46,6 +46,7 @@ def error_response(exc: EdgenodeError, request: Request) -> Response:
 
 
 async def on_edgenode_error(request: Request, exc: Exception) -> Response:
+    """Map an EdgenodeError to its status and JSON body; log server-side failures."""
     assert isinstance(exc, EdgenodeError)
     if exc.status >= 500:
         log.warning("request failed", extra={"code": exc.code, "error": exc.message})
@@ -53,6 +54,7 @@ async def on_edgenode_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
+    """Give the router's own 404 and 405 (and any other HTTPException) the JSON error shape."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         mapped: EdgenodeError = NotFound(f"no route for {request.method} {request.url.path}")
@@ -79,5 +81,6 @@ def _allowed_methods(request: Request) -> set[str]:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: log it with its traceback and answer 500 without internals."""
     log.exception("unhandled error", exc_info=exc)
     return error_response(Internal(f"internal error ({type(exc).__name__}); see the node's log"), request)

@@ -80,7 +80,7 @@ class EdgeMiddleware:
             template = getattr(route, "path", None) or "<unmatched>"
             status = status_holder["status"]
             self.metrics.observe_request(scope["method"], template, status, elapsed)
-            principal = scope.get("edgenode.principal")
+            caller = scope.get("edgenode.principal")
             log.info(
                 "request",
                 extra={
@@ -89,7 +89,7 @@ class EdgeMiddleware:
                     "route": template,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 3),
-                    "tenant": getattr(principal, "tenant", None),
+                    "tenant": getattr(caller, "tenant", None),
                 },
             )
             request_id_var.reset(token)

@@ -106,7 +106,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, float) and value > 1e9:  # a timestamp
         import datetime
 
-        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     return str(value)
 
 
