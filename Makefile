@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DATA   ?= edgenode-data
+DATA   ?= .edgenode
 LISTEN ?= 127.0.0.1:8787
 
 .PHONY: setup system-deps run test bench lint package deb clean

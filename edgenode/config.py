@@ -164,7 +164,7 @@ class AgentSettings:
 class Config:
     """All of a node's settings."""
 
-    data_dir: Path = setting(Path("edgenode-data"), "Directory holding the node's databases, id and admin token.")
+    data_dir: Path = setting(Path(".edgenode"), "Directory holding the node's databases, id and admin token.")
     listen: str = setting("127.0.0.1:8787", "Address to serve HTTP on, HOST:PORT (port 0 picks a free one).")
     peers: list[str] = setting([], "Base URLs of peer nodes to replicate with.")
     fleet_secret: str = setting("", "Shared secret that authenticates peers of one fleet.", secret=True)

@@ -17,7 +17,7 @@ def test_precedence_defaults_toml_env_flags(tmp_path: Path) -> None:
     assert config.log_level == "warning"  # env over toml
     assert config.workers.max_cpu_ms == 333  # flag over env
     assert config.workers.default_cpu_ms == 5  # toml, untouched by later layers
-    assert config.data_dir == Path("edgenode-data")  # a None flag masks nothing
+    assert config.data_dir == Path(".edgenode")  # a None flag masks nothing
 
 
 def test_list_settings_from_env_and_flags() -> None:

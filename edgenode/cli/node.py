@@ -24,7 +24,7 @@ _data_option = click.option(
     "--data",
     "data_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Data directory (databases, node id, admin token). [default: ./edgenode-data]",
+    help="Data directory (databases, node id, admin token). [default: ./.edgenode]",
 )
 _config_option = click.option(
     "--config",
