@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edgenode.api.common import json, node_of, principal
+from edgenode.api.common import admin, json, node_of
 from edgenode.errors import InvalidJson
 
 #: Peer routes check the fleet signature themselves.
@@ -28,8 +28,8 @@ def _parse(body: bytes) -> Any:
 
 
 async def cluster(request: Request) -> Response:
-    """This node, its peers, their health and replication lag."""
-    principal(request)
+    """This node, its peers, their health and replication lag (admin: peer URLs are fleet-internal)."""
+    admin(request)
     return json(node_of(request).cluster.describe())
 
 

@@ -1,0 +1,265 @@
+"""Artifacts benchmark: clone and push through a node beside ``git http-backend``; ref propagation.
+
+Run: ``python -m bench.artifacts [--files 1000] [--commits 200] [--runs 5] [--rounds 30]``.
+
+- Baseline: git's own smart HTTP server, ``git http-backend``, run as CGI by a tiny threaded
+  HTTP server on loopback, serving a bare repository that received the same push.
+- Clone/push: the same 1,000-file, 200-commit repository, pushed to an empty repository on
+  each server, then cloned; medians of several runs, plus the first (cold) clone.
+- Propagation: five nodes of one fleet; an API commit on one node, timed until each of the
+  other four lists the new commit id; p50 and p99 over every (commit, node) pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import NodeProcess  # noqa: E402
+
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Bench",
+           "GIT_AUTHOR_EMAIL": "bench@example.com", "GIT_COMMITTER_NAME": "Bench",
+           "GIT_COMMITTER_EMAIL": "bench@example.com"}
+
+
+def git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_ENV)
+    env["HOME"] = str(cwd or Path.cwd())
+    return subprocess.run(["git", *args], cwd=cwd, env=env, input=input, capture_output=True, check=True).stdout
+
+
+def make_source(path: Path, files: int, commits: int, seed: int = 7) -> None:
+    """A repository with ``files`` files and ``commits`` commits, written with git fast-import."""
+    rng = random.Random(seed)
+    git("init", "-q", "-b", "main", str(path))
+    contents = {f"d{i % 20}/f{i}.txt": "".join(f"line {j} {rng.random()}\n" for j in range(30)) for i in range(files)}
+    out: list[bytes] = []
+    stamp = 1_700_000_000
+    for c in range(commits):
+        changed = list(contents) if c == 0 else rng.sample(list(contents), 5)
+        if c:
+            for p in changed:
+                contents[p] += f"change {c}\n"
+        msg = f"commit {c}\n".encode()
+        out.append(b"commit refs/heads/main\n")
+        out.append(f"committer Bench <bench@example.com> {stamp + c} +0000\n".encode())
+        out.append(b"data %d\n" % len(msg) + msg)
+        for p in changed:
+            data = contents[p].encode()
+            out.append(f"M 100644 inline {p}\n".encode() + b"data %d\n" % len(data) + data + b"\n")
+    git("fast-import", "--quiet", cwd=path, input=b"".join(out))
+    git("checkout", "-q", "main", cwd=path)
+
+
+class _CgiHandler(BaseHTTPRequestHandler):
+    """Runs ``git http-backend`` per request, as a CGI server would."""
+
+    protocol_version = "HTTP/1.1"
+    root = ""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _run(self) -> None:
+        path, _, query = self.path.partition("?")
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            body = b"".join(parts)
+        else:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        env = {"GIT_PROJECT_ROOT": self.root, "GIT_HTTP_EXPORT_ALL": "1", "REQUEST_METHOD": self.command,
+               "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_TYPE": self.headers.get("content-type", ""),
+               "CONTENT_LENGTH": str(len(body)), "PATH": os.environ["PATH"], "REMOTE_USER": "bench",
+               "REMOTE_ADDR": "127.0.0.1", "GIT_PROTOCOL": self.headers.get("git-protocol", ""),
+               "HTTP_CONTENT_ENCODING": self.headers.get("content-encoding", "")}
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.split(b"\r\n"):
+            key, _, value = line.decode().partition(":")
+            if key.lower() == "status":
+                status = int(value.strip().split()[0])
+            elif key:
+                headers.append((key, value.strip()))
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _run
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_transfer(work: Path, files: int, commits: int, runs: int) -> dict[str, Any]:
+    src = work / "src"
+    make_source(src, files, commits)
+    objects = len(git("rev-list", "--all", "--objects", cwd=src).splitlines())
+
+    cgi_root = work / "cgi"
+    cgi_root.mkdir()
+    handler = type("H", (_CgiHandler,), {"root": str(cgi_root)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cgi_url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    node = NodeProcess(work / "node").start()
+    api = node.client()
+    results: dict[str, dict[str, list[float]]] = {"node": {"push": [], "clone": []},
+                                                   "git http-backend": {"push": [], "clone": []}}
+    try:
+        for run in range(runs):
+            name = f"r{run}"
+            assert api.post("/v1/repos", json={"name": name}).status_code == 201
+            token = api.post(f"/v1/repos/{name}/tokens", json={"access": "write", "ttl_s": 3600}).json()["token"]
+            node_url = node.url.replace("http://", f"http://b:{token}@") + f"/git/default/{name}.git"
+            git("init", "-q", "--bare", str(cgi_root / f"{name}.git"))
+            git("config", "http.receivepack", "true", cwd=cgi_root / f"{name}.git")
+            cgi_repo = f"{cgi_url}/{name}.git"
+            # Alternate the order so neither server always goes first.
+            pairs = [("node", node_url), ("git http-backend", cgi_repo)]
+            if run % 2:
+                pairs.reverse()
+            for label, url in pairs:
+                results[label]["push"].append(timed(lambda url=url: git("push", "-q", url, "main", cwd=src)))
+            for label, url in pairs:
+                dest = work / f"clone-{label.replace(' ', '_')}-{run}"
+                results[label]["clone"].append(timed(lambda url=url, dest=dest: git("clone", "-q", url, str(dest),
+                                                                                   cwd=work)))
+                shutil.rmtree(dest)
+        # Warm clones of one repository (the steady state of a busy repository).
+        token = api.post("/v1/repos/r0/tokens", json={"access": "read", "ttl_s": 3600}).json()["token"]
+        node_url = node.url.replace("http://", f"http://b:{token}@") + "/git/default/r0.git"
+        for label, url in (("node", node_url), ("git http-backend", f"{cgi_url}/r0.git")):
+            warm = []
+            for i in range(runs):
+                dest = work / f"warm-{i}"
+                warm.append(timed(lambda url=url, dest=dest: git("clone", "-q", url, str(dest), cwd=work)))
+                shutil.rmtree(dest)
+            results[label]["warm_clone"] = warm
+        artifacts = api.get("/v1/status").json()["capabilities"]["artifacts"]
+        cache = (artifacts["pack_cache_hits"], artifacts["pack_cache_misses"])
+    finally:
+        api.close()
+        node.stop()
+        server.shutdown()
+    return {"objects": objects, "results": results, "cache": cache}
+
+
+def bench_propagation(work: Path, nodes: int, rounds: int) -> list[float]:
+    env = {"EDGENODE_FLEET_SECRET": "bench-fleet-secret", "EDGENODE_ADMIN_TOKEN": "edn_admin_bench_token_0123456789abc",
+           "EDGENODE_CLUSTER_HEARTBEAT_INTERVAL_S": "0.5"}
+    fleet: list[NodeProcess] = []
+    try:
+        for i in range(nodes):
+            fleet.append(NodeProcess(work / f"p{i}", env=env, args=[a for n in fleet for a in ("--peer", n.url)])
+                         .start())
+        clients = [httpx.Client(base_url=n.url, headers={"authorization": f"Bearer {env['EDGENODE_ADMIN_TOKEN']}"})
+                   for n in fleet]
+
+        def wait(pred: Any, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not pred():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("fleet did not converge")
+                time.sleep(0.01)
+
+        wait(lambda: all(len(c.get("/v1/cluster").json()["peers"]) >= nodes - 1 for c in clients))
+        clients[0].post("/v1/repos", json={"name": "prop"})
+        wait(lambda: all(c.get("/v1/repos/prop").status_code == 200 for c in clients))
+        samples: list[float] = []
+        rng = random.Random(3)
+        for r in range(rounds):
+            origin = rng.randrange(nodes)
+            head = clients[origin].get("/v1/repos/prop/refs").json()["refs"].get("refs/heads/main")
+            body = {"branch": "main", "message": f"round {r}", "files": {f"f{r}.txt": f"{r}\n"},
+                    "parent": head or ""}
+            started = time.perf_counter()
+            response = clients[origin].post("/v1/repos/prop/commits", json=body)
+            response.raise_for_status()
+            sha = response.json()["commit"]
+            pending = {i for i in range(nodes) if i != origin}
+            deadline = time.monotonic() + 30
+            while pending and time.monotonic() < deadline:
+                for i in list(pending):
+                    refs = clients[i].get("/v1/repos/prop/refs").json()["refs"]
+                    if refs.get("refs/heads/main") == sha:
+                        samples.append(time.perf_counter() - started)
+                        pending.discard(i)
+                time.sleep(0.005)
+            if pending:
+                raise TimeoutError(f"round {r}: nodes {pending} never got {sha}")
+        for c in clients:
+            c.close()
+        return samples
+    finally:
+        for n in fleet:
+            n.stop()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--commits", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args(argv or [])  # bench/run_all.py calls main() with its own argv in sys.argv
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-artifacts-") as tmp:
+        work = Path(tmp)
+        transfer = bench_transfer(work / "transfer", args.files, args.commits, args.runs)
+        samples = bench_propagation(work / "propagation", args.nodes, args.rounds)
+
+    res = transfer["results"]
+    print(f"\nrepository: {args.files} files, {args.commits} commits, {transfer['objects']} objects; "
+          f"{args.runs} runs, medians in ms")
+    print(f"{'operation':<14}{'node':>10}{'git http-backend':>20}{'ratio':>8}")
+    for op, label in (("push", "push"), ("clone", "cold clone"), ("warm_clone", "warm clone")):
+        mine = statistics.median(res["node"][op]) * 1000
+        base = statistics.median(res["git http-backend"][op]) * 1000
+        print(f"{label:<14}{mine:>10.0f}{base:>20.0f}{mine / base:>8.2f}")
+    hits, misses = transfer["cache"]
+    print(f"(node clone answer cache: {hits} hits, {misses} misses; cold clones are misses by construction)")
+    print(f"\nref propagation across {args.nodes} nodes ({len(samples)} samples: {args.rounds} commits x "
+          f"{args.nodes - 1} peers)")
+    print(f"{'p50':<6}{_pct(samples, 0.5) * 1000:>8.0f} ms")
+    print(f"{'p99':<6}{_pct(samples, 0.99) * 1000:>8.0f} ms   (target < 2000 ms)")
+    print(f"{'max':<6}{max(samples) * 1000:>8.0f} ms")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,122 @@
+"""Key-value and SQL routes: ``/v1/kv/{namespace}[/{key}]`` and ``POST /v1/sql/{namespace}``.
+
+Values are raw bytes. Every key has a version, sent as its ``ETag``; a PUT or
+DELETE with ``If-Match: "<version>"`` happens only if the key is still at that
+version (412 otherwise), and ``If-None-Match: *`` only creates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgenode.api.common import field, json, node_of, principal, read_body, read_json
+from edgenode.errors import NotFound, ValidationFailed
+
+
+def _tag(version: str) -> str:
+    return f'"{version}"'
+
+
+def _precondition(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "*":
+        return "*"
+    if value.startswith("W/"):
+        value = value[2:]
+    if "," in value or len(value) < 3 or not (value.startswith('"') and value.endswith('"')):
+        raise ValidationFailed(f"{name} takes one quoted version (an ETag) or *", field=name.lower())
+    return value[1:-1]
+
+
+async def kv_get(request: Request) -> Response:
+    """The raw value of a key, with its version as ETag."""
+    p = principal(request)
+    found = await node_of(request).state.akv_get_versioned(
+        p.tenant, request.path_params["namespace"], request.path_params["key"])
+    if found is None:
+        raise NotFound(f"key {request.path_params['key']!r} not found in namespace "
+                       f"{request.path_params['namespace']!r}")
+    value, version = found
+    return Response(value, media_type="application/octet-stream", headers={"etag": _tag(version)})
+
+
+async def kv_put(request: Request) -> Response:
+    """Set a key to the raw request body; compare-and-set with If-Match / If-None-Match."""
+    p = principal(request)
+    node = node_of(request)
+    if_match = _precondition(request, "If-Match")
+    if_none_match = _precondition(request, "If-None-Match")
+    value = await read_body(request, node.config.state.max_value_bytes)
+    version = await node.state.akv_put(p.tenant, request.path_params["namespace"], request.path_params["key"],
+                                       value, if_match=if_match, if_none_match=if_none_match)
+    return json({"key": request.path_params["key"], "version": version}, headers={"etag": _tag(version)})
+
+
+async def kv_delete(request: Request) -> Response:
+    """Delete a key (idempotent); with If-Match only if it is at that version."""
+    p = principal(request)
+    await node_of(request).state.akv_delete(p.tenant, request.path_params["namespace"],
+                                            request.path_params["key"], if_match=_precondition(request, "If-Match"))
+    return Response(status_code=204)
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("cursor is not one this API returned", field="cursor") from exc
+
+
+async def kv_list(request: Request) -> Response:
+    """Keys by prefix, in order, a page at a time: ``?prefix=&cursor=&limit=``."""
+    p = principal(request)
+    q = request.query_params
+    raw_limit = q.get("limit", "100")
+    if not raw_limit.isdigit():
+        raise ValidationFailed("limit must be a positive integer", field="limit")
+    limit = int(raw_limit)
+    keys = await node_of(request).state.akv_list(
+        p.tenant, request.path_params["namespace"], q.get("prefix", ""), limit, after=_decode_cursor(q.get("cursor")))
+    cursor = base64.urlsafe_b64encode(keys[-1].encode()).decode().rstrip("=") if len(keys) == limit else None
+    return json({"keys": keys, "cursor": cursor})
+
+
+async def sql(request: Request) -> Response:
+    """Run one parameterized statement in the namespace's database: ``{"sql", "params"}``.
+
+    ``{"batch": [{"sql", "params"}, ...]}`` runs several in one transaction instead (all or none)
+    and answers ``{"results": [...]}``.
+    """
+    p = principal(request)
+    data = await read_json(request)
+    if "batch" in data:
+        batch = field(data, "batch", list, required=True)
+        statements = []
+        for item in batch:
+            if not isinstance(item, dict):
+                raise ValidationFailed("each batch entry is an object {\"sql\", \"params\"}", field="batch")
+            statements.append((field(item, "sql", str, required=True), field(item, "params", (list, dict), None)))
+        return json(await node_of(request).state.asql_batch(p.tenant, request.path_params["namespace"], statements))
+    query = field(data, "sql", str, required=True)
+    params = field(data, "params", (list, dict), None)
+    result = await node_of(request).state.asql(p.tenant, request.path_params["namespace"], query, params)
+    return json(result)
+
+
+routes = [
+    Route("/v1/kv/{namespace}", kv_list, methods=["GET"]),
+    Route("/v1/kv/{namespace}/{key:path}", kv_get, methods=["GET"]),
+    Route("/v1/kv/{namespace}/{key:path}", kv_put, methods=["PUT"]),
+    Route("/v1/kv/{namespace}/{key:path}", kv_delete, methods=["DELETE"]),
+    Route("/v1/sql/{namespace}", sql, methods=["POST"]),
+]

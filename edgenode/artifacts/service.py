@@ -1,0 +1,387 @@
+"""The artifacts capability: repositories, API commits, Git smart HTTP, tokens, events, gossip."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dulwich.client import get_transport_and_path
+from dulwich.errors import GitProtocolError
+
+from edgenode.artifacts import history, smart
+from edgenode.artifacts.events import Events
+from edgenode.artifacts.gossip import RefGossip, check_peer_password
+from edgenode.artifacts.packcache import PackCache
+from edgenode.artifacts.repos import SHARED_REF_PREFIXES, RepoInfo, RepoStore, validate_branch, validate_repo_name
+from edgenode.artifacts.schema import MIGRATIONS
+from edgenode.artifacts.streaming import collect_body, spool_body, stream_from_thread
+from edgenode.artifacts.tokens import RepoTokens, looks_like_repo_token
+from edgenode.auth import Principal
+from edgenode.errors import (
+    BadRequest,
+    Forbidden,
+    GitAuthRequired,
+    ImportFailed,
+    PackTooLarge,
+    PayloadTooLarge,
+    ReadOnlyToken,
+    Unauthorized,
+    ValidationFailed,
+)
+
+if TYPE_CHECKING:
+    from edgenode.node import Node
+
+log = logging.getLogger(__name__)
+
+#: Largest negotiation body of a fetch (wants and haves), after gunzip.
+MAX_UPLOAD_REQUEST_BYTES = 16 * 1024 * 1024
+_IMPORT_SCHEMES = ("http://", "https://", "git://")
+
+
+@dataclass(frozen=True)
+class GitAccess:
+    """Who a Git request acts as: a repository token, a tenant token or a fleet peer."""
+
+    kind: str  # "repo_token" | "tenant_token" | "peer"
+    access: str  # "read" | "write"
+    token_id: str | None = None
+
+
+class Artifacts:
+    """Git repositories per tenant, served over smart HTTP and gossiped between nodes."""
+
+    name = "artifacts"
+
+    def __init__(self, node: Node, *, now: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.settings = node.config.artifacts
+        self._now = now
+        self.db = node.database("artifacts.db", MIGRATIONS)
+        self.repos = RepoStore(node.data_dir / "artifacts", self.db, now=now)
+        self.tokens = RepoTokens(self.db, max_ttl_s=self.settings.max_token_ttl_s, now=now)
+        self.events = Events(self.db, now=now)
+        self.gossip = RefGossip(self, now=now)
+        self.pack_cache = PackCache(node.data_dir / "artifacts" / ".packcache", self.settings.pack_cache_bytes)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- capability --------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the database and start anti-entropy."""
+        self.db.open()
+        self.repos.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # A crash in the middle of a push leaves its quarantine behind; nothing in it was ever used.
+        for leftover in self.repos.root.glob("*/*.git/objects/incoming-*"):
+            await asyncio.to_thread(shutil.rmtree, leftover, True)
+        await self.gossip.start()
+
+    async def stop(self) -> None:
+        """Stop gossip, wait for background work, close the database."""
+        await self.gossip.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.db.close()
+
+    def status(self) -> dict[str, Any]:
+        """Repository count and gossip counters."""
+        count = self.db.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM repos").fetchone()[0])
+        return {"repos": count, "pack_cache_hits": self.pack_cache.hits, "pack_cache_misses": self.pack_cache.misses,
+                **self.gossip.status()}
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- repositories ------------------------------------------------------
+
+    async def get(self, tenant: str, name: str) -> RepoInfo:
+        """A repository of ``tenant``; 404 if missing."""
+        validate_repo_name(name)
+        return await asyncio.to_thread(self.repos.get_sync, tenant, name)
+
+    async def describe(self, tenant: str, name: str) -> dict[str, Any]:
+        """A repository's metadata, refs and size."""
+        info = await self.get(tenant, name)
+
+        def read() -> dict[str, Any]:
+            with self.repos.open(info) as repo:
+                refs = history.refs(repo)
+            return {**info.as_dict(), **refs, "size_bytes": self.repos.disk_usage(info)}
+
+        return await asyncio.to_thread(read)
+
+    async def list_repos(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's repositories."""
+        infos = await asyncio.to_thread(self.repos.list_sync, tenant)
+        return [i.as_dict() for i in infos]
+
+    async def create(self, tenant: str, name: str, *, default_branch: str = "main") -> RepoInfo:
+        """An empty repository."""
+        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, default_branch=default_branch)
+        await self.events.record(tenant, name, "create", default_branch=default_branch)
+        self.spawn(self.gossip.announce(info, []))
+        return info
+
+    async def fork(self, tenant: str, source: str, name: str, *, default_branch_only: bool = False) -> RepoInfo:
+        """A fork of ``source`` that shares its objects (no copy)."""
+        src = await self.get(tenant, source)
+        info = await asyncio.to_thread(self.repos.fork_sync, src, name, default_branch_only=default_branch_only)
+        await self.events.record(tenant, name, "fork", source=source)
+        await self.events.record(tenant, source, "fork", fork=name)
+        self.spawn(self.gossip.announce_all_refs(info))
+        return info
+
+    async def delete(self, tenant: str, name: str) -> None:
+        """Delete a repository (forks keep working)."""
+        info = await self.get(tenant, name)
+        await asyncio.to_thread(self.repos.delete_sync, info)
+        await self.events.record(tenant, name, "delete")
+        self.spawn(self.gossip.announce_delete(info))
+
+    async def import_url(
+        self, tenant: str, name: str, url: str, *, branch: str | None = None, depth: int | None = None
+    ) -> RepoInfo:
+        """A new repository holding the branches and tags of the Git repository at ``url``."""
+        if not isinstance(url, str) or not url.startswith(_IMPORT_SCHEMES) or len(url) > 2000:
+            raise ValidationFailed("url must be an http(s):// or git:// Git URL", field="url")
+        if branch is not None:
+            validate_branch(branch)
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise ValidationFailed("depth must be a positive integer", field="depth")
+        info = await asyncio.to_thread(self.repos.create_sync, tenant, name)
+        try:
+            imported = await asyncio.to_thread(self._import_sync, info, url, branch, depth)
+        except BaseException:
+            await asyncio.to_thread(self.repos.delete_sync, info)
+            raise
+        await self.events.record(tenant, name, "import", url=_redact_url(url), refs=len(imported))
+        self.spawn(self.gossip.announce_all_refs(info))
+        return await self.get(tenant, name)
+
+    def _import_sync(self, info: RepoInfo, url: str, branch: str | None, depth: int | None) -> dict[str, str]:
+        try:
+            client, path = get_transport_and_path(url)
+        except (ValueError, KeyError) as exc:
+            raise ImportFailed(f"cannot use {_redact_url(url)}: {exc}") from exc
+        wanted = (b"refs/heads/" + branch.encode(),) if branch else SHARED_REF_PREFIXES
+
+        def determine_wants(refs: Any, depth: int | None = None) -> Any:
+            return sorted({sha for ref, sha in refs.items() if _wanted(ref, wanted) and sha != history.ZERO})
+
+        with self.repos.open(info) as opened:
+            repo: Any = opened
+            try:
+                result = client.fetch(path, repo, determine_wants=determine_wants, depth=depth)
+            except Exception as exc:  # dulwich raises many kinds: HTTP, protocol, socket
+                raise ImportFailed(f"import from {_redact_url(url)} failed: {exc}") from exc
+            imported: dict[str, str] = {}
+            for ref, sha in result.refs.items():
+                if sha is None or not _wanted(ref, wanted) or ref.endswith(b"^{}"):
+                    continue
+                repo.refs.set_if_equals(ref, history.ZERO, sha)
+                imported[ref.decode()] = sha.decode()
+            symrefs: dict[bytes, bytes] = {bytes(k): bytes(v) for k, v in (result.symrefs or {}).items()}
+            head = symrefs.get(b"HEAD")
+            if branch:
+                head = b"refs/heads/" + branch.encode()
+            if head and head.decode() in imported:
+                repo.refs.set_symbolic_ref(b"HEAD", head)
+                default = head[len(b"refs/heads/"):].decode()
+                self.db.write_sync(lambda c: c.execute(
+                    "UPDATE repos SET default_branch = ? WHERE tenant = ? AND name = ?",
+                    (default, info.tenant, info.name)))
+        if not imported:
+            raise ImportFailed(f"{_redact_url(url)} has no branches or tags to import")
+        return imported
+
+    # -- history -----------------------------------------------------------
+
+    async def commit(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        branch: str,
+        message: str,
+        author: Any,
+        files: Any,
+        parent: str | None,
+    ) -> dict[str, Any]:
+        """Commit files on a branch through the API; 409 if ``parent`` is not the head."""
+        validate_branch(branch)
+        if not isinstance(message, str) or not message.strip() or len(message) > 64 * 1024:
+            raise ValidationFailed("message must be a non-empty string (at most 64 KiB)", field="message")
+        changes = history.parse_files(files, max_bytes=self.settings.max_commit_bytes)
+        author_bytes = history.parse_author(author, f"{tenant} <{tenant}@edgenode>".encode())
+        info = await self.get(tenant, name)
+
+        def run() -> tuple[bytes, bytes | None]:
+            with self.repos.lock(tenant, name), self.repos.open(info) as repo:
+                return history.commit_files(repo, branch=branch, message=message, author=author_bytes,
+                                            changes=changes, parent=parent, now=self._now())
+
+        sha, old = await asyncio.to_thread(run)
+        ref = f"refs/heads/{branch}"
+        await self.events.record(tenant, name, "commit", ref=ref, old=_hex(old), new=sha.decode())
+        self.spawn(self.gossip.announce(info, [(ref, _hex(old), sha.decode())]))
+        return {"commit": sha.decode(), "branch": branch, "parent": _hex(old)}
+
+    async def read(self, tenant: str, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a ``history`` reader on the repository in a thread."""
+        info = await self.get(tenant, name)
+
+        def run() -> Any:
+            with self.repos.open(info) as repo:
+                return fn(repo, *args, **kwargs)
+
+        return await asyncio.to_thread(run)
+
+    # -- tokens and Git auth -----------------------------------------------
+
+    async def issue_token(self, tenant: str, name: str, access: str, ttl_s: float | None) -> dict[str, Any]:
+        """A repository token (read or write) with a time to live."""
+        await self.get(tenant, name)
+        issued = await self.tokens.issue(tenant, name, access, self.settings.default_token_ttl_s
+                                         if ttl_s is None else ttl_s)
+        return {"id": issued.id, "access": issued.access, "created_at": issued.created_at,
+                "expires_at": issued.expires_at, "token": issued.token}
+
+    async def authorize_git(self, tenant: str, name: str, password: str | None, *, write: bool) -> GitAccess:
+        """Check Git basic-auth credentials for a repository; 401 (with a challenge) or 403."""
+        if not password:
+            raise GitAuthRequired("this repository needs credentials: a repository token as the password")
+        try:
+            if looks_like_repo_token(password):
+                token_id, access = await asyncio.to_thread(self.tokens.check_sync, tenant, name, password)
+                found = GitAccess("repo_token", access, token_id)
+            elif password.startswith("edp_"):
+                secret = self.node.config.fleet_secret_bytes()
+                if secret is None or not check_peer_password(secret, tenant, name, password, self._now()):
+                    raise Unauthorized("invalid peer credentials")
+                found = GitAccess("peer", "read")
+            else:
+                principal: Principal = await asyncio.to_thread(self.node.auth.authenticate, password)
+                if principal.tenant != tenant and not principal.admin:
+                    raise Unauthorized("this token is not for this repository's tenant")
+                found = GitAccess("tenant_token", "write", principal.token_id)
+        except Unauthorized as exc:
+            raise GitAuthRequired(exc.message, reason=exc.code) from exc
+        if write and found.access != "write":
+            raise ReadOnlyToken("a read-only token cannot push")
+        await self.get(tenant, name)
+        return found
+
+    async def _git_events(self, tenant: str, name: str, access: GitAccess, service: str,
+                          items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record a Git request's events and its token use in one write (one fsync, not three)."""
+        token = access.token_id if access.kind == "repo_token" else None
+        if token is not None:
+            items = [("token_used", {"token": token, "access": access.access, "service": service}), *items]
+        await self.events.record_many(tenant, name, items, touch_token=token)
+
+    # -- smart HTTP --------------------------------------------------------
+
+    async def advertise(self, tenant: str, name: str, service: str, access: GitAccess) -> bytes:
+        """The ``info/refs`` body for ``service``."""
+        if service not in smart.SERVICES:
+            raise Forbidden(f"unsupported service {service!r}")
+        info = await self.get(tenant, name)
+        return await asyncio.to_thread(smart.advertise, str(info.path), service)
+
+    async def upload_pack(
+        self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess
+    ) -> AsyncIterator[bytes]:
+        """Stream the answer to a fetch or clone; errors before the first byte are raised."""
+        info = await self.get(tenant, name)
+        raw = await collect_body(body, MAX_UPLOAD_REQUEST_BYTES, gzipped=gzipped)
+        kind = "fetch" if b"0032have " in raw else "clone"
+        stream = stream_from_thread(lambda write: smart.upload_pack(str(info.path), raw, write, self.pack_cache))
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            first = b""
+        except GitProtocolError as exc:
+            raise BadRequest(f"git protocol error: {exc}") from exc
+        # The events are written while the pack streams, and are durable before it ends.
+        recording: asyncio.Future[None] | None = None
+        if access.kind != "peer":
+            recording = asyncio.ensure_future(
+                self._git_events(tenant, name, access, "git-upload-pack", [(kind, {"via": access.kind})]))
+
+        async def chain() -> AsyncIterator[bytes]:
+            try:
+                if first:
+                    yield first
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                if recording is not None:
+                    await recording
+
+        return chain()
+
+    async def receive_pack(
+        self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess
+    ) -> bytes:
+        """Take a push: spool it (413 past the limit), apply it in quarantine, announce what moved."""
+        info = await self.get(tenant, name)
+        limit = self.settings.max_pack_bytes
+        spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024, dir=str(info.path))
+        try:
+            try:
+                await spool_body(body, spool, limit, gzipped=gzipped)
+            except PayloadTooLarge as exc:
+                await self.events.record(tenant, name, "push_refused", reason="pack_too_large", limit=limit)
+                raise PackTooLarge(f"push exceeds the pack limit of {limit} bytes; nothing was kept",
+                                   limit=limit) from exc
+            spool.seek(0)
+            try:
+                outcome = await asyncio.to_thread(
+                    smart.receive_pack, str(info.path), spool, protected=self.settings.protected_branches
+                )
+            except GitProtocolError as exc:
+                raise BadRequest(f"git protocol error: {exc}") from exc
+        finally:
+            spool.close()
+        if outcome.updated:
+            self.spawn(self.gossip.announce(info, outcome.updated))
+        items: list[tuple[str, dict[str, Any]]] = []
+        if outcome.updated:
+            items.append(("push", {"via": access.kind, "token": access.token_id,
+                                   "updates": [{"ref": r, "old": o, "new": n} for r, o, n in outcome.updated]}))
+        if outcome.refused:
+            items.append(("push_refused", {"refs": [{"ref": r, "reason": why} for r, why in outcome.refused]}))
+        await self._git_events(tenant, name, access, "git-receive-pack", items)
+        return outcome.output
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _wanted(ref: bytes, prefixes: tuple[bytes, ...]) -> bool:
+    return any(ref == p or (p.endswith(b"/") and ref.startswith(p)) for p in prefixes)
+
+
+def _hex(sha: bytes | None) -> str | None:
+    return sha.decode() if sha else None
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+__all__ = ["Artifacts", "GitAccess"]

@@ -1,0 +1,112 @@
+"""Moving bodies between the event loop and dulwich's blocking handlers, with limits.
+
+Request bodies are counted (and gunzipped) as they arrive, so a limit is enforced before
+any Git code sees the bytes; responses written by a handler on a worker thread are
+streamed back with back-pressure, and the thread stops if the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Any
+
+from edgenode.errors import BadRequest, PayloadTooLarge
+
+
+async def spool_body(body: AsyncIterator[bytes], out: IO[bytes], limit: int, *, gzipped: bool) -> int:
+    """Copy the body into ``out``, gunzipping if asked; PayloadTooLarge past ``limit`` bytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+    size = 0
+    async for chunk in body:
+        if inflater is not None:
+            try:
+                chunk = inflater.decompress(chunk, limit + 1 - size)
+            except zlib.error as exc:
+                raise BadRequest(f"bad gzip body: {exc}") from exc
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes", limit=limit)
+        out.write(chunk)
+    return size
+
+
+async def collect_body(body: AsyncIterator[bytes], limit: int, *, gzipped: bool) -> bytes:
+    """The whole body in memory, gunzipped if asked; PayloadTooLarge past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if gzipped:
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = inflater.decompress(raw, limit + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise BadRequest(f"bad gzip body: {exc}") from exc
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
+    return raw
+
+
+_END = object()
+
+
+def stream_from_thread(run: Callable[[Callable[[bytes], None]], object], *, chunk: int = 256 * 1024,
+                        depth: int = 8) -> AsyncIterator[bytes]:
+    """Run ``run(write)`` on a thread and yield what it writes, with back-pressure."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+    abandoned = False
+    buf = bytearray()
+
+    def put(item: Any) -> None:
+        while not abandoned:
+            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            try:
+                future.result(timeout=1.0)
+                return
+            except TimeoutError:
+                future.cancel()
+
+    def write(data: bytes) -> None:
+        if abandoned:
+            raise ConnectionAbortedError("client went away")
+        buf.extend(data)
+        if len(buf) >= chunk:
+            put(bytes(buf))
+            buf.clear()
+
+    def worker() -> None:
+        try:
+            run(write)
+            if buf:
+                put(bytes(buf))
+            put(_END)
+        except BaseException as exc:  # handed to the reader, which raises it
+            put(exc)
+
+    future = loop.run_in_executor(None, worker)
+
+    async def reader() -> AsyncIterator[bytes]:
+        nonlocal abandoned
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            abandoned = True
+            while not queue.empty():
+                queue.get_nowait()
+            await asyncio.wait([future], timeout=5)
+
+    return reader()
