@@ -1,0 +1,210 @@
+"""Acting on a run from outside: events, approvals, pause, resume, cancel, terminate, move.
+
+Each control is one write transaction on the run's row (plus an event row), so a
+control and the run's own progress never interleave halfway. A run that is
+executing right now learns of pause, cancel and terminate at its next host call;
+terminate also kills the activation at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from edgenode.agents.replay import APPROVAL_EVENT
+from edgenode.agents.store import TERMINAL, dumps, finish_run, get_run, loads, run_dict
+from edgenode.errors import PayloadTooLarge, RunFinished, RunStateConflict, ValidationFailed
+
+if TYPE_CHECKING:
+    from edgenode.agents.engine import Agents
+    from edgenode.auth import Principal
+
+
+def _checked(engine: Agents, conn: sqlite3.Connection, who: Principal, run_id: str) -> sqlite3.Row:
+    row = get_run(conn, run_id)
+    engine._owned(who, row, run_id)
+    assert row is not None
+    return row
+
+
+def _open(row: sqlite3.Row, action: str) -> None:
+    if row["status"] in TERMINAL:
+        raise RunFinished(f"run {row['id']} has already finished ({row['status']}); cannot {action} it",
+                          status=row["status"])
+
+
+async def send_event(engine: Agents, who: Principal, run_id: str, type: str, payload: Any) -> dict[str, Any]:
+    """Deliver an event to a run; it wakes the run if it waits for this type, else waits for it."""
+    if not isinstance(type, str) or not type or len(type) > 200 or type.startswith("edgenode."):
+        raise ValidationFailed("event type must be a non-empty string (not starting with 'edgenode.')",
+                               field="type")
+    text = dumps(payload)
+    if len(text.encode()) > engine.settings.max_event_bytes:
+        raise PayloadTooLarge(f"event payload exceeds {engine.settings.max_event_bytes} bytes",
+                              limit=engine.settings.max_event_bytes)
+    now = engine.now()
+
+    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = _checked(engine, conn, who, run_id)
+        _open(row, "send an event to")
+        cur = conn.execute("INSERT INTO events (run_id, type, payload, sender, created_at) VALUES (?, ?, ?, ?, ?)",
+                           (run_id, type, text, who.tenant, now))
+        waiting = loads(row["waiting"]) or {}
+        woke = row["status"] == "waiting" and waiting.get("kind") == "event" and waiting.get("type") == type
+        if woke:
+            conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE id = ?",
+                         (now, now, run_id))
+        return {"id": cur.lastrowid, "run": run_id, "type": type, "delivered": woke}
+
+    result = await engine.db.write(txn)
+    engine.kick()
+    return result
+
+
+async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, comment: str = "") -> dict[str, Any]:
+    """Approve or reject the approval a run is waiting for."""
+    now = engine.now()
+
+    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = _checked(engine, conn, who, run_id)
+        _open(row, "decide on")
+        waiting = loads(row["waiting"]) or {}
+        if row["status"] not in ("waiting", "paused") or waiting.get("kind") != "approval":
+            raise RunStateConflict(f"run {run_id} is not waiting for an approval", status=row["status"])
+        pending = conn.execute("SELECT 1 FROM events WHERE run_id = ? AND type = ? AND consumed_position IS NULL",
+                               (run_id, APPROVAL_EVENT)).fetchone()
+        if pending is not None:
+            raise RunStateConflict(f"run {run_id}'s approval has already been decided")
+        conn.execute("INSERT INTO events (run_id, type, payload, sender, created_at) VALUES (?, ?, ?, ?, ?)",
+                     (run_id, APPROVAL_EVENT, dumps({"approved": bool(approved), "comment": comment}), who.tenant,
+                      now))
+        if row["status"] == "waiting":
+            conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE id = ?",
+                         (now, now, run_id))
+        return {"run": run_id, "approved": bool(approved), "position": waiting.get("position")}
+
+    result = await engine.db.write(txn)
+    engine.kick()
+    return result
+
+
+async def list_approvals(engine: Agents, tenant: str) -> list[dict[str, Any]]:
+    """Runs of the tenant waiting for a human decision."""
+    rows = await engine.db.read(lambda c: c.execute(
+        "SELECT * FROM runs WHERE tenant = ? AND status IN ('waiting', 'paused') AND waiting LIKE '%\"approval\"%' "
+        "ORDER BY updated_at", (tenant,)).fetchall())
+    out = []
+    for row in rows:
+        run = run_dict(row)
+        waiting = run["waiting"] or {}
+        if waiting.get("kind") == "approval":
+            out.append({"run": run["id"], "agent": run["agent"], "prompt": waiting.get("prompt"),
+                        "data": waiting.get("data"), "deadline": waiting.get("deadline"),
+                        "position": waiting.get("position"), "since": run["updated_at"]})
+    return out
+
+
+async def pause(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
+    """Stop scheduling a run; a running activation stops at its next host call."""
+    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = _checked(engine, conn, who, run_id)
+        _open(row, "pause")
+        if row["status"] == "paused":
+            return run_dict(row)
+        conn.execute("UPDATE runs SET status = 'paused', updated_at = ? WHERE id = ?", (engine.now(), run_id))
+        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+
+    run = await engine.db.write(txn)
+    act = engine.active.get(run_id)
+    if act is not None:
+        act.stop_reason = "paused"
+    return run
+
+
+async def resume(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
+    """Make a paused (or blocked) run runnable again; it replays to where it stopped."""
+    now = engine.now()
+
+    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = _checked(engine, conn, who, run_id)
+        _open(row, "resume")
+        if row["status"] not in ("paused", "blocked"):
+            raise RunStateConflict(f"run {run_id} is {row['status']}, not paused or blocked", status=row["status"])
+        conn.execute("UPDATE runs SET status = 'pending', error = NULL, wake_at = ?, updated_at = ? WHERE id = ?",
+                     (now, now, run_id))
+        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+
+    run = await engine.db.write(txn)
+    engine.kick()
+    return run
+
+
+async def stop(engine: Agents, who: Principal, run_id: str, *, terminate: bool) -> dict[str, Any]:
+    """Cancel (stop at the next host call) or terminate (kill now) a run; its outcome is final."""
+    status = "terminated" if terminate else "cancelled"
+
+    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = _checked(engine, conn, who, run_id)
+        _open(row, "cancel" if not terminate else "terminate")
+        finish_run(conn, run_id, status, engine.now(), error={"code": status, "message": f"run {status} by "
+                                                               f"{who.tenant}"})
+        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+
+    run = await engine.db.write(txn)
+    act = engine.active.get(run_id)
+    if act is not None:
+        act.stop_reason = status
+        if terminate:
+            engine.runner.kill(act.handle)
+    engine.kick()
+    return run
+
+
+async def move(engine: Agents, who: Principal, run_id: str, version: Any) -> dict[str, Any]:
+    """Pin a run to another version of its agent; it replays its journal against that code.
+
+    If the new code makes the same journaled calls up to where the run stopped, the run
+    carries on with the new code; if not, it is ``blocked`` with ``replay_mismatch`` and can
+    be moved back.
+    """
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValidationFailed("version must be an integer", field="version")
+    now = engine.now()
+
+    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = _checked(engine, conn, who, run_id)
+        _open(row, "move")
+        if row["status"] == "running":
+            raise RunStateConflict(f"run {run_id} is executing; pause it first", status=row["status"])
+        if conn.execute("SELECT 1 FROM agent_versions WHERE tenant = ? AND name = ? AND version = ?",
+                        (row["tenant"], row["agent"], version)).fetchone() is None:
+            raise ValidationFailed(f"agent {row['agent']} has no version {version}", field="version")
+        if row["status"] == "paused":
+            conn.execute("UPDATE runs SET version = ?, updated_at = ? WHERE id = ?", (version, now, run_id))
+        else:
+            # Replay at once against the new code, so a mismatch shows now, not when the wait ends.
+            conn.execute("UPDATE runs SET version = ?, status = 'pending', error = NULL, wake_at = ?, "
+                         "updated_at = ? WHERE id = ?", (version, now, now, run_id))
+        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+
+    run = await engine.db.write(txn)
+    engine.kick()
+    return run
+
+
+async def set_secret(engine: Agents, tenant: str, name: str, value: Any) -> None:
+    """Store a tenant secret (model keys such as OPENAI_API_KEY); never shown back."""
+    if not isinstance(name, str) or not name.replace("_", "").isalnum() or len(name) > 100:
+        raise ValidationFailed("a secret name is letters, digits and '_'", field="name")
+    if not isinstance(value, str) or not value:
+        raise ValidationFailed("field 'value' must be a non-empty string", field="value")
+    await engine.db.write(lambda c: c.execute(
+        "INSERT INTO secrets (tenant, name, value, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, name) "
+        "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at", (tenant, name, value, engine.now())))
+
+
+async def usage(engine: Agents, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's model usage by provider and model."""
+    return await engine.db.read(lambda c: [dict(r) for r in c.execute(
+        "SELECT provider, model, calls, input_tokens, output_tokens FROM usage WHERE tenant = ? "
+        "ORDER BY provider, model", (tenant,))])

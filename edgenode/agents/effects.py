@@ -1,0 +1,274 @@
+"""What each host call does the first time it is made (its result is then journaled).
+
+Effects run on the activation's thread. They reach the node's other capabilities
+(state, workers, sandboxes, artifacts) only if the node has them, and fail with a
+journaled ``unavailable`` error otherwise, so replay stays deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from edgenode.agents.store import dumps, loads
+from edgenode.errors import AgentNotFound, Forbidden, PayloadTooLarge, Unavailable, ValidationFailed
+
+if TYPE_CHECKING:
+    from edgenode.agents.engine import Agents
+    from edgenode.agents.replay import Activation
+
+#: Longest a sleep or wait may be, in seconds (a year, as Workflows and Inngest allow).
+MAX_WAIT_S = 366 * 86_400.0
+#: Largest fetch response body kept, in bytes.
+MAX_FETCH_BYTES = 4 * 1024 * 1024
+
+
+class Effects:
+    """The host side of every journaled call."""
+
+    def __init__(self, engine: Agents) -> None:
+        self.engine = engine
+        self._rng = random.SystemRandom()
+
+    # -- waits ----------------------------------------------------------------
+
+    def wait_spec(self, act: Activation, position: int, kind: str, name: str,
+                  request: dict[str, Any]) -> dict[str, Any]:
+        """The journaled request of a new wait: absolute times, so replay needs no clock."""
+        now = self.engine.now()
+        if kind == "sleep":
+            if request.get("until") is not None:
+                until = float(request["until"])
+            else:
+                until = now + _seconds(request.get("seconds"), "seconds")
+            if until - now > MAX_WAIT_S:
+                raise ValidationFailed(f"a sleep may last at most {MAX_WAIT_S:.0f} s", field="seconds")
+            return {"until": until}
+        timeout = request.get("timeout")
+        deadline = None if timeout is None else now + _seconds(timeout, "timeout")
+        if kind == "event":
+            return {"type": name, "deadline": deadline}
+        if kind == "approval":
+            data = request.get("data")
+            if len(dumps(data)) > self.engine.settings.max_event_bytes:
+                raise PayloadTooLarge("approval data is too large", limit=self.engine.settings.max_event_bytes)
+            return {"prompt": name, "data": data, "deadline": deadline}
+        if kind == "agent.call":
+            tenant = act.run["tenant"]
+            known = self.engine.db.read_sync(lambda c: c.execute(
+                "SELECT 1 FROM agents WHERE tenant = ? AND name = ?", (tenant, name)).fetchone())
+            if known is None:
+                raise AgentNotFound(f"no agent named {name!r}")
+            return {"agent": name, "child": f"{act.run_id}.{position}", "input": request.get("input")}
+        raise ValidationFailed(f"unknown wait {kind!r}")
+
+    def begin_wait(self, conn: sqlite3.Connection, act: Activation, position: int, kind: str,
+                   spec: dict[str, Any]) -> None:
+        """Side effects of starting a wait, inside its transaction (a sub-agent's run is created here)."""
+        if kind == "agent.call":
+            self.engine.create_run_txn(
+                conn, tenant=act.run["tenant"], agent=spec["agent"], input=spec["input"], run_id=spec["child"],
+                parent_id=act.run_id,
+            )
+
+    # -- immediate effects ----------------------------------------------------
+
+    def perform(self, act: Activation, kind: str, name: str, request: Any) -> Any:
+        """Carry out one effect; its result is journaled by the caller."""
+        handler = getattr(self, "_" + kind.replace(".", "_"), None)
+        if handler is None:
+            raise ValidationFailed(f"unknown host call {kind!r}")
+        return handler(act, name, request if isinstance(request, dict) else {})
+
+    def _now(self, act: Activation, name: str, request: dict[str, Any]) -> float:
+        return self.engine.now()
+
+    def _random(self, act: Activation, name: str, request: dict[str, Any]) -> float:
+        return self._rng.random()
+
+    def _state_get(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        row = self.engine.db.read_sync(lambda c: c.execute(
+            "SELECT state FROM agents WHERE tenant = ? AND name = ?", (act.run["tenant"], act.run["agent"])
+        ).fetchone())
+        return loads(row["state"]) if row is not None else None
+
+    def _state_set(self, act: Activation, name: str, request: dict[str, Any]) -> None:
+        text = dumps(request.get("value"))
+        if len(text) > self.engine.settings.max_result_bytes:
+            raise PayloadTooLarge("agent state is too large", limit=self.engine.settings.max_result_bytes)
+        self.engine.db.write_sync(lambda c: c.execute(
+            "UPDATE agents SET state = ?, updated_at = ? WHERE tenant = ? AND name = ?",
+            (text, self.engine.now(), act.run["tenant"], act.run["agent"]),
+        ))
+
+    # -- state capability -----------------------------------------------------
+
+    def _state(self) -> Any:
+        state = getattr(self.engine.node, "state", None)
+        if state is None:
+            raise Unavailable("this node has no state capability (kv and sql)")
+        return state
+
+    @staticmethod
+    def _namespace(act: Activation) -> str:
+        return f"agent.{act.run['agent']}"
+
+    def _kv_get(self, act: Activation, name: str, request: dict[str, Any]) -> str | None:
+        value = self._state().kv_get(act.run["tenant"], self._namespace(act), name)
+        return None if value is None else value.decode("utf-8", errors="replace")
+
+    def _kv_put(self, act: Activation, name: str, request: dict[str, Any]) -> None:
+        value = request.get("value")
+        if not isinstance(value, str):
+            raise ValidationFailed("kv values are strings", field="value")
+        self._state().kv_put(act.run["tenant"], self._namespace(act), name, value.encode())
+
+    def _kv_delete(self, act: Activation, name: str, request: dict[str, Any]) -> None:
+        self._state().kv_delete(act.run["tenant"], self._namespace(act), name)
+
+    def _kv_list(self, act: Activation, name: str, request: dict[str, Any]) -> list[str]:
+        return list(self._state().kv_list(act.run["tenant"], self._namespace(act), name))
+
+    def _sql(self, act: Activation, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._state().sql(act.run["tenant"], self._namespace(act), name,
+                                                   request.get("params"))
+        return result
+
+    # -- models -----------------------------------------------------------------
+
+    def _model_chat(self, act: Activation, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any] = self.engine.models.chat(
+            act.run["tenant"], name, request.get("messages") or [], tools=request.get("tools") or None,
+            options=request.get("options") or {},
+        )
+        return reply
+
+    # -- tools ------------------------------------------------------------------
+
+    def _fetch(self, act: Activation, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        allowed = act.config.get("allowed_hosts") or []
+        parts = urlsplit(name)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValidationFailed("fetch takes an absolute http(s) URL", field="url")
+        if not _host_allowed(parts.hostname, parts.port, allowed):
+            raise Forbidden(f"host {parts.hostname!r} is not in this agent's allowed_hosts")
+        try:
+            with httpx.Client(timeout=30.0, follow_redirects=False) as client:
+                response = client.request(str(request.get("method") or "GET"), name,
+                                          headers=request.get("headers") or {}, content=request.get("body"))
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"fetch {name} failed: {exc}") from exc
+        body = response.content[:MAX_FETCH_BYTES]
+        return {"status": response.status_code, "headers": dict(response.headers),
+                "body": body.decode("utf-8", errors="replace")}
+
+    def _capability(self, name: str) -> Any:
+        cap = getattr(self.engine.node, name, None)
+        if cap is None:
+            raise Unavailable(f"this node has no {name} capability")
+        return cap
+
+    def _tool_run_code(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        """One-off code in a fresh worker isolate: ``handle(request)`` gets ``input`` as a JSON POST."""
+        from edgenode.isolates import DeploySettings, GuestRequest, Limits
+
+        workers = self._capability("workers")
+        files = request.get("files") or {"main.py": request.get("code") or ""}
+        body = dumps(request.get("input")).encode()
+        guest = GuestRequest("POST", "/", [], [("content-type", "application/json")], body)
+        settings = DeploySettings(Limits.resolve(None, self.engine.node.config.workers), [], {}, False)
+        outcome = self.engine.run_async(lambda: workers.run_once(act.run["tenant"], files, guest, settings))
+        if outcome.error is not None:
+            raise outcome.error
+        response = outcome.response
+        text = response.body.decode("utf-8", errors="replace")
+        try:
+            value: Any = loads(text)
+        except ValueError:
+            value = text
+        return {"status": response.status, "body": value, "logs": [str(x) for x in outcome.logs][:50]}
+
+    def _principal(self, act: Activation) -> Any:
+        from edgenode.auth import Principal
+
+        return Principal(tenant=act.run["tenant"])
+
+    def _tool_sandbox_exec(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        from edgenode.sandboxes import parse_exec
+
+        sandboxes = self._capability("sandboxes")
+        spec = parse_exec(request, max_stdin=MAX_FETCH_BYTES)
+
+        async def run() -> Any:
+            execution = await sandboxes.exec(self._principal(act), name, spec)
+            return await execution.collect()
+
+        return self.engine.run_async(run)
+
+    def _tool_sandbox_write(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        sandboxes = self._capability("sandboxes")
+        data = str(request.get("text") or "").encode()
+
+        async def chunks() -> Any:
+            yield data
+
+        return self.engine.run_async(lambda: sandboxes.write_file(self._principal(act), name,
+                                                                  str(request.get("path")), chunks()))
+
+    def _tool_sandbox_read(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        import os
+
+        sandboxes = self._capability("sandboxes")
+        workspace, _ = self.engine.run_async(lambda: sandboxes.workspace(self._principal(act), name))
+        fd = workspace.open(str(request.get("path")))
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+                if sum(map(len, chunks)) > MAX_FETCH_BYTES:
+                    raise PayloadTooLarge("file too large to read into a journal", limit=MAX_FETCH_BYTES)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
+    def _tool_commit(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        artifacts = self._capability("artifacts")
+        result: dict[str, Any] = self.engine.run_async(lambda: artifacts.commit(
+            act.run["tenant"], name, branch=request.get("branch"), message=request.get("message"), author=None,
+            files=request.get("files") or {}, parent=None))
+        return result["commit"]
+
+    def _tool_read_file(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        from edgenode.artifacts import history
+
+        artifacts = self._capability("artifacts")
+        data = self.engine.run_async(lambda: artifacts.read(act.run["tenant"], name, history.blob,
+                                                            str(request.get("ref")), str(request.get("path"))))
+        return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+
+
+def _seconds(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValidationFailed(f"{field} must be a non-negative number of seconds", field=field)
+    if value > MAX_WAIT_S:
+        raise ValidationFailed(f"{field} may be at most {MAX_WAIT_S:.0f} s", field=field)
+    return float(value)
+
+
+def _host_allowed(host: str, port: int | None, allowed: list[str]) -> bool:
+    """``allowed`` holds host names, ``host:port`` or ``*.suffix`` wildcards."""
+    host = host.lower()
+    for pattern in allowed:
+        pattern = pattern.lower().strip()
+        if ":" in pattern and not pattern.startswith("["):
+            pattern_host, _, pattern_port = pattern.rpartition(":")
+            if port is None or str(port) != pattern_port:
+                continue
+            pattern = pattern_host
+        if pattern == "*" or pattern == host or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False

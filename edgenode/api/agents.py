@@ -1,0 +1,253 @@
+"""Agent routes under ``/v1/agents``: deploy, runs, events, approvals, controls, schedules, models."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgenode.agents import controls
+from edgenode.agents.engine import Agents
+from edgenode.api.common import field, json, node_of, principal, read_json
+from edgenode.errors import NotFound, Unavailable, ValidationFailed
+
+#: JSON around an event payload or deployment that a body may carry beyond the payload limit.
+_ENVELOPE = 64 * 1024
+#: The runs-and-approvals page: plain files, no data in them (the page fetches with the user's token).
+_UI = Path(__file__).resolve().parent.parent / "agents" / "ui"
+_UI_TYPES = {"index.html": "text/html; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+_UI_HEADERS = {"content-security-policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
+                                          "style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+               "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache"}
+
+#: The page's files carry no data and no secrets, so they are served without a token.
+public = ("/v1/agents/ui", "/v1/agents/ui/")
+
+
+async def ui(request: Request) -> Response:
+    """The agents page (HTML and its script)."""
+    if request.url.path == "/v1/agents/ui":
+        return Response(status_code=307, headers={"location": "/v1/agents/ui/"})
+    name = request.path_params.get("file") or "index.html"
+    if name not in _UI_TYPES:
+        raise NotFound(f"no page file {name!r}")
+    return Response((_UI / name).read_bytes(), media_type=_UI_TYPES[name], headers=_UI_HEADERS)
+
+
+def _agents(request: Request) -> Agents:
+    agents: Agents | None = getattr(node_of(request), "agents", None)
+    if agents is None:
+        raise Unavailable("this node has no agents capability")
+    return agents
+
+
+async def _body(request: Request, limit: int | None = None) -> dict[str, Any]:
+    return await read_json(request, limit)
+
+
+def _run_id(request: Request) -> str:
+    run_id: str = request.path_params["run_id"]
+    return run_id
+
+
+# -- agents ------------------------------------------------------------------------
+
+
+async def deploy(request: Request) -> Response:
+    """Deploy a version: ``{"files": {"main.py": ...}, "entry"?, "allowed_hosts"?}``."""
+    agents = _agents(request)
+    data = await _body(request, agents.settings.max_code_bytes + _ENVELOPE)
+    result = await agents.deploy(
+        principal(request).tenant, request.path_params["name"], field(data, "files", dict, required=True),
+        entry=field(data, "entry", str, "main.py"), allowed_hosts=field(data, "allowed_hosts", list, None),
+    )
+    return json(result, status=201 if result["created"] else 200)
+
+
+async def list_agents(request: Request) -> Response:
+    """The caller's agents."""
+    return json({"agents": await _agents(request).list_agents(principal(request).tenant)})
+
+
+async def get_agent(request: Request) -> Response:
+    """An agent: current version, versions, state."""
+    return json(await _agents(request).get_agent(principal(request).tenant, request.path_params["name"]))
+
+
+async def start_run(request: Request) -> Response:
+    """Start a run: ``{"input"?, "id"? (idempotency), "version"?}``; 201, or 200 for a known id."""
+    agents = _agents(request)
+    data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
+    run, created = await agents.start_run(
+        principal(request).tenant, request.path_params["name"], data.get("input"),
+        run_id=field(data, "id", str, None), version=field(data, "version", int, None),
+    )
+    return json({**run, "created": created}, status=201 if created else 200)
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+async def list_runs(request: Request) -> Response:
+    """The caller's runs: ``?agent=&status=&limit=``."""
+    q = request.query_params
+    try:
+        limit = max(1, min(1000, int(q.get("limit", "100"))))
+    except ValueError as exc:
+        raise ValidationFailed("limit must be an integer", field="limit") from exc
+    runs = await _agents(request).list_runs(principal(request).tenant, agent=q.get("agent"), status=q.get("status"),
+                                            limit=limit)
+    return json({"runs": runs})
+
+
+async def get_run(request: Request) -> Response:
+    """One run's status, output or error, and what it waits for."""
+    return json(await _agents(request).get_run(principal(request), _run_id(request)))
+
+
+async def history(request: Request) -> Response:
+    """The run's journal and events."""
+    return json(await _agents(request).history(principal(request), _run_id(request)))
+
+
+async def send_event(request: Request) -> Response:
+    """Send an event: ``{"type", "payload"?}``."""
+    agents = _agents(request)
+    data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
+    result = await controls.send_event(agents, principal(request), _run_id(request),
+                                       field(data, "type", str, required=True), data.get("payload"))
+    return json(result, status=202)
+
+
+async def _decision(request: Request, approved: bool) -> Response:
+    agents = _agents(request)
+    body = await request.body()
+    data = await _body(request) if body.strip() else {}
+    result = await controls.decide(agents, principal(request), _run_id(request), approved,
+                                   field(data, "comment", str, ""))
+    return json(result)
+
+
+async def approve(request: Request) -> Response:
+    """Approve the approval the run waits for: ``{"comment"?}``."""
+    return await _decision(request, True)
+
+
+async def reject(request: Request) -> Response:
+    """Reject the approval the run waits for: ``{"comment"?}``."""
+    return await _decision(request, False)
+
+
+async def list_approvals(request: Request) -> Response:
+    """Runs waiting for a human decision."""
+    return json({"approvals": await controls.list_approvals(_agents(request), principal(request).tenant)})
+
+
+async def pause(request: Request) -> Response:
+    """Pause a run."""
+    return json(await controls.pause(_agents(request), principal(request), _run_id(request)))
+
+
+async def resume(request: Request) -> Response:
+    """Resume a paused or blocked run."""
+    return json(await controls.resume(_agents(request), principal(request), _run_id(request)))
+
+
+async def cancel(request: Request) -> Response:
+    """Cancel a run (it stops at its next host call)."""
+    return json(await controls.stop(_agents(request), principal(request), _run_id(request), terminate=False))
+
+
+async def terminate(request: Request) -> Response:
+    """Terminate a run (an executing activation is killed)."""
+    return json(await controls.stop(_agents(request), principal(request), _run_id(request), terminate=True))
+
+
+async def move(request: Request) -> Response:
+    """Move a run to another version of its agent: ``{"version"}``."""
+    data = await _body(request)
+    return json(await controls.move(_agents(request), principal(request), _run_id(request),
+                                    field(data, "version", int, required=True)))
+
+
+# -- schedules, models, usage, secrets ------------------------------------------------
+
+
+async def create_schedule(request: Request) -> Response:
+    """Create or replace a cron schedule: ``{"name", "agent", "cron", "input"?}``."""
+    agents = _agents(request)
+    data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
+    result = await agents.schedules.create(principal(request).tenant, field(data, "name", str, required=True),
+                                           field(data, "agent", str, required=True),
+                                           field(data, "cron", str, required=True), data.get("input"))
+    return json(result, status=201)
+
+
+async def list_schedules(request: Request) -> Response:
+    """The caller's schedules."""
+    return json({"schedules": await _agents(request).schedules.list(principal(request).tenant)})
+
+
+async def delete_schedule(request: Request) -> Response:
+    """Delete a schedule."""
+    await _agents(request).schedules.delete(principal(request).tenant, request.path_params["name"])
+    return Response(status_code=204)
+
+
+async def model_chat(request: Request) -> Response:
+    """One model call through the gateway: ``{"model", "messages", "tools"?, "options"?}``."""
+    agents = _agents(request)
+    data = await _body(request)
+    reply = await asyncio.to_thread(
+        agents.models.chat, principal(request).tenant, field(data, "model", str, required=True),
+        field(data, "messages", list, required=True), tools=field(data, "tools", list, None),
+        options=field(data, "options", dict, {}),
+    )
+    return json(reply)
+
+
+async def usage(request: Request) -> Response:
+    """The caller's model usage (calls and tokens by provider and model)."""
+    return json({"usage": await controls.usage(_agents(request), principal(request).tenant)})
+
+
+async def put_secret(request: Request) -> Response:
+    """Store a tenant secret such as ``OPENAI_API_KEY``: ``{"value"}``."""
+    data = await _body(request)
+    await controls.set_secret(_agents(request), principal(request).tenant, request.path_params["name"],
+                              data.get("value"))
+    return Response(status_code=204)
+
+
+routes = [
+    # The page is for browsers, not part of the API's description.
+    Route("/v1/agents/ui", ui, methods=["GET"], include_in_schema=False),
+    Route("/v1/agents/ui/", ui, methods=["GET"], include_in_schema=False),
+    Route("/v1/agents/ui/{file}", ui, methods=["GET"], include_in_schema=False),
+    Route("/v1/agents", list_agents, methods=["GET"]),
+    Route("/v1/agents/runs", list_runs, methods=["GET"]),
+    Route("/v1/agents/runs/{run_id}", get_run, methods=["GET"]),
+    Route("/v1/agents/runs/{run_id}/history", history, methods=["GET"]),
+    Route("/v1/agents/runs/{run_id}/events", send_event, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/approve", approve, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/reject", reject, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/pause", pause, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/resume", resume, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/terminate", terminate, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/move", move, methods=["POST"]),
+    Route("/v1/agents/approvals", list_approvals, methods=["GET"]),
+    Route("/v1/agents/schedules", list_schedules, methods=["GET"]),
+    Route("/v1/agents/schedules", create_schedule, methods=["POST"]),
+    Route("/v1/agents/schedules/{name}", delete_schedule, methods=["DELETE"]),
+    Route("/v1/agents/models/chat", model_chat, methods=["POST"]),
+    Route("/v1/agents/usage", usage, methods=["GET"]),
+    Route("/v1/agents/secrets/{name}", put_secret, methods=["PUT"]),
+    Route("/v1/agents/{name}", deploy, methods=["PUT"]),
+    Route("/v1/agents/{name}", get_agent, methods=["GET"]),
+    Route("/v1/agents/{name}/runs", start_run, methods=["POST"]),
+]

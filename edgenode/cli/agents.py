@@ -1,0 +1,258 @@
+"""``edgenode agent ...``: deploy durable agents, start and watch runs, answer approvals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgenode.cli.client import ClientContext, echo_json, echo_table, pass_client
+
+RUN_COLUMNS = ["id", "agent", "version", "status", "activations", "created_at", "finished_at"]
+
+
+def _json_arg(value: str | None, what: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{what} must be JSON: {exc}") from exc
+
+
+def _files(path: Path) -> dict[str, str]:
+    if path.is_file():
+        return {"main.py": path.read_text()}
+    files = {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*.py"))
+             if "__pycache__" not in p.parts}
+    if "main.py" not in files:
+        raise click.BadParameter(f"{path} has no main.py")
+    return files
+
+
+@click.group("agent")
+def agent() -> None:
+    """Durable agents: deploy, run, send events, approve, pause, cancel, schedule."""
+
+
+@agent.command("deploy")
+@click.argument("name")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--allow-host", "allowed_hosts", multiple=True, help="A host the agent may fetch; repeatable.")
+@pass_client
+def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[str, ...]) -> None:
+    """Deploy SOURCE (main.py, or a folder holding it) as agent NAME; prints the new version."""
+    body = {"files": _files(source), "allowed_hosts": list(allowed_hosts)}
+    result = client.request("PUT", f"/v1/agents/{name}", json=body)
+    click.echo(f"{result['name']} version {result['version']}" + ("" if result["created"] else " (unchanged)"))
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
+@pass_client
+def list_agents(client: ClientContext, as_json: bool) -> None:
+    """List deployed agents."""
+    data = client.request("GET", "/v1/agents")
+    echo_json(data) if as_json else echo_table(data["agents"], ["name", "version", "updated_at"])
+
+
+@agent.command("show")
+@click.argument("name")
+@pass_client
+def show(client: ClientContext, name: str) -> None:
+    """Show an agent: versions and state."""
+    echo_json(client.request("GET", f"/v1/agents/{name}"))
+
+
+@agent.command("start")
+@click.argument("name")
+@click.option("--input", "input_json", help="The run's input, as JSON.")
+@click.option("--id", "run_id", help="Run id; starting twice with one id starts one run.")
+@click.option("--version", type=int, help="Run this version instead of the current one.")
+@pass_client
+def start(client: ClientContext, name: str, input_json: str | None, run_id: str | None, version: int | None) -> None:
+    """Start a run of agent NAME; prints its id."""
+    body: dict[str, Any] = {"input": _json_arg(input_json, "--input")}
+    if run_id:
+        body["id"] = run_id
+    if version is not None:
+        body["version"] = version
+    run = client.request("POST", f"/v1/agents/{name}/runs", json=body)
+    click.echo(run["id"])
+
+
+@agent.command("runs")
+@click.option("--agent", "agent_name", help="Only runs of this agent.")
+@click.option("--status", help="Only runs in this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
+@pass_client
+def runs(client: ClientContext, agent_name: str | None, status: str | None, as_json: bool) -> None:
+    """List runs, newest first."""
+    params = {k: v for k, v in {"agent": agent_name, "status": status}.items() if v}
+    data = client.request("GET", "/v1/agents/runs", params=params)
+    echo_json(data) if as_json else echo_table(data["runs"], RUN_COLUMNS)
+
+
+@agent.command("status")
+@click.argument("run_id")
+@pass_client
+def status(client: ClientContext, run_id: str) -> None:
+    """Show a run: status, output or error, what it waits for."""
+    echo_json(client.request("GET", f"/v1/agents/runs/{run_id}"))
+
+
+@agent.command("history")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
+@pass_client
+def history(client: ClientContext, run_id: str, as_json: bool) -> None:
+    """Show a run's journal, one line per journaled call."""
+    data = client.request("GET", f"/v1/agents/runs/{run_id}/history")
+    if as_json:
+        echo_json(data)
+        return
+    for e in data["journal"]:
+        result = json.dumps(e["result"], default=str)
+        click.echo(f"{e['position']:>4}  {e['status']:<8} {e['kind']:<12} {e['name'][:40]:<40} "
+                   f"{result[:80]}")
+
+
+@agent.command("event")
+@click.argument("run_id")
+@click.argument("event_type")
+@click.option("--payload", help="The event's payload, as JSON.")
+@pass_client
+def event(client: ClientContext, run_id: str, event_type: str, payload: str | None) -> None:
+    """Send an event of EVENT_TYPE to a run."""
+    result = client.request("POST", f"/v1/agents/runs/{run_id}/events",
+                            json={"type": event_type, "payload": _json_arg(payload, "--payload")})
+    click.echo("delivered" if result["delivered"] else "queued until the run waits for it")
+
+
+@agent.command("approvals")
+@pass_client
+def approvals(client: ClientContext) -> None:
+    """List runs waiting for a human decision."""
+    echo_table(client.request("GET", "/v1/agents/approvals")["approvals"], ["run", "agent", "prompt", "since"])
+
+
+def _decide(client: ClientContext, run_id: str, verdict: str, comment: str) -> None:
+    client.request("POST", f"/v1/agents/runs/{run_id}/{verdict}", json={"comment": comment})
+    click.echo(f"{verdict}d {run_id}")
+
+
+@agent.command("approve")
+@click.argument("run_id")
+@click.option("--comment", default="", help="A note the agent receives.")
+@pass_client
+def approve(client: ClientContext, run_id: str, comment: str) -> None:
+    """Approve what RUN_ID waits for."""
+    _decide(client, run_id, "approve", comment)
+
+
+@agent.command("reject")
+@click.argument("run_id")
+@click.option("--comment", default="", help="A note the agent receives.")
+@pass_client
+def reject(client: ClientContext, run_id: str, comment: str) -> None:
+    """Reject what RUN_ID waits for."""
+    _decide(client, run_id, "reject", comment)
+
+
+def _control(action: str, doc: str) -> click.Command:
+    @click.argument("run_id")
+    @pass_client
+    def command(client: ClientContext, run_id: str) -> None:
+        run = client.request("POST", f"/v1/agents/runs/{run_id}/{action}")
+        click.echo(f"{run['id']} {run['status']}")
+
+    command.__doc__ = doc
+    return click.command(action)(command)
+
+
+for _action, _doc in (("pause", "Pause a run (an executing one stops at its next call)."),
+                      ("resume", "Resume a paused or blocked run."),
+                      ("cancel", "Cancel a run at its next call."),
+                      ("terminate", "Terminate a run now, killing its activation.")):
+    agent.add_command(_control(_action, _doc))
+
+
+@agent.command("move")
+@click.argument("run_id")
+@click.argument("version", type=int)
+@pass_client
+def move(client: ClientContext, run_id: str, version: int) -> None:
+    """Move a run to VERSION of its agent (it replays its journal against that code)."""
+    run = client.request("POST", f"/v1/agents/runs/{run_id}/move", json={"version": version})
+    click.echo(f"{run['id']} now on version {run['version']} ({run['status']})")
+
+
+@agent.group("schedule")
+def schedule() -> None:
+    """Cron schedules that start runs."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("agent_name")
+@click.argument("cron")
+@click.option("--input", "input_json", help="Each run's input, as JSON.")
+@pass_client
+def schedule_add(client: ClientContext, name: str, agent_name: str, cron: str, input_json: str | None) -> None:
+    """Start AGENT_NAME on CRON (five fields, UTC) under schedule NAME."""
+    result = client.request("POST", "/v1/agents/schedules", json={
+        "name": name, "agent": agent_name, "cron": cron, "input": _json_arg(input_json, "--input")})
+    click.echo(f"{result['name']} next at {result['next_at']}")
+
+
+@schedule.command("list")
+@pass_client
+def schedule_list(client: ClientContext) -> None:
+    """List schedules."""
+    echo_table(client.request("GET", "/v1/agents/schedules")["schedules"],
+               ["name", "agent", "cron", "next_at", "last_run_id"])
+
+
+@schedule.command("rm")
+@click.argument("name")
+@pass_client
+def schedule_rm(client: ClientContext, name: str) -> None:
+    """Delete a schedule."""
+    client.request("DELETE", f"/v1/agents/schedules/{name}")
+    click.echo(f"deleted {name}")
+
+
+@agent.command("chat")
+@click.argument("model")
+@click.argument("message")
+@pass_client
+def chat(client: ClientContext, model: str, message: str) -> None:
+    """Send MESSAGE to MODEL (provider:model) through the node's gateway."""
+    reply = client.request("POST", "/v1/agents/models/chat",
+                           json={"model": model, "messages": [{"role": "user", "content": message}]})
+    click.echo(reply["text"])
+    for call in reply["tool_calls"]:
+        click.echo(f"tool call: {call['name']}({json.dumps(call['arguments'])})")
+
+
+@agent.command("usage")
+@pass_client
+def usage(client: ClientContext) -> None:
+    """Model calls and tokens of this tenant."""
+    echo_table(client.request("GET", "/v1/agents/usage")["usage"],
+               ["provider", "model", "calls", "input_tokens", "output_tokens"])
+
+
+@agent.command("secret")
+@click.argument("name")
+@click.option("--value", prompt=True, hide_input=True, help="The secret's value (prompted if left out).")
+@pass_client
+def secret(client: ClientContext, name: str, value: str) -> None:
+    """Set a tenant secret such as OPENAI_API_KEY (used by the model gateway)."""
+    client.request("PUT", f"/v1/agents/secrets/{name}", json={"value": value})
+    click.echo(f"set {name}")
+
+
+__all__ = ["agent"]

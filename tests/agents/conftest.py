@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.agents.helpers import FAST
+from tests.support import NodeProcess
+
+
+@pytest.fixture(scope="module")
+def agent_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node whose agent scheduler ticks fast, shared by a module's tests."""
+    proc = NodeProcess(tmp_path_factory.mktemp("agents"), env=FAST).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def api(agent_node: NodeProcess) -> Iterator[httpx.Client]:
+    with agent_node.client() as c:
+        yield c
