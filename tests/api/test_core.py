@@ -189,3 +189,24 @@ def test_every_non_public_route_demands_a_token(local: tuple[Node, TestClient]) 
             assert r.status_code == 401, (method, path, r.status_code)
             checked += 1
     assert checked > 10
+
+
+def test_413_closes_the_connection_so_the_next_request_is_not_poisoned(node) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    host, port = node.url.removeprefix("http://").split(":")
+    limit = 16 * 1024 * 1024
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = (f"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.admin_token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {limit + 10}\r\n\r\n")
+        s.sendall(head.encode() + b'{"tenant": "' + b"a" * 65536)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break  # the server closed the connection after answering
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in data.lower()
+    with node.client() as c:
+        assert c.get("/v1/whoami").status_code == 200

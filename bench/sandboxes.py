@@ -1,0 +1,161 @@
+"""Sandbox benchmark: create and exec latency over HTTP, beside the same commands run bare in the same run.
+
+Baselines (the floor): ``subprocess.run`` of the same command on the host, and a bare
+``bwrap --unshare-all ... true`` (what starting any bwrap sandbox costs here).
+
+    .venv/bin/python bench/sandboxes.py [--runs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgenode.sandboxes.bwrap import find_bwrap  # noqa: E402
+from tests.support import NodeProcess  # noqa: E402
+
+PY = "print(sum(range(1000)))"
+LINES = "for i in $(seq 1 100); do echo line $i; done"
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def row(name: str, values: list[float], floor: list[float] | None = None) -> str:
+    p50, p99 = statistics.median(values), pct(values, 0.99)
+    extra = ""
+    if floor is not None:
+        extra = f"{statistics.median(floor):9.2f} {p50 - statistics.median(floor):+10.2f}"
+    return f"{name:<44}{p50:9.2f}{p99:9.2f} {extra}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+    runs = args.runs
+    bwrap = find_bwrap()
+    bare_bwrap = [bwrap.path, "--new-session", "--die-with-parent", "--unshare-all", "--ro-bind", "/usr", "/usr",
+                  "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                  "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
+
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        node = NodeProcess(Path(tmp) / "node").start()
+        try:
+            client = node.client(timeout=60)
+            created: list[str] = []
+
+            def create() -> None:
+                created.append(client.post("/v1/sandboxes", json={}).json()["id"])
+
+            create_ms = timed(create, max(10, runs // 3), warmup=1)
+
+            def cold() -> None:
+                sid = client.post("/v1/sandboxes", json={}).json()["id"]
+                client.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+                created.append(sid)
+
+            cold_ms = timed(cold, 10, warmup=1)
+            bare_bwrap_ms = timed(lambda: subprocess.run(bare_bwrap, check=True), runs)
+            # Keep one sandbox; the others' warm starts must not run under the exec measurements.
+            sid = created.pop(0)
+            for other in created:
+                client.delete(f"/v1/sandboxes/{other}")
+            created = [sid]
+            client.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+
+            def exec_(cmd: object) -> Callable[[], None]:
+                def go() -> None:
+                    r = client.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": cmd})
+                    assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+                return go
+
+            true_ms = timed(exec_(["true"]), runs)
+            true_floor = timed(lambda: subprocess.run(["true"], check=True), runs)
+            sh_ms = timed(exec_("true"), runs)
+            sh_floor = timed(lambda: subprocess.run(["/bin/sh", "-c", "true"], check=True), runs)
+            py_ms = timed(exec_(["python3", "-c", PY]), max(10, runs // 3))
+            py_floor = timed(lambda: subprocess.run(["/usr/bin/python3", "-c", PY], check=True, capture_output=True),
+                             max(10, runs // 3))
+
+            first: list[float] = []
+            whole: list[float] = []
+
+            def stream() -> None:
+                start = time.perf_counter()
+                got_first = False
+                lines = 0
+                with client.stream("POST", f"/v1/sandboxes/{sid}/exec", json={"cmd": LINES},
+                                   headers={"accept": "text/event-stream"}) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("data:") and not got_first:
+                            first.append((time.perf_counter() - start) * 1000)
+                            got_first = True
+                        if line.startswith("event: stdout"):
+                            lines += 1
+                        if line.startswith("event: exit"):
+                            break
+                whole.append((time.perf_counter() - start) * 1000)
+                assert lines == 100, lines
+
+            for _ in range(max(10, runs // 3)):
+                stream()
+            floor_first: list[float] = []
+            floor_whole: list[float] = []
+            for _ in range(max(10, runs // 3)):
+                start = time.perf_counter()
+                proc = subprocess.Popen(["/bin/sh", "-c", LINES], stdout=subprocess.PIPE)
+                assert proc.stdout is not None
+                proc.stdout.readline()
+                floor_first.append((time.perf_counter() - start) * 1000)
+                proc.stdout.read()
+                proc.wait()
+                floor_whole.append((time.perf_counter() - start) * 1000)
+
+            status = client.get("/v1/status").json()["capabilities"]["sandboxes"]
+            for s in created:
+                client.delete(f"/v1/sandboxes/{s}")
+        finally:
+            node.stop()
+
+    print(f"bwrap {status['bwrap_version']} ({status['bwrap_source']}), limits: {status['limits']}, "
+          f"{runs} runs; times in ms over HTTP on loopback")
+    print(f"{'measure':<44}{'p50':>9}{'p99':>9} {'floor p50':>9} {'overhead':>10}")
+    print(row("create sandbox (POST /v1/sandboxes)", create_ms, bare_bwrap_ms))
+    print(row("create + first exec `true` (cold start)", cold_ms, bare_bwrap_ms))
+    print(row("bare bwrap --unshare-all true", bare_bwrap_ms))
+    print(row("exec argv `true`", true_ms, true_floor))
+    print(row("exec shell `true`", sh_ms, sh_floor))
+    print(row("exec python3 -c", py_ms, py_floor))
+    print(row("stream 100 lines: first line", first, floor_first))
+    print(row("stream 100 lines: all, with exit event", whole, floor_whole))
+    print("floor: create rows vs bare bwrap; exec rows vs subprocess.run of the same command on the host")
+    print(json.dumps({"create_p50_ms": round(statistics.median(create_ms), 2),
+                      "exec_true_overhead_p50_ms": round(statistics.median(true_ms) - statistics.median(true_floor),
+                                                         2)}))
+
+
+if __name__ == "__main__":
+    main()

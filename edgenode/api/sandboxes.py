@@ -1,0 +1,247 @@
+"""Sandbox routes: create, inspect, destroy, exec (JSON or server-sent events), files, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json as _json
+import os
+import signal as _signal
+import stat
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from edgenode.api.common import field, json, node_of, principal, read_json
+from edgenode.errors import Conflict, ValidationFailed
+from edgenode.sandboxes import Sandboxes, parse_exec
+from edgenode.sandboxes.execution import Execution
+
+READ_CHUNK = 256 * 1024
+_SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
+
+
+def _sandboxes(request: Request) -> Sandboxes:
+    caps: Sandboxes = node_of(request).sandboxes
+    return caps
+
+
+def _wants_events(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {_json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def create(request: Request) -> Response:
+    """Create a sandbox: ``{"name"?, "network": "none" | {"allow": [...]}, "limits": {...}}``."""
+    data = await read_json(request)
+    return json(await _sandboxes(request).create(principal(request), data), status=201)
+
+
+async def list_sandboxes(request: Request) -> Response:
+    """The caller's sandboxes."""
+    return json({"sandboxes": await _sandboxes(request).list_sandboxes(principal(request))})
+
+
+async def get(request: Request) -> Response:
+    """One sandbox, with its state, limits, disk use and egress counters."""
+    return json(await _sandboxes(request).get(principal(request), request.path_params["id"]))
+
+
+async def delete(request: Request) -> Response:
+    """Destroy a sandbox and its workspace."""
+    await _sandboxes(request).delete(principal(request), request.path_params["id"])
+    return Response(status_code=204)
+
+
+async def release(request: Request) -> Response:
+    """Release the sandbox's processes now; files stay."""
+    await _sandboxes(request).release(principal(request), request.path_params["id"])
+    return Response(status_code=204)
+
+
+async def _spec(request: Request) -> Any:
+    data = await read_json(request)
+    return parse_exec(data, max_stdin=node_of(request).config.http.max_body_bytes)
+
+
+async def exec_command(request: Request) -> Response:
+    """Run a command; JSON result, or with ``Accept: text/event-stream`` its output line by line."""
+    spec = await _spec(request)
+    execution = await _sandboxes(request).exec(principal(request), request.path_params["id"], spec)
+    if not _wants_events(request):
+        return json(await execution.collect())
+    return StreamingResponse(_events(execution), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+async def _events(execution: Execution) -> AsyncIterator[bytes]:
+    async for stream, line, partial in execution.lines():
+        yield _sse(stream, {"line": line, "partial": True} if partial else {"line": line})
+    assert execution.result is not None
+    yield _sse("exit", execution.result.as_dict())
+
+
+# -- files ---------------------------------------------------------------------
+
+
+async def read_file(request: Request) -> Response:
+    """A file's bytes (streamed), or a directory's entries as JSON."""
+    path = request.path_params.get("path", "")
+    ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
+    # O_NONBLOCK: opening a FIFO planted in the workspace must not hang a node thread.
+    fd = await asyncio.to_thread(ws.open, path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            entries = await asyncio.to_thread(ws.list, path)
+            os.close(fd)
+            return json({"path": path, "type": "directory", "entries": entries})
+        if not stat.S_ISREG(st.st_mode):
+            raise Conflict(f"{path!r} is not a regular file or directory")
+    except BaseException:
+        os.close(fd)
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(os.read, fd, READ_CHUNK):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream",
+                             headers={"content-length": str(st.st_size)})
+
+
+async def write_file(request: Request) -> Response:
+    """Write a file from the request body, streamed; parents must exist (see mkdir)."""
+    path = request.path_params.get("path", "")
+    declared = request.headers.get("content-length")
+    size = await _sandboxes(request).write_file(principal(request), request.path_params["id"], path,
+                                                request.stream(),
+                                                declared=int(declared) if declared and declared.isdigit() else None)
+    return json({"path": path, "size": size}, status=201)
+
+
+async def delete_file(request: Request) -> Response:
+    """Delete a file or directory (``?recursive=true`` for a non-empty one)."""
+    path = request.path_params.get("path", "")
+    recursive = request.query_params.get("recursive", "").lower() in {"1", "true", "yes"}
+    ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
+    await asyncio.to_thread(ws.delete, path, recursive=recursive)
+    return Response(status_code=204)
+
+
+async def mkdir(request: Request) -> Response:
+    """Create a directory: ``{"path", "parents": true}``."""
+    data = await read_json(request)
+    path = field(data, "path", str, required=True)
+    parents = field(data, "parents", bool, True)
+    ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
+    await asyncio.to_thread(ws.mkdir, path, parents=parents)
+    return json({"path": path}, status=201)
+
+
+async def move(request: Request) -> Response:
+    """Rename a file or directory: ``{"from", "to", "overwrite": false}``."""
+    data = await read_json(request)
+    source = field(data, "from", str, required=True)
+    destination = field(data, "to", str, required=True)
+    overwrite = field(data, "overwrite", bool, False)
+    ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
+    await asyncio.to_thread(ws.move, source, destination, overwrite=overwrite)
+    return json({"from": source, "to": destination})
+
+
+# -- background processes -------------------------------------------------------
+
+
+def _proc_id(request: Request) -> int:
+    raw = request.path_params["pid"]
+    if not raw.isdigit():
+        raise ValidationFailed("process id must be a number", field="pid")
+    return int(raw)
+
+
+async def start_process(request: Request) -> Response:
+    """Start a background process: the same body as exec; output goes to its log."""
+    spec = await _spec(request)
+    proc = await _sandboxes(request).start_process(principal(request), request.path_params["id"], spec)
+    return json(proc, status=201)
+
+
+async def list_processes(request: Request) -> Response:
+    """Background processes started since the sandbox's processes last started."""
+    procs = await _sandboxes(request).list_processes(principal(request), request.path_params["id"])
+    return json({"processes": procs})
+
+
+async def get_process(request: Request) -> Response:
+    """One background process."""
+    proc = await _sandboxes(request).get_process(principal(request), request.path_params["id"], _proc_id(request))
+    return json(proc.as_dict())
+
+
+async def process_logs(request: Request) -> Response:
+    """A process's output; ``?follow=true`` streams until it exits; ``?offset=N`` skips bytes."""
+    follow = request.query_params.get("follow", "").lower() in {"1", "true", "yes"}
+    offset_text = request.query_params.get("offset", "0")
+    if not offset_text.isdigit():
+        raise ValidationFailed("offset must be a non-negative integer", field="offset")
+    logs = await _sandboxes(request).process_logs(principal(request), request.path_params["id"], _proc_id(request),
+                                                  follow=follow, offset=int(offset_text))
+    return StreamingResponse(logs, media_type="text/plain; charset=utf-8")
+
+
+def _parse_signal(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65:
+        return value
+    if isinstance(value, str):
+        name = value.upper().removeprefix("SIG")
+        if name in _SIGNALS:
+            return int(getattr(_signal, "SIG" + name))
+    raise ValidationFailed(f"unknown signal {value!r}; use a number or one of {', '.join(sorted(_SIGNALS))}",
+                           field="signal")
+
+
+async def signal_process(request: Request) -> Response:
+    """Send a signal to a process's group: ``{"signal": "TERM"}``."""
+    data = await read_json(request)
+    sig = _parse_signal(data.get("signal", "TERM"))
+    proc = await _sandboxes(request).signal_process(principal(request), request.path_params["id"],
+                                                    _proc_id(request), sig)
+    return json(proc)
+
+
+async def kill_process(request: Request) -> Response:
+    """Kill a process's group (SIGKILL)."""
+    proc = await _sandboxes(request).signal_process(principal(request), request.path_params["id"],
+                                                    _proc_id(request), int(_signal.SIGKILL))
+    return json(proc)
+
+
+routes = [
+    Route("/v1/sandboxes", create, methods=["POST"]),
+    Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
+    Route("/v1/sandboxes/{id}", get, methods=["GET"]),
+    Route("/v1/sandboxes/{id}", delete, methods=["DELETE"]),
+    Route("/v1/sandboxes/{id}/release", release, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/exec", exec_command, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/files", read_file, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/files/{path:path}", read_file, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/files/{path:path}", write_file, methods=["PUT"]),
+    Route("/v1/sandboxes/{id}/files/{path:path}", delete_file, methods=["DELETE"]),
+    Route("/v1/sandboxes/{id}/mkdir", mkdir, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/move", move, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/processes", start_process, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/processes", list_processes, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/processes/{pid}", get_process, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/processes/{pid}", kill_process, methods=["DELETE"]),
+    Route("/v1/sandboxes/{id}/processes/{pid}/logs", process_logs, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/processes/{pid}/signal", signal_process, methods=["POST"]),
+]

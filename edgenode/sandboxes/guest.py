@@ -1,0 +1,287 @@
+"""The node's side of one running sandbox: bwrap with the supervisor inside, and its commands.
+
+A sandbox's processes live under one long-lived bwrap whose first process is the
+supervisor in ``guest_init.py``. Execs and background processes are commands the
+supervisor forks, so they share the sandbox's namespaces (a background server is
+reachable from a later exec on ``localhost``) and cost a fork, not a new bwrap.
+The node speaks to the supervisor over bwrap's stdin and stdout only: no socket or
+path the sandbox could swap under the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenode.errors import SandboxUnavailable
+from edgenode.sandboxes import bwrap as bw
+from edgenode.sandboxes import guest_init
+
+log = logging.getLogger(__name__)
+
+_GUEST_SOURCE = Path(guest_init.__file__).read_text()
+#: Longest protocol line the node accepts from a supervisor (a 64 KiB chunk in base64 plus framing).
+MAX_LINE = 1024 * 1024
+READY_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Event:
+    """One thing a command did: ``out`` (fd, data), ``truncated`` (fd), ``exit`` (code, signal)."""
+
+    kind: str
+    fd: int = 0
+    data: bytes = b""
+    code: int | None = None
+    signal: int | None = None
+    message: str = ""
+
+
+@dataclass
+class Command:
+    """A command running in the sandbox, as the node tracks it."""
+
+    id: int
+    argv: list[str]
+    started_at: float = field(default_factory=time.time)
+    pid: int | None = None
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int | None = None
+    signal: int | None = None
+    #: Why the node stopped it, if it did: "timeout", "disk_quota", "released".
+    stopped_by: str | None = None
+
+    def finish(self, code: int | None, sig: int | None) -> None:
+        """Record the exit and wake whoever waits."""
+        if self.done.is_set():
+            return
+        self.exit_code, self.signal = code, sig
+        self.done.set()
+        self.events.put_nowait(Event("exit", code=code, signal=sig))
+
+
+@dataclass
+class GuestSpec:
+    """Everything needed to start a sandbox's bwrap."""
+
+    bwrap: str
+    python: str
+    workspace: Path
+    tmp: Path
+    run_dir: Path | None
+    seccomp: bytes
+    owner: tuple[int, int] | None
+    env: dict[str, str]
+    pids: int
+    hostname: str
+    groups: list[int] = field(default_factory=list)
+
+
+class Guest:
+    """One sandbox's bwrap and supervisor; commands are started and signalled through it."""
+
+    def __init__(self, spec: GuestSpec) -> None:
+        self.spec = spec
+        self.proc: asyncio.subprocess.Process | None = None
+        self.commands: dict[int, Command] = {}
+        self._next_id = 0
+        self._ready: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._stderr: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.started_at: float | None = None
+        self.exited = asyncio.Event()
+        self.stderr_tail: list[str] = []
+
+    @property
+    def alive(self) -> bool:
+        """Whether the supervisor is running."""
+        return self.proc is not None and self.proc.returncode is None and not self.exited.is_set()
+
+    async def start(self) -> None:
+        """Start bwrap and wait until the supervisor says it is ready."""
+        spec = self.spec
+        fds: list[int] = []
+
+        def pipe_with(data: bytes) -> int:
+            r, w = os.pipe()
+            fds.append(r)
+            # Small payloads (at most a few dozen KiB) fit the pipe buffer, so this cannot block.
+            os.write(w, data)
+            os.close(w)
+            return r
+
+        def path_fd(path: Path) -> int:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(fd)
+            return fd
+
+        try:
+            passwd, group = bw.passwd_text()
+            mounts = bw.SandboxMounts(
+                workspace=path_fd(spec.workspace),
+                tmp=path_fd(spec.tmp),
+                seccomp=pipe_with(spec.seccomp),
+                passwd=pipe_with(passwd),
+                group=pipe_with(group),
+                init=pipe_with(_GUEST_SOURCE.encode()),
+                run=path_fd(spec.run_dir) if spec.run_dir is not None else None,
+            )
+            config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None}
+            argv = bw.sandbox_argv(spec.bwrap, mounts, env=spec.env, hostname=spec.hostname,
+                                   command=[spec.python, "-I", "-S", bw.GUEST_INIT_PATH, json.dumps(config)])
+            kwargs: dict[str, Any] = {}
+            if spec.owner is not None:
+                kwargs.update(user=spec.owner[0], group=spec.owner[1], extra_groups=spec.groups)
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=mounts.fds(), limit=MAX_LINE,
+                cwd="/", **kwargs,
+            )
+        except OSError as exc:
+            raise SandboxUnavailable(f"cannot start bwrap: {exc}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._ready = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_events())
+        self._stderr = asyncio.create_task(self._read_stderr())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT_S)
+        except (TimeoutError, SandboxUnavailable) as exc:
+            detail = " | ".join(self.stderr_tail[-5:])
+            await self.stop()
+            raise SandboxUnavailable(f"the sandbox did not start: {detail or exc}") from None
+        self.started_at = time.time()
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            self.stderr_tail = [*self.stderr_tail[-19:], text[:500]]
+            log.debug("sandbox stderr", extra={"line": text[:500]})
+
+    async def _read_events(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            while True:
+                try:
+                    line = await self.proc.stdout.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    log.warning("sandbox supervisor sent an oversized line; stopping it")
+                    break
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                    self._dispatch(msg)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("sandbox supervisor sent a malformed line; stopping it")
+                    break
+        finally:
+            self.exited.set()
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(SandboxUnavailable("the sandbox supervisor exited"))
+            for cmd in list(self.commands.values()):
+                cmd.stopped_by = cmd.stopped_by or "released"
+                cmd.finish(None, signal.SIGKILL)
+            self.commands.clear()
+            if self.proc is not None and self.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        ev = msg["ev"]
+        if ev == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        cmd = self.commands.get(int(msg["id"]))
+        if cmd is None:
+            return
+        if ev == "started":
+            cmd.pid = int(msg["pid"])
+        elif ev == "out":
+            cmd.events.put_nowait(Event("out", fd=int(msg["fd"]), data=base64.b64decode(msg["data"])))
+        elif ev == "truncated":
+            cmd.events.put_nowait(Event("truncated", fd=int(msg["fd"])))
+        elif ev == "exit":
+            self.commands.pop(cmd.id, None)
+            cmd.finish(msg.get("code"), msg.get("signal"))
+        elif ev == "failed":
+            self.commands.pop(cmd.id, None)
+            cmd.events.put_nowait(Event("failed", message=str(msg.get("message", ""))[:1000]))
+            cmd.finish(127, None)
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        if not self.alive:
+            raise SandboxUnavailable("the sandbox's processes were released; try again")
+        assert self.proc is not None and self.proc.stdin is not None
+        async with self._lock:
+            self.proc.stdin.write((json.dumps(msg, separators=(",", ":")) + "\n").encode())
+            try:
+                await self.proc.stdin.drain()
+            except (ConnectionError, BrokenPipeError) as exc:
+                raise SandboxUnavailable("the sandbox supervisor went away") from exc
+
+    async def spawn(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bytes | None,
+                    rlimits: dict[str, int], cap: int) -> Command:
+        """Start ``argv`` in the sandbox; its output and exit arrive on ``Command.events``."""
+        self._next_id += 1
+        cmd = Command(self._next_id, argv)
+        self.commands[cmd.id] = cmd
+        try:
+            await self._send({
+                "op": "spawn", "id": cmd.id, "argv": argv, "cwd": cwd, "env": env,
+                "stdin": base64.b64encode(stdin).decode() if stdin is not None else None,
+                "rlimits": rlimits, "cap": cap,
+            })
+        except BaseException:
+            self.commands.pop(cmd.id, None)
+            raise
+        return cmd
+
+    async def signal(self, cmd: Command, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the command's process group (no-op once it has exited)."""
+        if cmd.done.is_set() or not self.alive:
+            return
+        with contextlib.suppress(SandboxUnavailable):
+            await self._send({"op": "signal", "id": cmd.id, "sig": int(sig)})
+
+    async def stop(self) -> None:
+        """Take the whole sandbox down: bwrap dies, the PID namespace and everything in it with it."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        for task in (self._reader, self._stderr):
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, 5)
+        self.exited.set()
+
+
+def guest_python() -> str:
+    """The interpreter that runs the supervisor inside sandboxes."""
+    found = bw.python_for_guest()
+    if found is None:
+        raise SandboxUnavailable(f"no python3 under /usr for the in-sandbox supervisor (node runs {sys.executable})")
+    return found
+
+
+__all__ = ["Command", "Event", "Guest", "GuestSpec", "guest_python"]

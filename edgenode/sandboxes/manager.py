@@ -1,0 +1,510 @@
+"""The sandboxes capability: records, tenancy, files, execs, background processes and the idle reaper.
+
+Files and the record persist (SQLite plus ``DATA/sandboxes/<id>/workspace``);
+processes do not: they are released when a sandbox is idle for
+``idle_timeout_s``, when it is destroyed, and when the node stops. The next exec
+starts the sandbox's processes again, with an empty ``/tmp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgenode.auth import Principal
+from edgenode.errors import (
+    Overloaded,
+    SandboxProcessNotFound,
+    SandboxQuotaExceeded,
+    SandboxUnavailable,
+    Unavailable,
+    ValidationFailed,
+)
+from edgenode.sandboxes import bwrap as bw
+from edgenode.sandboxes.acl import grant_group_search, has_group_search
+from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
+from edgenode.sandboxes.execution import ExecSpec, Execution
+from edgenode.sandboxes.guest import GuestSpec, guest_python
+from edgenode.sandboxes.limits import (
+    MIB,
+    Limits,
+    cgroup_v2_writable,
+    disk_usage,
+    limits_from_json,
+    resolve_limits,
+)
+from edgenode.sandboxes.paths import Workspace
+from edgenode.sandboxes.runtime import BackgroundProcess, SandboxRuntime, reset_dir
+from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
+from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
+
+if TYPE_CHECKING:
+    from edgenode.node import Node
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+PROXY_URL = "http://127.0.0.1:3128"
+#: How much of a refused upload is read and dropped so the client sees the error, in bytes.
+DRAIN_LIMIT = 64 * MIB
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Sandboxes:
+    """Persistent Linux workspaces run under bubblewrap."""
+
+    name = "sandboxes"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.settings = node.config.sandboxes
+        self.root = node.data_dir / "sandboxes"
+        self.db = node.database("sandboxes.db", MIGRATIONS)
+        self.store = SandboxStore(self.db)
+        self.runtimes: dict[str, SandboxRuntime] = {}
+        self._starting: dict[str, asyncio.Task[SandboxRuntime]] = {}
+        #: Warm starts after create run one at a time, so a burst of creates is not slowed by them.
+        self._warming = asyncio.Semaphore(1)
+        self._warm_tasks: dict[str, asyncio.Task[None]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self.bwrap: bw.BwrapInfo | None = None
+        self.python: str | None = None
+        self.unavailable: str | None = None
+        self.seccomp = b""
+        self.as_root = os.geteuid() == 0
+        self.cgroup_v2 = cgroup_v2_writable()
+        #: Directories where the sandboxes' group was granted search permission (see acl.py).
+        self.search_granted: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the database, find bwrap and python3, start the idle reaper."""
+        self.db.open()
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.bwrap = bw.find_bwrap(self.settings.bwrap)
+            self.python = guest_python()
+            self.seccomp = compile_filter()
+            if self.as_root:
+                await asyncio.to_thread(self._open_path_to_root)
+        except (Unavailable, RuntimeError, OSError) as exc:
+            self.unavailable = str(exc)
+            log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def stop(self) -> None:
+        """Release every sandbox's processes and close the database."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reaper
+        for warm in list(self._warm_tasks.values()):
+            warm.cancel()
+        for task in [*self._warm_tasks.values(), *self._starting.values()]:
+            with contextlib.suppress(BaseException):
+                await task
+        await asyncio.gather(*(self._release(sid) for sid in list(self.runtimes)), return_exceptions=True)
+        self.db.close()
+
+    def status(self) -> dict[str, Any]:
+        """bwrap in use, how limits are enforced, seccomp, and counts."""
+        arch = native_arch()
+        return {
+            "available": self.unavailable is None,
+            "reason": self.unavailable,
+            "bwrap": self.bwrap.path if self.bwrap else None,
+            "bwrap_version": self.bwrap.version_text if self.bwrap else None,
+            "bwrap_source": self.bwrap.source if self.bwrap else None,
+            "limits": "rlimits+disk-accounting",
+            "cgroup_v2": f"writable at {self.cgroup_v2} (not used yet)" if self.cgroup_v2 else "not writable",
+            "seccomp": f"bpf {arch.name if arch else '?'} {len(RULES)} rules",
+            "per_sandbox_uid": self.as_root,
+            "search_granted": self.search_granted,
+            "running": len(self.runtimes),
+            "max_running": self.settings.max_running,
+            "idle_timeout_s": self.settings.idle_timeout_s,
+        }
+
+    @property
+    def group(self) -> int:
+        """The supplementary group every sandbox's bwrap runs with, to reach ``DATA/sandboxes``."""
+        return self.settings.uid_base - 1
+
+    def _open_path_to_root(self) -> None:
+        """Let the sandboxes' group search its way to ``DATA/sandboxes`` (bwrap resolves paths as the sandbox).
+
+        Only directories that others cannot already search get an ACL entry, and only
+        ``--x``: nothing becomes listable or readable, and sandboxed processes never see
+        host paths at all (their mount namespace holds none of these directories).
+        """
+        os.chown(self.root, 0, self.group)
+        os.chmod(self.root, 0o710)
+        path = self.root.parent
+        while True:
+            if not os.stat(path).st_mode & 0o001 and not has_group_search(path, self.group):
+                grant_group_search(path, self.group)
+                if str(path) not in self.search_granted:
+                    self.search_granted.append(str(path))
+                log.info("granted the sandboxes' group search on a directory", extra={"path": str(path)})
+            if path.parent == path:
+                return
+            path = path.parent
+
+    def _require(self) -> None:
+        if self.unavailable is not None:
+            raise SandboxUnavailable(f"sandboxes are not available on this node: {self.unavailable}")
+
+    # -- records -------------------------------------------------------------
+
+    def _dir(self, sandbox_id: str) -> Path:
+        return self.root / sandbox_id
+
+    def _owner(self, record: SandboxRecord) -> tuple[int, int] | None:
+        if not self.as_root:
+            return None
+        uid = self.settings.uid_base + record.uid_slot
+        return uid, uid
+
+    def _limits(self, record: SandboxRecord) -> Limits:
+        return limits_from_json(record.limits, self.settings)
+
+    def _describe(self, record: SandboxRecord) -> dict[str, Any]:
+        runtime = self.runtimes.get(record.id)
+        running = runtime is not None and runtime.alive
+        last_used = max(record.last_used_at, runtime.last_used if runtime else 0)
+        return {
+            "id": record.id,
+            "name": record.name,
+            "tenant": record.tenant,
+            "created_at": record.created_at,
+            "last_used_at": last_used,
+            "network": record.network,
+            "limits": self._limits(record).as_dict(),
+            "state": "running" if running else "stopped",
+            # Files and the record survive restarts and idle release; processes never do.
+            "persistence": {"files": True, "processes": False},
+            "processes": len([p for p in runtime.processes.values() if not p.command.done.is_set()])
+            if runtime else 0,
+            "workspace": "/workspace",
+        }
+
+    async def create(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
+        """Create a sandbox: ``{"name"?, "network"?, "limits"?}``; its processes start in the background."""
+        self._require()
+        unknown = set(data) - {"name", "network", "limits"}
+        if unknown:
+            raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        name = data.get("name")
+        if name is not None and (not isinstance(name, str) or not _NAME.match(name) or name.startswith("sb_")):
+            raise ValidationFailed("field 'name' must be lower-case letters, digits, '.', '_' or '-' "
+                                   "(up to 63, not starting with 'sb_')", field="name")
+        policy = parse_policy(data.get("network"))
+        limits = resolve_limits(data.get("limits"), self.settings)
+        sandbox_id = "sb_" + secrets.token_hex(8)
+        record = await self.store.insert(id=sandbox_id, tenant=principal.tenant, name=name,
+                                         network=policy.as_json(), limits=limits.as_dict())
+        try:
+            await asyncio.to_thread(self._make_dirs, record)
+        except OSError:
+            await self.store.delete(sandbox_id)
+            raise
+        # Warm the processes now so the first exec does not wait for bwrap and the supervisor.
+        warm = asyncio.create_task(self._warm(record))
+        self._warm_tasks[sandbox_id] = warm
+        warm.add_done_callback(lambda t: self._warm_tasks.pop(sandbox_id, None))
+        return self._describe(record)
+
+    def _make_dirs(self, record: SandboxRecord) -> None:
+        base = self._dir(record.id)
+        base.mkdir(mode=0o750, exist_ok=True)
+        owner = self._owner(record)
+        if owner is not None:
+            os.chown(base, 0, owner[1])
+        for sub in ("workspace", "tmp"):
+            path = base / sub
+            path.mkdir(mode=0o755, exist_ok=True)
+            if owner is not None:
+                os.chown(path, *owner)
+
+    async def list_sandboxes(self, principal: Principal) -> list[dict[str, Any]]:
+        """The caller's sandboxes."""
+        return [self._describe(r) for r in await self.store.list_for(principal.tenant)]
+
+    async def get(self, principal: Principal, ref: str) -> dict[str, Any]:
+        """One of the caller's sandboxes, with its disk use."""
+        record = await self.store.get(principal.tenant, ref)
+        body = self._describe(record)
+        body["disk_used_bytes"] = await asyncio.to_thread(self._disk_used, record)
+        runtime = self.runtimes.get(record.id)
+        if runtime is not None and runtime.proxy is not None:
+            stats = runtime.proxy.stats
+            body["egress"] = {"allowed": stats.allowed, "denied": stats.denied, "last_denied": stats.last_denied}
+        return body
+
+    def _disk_used(self, record: SandboxRecord) -> int:
+        base = self._dir(record.id)
+        return disk_usage(base / "workspace", base / "tmp")
+
+    async def delete(self, principal: Principal, ref: str) -> None:
+        """Destroy a sandbox: processes killed, workspace removed, record forgotten."""
+        record = await self.store.get(principal.tenant, ref)
+        warm = self._warm_tasks.get(record.id)
+        if warm is not None:
+            warm.cancel()
+            with contextlib.suppress(BaseException):
+                await warm
+        task = self._starting.get(record.id)
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await task
+        await self._release(record.id)
+        await self.store.delete(record.id)
+        await asyncio.to_thread(shutil.rmtree, self._dir(record.id), True)
+
+    # -- processes -------------------------------------------------------------
+
+    def _spec(self, record: SandboxRecord, policy: EgressPolicy) -> GuestSpec:
+        assert self.bwrap is not None and self.python is not None
+        base = self._dir(record.id)
+        run_dir: Path | None = None
+        if policy.enabled:
+            run_dir = base / "run"
+            run_dir.mkdir(mode=0o750, exist_ok=True)
+            owner = self._owner(record)
+            if owner is not None:
+                os.chown(run_dir, 0, owner[1])
+        return GuestSpec(
+            bwrap=self.bwrap.path, python=self.python, workspace=base / "workspace", tmp=base / "tmp",
+            run_dir=run_dir, seccomp=self.seccomp, owner=self._owner(record),
+            env={"PATH": BASE_PATH}, pids=self._limits(record).pids, hostname=record.name or record.id,
+            groups=[self.group] if self.as_root else [],
+        )
+
+    def _base_env(self, record: SandboxRecord, policy: EgressPolicy) -> dict[str, str]:
+        env = {"PATH": BASE_PATH, "HOME": "/workspace", "USER": "sandbox", "LANG": "C.UTF-8",
+               "TMPDIR": "/tmp", "EDGENODE_SANDBOX": record.id}
+        if policy.enabled:
+            for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+                env[key] = PROXY_URL
+            env["no_proxy"] = env["NO_PROXY"] = "localhost,127.0.0.1,::1"
+            if policy.node:
+                env["EDGENODE_URL"] = f"http://{NODE_ALIAS}"
+        return env
+
+    async def _warm(self, record: SandboxRecord) -> None:
+        """Start a new sandbox's processes ahead of its first exec, if there is room."""
+        async with self._warming:
+            # Let the response that created the sandbox go out first.
+            await asyncio.sleep(0)
+            if record.id in self.runtimes or len(self.runtimes) + len(self._starting) >= self.settings.max_running:
+                return
+            try:
+                await self.runtime(record)
+            except Exception as exc:  # the first exec will report it
+                log.warning("warm start failed", extra={"sandbox": record.id, "error": str(exc)})
+
+    async def _start_runtime(self, record: SandboxRecord) -> SandboxRuntime:
+        policy = parse_policy(record.network)
+        spec = await asyncio.to_thread(self._prepare, record, policy)
+        runtime = self._runtime_for(record, policy, spec)
+        try:
+            try:
+                await runtime.start()
+            except SandboxUnavailable as exc:
+                if not (self.as_root and "Permission denied" in exc.message):
+                    raise
+                # A chmod on a directory above DATA (which clears ACL masks) raced this start:
+                # grant search again and try once more.
+                await asyncio.to_thread(self._open_path_to_root)
+                runtime = self._runtime_for(record, policy, spec)
+                await runtime.start()
+        finally:
+            self._starting.pop(record.id, None)
+        self.runtimes[record.id] = runtime
+        return runtime
+
+    def _runtime_for(self, record: SandboxRecord, policy: EgressPolicy, spec: GuestSpec) -> SandboxRuntime:
+        return SandboxRuntime(
+            record.id, spec, policy=policy, limits=self._limits(record), base_env=self._base_env(record, policy),
+            root=self._dir(record.id), node_url=lambda: self.node.url, log_cap=self.settings.max_output_bytes,
+        )
+
+    def _prepare(self, record: SandboxRecord, policy: EgressPolicy) -> GuestSpec:
+        if self.as_root:
+            # Someone may have chmod-ed a directory on the way since start (which clears ACL masks).
+            self._open_path_to_root()
+        self._make_dirs(record)
+        # /tmp is per sandbox on disk (counted in its quota) and starts empty with each start.
+        reset_dir(self._dir(record.id) / "tmp", self._owner(record))
+        return self._spec(record, policy)
+
+    async def runtime(self, record: SandboxRecord) -> SandboxRuntime:
+        """The sandbox's running processes side, started if it is not running."""
+        self._require()
+        runtime = self.runtimes.get(record.id)
+        if runtime is not None and runtime.alive:
+            return runtime
+        if runtime is not None:
+            await self._release(record.id)
+        task = self._starting.get(record.id)
+        if task is None:
+            await self._make_room()
+            task = asyncio.create_task(self._start_runtime(record))
+            self._starting[record.id] = task
+        return await asyncio.shield(task)
+
+    async def _make_room(self) -> None:
+        """Keep at most ``max_running`` sandboxes with processes: release the least recently used idle one."""
+        if len(self.runtimes) + len(self._starting) < self.settings.max_running:
+            return
+        idle = [r for r in self.runtimes.values() if not r.busy]
+        if not idle:
+            raise Overloaded(f"{self.settings.max_running} sandboxes are running commands; try again shortly",
+                             retry_after=5)
+        victim = min(idle, key=lambda r: r.last_used)
+        log.info("releasing the least recently used sandbox to make room", extra={"sandbox": victim.sandbox_id})
+        await self._release(victim.sandbox_id)
+
+    async def _release(self, sandbox_id: str) -> None:
+        runtime = self.runtimes.pop(sandbox_id, None)
+        if runtime is None:
+            return
+        await runtime.stop()
+        with contextlib.suppress(Exception):
+            await self.store.touch(sandbox_id, runtime.last_used)
+
+    async def release(self, principal: Principal, ref: str) -> None:
+        """Release a sandbox's processes now (as the idle reaper would); files stay."""
+        record = await self.store.get(principal.tenant, ref)
+        await self._release(record.id)
+
+    async def exec(self, principal: Principal, ref: str, spec: ExecSpec) -> Execution:
+        """Start an exec in the caller's sandbox."""
+        record = await self.store.get(principal.tenant, ref)
+        runtime = await self.runtime(record)
+        cap = min(spec.max_output_bytes or self.settings.max_output_bytes, self.settings.max_output_bytes)
+        return await runtime.execute(spec, cap=cap)
+
+    async def start_process(self, principal: Principal, ref: str, spec: ExecSpec) -> dict[str, Any]:
+        """Start a background process."""
+        record = await self.store.get(principal.tenant, ref)
+        runtime = await self.runtime(record)
+        proc = await runtime.start_process(spec)
+        return proc.as_dict()
+
+    async def _running(self, principal: Principal, ref: str) -> SandboxRuntime | None:
+        record = await self.store.get(principal.tenant, ref)
+        return self.runtimes.get(record.id)
+
+    async def list_processes(self, principal: Principal, ref: str) -> list[dict[str, Any]]:
+        """Background processes since the sandbox's processes last started."""
+        runtime = await self._running(principal, ref)
+        return [p.as_dict() for p in runtime.processes.values()] if runtime else []
+
+    async def get_process(self, principal: Principal, ref: str, proc_id: int) -> BackgroundProcess:
+        """One background process; 404 if unknown or released."""
+        runtime = await self._running(principal, ref)
+        if runtime is None:
+            raise SandboxProcessNotFound(f"no process {proc_id}: the sandbox's processes were released")
+        return runtime.process(proc_id)
+
+    async def signal_process(self, principal: Principal, ref: str, proc_id: int, sig: int) -> dict[str, Any]:
+        """Signal a background process's group."""
+        runtime = await self._running(principal, ref)
+        proc = await self.get_process(principal, ref, proc_id)
+        assert runtime is not None
+        await runtime.signal_process(proc.id, sig)
+        return proc.as_dict()
+
+    async def process_logs(self, principal: Principal, ref: str, proc_id: int, *, follow: bool,
+                           offset: int = 0) -> AsyncIterator[bytes]:
+        """A background process's log, optionally followed until it exits."""
+        runtime = await self._running(principal, ref)
+        await self.get_process(principal, ref, proc_id)
+        assert runtime is not None
+        return runtime.follow_log(proc_id, follow=follow, offset=offset)
+
+    # -- files -----------------------------------------------------------------
+
+    async def workspace(self, principal: Principal, ref: str) -> tuple[Workspace, SandboxRecord]:
+        """The caller's sandbox's workspace, for file operations."""
+        record = await self.store.get(principal.tenant, ref)
+        runtime = self.runtimes.get(record.id)
+        if runtime is not None:
+            runtime.last_used = time.time()
+        return Workspace(self._dir(record.id) / "workspace", owner=self._owner(record)), record
+
+    async def write_file(self, principal: Principal, ref: str, path: str, chunks: AsyncIterator[bytes],
+                         *, declared: int | None = None) -> int:
+        """Stream ``chunks`` into ``path`` atomically; 413 past the disk quota. Returns the size."""
+        ws, record = await self.workspace(principal, ref)
+        quota = self._limits(record).disk_mb * MIB
+        used = await asyncio.to_thread(self._disk_used, record)
+        over = SandboxQuotaExceeded(f"the workspace's disk quota of {quota} bytes would be exceeded",
+                                    limit=quota, used=used)
+        if declared is not None and used + declared > quota:
+            await _drain(chunks)
+            raise over
+        fd, parent, temp, name = await asyncio.to_thread(ws.begin_write, path)
+        written = 0
+        try:
+            async for chunk in chunks:
+                written += len(chunk)
+                if used + written > quota:
+                    break
+                await asyncio.to_thread(_write_all, fd, chunk)
+        except BaseException:
+            await asyncio.to_thread(ws.abort, fd, parent, temp)
+            raise
+        if used + written > quota:
+            await asyncio.to_thread(ws.abort, fd, parent, temp)
+            await _drain(chunks)
+            raise over
+        await asyncio.to_thread(ws.commit, fd, parent, temp, name, path)
+        return written
+
+    # -- idle reaper -------------------------------------------------------------
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval_s)
+            with contextlib.suppress(Exception):
+                await self.reap_idle(time.time())
+
+    async def reap_idle(self, now: float) -> list[str]:
+        """Release the processes of sandboxes idle for ``idle_timeout_s``; returns their ids."""
+        released = []
+        for sandbox_id, runtime in list(self.runtimes.items()):
+            if not runtime.busy and now - runtime.last_used >= self.settings.idle_timeout_s:
+                log.info("releasing idle sandbox", extra={"sandbox": sandbox_id})
+                await self._release(sandbox_id)
+                released.append(sandbox_id)
+        return released
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read and drop the rest of a refused body (bounded), so the client gets to read the error."""
+    drained = 0
+    async for chunk in chunks:
+        drained += len(chunk)
+        if drained > DRAIN_LIMIT:
+            return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+__all__ = ["Sandboxes"]

@@ -1,0 +1,261 @@
+"""A sandbox while it has processes: its supervisor, egress proxy, background processes and disk watch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenode.errors import SandboxProcessNotFound
+from edgenode.sandboxes.egress import EgressPolicy, EgressProxy
+from edgenode.sandboxes.execution import STREAMS, ExecSpec, Execution
+from edgenode.sandboxes.guest import Command, Guest, GuestSpec
+from edgenode.sandboxes.limits import MIB, Limits, disk_usage
+
+log = logging.getLogger(__name__)
+
+#: How often the workspace is measured while commands run.
+DISK_CHECK_INTERVAL_S = 0.1
+
+
+@dataclass
+class BackgroundProcess:
+    """A background command; its combined output goes to a log file on the host."""
+
+    id: int
+    command: Command
+    argv: list[str]
+    log_path: Path
+    started_at: float = field(default_factory=time.time)
+    log_bytes: int = 0
+    truncated: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The process as JSON."""
+        running = not self.command.done.is_set()
+        return {
+            "id": self.id,
+            "pid": self.command.pid,
+            "argv": self.argv,
+            "state": "running" if running else "exited",
+            "exit_code": self.command.exit_code,
+            "signal": self.command.signal,
+            "stopped_by": self.command.stopped_by,
+            "started_at": self.started_at,
+            "log_bytes": self.log_bytes,
+            "log_truncated": self.truncated,
+        }
+
+
+class SandboxRuntime:
+    """The processes side of one sandbox, from the first exec until release."""
+
+    def __init__(self, sandbox_id: str, spec: GuestSpec, *, policy: EgressPolicy, limits: Limits,
+                 base_env: dict[str, str], root: Path, node_url: Callable[[], str | None],
+                 log_cap: int) -> None:
+        self.sandbox_id = sandbox_id
+        self.spec = spec
+        self.policy = policy
+        self.limits = limits
+        self.base_env = base_env
+        self.root = root
+        self.log_cap = log_cap
+        self.guest = Guest(spec)
+        self.proxy = (EgressProxy(policy, str(spec.run_dir / "proxy.sock"), node_url=node_url)
+                      if spec.run_dir is not None else None)
+        self.processes: dict[int, BackgroundProcess] = {}
+        self._next_proc = 0
+        self.active_execs = 0
+        self.last_used = time.time()
+        self._watch: asyncio.Task[None] | None = None
+        self.disk_exceeded = False
+
+    async def start(self) -> None:
+        """Start the proxy (if any), then bwrap and the supervisor."""
+        if self.proxy is not None:
+            await self.proxy.start()
+        try:
+            await self.guest.start()
+        except BaseException:
+            if self.proxy is not None:
+                await self.proxy.stop()
+            raise
+        self._watch = asyncio.create_task(self._watch_disk())
+
+    async def stop(self) -> None:
+        """Release every process: the sandbox's PID namespace goes away with bwrap."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch
+        for proc in self.processes.values():
+            if not proc.command.done.is_set():
+                proc.command.stopped_by = "released"
+        await self.guest.stop()
+        for proc in self.processes.values():
+            if proc.pump is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(proc.pump, 5)
+        if self.proxy is not None:
+            await self.proxy.stop()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the supervisor still runs."""
+        return self.guest.alive
+
+    @property
+    def busy(self) -> bool:
+        """Whether an exec is running (background processes alone do not count)."""
+        background = {p.command.id for p in self.processes.values()}
+        return any(c.id not in background for c in self.guest.commands.values())
+
+    def env_for(self, extra: dict[str, str]) -> dict[str, str]:
+        """The environment a command gets: the sandbox's base, then the request's."""
+        return {**self.base_env, **extra}
+
+    async def execute(self, spec: ExecSpec, *, cap: int) -> Execution:
+        """Start an exec; the caller iterates its output."""
+        self.last_used = time.time()
+        timeout = min(spec.timeout_s or self.limits.timeout_s, float(self.limits.timeout_s))
+        command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
+                                         rlimits=self.limits.rlimits(), cap=cap)
+        return Execution(self.guest, command, timeout_s=timeout, cap=cap, on_done=self._touch)
+
+    def _touch(self) -> None:
+        # The end of a long exec counts as use: the idle clock starts then, not at its start.
+        self.last_used = time.time()
+
+    # -- background processes ------------------------------------------------
+
+    async def start_process(self, spec: ExecSpec) -> BackgroundProcess:
+        """Start a background command whose output is logged on the host."""
+        self.last_used = time.time()
+        command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
+                                         rlimits=self.limits.rlimits(), cap=self.log_cap)
+        self._next_proc += 1
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True, mode=0o700)
+        proc = BackgroundProcess(self._next_proc, command, spec.argv, logs / f"{self._next_proc}.log")
+        proc.log_path.write_bytes(b"")
+        proc.pump = asyncio.create_task(self._pump(proc))
+        self.processes[proc.id] = proc
+        return proc
+
+    async def _pump(self, proc: BackgroundProcess) -> None:
+        with open(proc.log_path, "ab") as out:
+            while True:
+                event = await proc.command.events.get()
+                if event.kind == "out":
+                    room = self.log_cap - proc.log_bytes
+                    data = event.data[:max(room, 0)]
+                    if len(data) < len(event.data):
+                        proc.truncated = True
+                    out.write(data)
+                    out.flush()
+                    proc.log_bytes += len(data)
+                elif event.kind == "truncated":
+                    proc.truncated = True
+                elif event.kind == "failed":
+                    out.write(f"[edgenode] could not start: {event.message}\n".encode())
+                    out.flush()
+                proc.changed.set()
+                if event.kind == "exit":
+                    return
+
+    def process(self, proc_id: int) -> BackgroundProcess:
+        """A background process by id; 404 otherwise."""
+        proc = self.processes.get(proc_id)
+        if proc is None:
+            raise SandboxProcessNotFound(f"no process {proc_id} in this sandbox")
+        return proc
+
+    async def signal_process(self, proc_id: int, sig: int) -> BackgroundProcess:
+        """Send ``sig`` to a background process's group."""
+        proc = self.process(proc_id)
+        self.last_used = time.time()
+        await self.guest.signal(proc.command, sig)
+        return proc
+
+    async def follow_log(self, proc_id: int, *, follow: bool, offset: int = 0) -> AsyncIterator[bytes]:
+        """A process's log from ``offset``; with ``follow``, more as it comes until the process exits."""
+        proc = self.process(proc_id)
+        position = offset
+        while True:
+            proc.changed.clear()
+            with open(proc.log_path, "rb") as f:
+                f.seek(position)
+                while chunk := f.read(65536):
+                    position += len(chunk)
+                    yield chunk
+            if not follow or proc.command.done.is_set():
+                # One more read catches output written between the last read and the exit.
+                if follow:
+                    with open(proc.log_path, "rb") as f:
+                        f.seek(position)
+                        rest = f.read()
+                    if rest:
+                        yield rest
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.changed.wait(), 15)
+
+    # -- disk accounting -----------------------------------------------------
+
+    def disk_used(self) -> int:
+        """Bytes used by the workspace and the sandbox's /tmp."""
+        return disk_usage(self.spec.workspace, self.spec.tmp)
+
+    async def _watch_disk(self) -> None:
+        """While commands run, measure the disk; past the quota, stop every command of the sandbox.
+
+        The walk repeats every 0.1 s, or five times as long as the last walk took on a big
+        tree, so the quota can be overrun by what a sandbox writes in one interval. Once the
+        sandbox is stopped over its quota, commands are stopped again only if usage grows
+        further: ``rm`` to get back under the quota must be able to run.
+        """
+        quota = self.limits.disk_mb * MIB
+        stopped_at: int | None = None
+        interval = DISK_CHECK_INTERVAL_S
+        while True:
+            await asyncio.sleep(interval)
+            if not self.guest.commands:
+                continue
+            began = time.perf_counter()
+            used = await asyncio.to_thread(self.disk_used)
+            interval = max(DISK_CHECK_INTERVAL_S, 5 * (time.perf_counter() - began))
+            if used <= quota:
+                self.disk_exceeded = False
+                stopped_at = None
+                continue
+            self.disk_exceeded = True
+            if stopped_at is not None and used <= stopped_at:
+                continue
+            stopped_at = used
+            log.warning("sandbox over its disk quota: stopping its commands",
+                        extra={"sandbox": self.sandbox_id, "used": used, "quota": quota})
+            for command in list(self.guest.commands.values()):
+                command.stopped_by = "disk_quota"
+                await self.guest.signal(command, signal.SIGKILL)
+
+
+def reset_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    """Empty ``path`` (recreating it) and give it to ``owner``."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o755)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+__all__ = ["STREAMS", "BackgroundProcess", "SandboxRuntime", "reset_dir"]

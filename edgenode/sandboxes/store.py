@@ -1,0 +1,118 @@
+"""Sandbox records in SQLite: who owns a sandbox, its policy, limits and host uid."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edgenode.errors import Conflict, SandboxNotFound
+from edgenode.store import Database, Migration
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE sandboxes (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            name TEXT,
+            created_at REAL NOT NULL,
+            last_used_at REAL NOT NULL,
+            network TEXT NOT NULL,
+            limits TEXT NOT NULL,
+            uid_slot INTEGER NOT NULL UNIQUE
+        )"""
+    )
+    conn.execute("CREATE UNIQUE INDEX sandboxes_tenant_name ON sandboxes(tenant, name) WHERE name IS NOT NULL")
+    conn.execute("CREATE INDEX sandboxes_tenant ON sandboxes(tenant, created_at)")
+
+
+MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables)]
+
+
+@dataclass
+class SandboxRecord:
+    """One sandbox as stored."""
+
+    id: str
+    tenant: str
+    name: str | None
+    created_at: float
+    last_used_at: float
+    network: Any
+    limits: dict[str, Any]
+    uid_slot: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> SandboxRecord:
+        """A record from a ``sandboxes`` row."""
+        return cls(row["id"], row["tenant"], row["name"], row["created_at"], row["last_used_at"],
+                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"])
+
+
+class SandboxStore:
+    """CRUD over the ``sandboxes`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(self, *, id: str, tenant: str, name: str | None, network: Any,
+                     limits: dict[str, Any]) -> SandboxRecord:
+        """Store a new sandbox and give it the lowest free uid slot; 409 if the name is taken."""
+        now = time.time()
+
+        def insert(conn: sqlite3.Connection) -> SandboxRecord:
+            if name is not None and conn.execute(
+                "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?", (tenant, name)
+            ).fetchone():
+                raise Conflict(f"a sandbox named {name!r} already exists")
+            slots = [r[0] for r in conn.execute("SELECT uid_slot FROM sandboxes ORDER BY uid_slot")]
+            slot = next((i for i, taken in enumerate(slots) if taken != i), len(slots))
+            conn.execute(
+                "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot),
+            )
+            return SandboxRecord(id, tenant, name, now, now, network, limits, slot)
+
+        return await self.db.write(insert)
+
+    async def get(self, tenant: str, ref: str) -> SandboxRecord:
+        """The tenant's sandbox with id (or name) ``ref``; 404 otherwise."""
+
+        def read(conn: sqlite3.Connection) -> SandboxRecord | None:
+            row = conn.execute(
+                "SELECT * FROM sandboxes WHERE tenant = ? AND (id = ? OR name = ?) ORDER BY id = ? DESC LIMIT 1",
+                (tenant, ref, ref, ref),
+            ).fetchone()
+            return SandboxRecord.from_row(row) if row else None
+
+        record = await self.db.read(read)
+        if record is None:
+            raise SandboxNotFound(f"no sandbox {ref!r}")
+        return record
+
+    async def list_for(self, tenant: str) -> list[SandboxRecord]:
+        """The tenant's sandboxes, oldest first."""
+        return await self.db.read(lambda c: [
+            SandboxRecord.from_row(r)
+            for r in c.execute("SELECT * FROM sandboxes WHERE tenant = ? ORDER BY created_at, id", (tenant,))
+        ])
+
+    def all_sync(self) -> list[SandboxRecord]:
+        """Every sandbox of every tenant."""
+        return self.db.read_sync(lambda c: [SandboxRecord.from_row(r) for r in c.execute("SELECT * FROM sandboxes")])
+
+    async def touch(self, sandbox_id: str, when: float) -> None:
+        """Record use, for the idle reaper and listings."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE sandboxes SET last_used_at = ? WHERE id = ?", (when, sandbox_id)))
+
+    async def delete(self, sandbox_id: str) -> None:
+        """Forget a sandbox."""
+        await self.db.write(lambda c: c.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
+
+
+__all__ = ["MIGRATIONS", "SandboxRecord", "SandboxStore"]

@@ -1,0 +1,126 @@
+"""Resource limits: a fork bomb, a memory hog and a disk filler are each stopped; the node and others go on."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.sandboxes.conftest import run
+from tests.support import NodeProcess
+
+
+def _make(admin: httpx.Client, **limits: int) -> str:
+    created = admin.post("/v1/sandboxes", json={"limits": limits})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def test_fork_bomb_is_contained(admin: httpx.Client, shared_sandbox: str, node: NodeProcess) -> None:
+    bomb = _make(admin, pids=32, timeout_s=5)
+    try:
+        result = run(admin, bomb, "bomb() { bomb | bomb & }; bomb; sleep 3; echo survived", timeout_s=4)
+        assert result["exit_code"] is not None
+        # The limit held: the sandbox never had more processes than its pids limit.
+        counted = run(admin, bomb, ["python3", "-c",
+                                    "import resource; print(resource.getrlimit(resource.RLIMIT_NPROC))"])
+        assert counted["stdout"] == "(32, 32)\n"
+        assert admin.get("/healthz").status_code == 200
+        # Other sandboxes are unaffected while (and after) the bomb runs.
+        assert run(admin, shared_sandbox, "echo fine")["stdout"] == "fine\n"
+    finally:
+        admin.delete(f"/v1/sandboxes/{bomb}")
+    assert admin.get("/healthz").json()["status"] == "ok"
+
+
+def test_fork_bomb_cannot_exceed_the_pids_limit(admin: httpx.Client) -> None:
+    box = _make(admin, pids=16)
+    try:
+        result = run(admin, box, ["python3", "-c", """
+import os, time
+children = []
+try:
+    for _ in range(100):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(5)
+            os._exit(0)
+        children.append(pid)
+except OSError as e:
+    print("stopped at", len(children), e.strerror)
+for pid in children:
+    os.kill(pid, 9)
+"""])
+        assert result["stdout"].startswith("stopped at")
+        assert int(result["stdout"].split()[2]) < 16
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_memory_hog_is_stopped(admin: httpx.Client, shared_sandbox: str) -> None:
+    box = _make(admin, memory_mb=256)
+    try:
+        result = run(admin, box, ["python3", "-c", "x = bytearray(1024 * 1024 * 1024); print('allocated')"])
+        assert result["exit_code"] != 0 and "allocated" not in result["stdout"]
+        assert "MemoryError" in result["stderr"]
+        assert run(admin, box, ["python3", "-c", "x = bytearray(64 * 1024 * 1024); print('small ok')"])["stdout"] \
+            == "small ok\n"
+        assert admin.get("/healthz").status_code == 200
+        assert run(admin, shared_sandbox, "echo fine")["stdout"] == "fine\n"
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_disk_filler_one_big_file_is_stopped(admin: httpx.Client) -> None:
+    box = _make(admin, disk_mb=8)
+    try:
+        result = run(admin, box, "dd if=/dev/zero of=big bs=1M count=64 2>&1; echo rc=$?")
+        assert "rc=0" not in result["stdout"] or result["exit_code"] != 0
+        size = int(run(admin, box, "stat -c %s big")["stdout"])
+        assert size <= 8 * 1024 * 1024
+        assert admin.get("/healthz").status_code == 200
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_disk_filler_many_files_is_stopped(admin: httpx.Client) -> None:
+    box = _make(admin, disk_mb=4)
+    try:
+        # Files each under the per-file cap; only the node's disk accounting can stop this.
+        result = run(admin, box, "i=0; while true; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done",
+                     timeout_s=60)
+        assert result["stopped_by"] == "disk_quota" and result["timed_out"] is False
+        assert result["signal"] == 9
+        info = admin.get(f"/v1/sandboxes/{box}").json()
+        # Stopped within about one accounting interval of the quota, far from filling the disk.
+        assert info["disk_used_bytes"] < 256 * 1024 * 1024
+        assert run(admin, box, "rm -f f*; echo cleaned")["stdout"] == "cleaned\n"
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_tmp_counts_towards_the_quota(admin: httpx.Client) -> None:
+    box = _make(admin, disk_mb=4)
+    try:
+        result = run(admin, box, "i=0; while true; do head -c 1048576 /dev/zero > /tmp/f$i; i=$((i+1)); done",
+                     timeout_s=60)
+        assert result["stopped_by"] == "disk_quota"
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_open_files_and_cpu_limits(admin: httpx.Client) -> None:
+    box = _make(admin, open_files=64, cpu_s=1)
+    try:
+        files = run(admin, box, ["python3", "-c", """
+fs = []
+try:
+    for i in range(1000):
+        fs.append(open('/dev/null'))
+except OSError as e:
+    print(len(fs), e.strerror)
+"""])
+        opened = int(files["stdout"].split()[0])
+        assert opened < 64 and "Too many open files" in files["stdout"]
+        spin = run(admin, box, ["python3", "-c", "while True: pass"], timeout_s=30)
+        assert spin["timed_out"] is False and spin["signal"] in (9, 24)  # SIGXCPU, then SIGKILL at the hard limit
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
