@@ -64,6 +64,15 @@ class WorkerSettings:
     default_wall_ms: int = setting(30_000, "Wall time per request when a deployment sets none, in ms.")
     max_subrequests: int = setting(50, "Node-wide ceiling on outbound fetches per request.")
     max_response_bytes: int = setting(16 * 1024 * 1024, "Largest response a guest may return, in bytes.")
+    max_request_bytes: int = setting(8 * 1024 * 1024, "Largest request body a worker accepts, in bytes (413 beyond).")
+    max_source_bytes: int = setting(8 * 1024 * 1024, "Largest Python worker source (all files), in bytes.")
+    max_component_bytes: int = setting(64 * 1024 * 1024, "Largest uploaded component or WASI module, in bytes.")
+    cache_dir: str = setting("", "Build and compiled-code cache; empty uses DATA/workers. Nodes on a host may share one.")
+    cache_max_mb: int = setting(8192, "Size the build and compiled-code cache is pruned to, in MiB (unused builds go).")
+    build_timeout_s: float = setting(300.0, "Longest a Python worker build may take, in seconds.")
+    build_concurrency: int = setting(1, "Python worker builds run at once (each uses several cores).")
+    fetch_timeout_s: float = setting(30.0, "Timeout of one outbound fetch from a guest, in seconds.")
+    max_wasi_output_bytes: int = setting(4 * 1024 * 1024, "Largest stdout, stderr or files returned by /v1/wasi/run.")
 
 
 @dataclass
@@ -87,6 +96,7 @@ class SandboxSettings:
     default_open_files: int = setting(1024, "Open files per sandboxed process when a sandbox sets none.")
     uid_base: int = setting(1_200_000, "First host uid given to sandboxes (each gets its own) when the node is root.")
     reaper_interval_s: float = setting(30.0, "How often idle sandboxes are looked for, in seconds.")
+    max_running: int = setting(64, "Sandboxes with processes at once; the least recently used idle one is released.")
 
 
 @dataclass
@@ -132,6 +142,13 @@ class ArtifactSettings:
     max_pack_bytes: int = setting(512 * 1024 * 1024, "Largest pack a push may send, in bytes (413 beyond).")
     protected_branches: list[str] = setting(["main"], "Branches that refuse force-pushes.")
     default_token_ttl_s: int = setting(86_400, "Time to live of a repository token when none is given.")
+    max_token_ttl_s: int = setting(30 * 86_400, "Longest time to live a repository token may ask for, in seconds.")
+    max_commit_bytes: int = setting(32 * 1024 * 1024, "Largest total file content of one API commit, in bytes.")
+    gossip: bool = setting(True, "Announce ref updates to peers and pull missing refs (needs a fleet secret).")
+    anti_entropy_interval_s: float = setting(5.0, "Mean interval between ref-listing comparisons with a peer.")
+    pack_cache_bytes: int = setting(
+        256 * 1024 * 1024, "Disk kept for cached answers to clone requests, in bytes (0 turns the cache off)."
+    )
 
 
 @dataclass
@@ -140,12 +157,19 @@ class AgentSettings:
 
     retention_days: float = setting(7.0, "Keep a finished run's journal this many days.")
     scheduler_interval_s: float = setting(0.5, "How often the scheduler looks for due timers, in seconds.")
-    runner: str = setting("process", "Where agent code runs: process (a fresh interpreter per activation) "
-                          "or inprocess (node threads, trusted code only).")
+    runner: str = setting("isolate", "Where agent code runs: isolate (a fresh WebAssembly instance per "
+                          "activation), process (a fresh interpreter per activation) or inprocess (node threads, "
+                          "trusted code only).")
+    activation_cpu_ms: int = setting(60_000, "CPU time one activation may use in an isolate, in ms.")
+    activation_memory_mb: int = setting(256, "Linear memory of one activation's isolate, in MiB.")
+    activation_wall_s: float = setting(3600.0, "Wall time of one activation in an isolate (model calls "
+                                       "included), in seconds.")
     max_active_runs: int = setting(8, "Activations running at once; more due runs wait their turn.")
     max_code_bytes: int = setting(1024 * 1024, "Largest deployed agent source, all files together, in bytes.")
     max_result_bytes: int = setting(1024 * 1024, "Largest step result or agent state, as JSON, in bytes.")
     max_event_bytes: int = setting(1024 * 1024, "Largest event payload or approval data, as JSON, in bytes.")
+    max_journal_entries: int = setting(10_000, "Host calls one run may journal; past it the run fails "
+                                       "(journal_full) instead of growing without bound.")
     prune_interval_s: float = setting(60.0, "How often finished runs past retention are pruned, in seconds.")
     model_timeout_s: float = setting(120.0, "Timeout of one model request, in seconds.")
     model_retries: int = setting(2, "Retries of a failed model request (connection errors, 429, 5xx).")

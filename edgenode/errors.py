@@ -100,6 +100,11 @@ class PayloadTooLarge(EdgenodeError):
         super().__init__(message, limit=limit, **details)
         self.limit = limit
 
+    def headers(self) -> dict[str, str]:
+        # The rest of the body may still be in flight; a connection kept alive would read it
+        # as the next request, so close it after this response.
+        return {"Connection": "close"}
+
 
 class UnsupportedMediaType(EdgenodeError):
     """The body's content type is not one this route takes."""
@@ -216,12 +221,6 @@ class ParentMoved(Conflict):
         self.actual = actual
 
 
-class RepoInUse(Conflict):
-    """The repository cannot be changed that way now (a fork depends on it, or it is busy)."""
-
-    code = "repo_in_use"
-
-
 class ImportFailed(BadRequest):
     """Importing a repository from a Git URL failed (unreachable, refused or not Git)."""
 
@@ -302,3 +301,199 @@ class MalformedChanges(BadRequest):
     """A peer sent replication data that does not check out; none of it was applied."""
 
     code = "malformed_changes"
+
+
+# -- agents ----------------------------------------------------------------
+
+
+class AgentNotFound(NotFound):
+    """No agent of this name is deployed for the tenant."""
+
+    code = "agent_not_found"
+
+
+class RunNotFound(NotFound):
+    """No agent run has this id."""
+
+    code = "run_not_found"
+
+
+class RunFinished(Conflict):
+    """The run has already finished; it takes no more events, decisions or controls."""
+
+    code = "run_finished"
+
+
+class RunStateConflict(Conflict):
+    """The run is not in a state that allows this (e.g. no approval is pending)."""
+
+    code = "run_state_conflict"
+
+
+class ReplayMismatch(Conflict):
+    """On replay, the code made a different call than the journal holds at that position."""
+
+    code = "replay_mismatch"
+
+    def __init__(self, message: str, *, position: int, expected: Any, actual: Any) -> None:
+        super().__init__(message, position=position, expected=expected, actual=actual)
+        self.position = position
+        self.expected = expected
+        self.actual = actual
+
+
+class BadModel(ValidationFailed):
+    """A model string is not ``provider:model`` with a known, configured provider."""
+
+    code = "bad_model"
+
+
+class ModelError(EdgenodeError):
+    """The model provider failed or answered with something unusable."""
+
+    code = "model_error"
+    status = 502
+
+
+# -- sandboxes -------------------------------------------------------------
+
+
+class SandboxNotFound(NotFound):
+    """No sandbox with this id belongs to the caller's tenant."""
+
+    code = "sandbox_not_found"
+
+
+class SandboxProcessNotFound(NotFound):
+    """No background process with this id in the sandbox."""
+
+    code = "process_not_found"
+
+
+class SandboxPathRefused(BadRequest):
+    """A workspace path is absolute, uses '..', or leads outside through a symlink (``reason``)."""
+
+    code = "path_refused"
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message, path=path, reason=reason)
+        self.path = path
+        self.reason = reason
+
+
+class SandboxQuotaExceeded(EdgenodeError):
+    """A write would take the workspace past its disk quota."""
+
+    code = "disk_quota_exceeded"
+    status = 413
+
+    def __init__(self, message: str, *, limit: int, used: int) -> None:
+        super().__init__(message, limit=limit, used=used)
+        self.limit = limit
+        self.used = used
+
+    def headers(self) -> dict[str, str]:
+        # The body may be only partly read: never reuse the connection after this answer.
+        return {"Connection": "close"}
+
+
+class SandboxUnavailable(Unavailable):
+    """The sandbox runtime (bwrap, the in-sandbox supervisor) could not be started."""
+
+    code = "sandbox_unavailable"
+
+
+# -- workers (isolates) ----------------------------------------------------
+
+
+class BuildFailed(BadRequest):
+    """A Python worker did not build; ``output`` is the compiler's message."""
+
+    code = "build_failed"
+
+    def __init__(self, message: str, *, output: str, **details: Any) -> None:
+        super().__init__(message, output=output, **details)
+        self.output = output
+
+
+class InvalidComponent(BadRequest):
+    """The uploaded WebAssembly is corrupt or does not match the world it must implement."""
+
+    code = "invalid_component"
+
+
+class WorkerNotFound(NotFound):
+    """No worker (or version) of that name for this tenant."""
+
+    code = "worker_not_found"
+
+
+class IsolateError(EdgenodeError):
+    """Guest code failed; the node itself is fine."""
+
+    code = "isolate_error"
+    status = 500
+
+
+class CpuLimitExceeded(IsolateError):
+    """The guest used more CPU time than its limit."""
+
+    code = "cpu_limit"
+
+    def __init__(self, message: str, *, limit_ms: int, **details: Any) -> None:
+        super().__init__(message, limit_ms=limit_ms, **details)
+        self.limit_ms = limit_ms
+
+
+class WallLimitExceeded(IsolateError):
+    """The request took longer than its wall-time limit."""
+
+    code = "wall_limit"
+    status = 504
+
+    def __init__(self, message: str, *, limit_ms: int, **details: Any) -> None:
+        super().__init__(message, limit_ms=limit_ms, **details)
+        self.limit_ms = limit_ms
+
+
+class MemoryLimitExceeded(IsolateError):
+    """The guest needed more linear memory than its limit."""
+
+    code = "memory_limit"
+
+    def __init__(self, message: str, *, limit_mb: int, **details: Any) -> None:
+        super().__init__(message, limit_mb=limit_mb, **details)
+        self.limit_mb = limit_mb
+
+
+class IsolateTrap(IsolateError):
+    """The guest trapped (unreachable, stack overflow, bad memory access, ...)."""
+
+    code = "trap"
+
+    def __init__(self, message: str, *, reason: str, **details: Any) -> None:
+        super().__init__(message, reason=reason, **details)
+        self.reason = reason
+
+
+class GuestException(IsolateError):
+    """The guest's handler raised; ``message`` names the exception."""
+
+    code = "guest_exception"
+
+
+class InvalidGuestResponse(IsolateError):
+    """The guest returned something that is not a valid HTTP response."""
+
+    code = "invalid_response"
+    status = 502
+
+
+class ResponseTooLarge(InvalidGuestResponse):
+    """The guest's response body is larger than the node allows."""
+
+    code = "response_too_large"
+
+    def __init__(self, message: str, *, limit: int, **details: Any) -> None:
+        super().__init__(message, limit=limit, **details)
+        self.limit = limit

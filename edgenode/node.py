@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgenode import __version__
+from edgenode.agents import Agents
+from edgenode.artifacts import Artifacts
 from edgenode.auth import MIGRATIONS as AUTH_MIGRATIONS
 from edgenode.auth import Auth
+from edgenode.cluster import Cluster
 from edgenode.config import Config
+from edgenode.isolates import Workers
 from edgenode.metrics import Metrics
+from edgenode.sandboxes import Sandboxes
+from edgenode.state import State
 from edgenode.store import Database
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,12 @@ class Node:
         self.capabilities: list[Capability] = []
         # Capabilities are wired here, in start order; each also registers its routes in
         # edgenode.api.app and its commands in edgenode.cli.
+        self.cluster = self.add(Cluster(self))
+        self.state = self.add(State(self))
+        self.workers = self.add(Workers(self))
+        self.artifacts = self.add(Artifacts(self))
+        self.sandboxes = self.add(Sandboxes(self))
+        self.agents = self.add(Agents(self))
 
     def database(self, name: str, migrations: Any = ()) -> Database:
         """A database file in the data directory, with the node's store settings."""

@@ -7,7 +7,12 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 command -v fakeroot >/dev/null 2>&1 || need+=(fakeroot)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
-[ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
+# Sandboxes run their supervisor with the system python3; their tests use curl and ps inside.
+[ -x /usr/bin/python3 ] || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ps >/dev/null 2>&1 || need+=(procps)
+# The agents page is tested in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from edgenode.api import core
+from edgenode.api import agents, artifacts, cluster, core, sandboxes, state, workers
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
 from edgenode.api.middleware import EdgeMiddleware
 from edgenode.errors import EdgenodeError
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 #: Route modules, each with ``routes`` and optionally ``public`` (paths or "prefix/" that skip
 #: bearer auth because they check their own credentials). Capabilities add theirs here.
-ROUTE_MODULES: list[ModuleType] = [core]
+ROUTE_MODULES: list[ModuleType] = [core, cluster, artifacts, agents, sandboxes, state, workers]
 
 
 def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:

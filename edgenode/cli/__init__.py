@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgenode import __version__
+from edgenode.cli.artifacts import repo
 from edgenode.cli.client import ClientContext
 from edgenode.cli.node import init, serve, settings, status, token
 
@@ -36,6 +37,21 @@ def cli(ctx: click.Context, url: str | None, token: str | None, data_dir: Path |
 for command in (serve, init, status, token, settings):
     cli.add_command(command)
 # Capabilities add their command groups below.
+cli.add_command(repo)
+from edgenode.cli.sandboxes import sandbox  # noqa: E402
+
+cli.add_command(sandbox)
+from edgenode.cli.state import cluster, kv, sql  # noqa: E402
+
+for command in (kv, sql, cluster):
+    cli.add_command(command)
+from edgenode.cli.agents import agent  # noqa: E402
+
+cli.add_command(agent)
+from edgenode.cli.workers import deploy, run, workers  # noqa: E402
+
+for command in (deploy, run, workers):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -1,0 +1,254 @@
+"""Worker routes: deploy, inspect, roll back, invoke, one-off runs, WASI commands, usage.
+
+Invocation is authorised two ways:
+
+- ``ANY /w/{name}/{path}`` takes a bearer token and runs the caller's tenant's
+  worker ``name`` (an admin may pick the tenant with ``X-Edgenode-Tenant``).
+  The token is not passed to the guest.
+- ``ANY /p/{tenant}/{name}/{path}`` takes no token and runs only workers
+  deployed with ``"public": true``; headers reach the guest unchanged and error
+  replies leave out guest tracebacks.
+
+Worker names are unique per tenant, so two tenants may both have ``hello``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json as _json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgenode.api.common import TENANT_HEADER, field, json, node_of, principal, read_body, read_json
+from edgenode.auth import validate_tenant
+from edgenode.errors import EdgenodeError, UnsupportedMediaType, ValidationFailed
+from edgenode.isolates import GuestRequest, Outcome, Workers
+
+#: Public worker invocations check nothing but the deployment's own ``public`` flag.
+public = ("/p/",)
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: Response headers the server sets itself; a guest's values for them are dropped.
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
+
+
+def workers_of(request: Request) -> Workers:
+    """The node's workers capability."""
+    workers: Workers = node_of(request).workers
+    return workers
+
+
+async def deploy(request: Request) -> Response:
+    """Deploy a worker: JSON ``{"files"|"component_b64", "limits", "allowed_hosts", "env", "public"}`` or raw wasm."""
+    tenant = principal(request).tenant
+    name = request.path_params["name"]
+    workers = workers_of(request)
+    settings = workers.settings
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/wasm":
+        data = await read_body(request, settings.max_component_bytes)
+        q = request.query_params
+        spec: dict[str, Any] = {
+            "limits": {k: _int_param(q[k], k) for k in ("cpu_ms", "memory_mb", "wall_ms", "subrequests") if k in q},
+            "allowed_hosts": q.getlist("allowed_host"),
+            "public": q.get("public", "false").lower() in ("1", "true", "yes"),
+        }
+        reply = await workers.deploy_wasm(tenant, name, data, workers.parse_settings(spec))
+    elif ctype in ("application/json", ""):
+        body = await read_json(request, settings.max_component_bytes * 4 // 3 + settings.max_source_bytes)
+        parsed = workers.parse_settings(body)
+        if body.get("component_b64") is not None:
+            reply = await workers.deploy_wasm(tenant, name, _b64(body["component_b64"], "component_b64"), parsed)
+        else:
+            reply = await workers.deploy_python(tenant, name, field(body, "files", dict, required=True), parsed)
+    else:
+        raise UnsupportedMediaType("deploy takes application/json (Python files) or application/wasm (a component)")
+    return json(reply, status=201)
+
+
+async def list_workers(request: Request) -> Response:
+    """The caller's tenant's workers."""
+    return json({"workers": await workers_of(request).list_workers(principal(request).tenant)})
+
+
+async def get_worker(request: Request) -> Response:
+    """One worker: current version, settings (env names only) and version history."""
+    return json(await workers_of(request).describe(principal(request).tenant, request.path_params["name"]))
+
+
+async def delete_worker(request: Request) -> Response:
+    """Remove a worker and every version of it."""
+    await workers_of(request).delete(principal(request).tenant, request.path_params["name"])
+    return Response(status_code=204)
+
+
+async def rollback(request: Request) -> Response:
+    """Make an earlier version current: ``{"version": N}``, or the one before the current by default."""
+    body = await read_json(request) if await _has_body(request) else {}
+    version = field(body, "version", int, None)
+    reply = await workers_of(request).rollback(principal(request).tenant, request.path_params["name"], version)
+    return json(reply)
+
+
+async def invoke(request: Request) -> Response:
+    """Run the caller's worker with this request (bearer token of the owning tenant)."""
+    tenant = principal(request).tenant
+    return await _invoke(request, tenant, public=False)
+
+
+async def invoke_public(request: Request) -> Response:
+    """Run a public worker: no token needed."""
+    tenant = validate_tenant(request.path_params["tenant"])
+    return await _invoke(request, tenant, public=True)
+
+
+async def _invoke(request: Request, tenant: str, *, public: bool) -> Response:
+    workers = workers_of(request)
+    name = request.path_params["name"]
+    body = await read_body(request, workers.settings.max_request_bytes)
+    headers = [(k.lower(), v) for k, v in request.headers.items()]
+    if not public:  # the tenant's credentials are not the guest's business
+        headers = [(k, v) for k, v in headers if k not in ("authorization", TENANT_HEADER)]
+    guest_request = GuestRequest(
+        method=request.method,
+        path="/" + request.path_params.get("path", ""),
+        query=list(request.query_params.multi_items()),
+        headers=headers,
+        body=body,
+    )
+    outcome = await workers.invoke(tenant, name, guest_request, public=public)
+    if outcome.error is not None:
+        raise _with_context(outcome, public=public)
+    assert outcome.response is not None
+    out = outcome.response
+    response = Response(out.body, status_code=out.status)
+    for key, value in out.headers:
+        if key.lower() not in _HOP_BY_HOP:
+            response.headers.append(key, value)
+    response.headers["server-timing"] = _timing(outcome)
+    return response
+
+
+async def run(request: Request) -> Response:
+    """Run code once: ``{"code"|"files", "input", "method", "path", "limits", "allowed_hosts", "env"}``.
+
+    The guest sees a request with ``input`` as its JSON body (``main(input)`` receives it
+    directly); nothing is kept, and kv and sql are not available.
+    """
+    workers = workers_of(request)
+    body = await read_json(request, workers.settings.max_source_bytes * 2)
+    if body.get("code") is not None:
+        files = {"main.py": field(body, "code", str)}
+    else:
+        files = field(body, "files", dict, required=True)
+    settings = workers.parse_settings({**body, "public": False})
+    payload = b"" if body.get("input") is None else _json.dumps(body["input"]).encode()
+    method = field(body, "method", str, "POST").upper()
+    path = field(body, "path", str, "/")
+    if not path.startswith("/"):
+        raise ValidationFailed("path must start with /", field="path")
+    guest_request = GuestRequest(method, path, [], [("content-type", "application/json")], payload)
+    outcome = await workers.run_once(principal(request).tenant, files, guest_request, settings)
+    if outcome.error is not None:
+        raise _with_context(outcome, public=False)
+    assert outcome.response is not None
+    out = outcome.response
+    reply: dict[str, Any] = {"status": out.status, "headers": dict(out.headers)}
+    content_type = dict(out.headers).get("content-type", "")
+    try:
+        text = out.body.decode()
+        reply["body"] = text
+        if content_type.startswith("application/json"):
+            reply["json"] = _json.loads(text) if text else None
+    except (UnicodeDecodeError, ValueError):
+        reply["body_b64"] = base64.b64encode(out.body).decode()
+    reply.update({"logs": outcome.logs, "output": outcome.output, "usage": _usage(outcome)})
+    return json(reply)
+
+
+async def wasi_run(request: Request) -> Response:
+    """Run a WASI preview 1 command: ``{"module_b64"|"name", "args", "stdin_b64", "env", "files", "limits"}``."""
+    workers = workers_of(request)
+    body = await read_json(request, workers.settings.max_component_bytes * 4 // 3 + workers.settings.max_request_bytes)
+    result = await workers.wasi_run(principal(request).tenant, body)
+    return json({
+        "exit_code": result.exit_code,
+        "stdout_b64": base64.b64encode(result.stdout).decode(),
+        "stderr_b64": base64.b64encode(result.stderr).decode(),
+        "files": {k: base64.b64encode(v).decode() for k, v in result.files.items()},
+        "truncated": result.truncated,
+        "usage": {"cpu_ms": round(result.cpu_ms, 3), "wall_ms": round(result.wall_ms, 3)},
+    })
+
+
+async def usage(request: Request) -> Response:
+    """Usage per worker: the caller's tenant, or (admins) ``?tenant=`` or every tenant with ``?all=1``."""
+    p = principal(request)
+    tenant: str | None = p.tenant
+    if p.admin and request.query_params.get("all") in ("1", "true"):
+        tenant = None
+    elif p.admin and request.query_params.get("tenant"):
+        tenant = validate_tenant(request.query_params["tenant"])
+    return json({"usage": await workers_of(request).usage(tenant)})
+
+
+def _with_context(outcome: Outcome, *, public: bool) -> EdgenodeError:
+    """The outcome's error with the guest's logs attached (or, for public callers, stripped of internals)."""
+    error = outcome.error
+    assert error is not None
+    if public:
+        error.details = {k: v for k, v in error.details.items() if k not in ("traceback", "output")}
+    else:
+        error.details = {**error.details, "logs": outcome.logs or None, "usage": _usage(outcome)}
+    return error
+
+
+def _usage(outcome: Outcome) -> dict[str, Any]:
+    u = outcome.usage
+    return {"cpu_ms": round(u.cpu_ms, 3), "wall_ms": round(u.wall_ms, 3),
+            "instantiate_ms": round(u.instantiate_ms, 3), "subrequests": u.subrequests,
+            "memory_limit_mb": u.memory_limit_mb}
+
+
+def _timing(outcome: Outcome) -> str:
+    u = outcome.usage
+    return f"instantiate;dur={u.instantiate_ms:.3f}, cpu;dur={u.cpu_ms:.3f}, wall;dur={u.wall_ms:.3f}"
+
+
+def _int_param(value: str, name: str) -> int:
+    if not value.isdigit():
+        raise ValidationFailed(f"{name} must be a whole number", field=name)
+    return int(value)
+
+
+def _b64(value: object, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{name} must be base64 text", field=name)
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ValidationFailed(f"{name} is not valid base64: {exc}", field=name) from None
+
+
+async def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return bool(length and length != "0") or "chunked" in request.headers.get("transfer-encoding", "")
+
+
+routes = [
+    Route("/v1/workers", list_workers, methods=["GET"]),
+    Route("/v1/workers/{name}", deploy, methods=["PUT"]),
+    Route("/v1/workers/{name}", get_worker, methods=["GET"]),
+    Route("/v1/workers/{name}", delete_worker, methods=["DELETE"]),
+    Route("/v1/workers/{name}/rollback", rollback, methods=["POST"]),
+    Route("/v1/run", run, methods=["POST"]),
+    Route("/v1/wasi/run", wasi_run, methods=["POST"]),
+    Route("/v1/usage", usage, methods=["GET"]),
+    Route("/w/{name}", invoke, methods=ALL_METHODS),
+    Route("/w/{name}/{path:path}", invoke, methods=ALL_METHODS),
+    Route("/p/{tenant}/{name}", invoke_public, methods=ALL_METHODS),
+    Route("/p/{tenant}/{name}/{path:path}", invoke_public, methods=ALL_METHODS),
+]
