@@ -67,8 +67,12 @@ class WorkerSettings:
     max_request_bytes: int = setting(8 * 1024 * 1024, "Largest request body a worker accepts, in bytes (413 beyond).")
     max_source_bytes: int = setting(8 * 1024 * 1024, "Largest Python worker source (all files), in bytes.")
     max_component_bytes: int = setting(64 * 1024 * 1024, "Largest uploaded component or WASI module, in bytes.")
-    cache_dir: str = setting("", "Build and compiled-code cache; empty uses DATA/workers. Nodes on a host may share one.")
-    cache_max_mb: int = setting(8192, "Size the build and compiled-code cache is pruned to, in MiB (unused builds go).")
+    cache_dir: str = setting(
+        "", "Build and compiled-code cache; empty uses DATA/workers. Nodes on a host may share one."
+    )
+    cache_max_mb: int = setting(
+        8192, "Size the build and compiled-code cache is pruned to, in MiB (unused builds go)."
+    )
     build_timeout_s: float = setting(300.0, "Longest a Python worker build may take, in seconds.")
     build_concurrency: int = setting(1, "Python worker builds run at once (each uses several cores).")
     fetch_timeout_s: float = setting(30.0, "Timeout of one outbound fetch from a guest, in seconds.")

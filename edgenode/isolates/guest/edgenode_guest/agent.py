@@ -24,9 +24,9 @@ import json
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-HostCall = Callable[[str, str, Any], dict]
+HostCall = Callable[[str, str, Any], dict[str, Any]]
 
 
 class Suspend(BaseException):
@@ -52,7 +52,7 @@ class HostError(Exception):
 class StepFailed(Exception):
     """A step failed on its last attempt; the failure is journaled and raised again on replay."""
 
-    def __init__(self, name: str, error: dict) -> None:
+    def __init__(self, name: str, error: dict[str, Any]) -> None:
         super().__init__(f"step {name!r} failed: {error.get('type', 'Error')}: {error.get('message', '')}")
         self.name = name
         self.error = error
@@ -61,7 +61,7 @@ class StepFailed(Exception):
 class Approval:
     """A human's decision on :meth:`Context.approval`."""
 
-    def __init__(self, value: dict | None) -> None:
+    def __init__(self, value: dict[str, Any] | None) -> None:
         value = value or {}
         self.approved: bool = bool(value.get("approved"))
         self.timed_out: bool = bool(value.get("timed_out"))
@@ -79,17 +79,17 @@ class Approval:
 class ChatResult:
     """A model's reply: ``text``, ``tool_calls`` ([{"id", "name", "arguments"}]), ``usage``."""
 
-    def __init__(self, value: dict) -> None:
+    def __init__(self, value: dict[str, Any]) -> None:
         self.raw = value
         self.text: str = value.get("text") or ""
-        self.tool_calls: list[dict] = value.get("tool_calls") or []
-        self.usage: dict = value.get("usage") or {}
+        self.tool_calls: list[dict[str, Any]] = value.get("tool_calls") or []
+        self.usage: dict[str, Any] = value.get("usage") or {}
         self.model: str = value.get("model") or ""
         self.stop_reason: str | None = value.get("stop_reason")
 
-    def message(self) -> dict:
+    def message(self) -> dict[str, Any]:
         """This reply as an assistant message to append to the conversation."""
-        msg: dict = {"role": "assistant", "content": self.text}
+        msg: dict[str, Any] = {"role": "assistant", "content": self.text}
         if self.tool_calls:
             msg["tool_calls"] = self.tool_calls
         return msg
@@ -105,7 +105,9 @@ class Model:
         self._ctx = ctx
         self.spec = spec
 
-    def chat(self, messages: list[dict], tools: list[dict] | None = None, **options: Any) -> ChatResult:
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
+    ) -> ChatResult:
         """Send ``messages`` (``{"role", "content"}``; tool results as ``{"role": "tool", ...}``)."""
         request = {"messages": messages, "tools": tools or [], "options": options}
         return ChatResult(self._ctx._effect("model.chat", self.spec, request))
@@ -119,7 +121,7 @@ class KV:
 
     def get(self, key: str) -> str | None:
         """The value under ``key`` (decoded as UTF-8), or None."""
-        return self._ctx._effect("kv.get", key, {})
+        return cast("str | None", self._ctx._effect("kv.get", key, {}))
 
     def put(self, key: str, value: str | bytes) -> None:
         """Store ``value`` under ``key``."""
@@ -133,7 +135,7 @@ class KV:
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix``."""
-        return self._ctx._effect("kv.list", prefix, {})
+        return cast("list[str]", self._ctx._effect("kv.list", prefix, {}))
 
 
 class Context:
@@ -146,11 +148,14 @@ class Context:
 
     # -- plumbing ----------------------------------------------------------
 
-    def _raw(self, kind: str, name: str, request: Any) -> dict:
+    def _raw(self, kind: str, name: str, request: Any) -> dict[str, Any]:
         if self._in_step is not None:
             # A step's body is not replayed, so calls made inside it could not be either.
-            raise HostError("nested_call", f"ctx.{kind} inside step {self._in_step!r}: make host calls "
-                                           "before or after a step, not inside its body")
+            raise HostError(
+                "nested_call",
+                f"ctx.{kind} inside step {self._in_step!r}: make host calls "
+                "before or after a step, not inside its body",
+            )
         reply = self._call(kind, name, request)
         if "suspend" in reply:
             raise Suspend(reply["suspend"])
@@ -167,8 +172,9 @@ class Context:
 
     # -- steps -------------------------------------------------------------
 
-    def step(self, name: str, fn: Callable[[], Any], *, retries: int = 0, timeout: float | None = None,
-             backoff: float = 1.0) -> Any:
+    def step(
+        self, name: str, fn: Callable[[], Any], *, retries: int = 0, timeout: float | None = None, backoff: float = 1.0
+    ) -> Any:
         """Run ``fn()`` once (at least once across crashes) and journal its JSON-able result.
 
         On failure it is retried up to ``retries`` times, waiting ``backoff * 2**n`` seconds
@@ -236,9 +242,9 @@ class Context:
         """Replace the agent's persistent JSON state."""
         self._effect("state.set", "state", {"value": value})
 
-    def sql(self, query: str, params: list | dict | None = None) -> dict:
+    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> dict[str, Any]:
         """Run SQL on the agent's namespace; ``{"columns", "rows"}``."""
-        return self._effect("sql", query, {"params": params})
+        return cast("dict[str, Any]", self._effect("sql", query, {"params": params}))
 
     # -- models and tools -----------------------------------------------------
 
@@ -246,17 +252,21 @@ class Context:
         """A model by ``provider:model`` string, e.g. ``openai:gpt-4o`` or ``scripted:demo``."""
         return Model(self, spec)
 
-    def fetch(self, url: str, method: str = "GET", headers: dict | None = None, body: str | None = None) -> dict:
+    def fetch(
+        self, url: str, method: str = "GET", headers: dict[str, Any] | None = None, body: str | None = None
+    ) -> dict[str, Any]:
         """An allow-listed HTTP request: ``{"status", "headers", "body"}`` (body as text)."""
-        return self._effect("fetch", url, {"method": method, "headers": headers or {}, "body": body})
+        return cast(
+            "dict[str, Any]", self._effect("fetch", url, {"method": method, "headers": headers or {}, "body": body})
+        )
 
-    def run_code(self, code: str | None = None, *, files: dict | None = None, input: Any = None) -> Any:
+    def run_code(self, code: str | None = None, *, files: dict[str, Any] | None = None, input: Any = None) -> Any:
         """Run Python code once in a fresh worker isolate (``handle(request)``); its JSON reply."""
         return self._effect("tool.run_code", "run_code", {"code": code, "files": files, "input": input})
 
-    def sandbox_exec(self, sandbox: str, cmd: str | list, **options: Any) -> dict:
+    def sandbox_exec(self, sandbox: str, cmd: str | list[Any], **options: Any) -> dict[str, Any]:
         """Run a command in a sandbox: ``{"exit_code", "stdout", "stderr"}``."""
-        return self._effect("tool.sandbox_exec", sandbox, {"cmd": cmd, **options})
+        return cast("dict[str, Any]", self._effect("tool.sandbox_exec", sandbox, {"cmd": cmd, **options}))
 
     def sandbox_write(self, sandbox: str, path: str, text: str) -> None:
         """Write a text file in a sandbox."""
@@ -264,35 +274,34 @@ class Context:
 
     def sandbox_read(self, sandbox: str, path: str) -> str:
         """Read a text file from a sandbox."""
-        return self._effect("tool.sandbox_read", sandbox, {"path": path})
+        return cast("str", self._effect("tool.sandbox_read", sandbox, {"path": path}))
 
-    def commit(self, repo: str, branch: str, message: str, files: dict) -> str:
+    def commit(self, repo: str, branch: str, message: str, files: dict[str, Any]) -> str:
         """Commit ``files`` ({path: text or None}) to an artifacts repo; the commit id."""
-        return self._effect("tool.commit", repo, {"branch": branch, "message": message, "files": files})
+        return cast("str", self._effect("tool.commit", repo, {"branch": branch, "message": message, "files": files}))
 
     def read_file(self, repo: str, ref: str, path: str) -> str:
         """A file's text from an artifacts repo at ``ref``."""
-        return self._effect("tool.read_file", repo, {"ref": ref, "path": path})
+        return cast("str", self._effect("tool.read_file", repo, {"ref": ref, "path": path}))
 
-    def call_agent(self, agent: str, input: Any = None) -> dict:
+    def call_agent(self, agent: str, input: Any = None) -> dict[str, Any]:
         """Start a sub-agent run and wait (durably) for it: ``{"status", "output", "error", "id"}``."""
-        return self._effect("agent.call", agent, {"input": input})
+        return cast("dict[str, Any]", self._effect("agent.call", agent, {"input": input}))
 
     def log(self, message: str) -> None:
         """A log line in the node's log (not journaled; repeats on replay)."""
         self._call("log", "log", {"message": str(message)})
 
 
-def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> dict:
+def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> dict[str, Any]:
     """``{"ok": result}`` or ``{"error": {...}}``; an attempt past ``timeout`` is abandoned."""
-    box: dict = {}
+    box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["ok"] = fn()
         except Exception as exc:  # the step's failure is data: journaled and retried
-            box["error"] = {"type": type(exc).__name__, "message": str(exc),
-                            "traceback": traceback.format_exc(limit=8)}
+            box["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=8)}
 
     if timeout is None:
         target()
@@ -315,14 +324,14 @@ def entry_point(module: Any) -> Callable[[Context, Any], Any]:
     """The agent's ``run(ctx, input)``: a module function, or the ``run`` method of class ``Agent``."""
     cls = getattr(module, "Agent", None)
     if isinstance(cls, type) and callable(getattr(cls, "run", None)):
-        return cls().run
+        return cast("Callable[[Context, Any], Any]", cls().run)
     fn = getattr(module, "run", None)
     if callable(fn):
-        return fn
+        return cast("Callable[[Context, Any], Any]", fn)
     raise TypeError("an agent module defines run(ctx, input) or a class Agent with a run(ctx, input) method")
 
 
-def execute(run: Callable[[Context, Any], Any], call: HostCall, input: Any) -> dict:
+def execute(run: Callable[[Context, Any], Any], call: HostCall, input: Any) -> dict[str, Any]:
     """Run the agent from the top; the activation's outcome as JSON-able data."""
     ctx = Context(call)
     try:
@@ -334,5 +343,7 @@ def execute(run: Callable[[Context, Any], Any], call: HostCall, input: Any) -> d
     except Stop as exc:
         return {"status": "stopped", "reason": str(exc)}
     except Exception as exc:
-        return {"status": "failed", "error": {"type": type(exc).__name__, "message": str(exc),
-                                              "traceback": traceback.format_exc(limit=12)}}
+        return {
+            "status": "failed",
+            "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=12)},
+        }
