@@ -8,14 +8,14 @@ STAMP  := $(VENV)/.installed
 DATA   ?= .edgenode
 LISTEN ?= 127.0.0.1:8787
 
-.PHONY: setup system-deps run test bench lint package deb clean
+.PHONY: setup system-deps run test bench lint package deb clean constraints
 
 setup: system-deps $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml packaging/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c packaging/constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 system-deps:
@@ -42,3 +42,8 @@ deb: package
 
 clean:
 	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache
+
+constraints: $(STAMP)
+	@(echo "# Versions the test suite last passed with; make setup installs within these pins."; \
+	  echo "# Refresh with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e') > packaging/constraints.txt
