@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from edgenode.auth import Principal
 from edgenode.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from edgenode.streams import read_limited
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -54,14 +55,7 @@ async def read_body(request: Request, limit: int | None = None) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes", limit=limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request.stream(), limit)
 
 
 async def read_json(request: Request, limit: int | None = None) -> dict[str, Any]:

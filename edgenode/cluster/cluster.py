@@ -21,7 +21,8 @@ from prometheus_client import Counter, Gauge
 
 from edgenode.cluster.membership import Membership, Peer
 from edgenode.cluster.signing import Verifier, sign
-from edgenode.errors import PayloadTooLarge, PeerAuthFailed
+from edgenode.errors import PeerAuthFailed
+from edgenode.streams import read_limited
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -155,7 +156,7 @@ class Cluster:
         try:
             if not self.fleet_enabled:
                 raise PeerAuthFailed("this node has no fleet secret; peer requests are refused")
-            body = await _read_limited(request, self.settings.max_peer_body_bytes)
+            body = await read_limited(request.stream(), self.settings.max_peer_body_bytes, "peer request body")
             scope = request.scope
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
             query: bytes = scope.get("query_string") or b""
@@ -338,13 +339,3 @@ class Cluster:
             "max_behind_versions": max(behind) if behind else 0,
         }
 
-
-async def _read_limited(request: Any, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"peer request body exceeds {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
