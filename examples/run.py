@@ -10,7 +10,11 @@ Each example is a directory with an ``example.json``::
 
 ``kind`` picks a deploy step from ``DEPLOYERS``; add a function there to teach this
 script a new kind of example. In settings, ``$NODE_URL`` and ``$NODE_HOSTPORT`` are
-replaced with the node's address. The node runs in the foreground: Ctrl-C stops it.
+replaced with the node's address, and ``$AGENT_MODEL`` with the model agents should use:
+``$EXAMPLE_MODEL`` from the environment (e.g. ``openai:gpt-4o-mini``, once the node has a
+key such as ``EDGENODE_AGENTS_OPENAI_API_KEY``), else a ``scripted:`` model. An agent's
+``"repos": {"NAME": "subdir"}`` setting seeds artifacts repository NAME from that
+subdirectory (left out of the agent's code). The node runs in the foreground: Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -31,10 +35,24 @@ import httpx
 EXAMPLES = Path(__file__).resolve().parent
 
 
-def read_files(directory: Path, suffix: str = ".py") -> dict[str, str]:
-    """Every file with ``suffix`` under ``directory``, keyed by relative path."""
+def read_files(directory: Path, suffix: str = ".py", exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file with ``suffix`` under ``directory`` (but not under ``exclude``), keyed by relative path."""
     return {p.relative_to(directory).as_posix(): p.read_text() for p in sorted(directory.rglob(f"*{suffix}"))
-            if "__pycache__" not in p.parts}
+            if "__pycache__" not in p.parts and p.relative_to(directory).parts[0] not in exclude}
+
+
+def seed_repo(client: httpx.Client, name: str, directory: Path) -> None:
+    """Create artifacts repository ``name`` holding the files of ``directory`` (kept if it exists)."""
+    r = client.post("/v1/repos", json={"name": name})
+    if r.status_code == 409:
+        return
+    if r.status_code != 201:
+        raise RuntimeError(f"creating repository {name} failed: {r.status_code} {r.text}")
+    files = {p.relative_to(directory).as_posix(): p.read_text() for p in sorted(directory.rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts}
+    r = client.post(f"/v1/repos/{name}/commits", json={"branch": "main", "message": f"Seed {name}", "files": files})
+    if r.status_code not in (200, 201):
+        raise RuntimeError(f"seeding repository {name} failed: {r.status_code} {r.text}")
 
 
 def deploy_worker(client: httpx.Client, directory: Path, name: str, settings: dict[str, Any]) -> str:
@@ -48,7 +66,11 @@ def deploy_worker(client: httpx.Client, directory: Path, name: str, settings: di
 
 def deploy_agent(client: httpx.Client, directory: Path, name: str, settings: dict[str, Any]) -> str:
     """Deploy a durable agent directory (main.py defines run(ctx, input)) as agent ``name``."""
-    r = client.put(f"/v1/agents/{name}", json={"files": read_files(directory), **settings}, timeout=600)
+    repos: dict[str, str] = settings.pop("repos", {})
+    for repo, subdir in repos.items():
+        seed_repo(client, repo, directory / subdir)
+    files = read_files(directory, exclude=tuple(repos.values()))
+    r = client.put(f"/v1/agents/{name}", json={"files": files, **settings}, timeout=600)
     if r.status_code not in (200, 201):
         raise RuntimeError(f"deploying agent {name} failed: {r.status_code} {r.text}")
     return f"agent {name} version {r.json()['version']}"
@@ -134,7 +156,8 @@ def main() -> int:
         url = wait_for_url(data, child)
         token = os.environ.get("EDGENODE_ADMIN_TOKEN") or (data / "admin-token").read_text().strip()
         hostport = url.split("://", 1)[1]
-        names = {"NODE_URL": url, "NODE_HOSTPORT": f"http://{hostport}"}
+        names = {"NODE_URL": url, "NODE_HOSTPORT": f"http://{hostport}",
+                 "AGENT_MODEL": os.environ.get("EXAMPLE_MODEL") or "scripted:example"}
         lines: list[str] = []
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=300) as client:
             for directory, spec in examples():
@@ -152,7 +175,9 @@ def main() -> int:
                     continue
                 lines.append(f"# {directory.name}: {summary}")
                 lines += [curl_line(url, token, step) for step in spec.get("try", [])]
-        print("\nedgenode is running at " + url + "  (Ctrl-C to stop)\n")
+        print("\nedgenode is running at " + url + "  (Ctrl-C to stop)")
+        where = "EDGENODE_ADMIN_TOKEN" if os.environ.get("EDGENODE_ADMIN_TOKEN") else str(data / "admin-token")
+        print(f"admin token: {where}    data: {data}\n")
         print("\n".join(lines) + "\n", flush=True)
     except BaseException:
         if child.poll() is None:
