@@ -174,7 +174,7 @@ def main() -> int:
                     print(f"  failed: {exc}", file=sys.stderr)
                     continue
                 lines.append(f"# {directory.name}: {summary}")
-                lines += [curl_line(url, token, step) for step in spec.get("try", [])]
+                lines += [curl_line(url, token, substitute(step, names)) for step in spec.get("try", [])]
         print("\nedgenode is running at " + url + "  (Ctrl-C to stop)")
         where = "EDGENODE_ADMIN_TOKEN" if os.environ.get("EDGENODE_ADMIN_TOKEN") else str(data / "admin-token")
         print(f"admin token: {where}    data: {data}\n")

@@ -251,6 +251,116 @@ class Effects:
         return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
 
 
+    # -- maintainer tools: forks, sandboxes with the node grant, repo tokens, merge requests ------
+
+    def _tool_fork(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        """Fork artifacts repo ``name`` as ``request["name"]``; the fork's metadata."""
+        from edgenode.errors import ArtifactNotFound
+
+        artifacts = self._capability("artifacts")
+        tenant, fork = act.run["tenant"], request.get("name")
+        if not isinstance(fork, str):
+            raise ValidationFailed("fork takes the new repository's name", field="name")
+        try:
+            existing = self.engine.run_async(lambda: artifacts.get(tenant, fork))
+        except ArtifactNotFound:
+            existing = None
+        if existing is not None and existing.fork_of == name:
+            # Steps are at least once: a crash after the fork but before its journal entry forks again.
+            return existing.as_dict()
+        info = self.engine.run_async(lambda: artifacts.fork(tenant, name, fork,
+                                                            default_branch_only=bool(request.get("default_branch_only"))))
+        return info.as_dict()
+
+    def _tool_sandbox_create(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        """A new sandbox (``network``, ``limits``, optional ``name``); its description, with ``id``."""
+        sandboxes = self._capability("sandboxes")
+        data = {k: request[k] for k in ("name", "network", "limits") if request.get(k) is not None}
+        described: dict[str, Any] = self.engine.run_async(lambda: sandboxes.create(self._principal(act), data))
+        return described
+
+    def _tool_sandbox_delete(self, act: Activation, name: str, request: dict[str, Any]) -> None:
+        """Destroy a sandbox of the run's tenant."""
+        from edgenode.errors import NotFound
+
+        sandboxes = self._capability("sandboxes")
+        try:
+            self.engine.run_async(lambda: sandboxes.delete(self._principal(act), name))
+        except NotFound:
+            pass  # deleted already (at least once: the delete may be repeated after a crash)
+
+    def _tool_repo_token(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        """A short-lived read or write token for repo ``name``, with the URLs a sandbox clones from.
+
+        ``url`` is the repository on this node as a sandbox with the ``node`` grant reaches it;
+        ``clone_url`` carries the token as the password. The token is journaled like every
+        result (readable by the run's tenant, who may mint such tokens anyway), so keep it short.
+        """
+        from edgenode.sandboxes.egress import NODE_ALIAS
+
+        artifacts = self._capability("artifacts")
+        tenant = act.run["tenant"]
+        access = str(request.get("access") or "read")
+        ttl = request.get("ttl_s", 600)
+        issued: dict[str, Any] = self.engine.run_async(lambda: artifacts.issue_token(tenant, name, access, ttl))
+        url = f"http://{NODE_ALIAS}/git/{tenant}/{name}.git"
+        return {"id": issued["id"], "access": issued["access"], "expires_at": issued["expires_at"],
+                "token": issued["token"], "url": url,
+                "clone_url": f"http://git:{issued['token']}@{NODE_ALIAS}/git/{tenant}/{name}.git"}
+
+    def _tool_merge_request(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        """Record a merge request of ``source``'s ``branch`` into repo ``name`` (an artifacts event).
+
+        It lives in the target repository's event log as kind ``merge_request``
+        (``GET /v1/repos/{name}/events?kind=merge_request``). Its id is derived from the run,
+        source and branch, so a repeated call after a crash finds the first record instead
+        of adding a second.
+        """
+        import hashlib
+
+        from edgenode.artifacts import history
+        from edgenode.artifacts.repos import validate_branch
+
+        artifacts = self._capability("artifacts")
+        tenant = act.run["tenant"]
+        source, branch = request.get("source") or name, request.get("branch")
+        title, description = request.get("title"), request.get("description") or ""
+        if not isinstance(source, str):
+            raise ValidationFailed("source must be a repository name", field="source")
+        if not isinstance(branch, str):
+            raise ValidationFailed("branch must be a branch name", field="branch")
+        validate_branch(branch)
+        if not isinstance(title, str) or not title.strip() or len(title) > 500:
+            raise ValidationFailed("title must be a non-empty string (at most 500 characters)", field="title")
+        if not isinstance(description, str) or len(description) > 64 * 1024:
+            raise ValidationFailed("description must be a string (at most 64 KiB)", field="description")
+        target = self.engine.run_async(lambda: artifacts.get(tenant, name))
+        head = self.engine.run_async(lambda: artifacts.read(tenant, source, history.refs))["refs"]
+        commit = head.get(f"refs/heads/{branch}")
+        if commit is None:
+            raise ValidationFailed(f"repository {source!r} has no branch {branch!r}", field="branch")
+        into = request.get("target_branch") or target.default_branch
+        base = self.engine.run_async(lambda: artifacts.read(tenant, name, history.refs))["refs"].get(
+            f"refs/heads/{into}")
+        mr_id = "mr_" + hashlib.sha256(dumps([act.run_id, name, source, branch]).encode()).hexdigest()[:16]
+        events = self.engine.run_async(lambda: artifacts.events.list(tenant, name, kind="merge_request",
+                                                                      limit=10_000))
+        for event in events:
+            if event.get("mr") == mr_id:
+                return _merge_request(event, name)
+        record = {"mr": mr_id, "source": source, "branch": branch, "commit": commit, "target_branch": into,
+                  "base": base, "title": title, "description": description, "agent": act.run["agent"],
+                  "run": act.run_id, "state": "open"}
+        self.engine.run_async(lambda: artifacts.events.record(tenant, name, "merge_request", **record))
+        return _merge_request({**record, "at": self.engine.now()}, name)
+
+
+def _merge_request(event: dict[str, Any], repo: str) -> dict[str, Any]:
+    """A merge request as the agent sees it: its ``mr`` id as ``id`` (the event's ``id`` is the log's row)."""
+    out = {k: v for k, v in event.items() if k not in ("id", "mr", "kind")}
+    return {"id": event["mr"], "repo": repo, **out}
+
+
 def _seconds(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValidationFailed(f"{field} must be a non-negative number of seconds", field=field)

@@ -10,7 +10,7 @@ from typing import Any
 from edgenode.store import Database
 
 KINDS = ("create", "fork", "import", "commit", "push", "clone", "fetch", "token_used", "sync", "conflict",
-         "delete", "push_refused")
+         "delete", "push_refused", "merge_request")
 
 
 class Events:

@@ -284,6 +284,46 @@ class Context:
         """A file's text from an artifacts repo at ``ref``."""
         return cast("str", self._effect("tool.read_file", repo, {"ref": ref, "path": path}))
 
+    def fork(self, repo: str, name: str, *, default_branch_only: bool = False) -> dict[str, Any]:
+        """Fork artifacts repo ``repo`` as ``name`` (objects are shared); the fork's metadata.
+
+        Forking again to a name that is already a fork of ``repo`` returns that fork.
+        """
+        return cast("dict[str, Any]", self._effect("tool.fork", repo, {"name": name,
+                                                                      "default_branch_only": default_branch_only}))
+
+    def sandbox_create(
+        self, *, name: str | None = None, network: Any = None, limits: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A new sandbox; ``network={"allow": ["node"]}`` lets git in it reach this node's ``/git/``
+        at ``$EDGENODE_URL``. Its description, with ``id`` to pass to the other sandbox tools."""
+        return cast("dict[str, Any]", self._effect("tool.sandbox_create", name or "",
+                                                   {"name": name, "network": network, "limits": limits}))
+
+    def sandbox_delete(self, sandbox: str) -> None:
+        """Destroy a sandbox and its files."""
+        self._effect("tool.sandbox_delete", sandbox, {})
+
+    def repo_token(self, repo: str, access: str = "read", ttl_s: float = 600) -> dict[str, Any]:
+        """A short-lived repository token: ``{"token", "url", "clone_url", "expires_at", ...}``.
+
+        ``clone_url`` (the token as the password) works from a sandbox with the ``node`` grant.
+        The token is journaled, readable by the run's tenant: keep ``ttl_s`` short.
+        """
+        return cast("dict[str, Any]", self._effect("tool.repo_token", repo, {"access": access, "ttl_s": ttl_s}))
+
+    def merge_request(
+        self, repo: str, *, source: str, branch: str, title: str, description: str = "",
+        target_branch: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a merge request of ``source``'s ``branch`` into ``repo``; the record, with ``id``.
+
+        It is an event of kind ``merge_request`` in ``repo``'s artifacts event log.
+        """
+        request = {"source": source, "branch": branch, "title": title, "description": description,
+                   "target_branch": target_branch}
+        return cast("dict[str, Any]", self._effect("tool.merge_request", repo, request))
+
     def call_agent(self, agent: str, input: Any = None) -> dict[str, Any]:
         """Start a sub-agent run and wait (durably) for it: ``{"status", "output", "error", "id"}``."""
         return cast("dict[str, Any]", self._effect("agent.call", agent, {"input": input}))
