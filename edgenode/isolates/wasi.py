@@ -1,6 +1,6 @@
 """Run WASI preview 1 command modules: args, env, stdin, files in a private scratch dir.
 
-The module sees only a fresh scratch directory, preopened as ``.``; every file
+The module sees only a fresh scratch directory, preopened as both ``/`` and ``.``; every file
 left there when it exits comes back to the caller. It gets no network and no
 other part of the host's filesystem. CPU, wall time and memory are bounded as
 for workers.
@@ -175,6 +175,10 @@ class WasiRunner:
             config.stdin_file = str(stdin_path)
             config.stdout_custom = stdout.write
             config.stderr_custom = stderr.write
+            # Go's wasip1 runtime takes the first preopen as "/" and its working directory,
+            # and finds no preopen for a relative path when that one is "."; wasi-libc
+            # (C, Rust) resolves relative paths through either. Both name the same directory.
+            config.preopen_dir(str(scratch), "/")
             config.preopen_dir(str(scratch), ".")
             budget = Budget(cpu_s=limits.cpu_ms / 1000, wall_s=limits.wall_ms / 1000)
             store = self.engine.store(budget, memory_bytes=limits.memory_mb << 20)
@@ -188,8 +192,8 @@ class WasiRunner:
                     start(store)
                 except ExitTrap as exc:
                     exit_code = exc.code
-                except WasmtimeError as exc:
-                    raise self._classify(exc, budget, limits) from None
+                except (WasmtimeError, wasmtime.Trap) as exc:  # a core module's trap is not a WasmtimeError
+                    raise self._classify(exc, budget, limits, stderr.value()) from None
                 cpu_ms, wall_ms = budget.cpu_used() * 1000, budget.wall_used() * 1000
             del store
             out_files, truncated = self._collect(scratch)
@@ -215,8 +219,11 @@ class WasiRunner:
         return out, truncated
 
     @staticmethod
-    def _classify(exc: WasmtimeError, budget: Budget, limits: Limits) -> EdgenodeError:
+    def _classify(exc: WasmtimeError | wasmtime.Trap, budget: Budget, limits: Limits,
+                  stderr: bytes) -> EdgenodeError:
         text = str(exc)
+        # A panicking Rust program or an aborting C one says why on stderr just before it traps.
+        output = stderr[-2000:].decode(errors="replace") or None
         if budget.exceeded == "shutting_down":
             return ShuttingDown("the node is stopping; the run was interrupted", retry_after=1)
         if budget.exceeded == "cpu_limit":
@@ -232,10 +239,11 @@ class WasiRunner:
             return InvalidComponent(f"the module imports something WASI preview 1 does not provide: "
                                     f"{text.strip().splitlines()[0]}")
         if "call stack exhausted" in lowered:
-            return IsolateTrap("the module overflowed its stack", reason="stack_overflow")
+            return IsolateTrap("the module overflowed its stack", reason="stack_overflow", output=output)
         first = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("wasm trap:")),
                      text.strip().splitlines()[0] if text.strip() else "trap")
-        return IsolateTrap(f"the module trapped: {first}", reason=first.removeprefix("wasm trap:").strip())
+        return IsolateTrap(f"the module trapped: {first}", reason=first.removeprefix("wasm trap:").strip(),
+                           output=output)
 
 
 def parse_request(data: dict[str, Any], *, max_bytes: int) -> tuple[list[str], dict[str, str], bytes, dict[str, bytes]]:
