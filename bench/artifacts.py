@@ -5,7 +5,9 @@ Run: ``python -m bench.artifacts [--files 1000] [--commits 200] [--runs 5] [--ro
 - Baseline: git's own smart HTTP server, ``git http-backend``, run as CGI by a tiny threaded
   HTTP server on loopback, serving a bare repository that received the same push.
 - Clone/push: the same 1,000-file, 200-commit repository, pushed to an empty repository on
-  each server, then cloned; medians of several runs, plus the first (cold) clone.
+  each server, then cloned; medians of several runs, plus warm clones of one repository.
+  Two nodes: as shipped (git upload-pack answers clones, git index-pack takes pushes in
+  quarantine) and forced onto the pure-dulwich fallback (``artifacts.upload_pack = "dulwich"``).
 - Propagation: five nodes of one fleet; an API commit on one node, timed until each of the
   other four lists the new commit id; p50 and p99 over every (commit, node) pair.
 """
@@ -71,6 +73,9 @@ class _CgiHandler(BaseHTTPRequestHandler):
     """Runs ``git http-backend`` per request, as a CGI server would."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, each answer would wait for a
+    # delayed ACK (40 ms) and the baseline would look slower than git really is.
+    disable_nagle_algorithm = True
     root = ""
 
     def log_message(self, *args: Any) -> None:
@@ -132,47 +137,56 @@ def bench_transfer(work: Path, files: int, commits: int, runs: int) -> dict[str,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     cgi_url = f"http://127.0.0.1:{server.server_address[1]}"
 
-    node = NodeProcess(work / "node").start()
-    api = node.client()
-    results: dict[str, dict[str, list[float]]] = {"node": {"push": [], "clone": []},
-                                                   "git http-backend": {"push": [], "clone": []}}
+    # The node as shipped (git upload-pack answers clones) and forced onto its dulwich fallback.
+    nodes = {"node": NodeProcess(work / "node").start(),
+             "node, dulwich": NodeProcess(work / "node-dulwich",
+                                          env={"EDGENODE_ARTIFACTS_UPLOAD_PACK": "dulwich"}).start()}
+    apis = {label: n.client() for label, n in nodes.items()}
+    labels = [*nodes, "git http-backend"]
+    results: dict[str, dict[str, list[float]]] = {label: {"push": [], "clone": [], "warm_clone": []}
+                                                   for label in labels}
+
+    def node_url(label: str, name: str, access: str) -> str:
+        token = apis[label].post(f"/v1/repos/{name}/tokens", json={"access": access, "ttl_s": 3600}).json()["token"]
+        return nodes[label].url.replace("http://", f"http://b:{token}@") + f"/git/default/{name}.git"
+
     try:
         for run in range(runs):
             name = f"r{run}"
-            assert api.post("/v1/repos", json={"name": name}).status_code == 201
-            token = api.post(f"/v1/repos/{name}/tokens", json={"access": "write", "ttl_s": 3600}).json()["token"]
-            node_url = node.url.replace("http://", f"http://b:{token}@") + f"/git/default/{name}.git"
-            git("init", "-q", "--bare", str(cgi_root / f"{name}.git"))
+            urls = {}
+            for label, api in apis.items():
+                assert api.post("/v1/repos", json={"name": name}).status_code == 201
+                urls[label] = node_url(label, name, "write")
+            # -b main: with git's default (master) HEAD would dangle and the baseline's clones
+            # would skip the checkout the node's clones do.
+            git("init", "-q", "--bare", "-b", "main", str(cgi_root / f"{name}.git"))
             git("config", "http.receivepack", "true", cwd=cgi_root / f"{name}.git")
-            cgi_repo = f"{cgi_url}/{name}.git"
-            # Alternate the order so neither server always goes first.
-            pairs = [("node", node_url), ("git http-backend", cgi_repo)]
-            if run % 2:
-                pairs.reverse()
-            for label, url in pairs:
-                results[label]["push"].append(timed(lambda url=url: git("push", "-q", url, "main", cwd=src)))
-            for label, url in pairs:
-                dest = work / f"clone-{label.replace(' ', '_')}-{run}"
-                results[label]["clone"].append(timed(lambda url=url, dest=dest: git("clone", "-q", url, str(dest),
-                                                                                   cwd=work)))
+            urls["git http-backend"] = f"{cgi_url}/{name}.git"
+            # Rotate the order so no server always goes first.
+            order = labels[run % 3:] + labels[:run % 3]
+            for label in order:
+                results[label]["push"].append(timed(lambda url=urls[label]: git("push", "-q", url, "main", cwd=src)))
+            for label in order:
+                dest = work / f"clone-{run}"
+                results[label]["clone"].append(timed(lambda url=urls[label], dest=dest: git(
+                    "clone", "-q", url, str(dest), cwd=work)))
                 shutil.rmtree(dest)
-        # Warm clones of one repository (the steady state of a busy repository).
-        token = api.post("/v1/repos/r0/tokens", json={"access": "read", "ttl_s": 3600}).json()["token"]
-        node_url = node.url.replace("http://", f"http://b:{token}@") + "/git/default/r0.git"
-        for label, url in (("node", node_url), ("git http-backend", f"{cgi_url}/r0.git")):
-            warm = []
-            for i in range(runs):
+        # Warm clones of one repository (the steady state of a busy repository), interleaved.
+        warm_urls = {label: node_url(label, "r0", "read") for label in nodes}
+        warm_urls["git http-backend"] = f"{cgi_url}/r0.git"
+        for i in range(runs):
+            for label in labels[i % 3:] + labels[:i % 3]:
                 dest = work / f"warm-{i}"
-                warm.append(timed(lambda url=url, dest=dest: git("clone", "-q", url, str(dest), cwd=work)))
+                results[label]["warm_clone"].append(timed(lambda url=warm_urls[label], dest=dest: git(
+                    "clone", "-q", url, str(dest), cwd=work)))
                 shutil.rmtree(dest)
-            results[label]["warm_clone"] = warm
-        artifacts = api.get("/v1/status").json()["capabilities"]["artifacts"]
-        cache = (artifacts["pack_cache_hits"], artifacts["pack_cache_misses"])
+        assert apis["node"].get("/v1/status").json()["capabilities"]["artifacts"]["upload_pack"] == "git"
     finally:
-        api.close()
-        node.stop()
+        for label in nodes:
+            apis[label].close()
+            nodes[label].stop()
         server.shutdown()
-    return {"objects": objects, "results": results, "cache": cache}
+    return {"objects": objects, "results": results}
 
 
 def bench_propagation(work: Path, nodes: int, rounds: int) -> list[float]:
@@ -246,14 +260,14 @@ def main(argv: list[str] | None = None) -> None:
 
     res = transfer["results"]
     print(f"\nrepository: {args.files} files, {args.commits} commits, {transfer['objects']} objects; "
-          f"{args.runs} runs, medians in ms")
-    print(f"{'operation':<14}{'node':>10}{'git http-backend':>20}{'ratio':>8}")
+          f"{args.runs} runs, medians in ms; ratio = node / git http-backend")
+    print(f"{'operation':<12}{'node':>8}{'node, dulwich':>15}{'git http-backend':>18}{'ratio':>7}{'dulwich':>9}")
     for op, label in (("push", "push"), ("clone", "cold clone"), ("warm_clone", "warm clone")):
-        mine = statistics.median(res["node"][op]) * 1000
-        base = statistics.median(res["git http-backend"][op]) * 1000
-        print(f"{label:<14}{mine:>10.0f}{base:>20.0f}{mine / base:>8.2f}")
-    hits, misses = transfer["cache"]
-    print(f"(node clone answer cache: {hits} hits, {misses} misses; cold clones are misses by construction)")
+        mine, fallback, base = (statistics.median(res[k][op]) * 1000 for k in ("node", "node, dulwich",
+                                                                              "git http-backend"))
+        print(f"{label:<12}{mine:>8.0f}{fallback:>15.0f}{base:>18.0f}{mine / base:>7.2f}{fallback / base:>9.2f}")
+    print("(node: git upload-pack answers clones, git index-pack takes pushes; node, dulwich: the fallback, "
+          "artifacts.upload_pack = \"dulwich\")")
     print(f"\nref propagation across {args.nodes} nodes ({len(samples)} samples: {args.rounds} commits x "
           f"{args.nodes - 1} peers)")
     print(f"{'p50':<6}{_pct(samples, 0.5) * 1000:>8.0f} ms")

@@ -150,9 +150,12 @@ class ArtifactSettings:
     max_commit_bytes: int = setting(32 * 1024 * 1024, "Largest total file content of one API commit, in bytes.")
     gossip: bool = setting(True, "Announce ref updates to peers and pull missing refs (needs a fleet secret).")
     anti_entropy_interval_s: float = setting(5.0, "Mean interval between ref-listing comparisons with a peer.")
-    pack_cache_bytes: int = setting(
-        256 * 1024 * 1024, "Disk kept for cached answers to clone requests, in bytes (0 turns the cache off)."
+    upload_pack: str = setting(
+        "auto", "Who does the pack work: git (git upload-pack answers clones and fetches, git index-pack "
+        "indexes pushes), dulwich (pure Python, 2-4x slower) or auto (git when the binary is on PATH)."
     )
+    upload_pack_timeout_s: float = setting(600.0, "Longest one git upload-pack run may take, in seconds "
+                                           "(then it is killed).")
 
 
 @dataclass

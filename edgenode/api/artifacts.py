@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from edgenode.api.common import field, json, node_of, principal, read_json
 from edgenode.artifacts import Artifacts, GitAccess, history
@@ -269,7 +270,7 @@ async def git_info_refs(request: Request) -> Response:
     if service not in ("git-upload-pack", "git-receive-pack"):
         raise Forbidden("only smart HTTP is served: ask for ?service=git-upload-pack or git-receive-pack")
     arts, tenant, name, access = await _git_access(request, write=service == "git-receive-pack")
-    body = await arts.advertise(tenant, name, service, access)
+    body = await arts.advertise(tenant, name, service, access, protocol=request.headers.get("git-protocol"))
     return Response(body, media_type=f"application/x-{service}-advertisement", headers=_NO_CACHE)
 
 
@@ -287,8 +288,22 @@ async def git_upload_pack(request: Request) -> Response:
     """A fetch or clone; the pack streams back as dulwich writes it."""
     _check_type(request, "git-upload-pack")
     arts, tenant, name, access = await _git_access(request, write=False)
-    stream = await arts.upload_pack(tenant, name, request.stream(), gzipped=_gzipped(request), access=access)
-    return StreamingResponse(stream, media_type="application/x-git-upload-pack-result", headers=_NO_CACHE)
+    stream = await arts.upload_pack(tenant, name, request.stream(), gzipped=_gzipped(request), access=access,
+                                    protocol=request.headers.get("git-protocol"))
+    return _ClosingStream(stream, media_type="application/x-git-upload-pack-result", headers=_NO_CACHE)
+
+
+class _ClosingStream(StreamingResponse):
+    """A streaming response that closes its iterator however it ends (a client that goes away
+    included), so a ``git upload-pack`` behind it is killed now rather than when it is collected."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            closer = getattr(self.body_iterator, "aclose", None)
+            if closer is not None:
+                await closer()
 
 
 async def git_receive_pack(request: Request) -> Response:

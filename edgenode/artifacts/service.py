@@ -16,11 +16,11 @@ from dulwich.errors import GitProtocolError
 
 from edgenode.artifacts import history, smart
 from edgenode.artifacts.events import Events
+from edgenode.artifacts.gitserve import GitUploadPack, environment, find_git, git_protocol
 from edgenode.artifacts.gossip import RefGossip, check_peer_password
-from edgenode.artifacts.packcache import PackCache
 from edgenode.artifacts.repos import SHARED_REF_PREFIXES, RepoInfo, RepoStore, validate_branch, validate_repo_name
 from edgenode.artifacts.schema import MIGRATIONS
-from edgenode.artifacts.streaming import collect_body, spool_body, stream_from_thread
+from edgenode.artifacts.streaming import ClosingStream, collect_body, spool_body, stream_from_thread
 from edgenode.artifacts.tokens import RepoTokens, looks_like_repo_token
 from edgenode.auth import Principal
 from edgenode.errors import (
@@ -32,6 +32,7 @@ from edgenode.errors import (
     PayloadTooLarge,
     ReadOnlyToken,
     Unauthorized,
+    Unavailable,
     ValidationFailed,
 )
 
@@ -68,8 +69,29 @@ class Artifacts:
         self.tokens = RepoTokens(self.db, max_ttl_s=self.settings.max_token_ttl_s, now=now)
         self.events = Events(self.db, now=now)
         self.gossip = RefGossip(self, now=now)
-        self.pack_cache = PackCache(node.data_dir / "artifacts" / ".packcache", self.settings.pack_cache_bytes)
+        self.git_upload_pack = self._choose_upload_pack()
+        self.git_tools = (None if self.git_upload_pack is None else
+                          smart.GitTools(self.git_upload_pack.git, environment(self.git_upload_pack.home)))
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _choose_upload_pack(self) -> GitUploadPack | None:
+        """git's upload-pack when configured (or, for "auto", when found); None means dulwich."""
+        mode = self.settings.upload_pack
+        if mode not in ("auto", "git", "dulwich"):
+            raise ValidationFailed("artifacts.upload_pack must be auto, git or dulwich", field="artifacts.upload_pack")
+        if not self.settings.upload_pack_timeout_s > 0:
+            raise ValidationFailed("artifacts.upload_pack_timeout_s must be positive",
+                                   field="artifacts.upload_pack_timeout_s")
+        if mode == "dulwich":
+            return None
+        git = find_git()
+        if git is None:
+            if mode == "git":
+                raise Unavailable("artifacts.upload_pack is git, but no git binary is on PATH")
+            log.warning("no git binary on PATH: clones and fetches are served by dulwich (slower)")
+            return None
+        return GitUploadPack(git, self.node.data_dir / "artifacts" / ".githome",
+                             timeout_s=self.settings.upload_pack_timeout_s)
 
     # -- capability --------------------------------------------------------
 
@@ -77,9 +99,14 @@ class Artifacts:
         """Open the database and start anti-entropy."""
         self.db.open()
         self.repos.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.git_upload_pack is not None:
+            # git's HOME: empty, so no user configuration applies to what it serves.
+            self.git_upload_pack.home.mkdir(exist_ok=True, mode=0o700)
         # A crash in the middle of a push leaves its quarantine behind; nothing in it was ever used.
         for leftover in self.repos.root.glob("*/*.git/objects/incoming-*"):
             await asyncio.to_thread(shutil.rmtree, leftover, True)
+        # Earlier versions cached clone answers here; git upload-pack made that cache pointless.
+        await asyncio.to_thread(shutil.rmtree, self.repos.root / ".packcache", True)
         await self.gossip.start()
 
     async def stop(self) -> None:
@@ -94,7 +121,10 @@ class Artifacts:
     def status(self) -> dict[str, Any]:
         """Repository count and gossip counters."""
         count = self.db.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM repos").fetchone()[0])
-        return {"repos": count, "pack_cache_hits": self.pack_cache.hits, "pack_cache_misses": self.pack_cache.misses,
+        runner = self.git_upload_pack
+        return {"repos": count, "upload_pack": "dulwich" if runner is None else "git",
+                "receive_pack": "dulwich" if self.git_tools is None else "dulwich+git index-pack",
+                "upload_pack_running": 0 if runner is None else runner.running,
                 **self.gossip.status()}
 
     def spawn(self, coro: Any) -> None:
@@ -292,44 +322,66 @@ class Artifacts:
 
     # -- smart HTTP --------------------------------------------------------
 
-    async def advertise(self, tenant: str, name: str, service: str, access: GitAccess) -> bytes:
-        """The ``info/refs`` body for ``service``."""
+    async def advertise(self, tenant: str, name: str, service: str, access: GitAccess, *,
+                        protocol: str | None = None) -> bytes:
+        """The ``info/refs`` body for ``service``; ``protocol`` is the client's Git-Protocol header."""
         if service not in smart.SERVICES:
             raise Forbidden(f"unsupported service {service!r}")
         info = await self.get(tenant, name)
+        if service == "git-upload-pack" and self.git_upload_pack is not None:
+            return await self.git_upload_pack.advertise(str(info.path), git_protocol(protocol))
         return await asyncio.to_thread(smart.advertise, str(info.path), service)
 
     async def upload_pack(
-        self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess
+        self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess,
+        protocol: str | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream the answer to a fetch or clone; errors before the first byte are raised."""
         info = await self.get(tenant, name)
+        kind: str | None
+        if self.git_upload_pack is not None:
+            request, answer = await self.git_upload_pack.serve(
+                str(info.path), body, gzipped=gzipped, limit=MAX_UPLOAD_REQUEST_BYTES, protocol=git_protocol(protocol))
+            # A v2 ls-refs (or object-info) is the advertisement, not a clone: no event for it.
+            kind = None if request.command not in (None, "fetch") else "fetch" if request.haves else "clone"
+        else:
+            kind, answer = await self._dulwich_upload_pack(str(info.path), body, gzipped=gzipped)
+        if access.kind == "peer" or kind is None:
+            return answer
+        # The events are written while the pack streams, and are durable before it ends.
+        recording = asyncio.ensure_future(
+            self._git_events(tenant, name, access, "git-upload-pack", [(kind, {"via": access.kind})]))
+
+        async def recorded() -> None:
+            await recording
+
+        return ClosingStream(answer, recorded)
+
+    async def _dulwich_upload_pack(self, repo_path: str, body: AsyncIterator[bytes], *,
+                                   gzipped: bool) -> tuple[str, AsyncIterator[bytes]]:
+        """The fallback without git: ("clone" or "fetch", dulwich's answer from a worker thread)."""
         raw = await collect_body(body, MAX_UPLOAD_REQUEST_BYTES, gzipped=gzipped)
         kind = "fetch" if b"0032have " in raw else "clone"
-        stream = stream_from_thread(lambda write: smart.upload_pack(str(info.path), raw, write, self.pack_cache))
+        stream = stream_from_thread(lambda write: smart.upload_pack(repo_path, raw, write))
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
             first = b""
         except GitProtocolError as exc:
             raise BadRequest(f"git protocol error: {exc}") from exc
-        # The events are written while the pack streams, and are durable before it ends.
-        recording: asyncio.Future[None] | None = None
-        if access.kind != "peer":
-            recording = asyncio.ensure_future(
-                self._git_events(tenant, name, access, "git-upload-pack", [(kind, {"via": access.kind})]))
 
-        async def chain() -> AsyncIterator[bytes]:
-            try:
-                if first:
-                    yield first
-                async for chunk in stream:
-                    yield chunk
-            finally:
-                if recording is not None:
-                    await recording
+        async def rest() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for chunk in stream:
+                yield chunk
 
-        return chain()
+        async def stop_thread() -> None:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+
+        return kind, ClosingStream(rest(), stop_thread)
 
     async def receive_pack(
         self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess
@@ -348,8 +400,8 @@ class Artifacts:
             spool.seek(0)
             try:
                 outcome = await asyncio.to_thread(
-                    smart.receive_pack, str(info.path), spool, protected=self.settings.protected_branches
-                )
+                    smart.receive_pack, str(info.path), spool, protected=self.settings.protected_branches,
+                    git=self.git_tools)
             except GitProtocolError as exc:
                 raise BadRequest(f"git protocol error: {exc}") from exc
         finally:

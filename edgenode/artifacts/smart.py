@@ -1,7 +1,8 @@
 """Git smart HTTP, spoken by dulwich's own server handlers, with quarantined pushes.
 
-The HTTP layer hands over bytes; dulwich's ``UploadPackHandler`` and ``ReceivePackHandler``
-do all protocol and pack work. What this module adds is policy around them:
+The HTTP layer hands over bytes; dulwich's ``ReceivePackHandler`` (and ``UploadPackHandler``
+when git's own upload-pack is not used, see ``gitserve``) do all protocol and pack work.
+What this module adds is policy around pushes:
 
 - A push is received into a *quarantine* object directory (``objects/incoming-*``, with the
   real object store as its alternate), as ``git receive-pack`` does. Objects move into the
@@ -19,6 +20,7 @@ import io
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
@@ -29,14 +31,13 @@ from dulwich.errors import GitProtocolError, HookError
 from dulwich.file import FileLocked
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit, ObjectID, Tag, Tree
-from dulwich.pack import PackInflater
+from dulwich.pack import Pack, PackInflater
 from dulwich.protocol import ReceivableProtocol
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 from dulwich.server import Backend, ReceivePackHandler, UploadPackHandler
 
 from edgenode.artifacts.history import ZERO, is_ancestor
-from edgenode.artifacts.packcache import PackCache, refs_digest
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +127,23 @@ class _UpdateHook:
 class _QuarantinedRepo:
     """What ``ReceivePackHandler`` sees: the real refs, and a quarantine object store."""
 
-    def __init__(self, repo: Repo, protected: Iterable[str], *, object_format: Any = None) -> None:
+    def __init__(self, repo: Repo, protected: Iterable[str], *, git: GitTools | None = None) -> None:
         self.repo = repo
         self.protected = list(protected)
         objects = os.path.join(repo.path, "objects")
         self.quarantine = tempfile.mkdtemp(prefix="incoming-", dir=objects)
-        self.store = DiskObjectStore.init(os.path.join(self.quarantine, "q"))
+        store = _QuarantineStore.init(os.path.join(self.quarantine, "q"))
+        assert isinstance(store, _QuarantineStore)
+        self.store = store
+        self.git = git
+        self.store.git = git
+        self.store.repo_path = repo.path
         with open(os.path.join(self.store.path, "info", "alternates"), "w") as f:
             f.write(objects + "\n")
         self.moved: list[tuple[bytes, bytes, bytes]] = []
         self.refused: list[tuple[str, str]] = []
         self._migrated = False
-        self._connected: bool | None = None
+        self._connected: dict[bytes, bool] = {}
         self.refs = _GuardedRefs(repo.refs, self.migrate, self.moved, self.refused)
         self.hooks = {"update": _UpdateHook(self)}
 
@@ -180,7 +186,7 @@ class _QuarantinedRepo:
             return None
         if ObjectID(new) not in self.store:
             return "missing object"
-        if not self.connected():
+        if not self.connected(new):
             return "pack is not connected: missing objects"
         target = self.store[ObjectID(new)]
         if ref.startswith(b"refs/heads/") and not isinstance(target, Commit):
@@ -189,11 +195,20 @@ class _QuarantinedRepo:
             return "protected branch: force-push refused"
         return None
 
-    def connected(self) -> bool:
-        """Every object the quarantined packs refer to exists (there or in the repository)."""
-        if self._connected is None:
-            self._connected = _check_connected(self.store)
-        return self._connected
+    def connected(self, new: bytes) -> bool:
+        """Everything ``new`` reaches exists, here or in the repository.
+
+        git checks it as ``receive-pack`` does (``rev-list --objects`` from the new tip, not
+        from the existing refs); without git, dulwich checks every reference in the
+        quarantined packs once.
+        """
+        key = new if self.git is not None else b""
+        if key not in self._connected:
+            if self.git is not None:
+                self._connected[key] = self.git.connected(self.repo.path, os.fspath(self.store.path), new)
+            else:
+                self._connected[key] = _check_connected(self.store)
+        return self._connected[key]
 
     # quarantine -----------------------------------------------------------
 
@@ -217,6 +232,64 @@ class _QuarantinedRepo:
         """Remove the quarantine directory and whatever is left in it."""
         self.store.close()
         shutil.rmtree(self.quarantine, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class GitTools:
+    """The git binary and the clean environment it runs in (see ``gitserve.environment``)."""
+
+    git: str
+    env: dict[str, str]
+
+    def _env(self, repo_path: str, objects: str) -> dict[str, str]:
+        # Objects go to (and are looked up first in) the quarantine; its alternates file
+        # leads to the repository's objects, and from there to a fork's parent.
+        return {**self.env, "GIT_DIR": repo_path, "GIT_OBJECT_DIRECTORY": objects}
+
+    def index_pack(self, repo_path: str, objects: str, read: Callable[[int], bytes]) -> str:
+        """Stream a (thin) pack into ``git index-pack --fix-thin --fsck-objects``; its pack name."""
+        proc = subprocess.Popen([self.git, "index-pack", "--stdin", "--fix-thin", "--fsck-objects"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self._env(repo_path, objects), cwd=repo_path)
+        assert proc.stdin is not None
+        stdin, proc.stdin = proc.stdin, None  # communicate() below must not touch it
+        try:
+            with stdin:
+                while chunk := read(256 * 1024):
+                    stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # index-pack gave up; its stderr says why
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise OSError(lines[-1] if lines else f"index-pack failed ({proc.returncode})")
+        kind, _, name = out.decode().strip().partition("\t")
+        if kind not in ("pack", "keep") or not name:
+            raise OSError(f"index-pack said {out!r}")
+        return name
+
+    def connected(self, repo_path: str, objects: str, new: bytes) -> bool:
+        """Whether every object ``new`` reaches, short of the existing refs, is present."""
+        result = subprocess.run([self.git, "rev-list", "--objects", "--quiet", "--stdin", "--not", "--all"],
+                                input=new + b"\n", capture_output=True, env=self._env(repo_path, objects),
+                                cwd=repo_path)
+        return result.returncode == 0
+
+
+class _QuarantineStore(DiskObjectStore):
+    """A push's quarantine object store; git indexes incoming packs when it is there."""
+
+    git: GitTools | None = None
+    repo_path = ""
+
+    def add_thin_pack(self, read_all: Callable[[int], bytes], read_some: Callable[[int], bytes] | None,
+                      progress: Callable[..., None] | None = None, *, max_input_size: int | None = None) -> Pack:
+        """Index the pushed pack with git (C, fast) when available, else with dulwich."""
+        if self.git is None:
+            return super().add_thin_pack(read_all, read_some, progress, max_input_size=max_input_size)
+        # The body was counted against the pack limit before any of this ran.
+        name = self.git.index_pack(self.repo_path, os.fspath(self.path), read_some or read_all)
+        return Pack(os.path.join(self.pack_dir, f"pack-{name}"), object_format=self.object_format)
 
 
 def _check_connected(store: DiskObjectStore) -> bool:
@@ -270,53 +343,33 @@ def advertise(repo_path: str, service: str) -> bytes:
     return out.getvalue()
 
 
-def upload_pack(repo_path: str, body: bytes, write: Callable[[bytes], None], cache: PackCache | None = None) -> str:
-    """Answer one stateless ``git-upload-pack`` request through ``write``; returns "hit" or "miss".
-
-    Answers to clone requests come from ``cache`` when it holds them, and are stored there
-    otherwise.
-    """
+def upload_pack(repo_path: str, body: bytes, write: Callable[[bytes], None]) -> None:
+    """Answer one stateless ``git-upload-pack`` request through ``write`` (the fallback when
+    git is not installed; see ``gitserve`` for the usual path)."""
     repo = Repo(repo_path)
+
+    def write_fn(data: bytes) -> int:
+        write(data)
+        return len(data)
+
     try:
-        key = None
-        if cache is not None:
-            digest = refs_digest(repo.refs.as_dict(), repo.refs.get_symrefs().get(Ref(b"HEAD")))
-            key = cache.key(repo_path, body, digest)
-        if key is not None and cache is not None:
-            cached = cache.open(key)
-            if cached is not None:
-                with cached:
-                    while chunk := cached.read(256 * 1024):
-                        write(chunk)
-                return "hit"
-        entry = cache.writer(key) if key is not None and cache is not None else None
-
-        def write_fn(data: bytes) -> int:
-            write(data)
-            if entry is not None:
-                entry.write(data)
-            return len(data)
-
         proto = ReceivableProtocol(io.BytesIO(body).read, write_fn)
-        try:
-            UploadPackHandler(_OneRepoBackend(repo), [repo_path], proto, stateless_rpc=True).handle()
-        except BaseException:
-            if entry is not None:
-                entry.abort()
-            raise
-        if entry is not None:
-            entry.commit()
-        return "miss"
+        UploadPackHandler(_OneRepoBackend(repo), [repo_path], proto, stateless_rpc=True).handle()
     finally:
         repo.close()
 
 
 def receive_pack(
-    repo_path: str, body: IO[bytes], *, protected: Iterable[str], lock: threading.RLock | None = None
+    repo_path: str, body: IO[bytes], *, protected: Iterable[str], lock: threading.RLock | None = None,
+    git: GitTools | None = None,
 ) -> PushOutcome:
-    """Answer one ``git-receive-pack`` request with quarantine and the update policy."""
+    """Answer one ``git-receive-pack`` request with quarantine and the update policy.
+
+    With ``git``, git's index-pack and rev-list do the pack work in the quarantine; dulwich
+    still speaks the protocol, applies the policy and moves the refs.
+    """
     repo = Repo(repo_path)
-    target = _QuarantinedRepo(repo, protected)
+    target = _QuarantinedRepo(repo, protected, git=git)
     out = io.BytesIO()
 
     def write_fn(data: bytes) -> int:

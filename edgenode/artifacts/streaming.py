@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Any
 
 from edgenode.errors import BadRequest, PayloadTooLarge
@@ -110,3 +110,38 @@ def stream_from_thread(run: Callable[[Callable[[bytes], None]], object], *, chun
             await asyncio.wait([future], timeout=5)
 
     return reader()
+
+
+class ClosingStream:
+    """``inner``, whose ``cleanup`` runs once when the stream ends or is closed, even if it was
+    never iterated: a plain async generator that never started skips its ``finally``, and
+    a response whose client left before the first byte would leak what the cleanup frees."""
+
+    def __init__(self, inner: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]]) -> None:
+        self._inner = inner
+        self._cleanup = cleanup
+        self._closed = False
+
+    def __aiter__(self) -> ClosingStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            return await self._inner.__anext__()
+        except BaseException:  # the end, an error or a cancellation: free what the stream holds
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close ``inner`` and run the cleanup (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            closer = getattr(self._inner, "aclose", None)
+            if closer is not None:
+                await closer()
+        finally:
+            await self._cleanup()

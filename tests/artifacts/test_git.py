@@ -278,36 +278,6 @@ def test_oversized_pack_gets_413_and_leaves_nothing(gnode: NodeProcess, api: htt
     assert api.get("/v1/repos/big").status_code == 200
 
 
-def _cache_stats(api: httpx.Client) -> tuple[int, int]:
-    status = api.get("/v1/status").json()["capabilities"]["artifacts"]
-    return status["pack_cache_hits"], status["pack_cache_misses"]
-
-
-def test_repeated_clones_are_served_from_the_pack_cache(gnode: NodeProcess, api: httpx.Client,
-                                                        tmp_path: Path) -> None:
-    create_repo(api, "cached")
-    first = api_commit(api, "cached", {"a.txt": "1\n", "b/c.txt": "2\n"})
-    url = git_url(gnode, "cached", repo_token(api, "cached", access="read"))
-    hits, misses = _cache_stats(api)
-    git("clone", url, "one", cwd=tmp_path)
-    git("clone", url, "two", cwd=tmp_path)
-    assert _cache_stats(api) == (hits + 1, misses + 1)
-    assert git("rev-parse", "HEAD", cwd=tmp_path / "two").stdout.strip() == first
-    assert (tmp_path / "two" / "b" / "c.txt").read_text() == "2\n"
-    git("fsck", "--full", cwd=tmp_path / "two")
-
-    # Once the refs move, the same request is answered afresh: the new commit arrives.
-    second = api_commit(api, "cached", {"a.txt": "changed\n"}, parent=first)
-    git("clone", url, "three", cwd=tmp_path)
-    assert git("rev-parse", "HEAD", cwd=tmp_path / "three").stdout.strip() == second
-    assert (tmp_path / "three" / "a.txt").read_text() == "changed\n"
-    # Fetches with haves never touch the cache.
-    before = _cache_stats(api)
-    git("fetch", "origin", cwd=tmp_path / "one")
-    assert git("rev-parse", "origin/main", cwd=tmp_path / "one").stdout.strip() == second
-    assert _cache_stats(api) == before
-
-
 def test_push_against_a_moved_ref_is_reported_not_ok(gnode: NodeProcess, api: httpx.Client,
                                                      tmp_path: Path) -> None:
     create_repo(api, "moved")
