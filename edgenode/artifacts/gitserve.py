@@ -26,13 +26,13 @@ import os
 import re
 import shutil
 import signal
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from edgenode.artifacts.streaming import ClosingStream
-from edgenode.errors import BadRequest, PayloadTooLarge, Unavailable
+from edgenode.errors import BadRequest, Unavailable
+from edgenode.streams import limited_chunks
 
 #: What a ``Git-Protocol`` header may hold to be passed on (``version=2``, ``key=value:...``).
 _PROTOCOL = re.compile(r"[A-Za-z0-9._=:-]{1,256}")
@@ -166,18 +166,8 @@ class GitUploadPack:
         killer = loop.call_later(self.timeout_s, _kill_group, proc.pid)
 
         async def feed() -> None:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
-            size = 0
             try:
-                async for chunk in body:
-                    if inflater is not None:
-                        try:
-                            chunk = inflater.decompress(chunk, limit + 1 - size)
-                        except zlib.error as exc:
-                            raise BadRequest(f"bad gzip body: {exc}") from exc
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
+                async for chunk in limited_chunks(body, limit, gzipped=gzipped):
                     request.observe(chunk)
                     stdin.write(chunk)
                     await stdin.drain()

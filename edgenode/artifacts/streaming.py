@@ -8,50 +8,24 @@ streamed back with back-pressure, and the thread stops if the client goes away.
 from __future__ import annotations
 
 import asyncio
-import gzip
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Any
 
-from edgenode.errors import BadRequest, PayloadTooLarge
+from edgenode.streams import limited_chunks
 
 
 async def spool_body(body: AsyncIterator[bytes], out: IO[bytes], limit: int, *, gzipped: bool) -> int:
     """Copy the body into ``out``, gunzipping if asked; PayloadTooLarge past ``limit`` bytes."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
     size = 0
-    async for chunk in body:
-        if inflater is not None:
-            try:
-                chunk = inflater.decompress(chunk, limit + 1 - size)
-            except zlib.error as exc:
-                raise BadRequest(f"bad gzip body: {exc}") from exc
+    async for chunk in limited_chunks(body, limit, gzipped=gzipped):
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds {limit} bytes", limit=limit)
         out.write(chunk)
     return size
 
 
 async def collect_body(body: AsyncIterator[bytes], limit: int, *, gzipped: bool) -> bytes:
     """The whole body in memory, gunzipped if asked; PayloadTooLarge past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in body:
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if gzipped:
-        try:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            raw = inflater.decompress(raw, limit + 1)
-        except (zlib.error, gzip.BadGzipFile) as exc:
-            raise BadRequest(f"bad gzip body: {exc}") from exc
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
-    return raw
+    return b"".join([chunk async for chunk in limited_chunks(body, limit, gzipped=gzipped)])
 
 
 _END = object()
