@@ -106,10 +106,8 @@ def read_snapshot(conn: sqlite3.Connection, tenant: str, namespace: str) -> Chan
     return _finish(conn, out)
 
 
-def ensure_object(conn: sqlite3.Connection, name: str, sql: str) -> None:
-    """Create a table, index or view a peer defined, if this namespace lacks it."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone():
-        return
+def _run_peer_create(conn: sqlite3.Connection, name: str, sql: str) -> None:
+    """Run a peer's CREATE statement for a user object under the SQL guard; MalformedChanges otherwise."""
     if not _CREATE.match(sql) or schema.is_internal(name):
         raise MalformedChanges(f"schema entry {name!r} is not a CREATE statement of a user object")
     guard = Guard(read_only=False)
@@ -120,6 +118,13 @@ def ensure_object(conn: sqlite3.Connection, name: str, sql: str) -> None:
         raise MalformedChanges(f"schema entry {name!r} failed: {guard.refusal or exc}") from exc
     finally:
         conn.set_authorizer(None)
+
+
+def ensure_object(conn: sqlite3.Connection, name: str, sql: str) -> None:
+    """Create a table, index or view a peer defined, if this namespace lacks it."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone():
+        return
+    _run_peer_create(conn, name, sql)
     kind = conn.execute("SELECT type FROM sqlite_master WHERE name = ?", (name,)).fetchone()
     if kind is None:
         raise MalformedChanges(f"schema entry {name!r} did not create {name!r}")
@@ -206,16 +211,7 @@ def check_changes(changes: Changes, conn: sqlite3.Connection | None) -> None:
             if conn is not None and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                                  (name,)).fetchone():
                 continue
-            if not _CREATE.match(sql) or schema.is_internal(name):
-                raise MalformedChanges(f"schema entry {name!r} is not a CREATE statement of a user object")
-            guard = Guard(read_only=False)
-            scratch.set_authorizer(guard)
-            try:
-                scratch.execute(sql)
-            except (sqlite3.Error, ValueError) as exc:
-                raise MalformedChanges(f"schema entry {name!r} failed: {guard.refusal or exc}") from exc
-            finally:
-                scratch.set_authorizer(None)
+            _run_peer_create(scratch, name, sql)
             pk = schema.primary_key(scratch, name)
             if not pk:
                 raise MalformedChanges(f"table {name!r} does not exist or has no primary key")
