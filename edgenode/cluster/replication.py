@@ -178,15 +178,19 @@ class Replicator:
             log.warning("refused malformed changes from a peer", extra={"peer_node": sender, "reason": exc.message})
             raise
 
+    def _refused(self, sender: str, changes: Changes, exc: EdgenodeError) -> None:
+        """Count and log a peer's batch of changes that was refused (nothing of it is applied)."""
+        self.m_refused.inc()
+        log.warning("refused changes from a peer", extra={
+            "peer_node": sender, "tenant": changes.tenant, "namespace": changes.namespace,
+            "reason": exc.message})
+
     async def _apply_all(self, sender: str, all_changes: list[Changes], *, measure_lag: bool = False) -> int:
         for changes in all_changes:  # check everything before applying anything
             try:
                 await asyncio.to_thread(self.state.check, changes)
             except EdgenodeError as exc:
-                self.m_refused.inc()
-                log.warning("refused changes from a peer", extra={
-                    "peer_node": sender, "tenant": changes.tenant, "namespace": changes.namespace,
-                    "reason": exc.message})
+                self._refused(sender, changes, exc)
                 raise
         applied = 0
         now_ms = time.time() * 1000
@@ -194,10 +198,7 @@ class Replicator:
             try:
                 applied += await asyncio.to_thread(self.state.apply, changes)
             except EdgenodeError as exc:
-                self.m_refused.inc()
-                log.warning("refused changes from a peer", extra={
-                    "peer_node": sender, "tenant": changes.tenant, "namespace": changes.namespace,
-                    "reason": exc.message})
+                self._refused(sender, changes, exc)
                 raise
             for row in changes.rows if measure_lag else ():
                 # Lag is measured on the wall clock; a node's clock_offset_ms skews it, as it should.
