@@ -8,9 +8,14 @@ STAMP  := $(VENV)/.installed
 DATA   ?= .edgenode
 LISTEN ?= 127.0.0.1:8787
 
-.PHONY: setup system-deps run test bench lint package deb clean constraints
+.PHONY: setup system-deps runtime run test bench lint package deb clean constraints
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) runtime
+
+# The shared Python runtime every Python worker, run and agent uses: built once per edgenode
+# version into the user's cache (a no-op when it is there), so no node waits for it.
+runtime: $(STAMP)
+	@$(BIN)/edgenode runtime build >/dev/null
 
 $(STAMP): pyproject.toml packaging/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

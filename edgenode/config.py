@@ -68,13 +68,17 @@ class WorkerSettings:
     max_source_bytes: int = setting(8 * 1024 * 1024, "Largest Python worker source (all files), in bytes.")
     max_component_bytes: int = setting(64 * 1024 * 1024, "Largest uploaded component or WASI module, in bytes.")
     cache_dir: str = setting(
-        "", "Build and compiled-code cache; empty uses DATA/workers. Nodes on a host may share one."
+        "", "Compiled-code and bytecode cache; empty uses DATA/workers. Nodes on a host may share one."
     )
     cache_max_mb: int = setting(
-        8192, "Size the build and compiled-code cache is pruned to, in MiB (unused builds go)."
+        8192, "Size the compiled-code and bytecode cache is pruned to, in MiB (unused entries go)."
     )
-    build_timeout_s: float = setting(300.0, "Longest a Python worker build may take, in seconds.")
-    build_concurrency: int = setting(1, "Python worker builds run at once (each uses several cores).")
+    runtime_dir: str = setting(
+        "", "Where the shared Python runtime component is kept (built once per edgenode version); empty uses "
+        "$XDG_CACHE_HOME/edgenode/runtime (~/.cache/edgenode/runtime), or DATA/workers/runtime if that is not "
+        "writable. A packaged node ships it prebuilt."
+    )
+    build_timeout_s: float = setting(600.0, "Longest the one-time build of the Python runtime may take, in seconds.")
     fetch_timeout_s: float = setting(30.0, "Timeout of one outbound fetch from a guest, in seconds.")
     max_wasi_output_bytes: int = setting(4 * 1024 * 1024, "Largest stdout, stderr or files returned by /v1/wasi/run.")
 

@@ -10,6 +10,13 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-dist/edgenode.pyz}
 mkdir -p "$(dirname "$OUT")" build
 "$PY" packaging/pins.py > build/requirements.txt
+# Ship the shared Python runtime prebuilt (portable WebAssembly; its native code is compiled
+# once on the host at first start), so the single file needs no componentize-py at run time.
+rm -rf edgenode/isolates/prebuilt
+KEY=$("$PY" -m edgenode runtime build --dir build/runtime 2>/dev/null | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+mkdir -p edgenode/isolates/prebuilt
+cp "build/runtime/python-$KEY.wasm" edgenode/isolates/prebuilt/
+trap 'rm -rf edgenode/isolates/prebuilt' EXIT
 "$PY" -m shiv --reproducible --compressed \
     --python '/usr/bin/env python3' \
     --entry-point edgenode.cli:main \

@@ -16,6 +16,23 @@ from edgenode.node import Node
 from tests.support import NodeProcess
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Make sure the shared Python runtime exists before any node starts (normally ``make setup`` built it).
+
+    Done here, outside every test's timeout, because a first build takes a while on a loaded machine;
+    every node of the session then loads it from the default runtime directory in milliseconds.
+    """
+    from wasmtime.component import Linker
+
+    from edgenode.isolates.engine import IsolateEngine
+    from edgenode.isolates.python import PythonRuntime, default_runtime_dir
+
+    engine = IsolateEngine()
+    directory = default_runtime_dir()
+    PythonRuntime(engine, lambda: Linker(engine.engine), runtime_dir=directory, fallback_dir=directory,
+                  cache_dir=directory).component()
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """A real node process on loopback, shared by the tests of one module."""

@@ -325,7 +325,7 @@ class Agents:
         config = {"entry": entry, "allowed_hosts": hosts}
         prepare = getattr(self.runner, "prepare", None)
         if prepare is not None:
-            await prepare(files)  # a build error rejects the deploy instead of failing every run
+            await prepare(files, entry)  # a compile error rejects the deploy instead of failing every run
         digest = hashlib.sha256(dumps([sorted(files.items()), config]).encode()).hexdigest()
         now = self.now()
 

@@ -52,6 +52,9 @@ from edgenode.cli.workers import deploy, run, workers  # noqa: E402
 
 for command in (deploy, run, workers):
     cli.add_command(command)
+from edgenode.cli.runtime import runtime  # noqa: E402
+
+cli.add_command(runtime)
 
 
 def main() -> None:

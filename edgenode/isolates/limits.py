@@ -8,8 +8,8 @@ from typing import Any
 from edgenode.config import WorkerSettings
 from edgenode.errors import ValidationFailed
 
-#: The smallest memory limit that still lets CPython start in an isolate, in MiB.
-MIN_MEMORY_MB = 16
+#: The smallest memory limit that still holds the shared Python runtime's snapshot, in MiB.
+MIN_MEMORY_MB = 24
 
 
 @dataclass(frozen=True)

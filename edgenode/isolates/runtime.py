@@ -22,6 +22,7 @@ from wasmtime import ExitTrap, WasmtimeError
 from wasmtime.component import Component, Linker, Record, Variant
 
 from edgenode.errors import (
+    BuildFailed,
     CpuLimitExceeded,
     EdgenodeError,
     GuestException,
@@ -36,6 +37,8 @@ from edgenode.errors import (
 from edgenode.isolates.capabilities import HostFunctions, Invocation, bound
 from edgenode.isolates.engine import Budget, IsolateEngine, running
 from edgenode.isolates.limits import Limits
+from edgenode.isolates.python import Program, binding
+from edgenode.isolates.python import define as define_runtime_imports
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +192,14 @@ class Runtime:
         self._local = threading.local()
 
     def linker(self) -> Linker:
-        """This thread's linker: WASI preview 2 (no preopens, no network) plus the edgenode imports."""
+        """This thread's linker: WASI preview 2 (no preopens, no network) plus every edgenode import."""
         linker: Linker | None = getattr(self._local, "linker", None)
         if linker is None:
             linker = Linker(self.engine.engine)
             linker.add_wasip2()
             with linker.root() as root:
                 self.host.define(root)
+                define_runtime_imports(root)
             self._local.linker = linker
         return linker
 
@@ -217,8 +221,11 @@ class Runtime:
             raise InvalidComponent(f"the component does not fit the worker world: {_first_line(str(exc))}") from None
 
     def invoke(self, component: Component, request: GuestRequest, invocation: Invocation,
-               limits: Limits) -> Outcome:
-        """Run one request in a fresh instance of ``component`` (call on an isolate thread)."""
+               limits: Limits, program: Program | None = None) -> Outcome:
+        """Run one request in a fresh instance of ``component`` (call on an isolate thread).
+
+        ``program`` is what a shared-runtime instance runs (None for a component of its own).
+        """
         usage = Usage(memory_limit_mb=limits.memory_mb)
         budget = Budget(cpu_s=limits.cpu_ms / 1000, wall_s=limits.wall_ms / 1000)
         capture = _Capture()
@@ -229,7 +236,7 @@ class Runtime:
         store.set_wasi(wasi)
         response: GuestResponse | None = None
         error: EdgenodeError | None = None
-        with running(budget), bound(invocation):
+        with running(budget), bound(invocation), binding(program):
             try:
                 instance = self.linker().instantiate(store, component)
                 usage.instantiate_ms = budget.wall_used() * 1000
@@ -242,7 +249,7 @@ class Runtime:
             except EdgenodeError as exc:
                 error = exc
             except WasmtimeError as exc:
-                error = self._classify(exc, budget, limits, capture.text())
+                error = self._classify(exc, budget, limits, capture.text(), shared_runtime=program is not None)
             except (TypeError, ValueError, AttributeError) as exc:  # a raw component returned a misshapen value
                 error = InvalidGuestResponse(f"the guest returned a value of the wrong shape: {exc}")
             usage.cpu_ms = budget.cpu_used() * 1000
@@ -258,6 +265,8 @@ class Runtime:
         if result.tag == "err":
             code = getattr(result.payload, "code", "exception")
             message = str(getattr(result.payload, "message", ""))
+            if code == "syntax_error":  # one-off code that does not compile: the caller's input, not a crash
+                raise BuildFailed(f"the code does not compile: {message}", output=message)
             if code == "out_of_memory":
                 raise MemoryLimitExceeded(f"the guest ran out of memory (limit {limits.memory_mb} MiB)",
                                           limit_mb=limits.memory_mb)
@@ -279,7 +288,8 @@ class Runtime:
                 raise InvalidGuestResponse(f"the guest returned an invalid header {name!r}")
         return GuestResponse(status, headers, body)
 
-    def _classify(self, exc: WasmtimeError, budget: Budget, limits: Limits, output: str) -> EdgenodeError:
+    def _classify(self, exc: WasmtimeError, budget: Budget, limits: Limits, output: str, *,
+                  shared_runtime: bool = False) -> EdgenodeError:
         if isinstance(exc, ExitTrap):
             return IsolateTrap(f"the guest exited with status {exc.code} instead of returning a response",
                                reason="exit", exit_code=exc.code)
@@ -292,7 +302,10 @@ class Runtime:
         if budget.exceeded == "wall_limit" or "edgenode: wall_limit" in text:
             return WallLimitExceeded(f"the request ran longer than {limits.wall_ms} ms", limit_ms=limits.wall_ms)
         lowered = text.lower()
-        if ("memory" in lowered and ("limit" in lowered or "exceeds" in lowered)) or any(
+        # Pure Python cannot touch memory out of bounds; in the shared runtime such a fault is
+        # componentize-py's glue using an allocation the store's memory limit refused.
+        oob = shared_runtime and "out of bounds memory access" in lowered
+        if oob or ("memory" in lowered and ("limit" in lowered or "exceeds" in lowered)) or any(
             sign in output for sign in _MEMORY_SIGNS
         ):
             return MemoryLimitExceeded(f"the guest needed more than {limits.memory_mb} MiB of memory",

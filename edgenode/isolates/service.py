@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgenode.errors import BadRequest, InvalidComponent, PayloadTooLarge, ValidationFailed, WorkerNotFound
-from edgenode.isolates.builder import Builder, Source
+from edgenode.isolates.builder import Source
 from edgenode.isolates.cache import prune
 from edgenode.isolates.capabilities import Grants, HostFunctions, Invocation
 from edgenode.isolates.egress import AllowList
-from edgenode.isolates.engine import IsolateEngine
+from edgenode.isolates.engine import Budget, IsolateEngine
 from edgenode.isolates.limits import Limits
 from edgenode.isolates.metering import Meter
 from edgenode.isolates.pool import IsolatePool
+from edgenode.isolates.python import Program, PythonRuntime
 from edgenode.isolates.registry import MIGRATIONS, Registry, Version, validate_name
 from edgenode.isolates.runtime import CompiledCache, GuestRequest, Outcome, Runtime, Usage
 from edgenode.isolates.wasi import WasiResult, WasiRunner, parse_request, wasm_kind
@@ -41,6 +42,9 @@ T = TypeVar("T")
 RUN_WORKER = "_run"
 WASI_WORKER = "_wasi"
 MAX_ENV_BYTES = 64 * 1024
+#: Bounds on compiling a deployment's files at deploy time (the runtime's own code, not the user's).
+COMPILE_CPU_S = 30.0
+COMPILE_WALL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Deployed:
     limits: Limits
     grants: Grants
     public: bool
+    #: The source of a Python version (compiled into its program on first use).
+    source: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,11 +98,15 @@ class Workers:
         self.uploads = node.data_dir / "workers" / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.engine = IsolateEngine()
-        self.builder = Builder(self.cache_dir, timeout_s=s.build_timeout_s, concurrency=max(1, s.build_concurrency))
         self.cache = CompiledCache(self.engine, self.cache_dir / "compiled")
         # node.state may be wired after workers; look it up at call time.
         self.host = HostFunctions(lambda: getattr(node, "state", None), fetch_timeout_s=s.fetch_timeout_s)
         self.runtime = Runtime(self.engine, self.host, self.cache, max_response_bytes=s.max_response_bytes)
+        self.python = PythonRuntime(self.engine, self.runtime.linker,
+                                    runtime_dir=Path(s.runtime_dir) if s.runtime_dir else None,
+                                    fallback_dir=node.data_dir / "workers" / "runtime", cache_dir=self.cache_dir,
+                                    timeout_s=s.build_timeout_s)
+        self._python_ready: asyncio.Future[Any] | None = None
         self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes)
         self.pool = IsolatePool(s.pool_size, s.queue_depth)
         self.db = node.database("workers.db", MIGRATIONS)
@@ -113,10 +123,13 @@ class Workers:
         self.db.open()
         self.engine.start()
         self.meter.start()
+        self.python_ready()  # load (or, once per version, build) the shared runtime in the background
 
     async def stop(self) -> None:
         """Stop taking work, record the last usage, close everything."""
         self.pool.shutdown()
+        if self._python_ready is not None and not self._python_ready.done():
+            self._python_ready.cancel()  # a build in progress finishes in its own thread; nobody waits for it
         if self._prune_task is not None:
             await asyncio.gather(self._prune_task, return_exceptions=True)
         await self.meter.stop()
@@ -130,7 +143,7 @@ class Workers:
             "pool_size": self.pool.size,
             "in_flight": self.pool.in_flight,
             "rejected": self.pool.rejected,
-            "builds": self.builder.builds,
+            "python_runtime": self.python.status(),
             "compiles": self.cache.compiles,
             "cache_loads": self.cache.loads,
             "cache_dir": str(self.cache_dir),
@@ -148,20 +161,41 @@ class Workers:
         return DeploySettings(Limits.resolve(data.get("limits"), self.settings), list(allowed),
                               parse_env(data.get("env")), public)
 
+    def python_ready(self) -> asyncio.Future[Any]:
+        """A future done once the shared Python runtime is loaded (started on first call)."""
+        if self._python_ready is None:
+            self._python_ready = asyncio.ensure_future(asyncio.to_thread(self.python.component))
+            self._python_ready.add_done_callback(_log_runtime_failure)
+        return self._python_ready
+
+    async def _runtime(self) -> None:
+        ready = self.python_ready()
+        if ready.done() and ready.exception() is not None:
+            self._python_ready = None  # a failed build is retried by the next request that needs it
+            ready = self.python_ready()
+        await asyncio.shield(ready)
+
+    async def compile_program(self, files: dict[str, str], entry: str, kind: str) -> Program:
+        """Compile a deployment's files in a fresh runtime instance (BuildFailed on a syntax error)."""
+        await self._runtime()
+        memory = self.settings.max_memory_mb << 20
+        return await self._run_pool(lambda: self.python.program(
+            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory))
+
     async def deploy_python(self, tenant: str, name: str, files: object, settings: DeploySettings) -> dict[str, Any]:
-        """Build (or reuse) a Python worker and make it the current version of ``name``."""
+        """Compile a Python worker's files on the shared runtime and make them the current version of ``name``."""
         validate_name(name)
         source = Source.parse(files, max_bytes=self.settings.max_source_bytes)
-        builds = self.builder.builds
-        key, path = await self._build(source)
-        await asyncio.to_thread(self.cache.get, key, path)
-        version = await self.registry.add(tenant, name, kind="python", hash=key, settings=settings.as_dict(),
-                                          source=source.files)
+        try:
+            await self.compile_program(source.files, "main.py", "worker")
+        except Exception:
+            self.meter.builds.labels("failed").inc()
+            raise
+        self.meter.builds.labels("ok").inc()
+        version = await self.registry.add(tenant, name, kind="python", hash=source_hash(source),
+                                          settings=settings.as_dict(), source=source.files)
         self._deployed.pop((tenant, name), None)
-        built = self.builder.builds > builds
-        if built:
-            self.prune_soon()
-        return self._deploy_reply(version, built=built)
+        return self._deploy_reply(version)
 
     async def deploy_wasm(self, tenant: str, name: str, data: bytes, settings: DeploySettings) -> dict[str, Any]:
         """Deploy a raw component (worker world) or a WASI command module (for ``/v1/wasi/run``)."""
@@ -182,7 +216,7 @@ class Workers:
                                           settings=settings.as_dict(), source=None)
         self._deployed.pop((tenant, name), None)
         self.prune_soon()
-        return self._deploy_reply(version, built=False)
+        return self._deploy_reply(version)
 
     def _compile_upload(self, key: str, path: Path, data: bytes) -> Any:
         staged = path.with_suffix(f".upload{os.getpid()}")
@@ -193,9 +227,8 @@ class Workers:
             staged.unlink(missing_ok=True)
 
     @staticmethod
-    def _deploy_reply(version: Version, *, built: bool) -> dict[str, Any]:
-        return {"name": version.name, "version": version.version, "hash": version.hash, "kind": version.kind,
-                "built": built}
+    def _deploy_reply(version: Version) -> dict[str, Any]:
+        return {"name": version.name, "version": version.version, "hash": version.hash, "kind": version.kind}
 
     def prune_soon(self) -> None:
         """Trim the build and compiled-code cache in the background (one prune at a time)."""
@@ -209,15 +242,6 @@ class Workers:
                                     fingerprint=self.engine.fingerprint)
         except Exception:
             log.exception("could not prune the worker cache")
-
-    async def _build(self, source: Source) -> tuple[str, Path]:
-        try:
-            result = await self.builder.build(source)
-        except Exception:
-            self.meter.builds.labels("failed").inc()
-            raise
-        self.meter.builds.labels("ok").inc()
-        return result
 
     # -- inspect ---------------------------------------------------------------
 
@@ -246,7 +270,7 @@ class Workers:
         """Make an earlier version current again."""
         target = await self.registry.rollback(tenant, validate_name(name), version)
         self._deployed.pop((tenant, name), None)
-        return self._deploy_reply(target, built=False)
+        return self._deploy_reply(target)
 
     async def usage(self, tenant: str | None) -> list[dict[str, Any]]:
         """Usage totals per worker (flushed first, so they include every finished request)."""
@@ -264,20 +288,16 @@ class Workers:
         limits = Limits(**s["limits"])
         grants = Grants(tenant, f"worker.{name}", AllowList.parse(s.get("allowed_hosts")), dict(s.get("env", {})),
                         max_subrequests=limits.subrequests, max_fetch_bytes=self.settings.max_response_bytes)
-        deployed = Deployed(version, limits, grants, bool(s.get("public", False)))
+        deployed = Deployed(version, limits, grants, bool(s.get("public", False)), version.source)
         self._deployed[(tenant, name)] = deployed
         return deployed
 
     async def _component_path(self, version: Version) -> Path:
-        path = self.builder.path(version.hash) if version.kind == "python" else self.uploads / f"{version.hash}.wasm"
+        path = self.uploads / f"{version.hash}.wasm"
         if path.exists():
             return path
-        if version.kind == "python" and version.source is not None:
-            log.info("rebuilding a worker whose build left the cache", extra={"worker": version.name})
-            _, path = await self._build(Source(version.source))
-            return path
         raise InvalidComponent(f"the component of {version.name!r} version {version.version} is missing from "
-                               f"the cache; deploy it again")
+                               f"the node's data; deploy it again")
 
     async def invoke(self, tenant: str, name: str, request: GuestRequest, *, public: bool = False) -> Outcome:
         """Run one request through the current version of a worker, in a fresh isolate."""
@@ -287,32 +307,43 @@ class Workers:
         version = deployed.version
         if version.kind == "wasi":
             raise BadRequest(f"{name!r} is a WASI command module; run it with POST /v1/wasi/run")
-        path = await self._component_path(version)
         limits = deployed.limits
+        source = deployed.source
+        if version.kind == "python":
+            if source is None:
+                raise InvalidComponent(f"version {version.version} of {name!r} has no source; deploy it again")
+            await self._runtime()
 
-        def call() -> Outcome:
-            component = self.cache.get(version.hash, path)
-            invocation = Invocation(deployed.grants, name, _deadline(limits))
-            return self.runtime.invoke(component, request, invocation, limits)
+            def call() -> Outcome:
+                budget = Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S)
+                program = self.python.program(source, "main.py", "worker", budget=budget,
+                                              memory_bytes=self.settings.max_memory_mb << 20)
+                invocation = Invocation(deployed.grants, name, _deadline(limits))
+                return self.runtime.invoke(self.python.component(), request, invocation, limits, program)
+        else:
+            path = await self._component_path(version)
+
+            def call() -> Outcome:
+                component = self.cache.get(version.hash, path)
+                invocation = Invocation(deployed.grants, name, _deadline(limits))
+                return self.runtime.invoke(component, request, invocation, limits)
 
         outcome = await self._run_pool(call)
         self.meter.record(tenant, name, outcome.usage)
         return outcome
 
     async def run_once(self, tenant: str, files: object, request: GuestRequest, settings: DeploySettings) -> Outcome:
-        """Build (cached by content) and run code once; no kv or sql, nothing kept."""
+        """Run code once on the shared runtime (the instance compiles it); no kv or sql, nothing kept."""
         source = Source.parse(files, max_bytes=self.settings.max_source_bytes)
-        builds = self.builder.builds
-        key, path = await self._build(source)
-        if self.builder.builds > builds:
-            self.prune_soon()
+        program = Program.from_source(source.files)
         limits = settings.limits
         grants = Grants(tenant, None, AllowList.parse(settings.allowed_hosts), settings.env,
                         max_subrequests=limits.subrequests, max_fetch_bytes=self.settings.max_response_bytes)
+        await self._runtime()
 
         def call() -> Outcome:
-            component = self.cache.get(key, path)
-            return self.runtime.invoke(component, request, Invocation(grants, RUN_WORKER, _deadline(limits)), limits)
+            invocation = Invocation(grants, RUN_WORKER, _deadline(limits))
+            return self.runtime.invoke(self.python.component(), request, invocation, limits, program)
 
         outcome = await self._run_pool(call)
         self.meter.record(tenant, RUN_WORKER, outcome.usage)
@@ -365,6 +396,16 @@ class Workers:
             if getattr(exc, "code", None) == "overloaded":
                 self.meter.rejected.inc()
             raise
+
+
+def source_hash(source: Source) -> str:
+    """A Python version's content hash: its files alone (the runtime that runs them is the node's)."""
+    return hashlib.sha256(f"py:{source.digest()}".encode()).hexdigest()
+
+
+def _log_runtime_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("the Python runtime is not available", extra={"error": str(future.exception())})
 
 
 def _deadline(limits: Limits) -> float:

@@ -14,7 +14,7 @@ def test_deploy_reports_version_and_content_hash(admin: httpx.Client, kitchen_fi
     assert first.status_code == second.status_code == 201
     assert first.json()["version"] == 1 and second.json()["version"] == 2
     assert first.json()["hash"] == second.json()["hash"]  # content-addressed: the same build
-    assert second.json()["built"] is False
+    assert "built" not in second.json()
 
 
 def test_invoke_passes_method_path_query_headers_and_body(admin: httpx.Client, kitchen: str) -> None:
@@ -118,6 +118,7 @@ def test_build_error_returns_the_compilers_message(admin: httpx.Client) -> None:
     assert (r.status_code, error_code(r)) == (400, "build_failed")
     output = r.json()["error"]["output"]
     assert "SyntaxError" in output and "main.py" in output
+    assert (r.json()["error"]["file"], r.json()["error"]["line"]) == ("main.py", 2)
 
 
 def test_invocation_needs_the_owners_token(wnode: NodeProcess, kitchen: str) -> None:
