@@ -13,9 +13,9 @@ mkdir -p "$(dirname "$OUT")" build
 # Ship the shared Python runtime prebuilt (portable WebAssembly; its native code is compiled
 # once on the host at first start), so the single file needs no componentize-py at run time.
 rm -rf edgenode/isolates/prebuilt
-KEY=$("$PY" -m edgenode runtime build --dir build/runtime 2>/dev/null | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+WASM=$("$PY" -m edgenode runtime build 2>/dev/null | "$PY" -c 'import json, sys; d = json.load(sys.stdin); print(d["dir"] + "/python-" + d["key"] + ".wasm")')
 mkdir -p edgenode/isolates/prebuilt
-cp "build/runtime/python-$KEY.wasm" edgenode/isolates/prebuilt/
+cp "$WASM" edgenode/isolates/prebuilt/
 trap 'rm -rf edgenode/isolates/prebuilt' EXIT
 "$PY" -m shiv --reproducible --compressed \
     --python '/usr/bin/env python3' \
