@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +45,8 @@ WORLD = "python"
 ENTRY_MODULE = "edgenode_runtime"
 PACKAGE = "edgenode:guest"
 VERSION = "0.1.0"
-#: Bytecode of this many deployments is kept in memory (a few KiB each).
-PROGRAMS_IN_MEMORY = 4096
+#: Bytecode kept in memory, in bytes (a typical deployment's is a few KiB); the rest is read from disk.
+PROGRAMS_IN_MEMORY_BYTES = 64 << 20
 
 HostCall = Callable[[str, str, Any], dict[str, Any]]
 
@@ -176,6 +177,7 @@ class PythonRuntime:
         self._component: Component | None = None
         self._lock = threading.Lock()
         self._programs: OrderedDict[str, Program] = OrderedDict()
+        self._programs_bytes = 0
         self._programs_lock = threading.Lock()
         self.state = "cold"  # cold, building, compiling, ready, failed
         self.error: EdgenodeError | None = None
@@ -195,7 +197,7 @@ class PythonRuntime:
         """The runtime's state for ``/v1/status``."""
         return {"state": self.state, "key": self.key, "dir": str(self.directory), "builds": self.built,
                 "programs_compiled": self.compiled_programs, "program_loads": self.program_loads,
-                "programs_in_memory": len(self._programs),
+                "programs_in_memory": len(self._programs), "program_bytes_in_memory": self._programs_bytes,
                 **({"error": self.error.message} if self.error is not None else {})}
 
     # -- the component ----------------------------------------------------------
@@ -222,7 +224,10 @@ class PythonRuntime:
             native = self._native(directory)
             if native.exists():
                 try:
-                    return Component.deserialize_file(self.engine.engine, str(native))
+                    component = Component.deserialize_file(self.engine.engine, str(native))
+                    if directory == self.directory:
+                        _touch(native)  # in use: not an old version to prune
+                    return component
                 except WasmtimeError as exc:  # damaged, or written by another wasmtime
                     log.warning("discarding unusable compiled runtime", extra={"file": str(native), "error": str(exc)})
                     if directory == self.directory:
@@ -252,9 +257,23 @@ class PythonRuntime:
                 staged.write_bytes(component.serialize())
                 os.replace(staged, native)
                 log.info("the Python runtime is ready", extra={"file": str(native)})
+                self._prune_other_versions()
                 return component
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _prune_other_versions(self, *, min_age_s: float = 86400.0) -> None:
+        """Remove other versions' runtimes not used for a day (a host may run two versions during an upgrade)."""
+        now = time.time()
+        for path in self.directory.glob("python-*"):
+            if path.name.startswith(f"python-{self.key}") or path.suffix not in (".wasm", ".cwasm"):
+                continue
+            try:
+                if now - path.stat().st_mtime >= min_age_s:
+                    path.unlink()
+                    log.info("removed an old Python runtime", extra={"file": str(path)})
+            except OSError:
+                continue
 
     # -- programs ---------------------------------------------------------------
 
@@ -297,9 +316,12 @@ class PythonRuntime:
             except OSError as exc:  # a full disk costs a recompile later, not this request
                 log.warning("could not keep a deployment's bytecode", extra={"file": str(path), "error": str(exc)})
         with self._programs_lock:
-            self._programs[key] = program
-            while len(self._programs) > PROGRAMS_IN_MEMORY:
-                self._programs.popitem(last=False)
+            if key not in self._programs:
+                self._programs[key] = program
+                self._programs_bytes += program.size()
+            while self._programs_bytes > PROGRAMS_IN_MEMORY_BYTES and len(self._programs) > 1:
+                _, evicted = self._programs.popitem(last=False)
+                self._programs_bytes -= evicted.size()
         return program
 
     def _compile(self, files: dict[str, str], entry: str, kind: str, *, budget: Budget,
@@ -346,6 +368,13 @@ class PythonRuntime:
 @dataclass(frozen=True)
 class _CompileErr:
     error: Any
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache is fine
+        pass
 
 
 def _writable(directory: Path) -> Path | None:
