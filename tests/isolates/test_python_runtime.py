@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from edgenode.errors import BuildFailed
 from edgenode.isolates.capabilities import HostFunctions
 from edgenode.isolates.engine import Budget, IsolateEngine
