@@ -10,6 +10,9 @@ OUTDIR=${2:-dist}
 [ -f "$PYZ" ] || bash packaging/build-zipapp.sh "$PYZ"
 VERSION=$("$PY" -c 'import edgenode; print(edgenode.__version__)')
 ARCH=$(dpkg --print-architecture)
+# The single file carries compiled extensions for the Python it was built with: depend on that minor version.
+PYMINOR=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+PYNEXT=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1] + 1}")')
 ROOT=$(mktemp -d)
 chmod 0755 "$ROOT"
 trap 'rm -rf "$ROOT"' EXIT
@@ -32,7 +35,7 @@ Package: edgenode
 Version: $VERSION
 Architecture: $ARCH
 Maintainer: edgenode developers <edgenode@localhost>
-Depends: python3 (>= 3.11), adduser, git, bubblewrap
+Depends: python3 (>= $PYMINOR), python3 (<< $PYNEXT), adduser, git, bubblewrap
 Section: net
 Priority: optional
 Description: self-hosted agent cloud node for edge machines

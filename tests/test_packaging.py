@@ -69,7 +69,8 @@ def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_zipapp_starts_a_node(zipapp: Path, tmp_path: Path) -> None:
     assert zipapp.read_bytes()[:2] == b"#!"
-    env = {"SHIV_ROOT": str(tmp_path / "shiv")}
+    # A cache of its own: the node must find the runtime inside the single file, not in this user's cache.
+    env = {"SHIV_ROOT": str(tmp_path / "shiv"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     data = tmp_path / "data"
     # an isolated interpreter (-I): the zipapp must carry its own dependencies
     node_cmd = [sys.executable, "-I", str(zipapp)]
@@ -83,6 +84,21 @@ def test_zipapp_starts_a_node(zipapp: Path, tmp_path: Path) -> None:
         url = wait_for(lambda: (data / "url").exists() and (data / "url").read_text().strip(), timeout=120,
                        message="zipapp node to listen")
         assert httpx.get(url + "/healthz").json()["status"] == "ok"
+        auth = {"authorization": f"Bearer {(data / 'admin-token').read_text().strip()}"}
+        with httpx.Client(base_url=url, headers=auth, timeout=600) as c:
+            # Python workers and agents run on the runtime the single file carries prebuilt.
+            worker = {"main.py": "def handle(request):\n    return {'path': request.path}\n"}
+            assert c.put("/v1/workers/hello", json={"files": worker}).status_code == 201
+            assert c.get("/w/hello/from/the/pyz").json() == {"path": "/from/the/pyz"}
+            agent = {"main.py": "def run(ctx, input):\n    return ctx.step('double', lambda: input * 2)\n"}
+            assert c.put("/v1/agents/doubler", json={"files": agent}).status_code == 201
+            assert c.post("/v1/agents/doubler/runs", json={"id": "d1", "input": 21}).status_code == 201
+            wait_for(lambda: c.get("/v1/agents/runs/d1").json()["status"] == "completed", timeout=120,
+                     message="the agent run to complete")
+            assert c.get("/v1/agents/runs/d1").json()["output"] == 42
+            runtime = c.get("/v1/status").json()["capabilities"]["workers"]["python_runtime"]
+            assert runtime["builds"] == 0  # compiled from the bundled WebAssembly, never built
+        assert list((tmp_path / "cache" / "edgenode" / "runtime").glob("python-*.cwasm"))
     finally:
         server.terminate()
         assert server.wait(30) == 0
@@ -97,7 +113,9 @@ def test_deb_package(zipapp: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     deb = next(tmp_path.glob("edgenode_*.deb"))
     info = subprocess.run(["dpkg-deb", "--field", str(deb)], capture_output=True, text=True).stdout
-    assert "Package: edgenode" in info and "bubblewrap" in info and "python3" in info
+    assert "Package: edgenode" in info and "bubblewrap" in info
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert f"python3 (>= {minor}), python3 (<< {sys.version_info[0]}.{sys.version_info[1] + 1})" in info
     contents = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True).stdout
     for path in ("./usr/bin/edgenode", "./usr/lib/edgenode/edgenode.pyz", "./lib/systemd/system/edgenode.service",
                  "./etc/edgenode/edgenode.toml"):
