@@ -130,16 +130,32 @@ class _Program(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _boot() -> types.ModuleType:
-    """Install this instance's program and import its entry module."""
-    # The snapshot fixed the generator's state: every instance must draw differently.
-    random.seed(os.urandom(32))
+    """Install this instance's program and run its entry module."""
+    # The snapshot fixed the generator's state: every instance must draw differently. (An int
+    # seed is used as is; a bytes seed would be hashed first, which costs each request more.)
+    random.seed(int.from_bytes(os.urandom(16), "little"))
     info = program.load()
     finder = _Program(info.files)
     sys.meta_path.insert(0, finder)
     entry = _module_name(info.entry)
     if entry is None:
         raise ImportError(f"the entry file {info.entry!r} is not a Python file")
-    return __import__(entry[0], fromlist=["_"])
+    name = entry[0]
+    if "." in name or finder.modules[name][1]:  # an entry inside a package: let the import system do it
+        return __import__(name, fromlist=["_"])
+    # A top-level entry module is made directly: the import machinery's bookkeeping is what a
+    # fresh instance pays for most, page by page.
+    module = types.ModuleType(name)
+    module.__spec__ = finder.find_spec(name)
+    module.__file__ = module.__spec__.origin
+    module.__loader__ = finder
+    sys.modules[name] = module
+    try:
+        finder.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _syntax_error(exc: SyntaxError, path: str) -> CompileError:
