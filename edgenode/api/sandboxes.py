@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json as _json
 import os
 import signal as _signal
 import stat
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -19,6 +20,7 @@ from edgenode.errors import Conflict, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
 
+T = TypeVar("T")
 READ_CHUNK = 256 * 1024
 _SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
 
@@ -74,9 +76,35 @@ async def exec_command(request: Request) -> Response:
     spec = await _spec(request)
     execution = await _sandboxes(request).exec(principal(request), request.path_params["id"], spec)
     if not _wants_events(request):
-        return json(await execution.collect())
+        return json(await _unless_client_leaves(request, execution.collect()))
     return StreamingResponse(_events(execution), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client goes away first (then ClientDisconnect).
+
+    A cancelled exec stops its command's process group, as a closed event stream does.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (its body is already read: only the disconnect is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _events(execution: Execution) -> AsyncIterator[bytes]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
 
 from tests.sandboxes.conftest import assert_error, run
-from tests.support import NodeProcess
+from tests.support import NodeProcess, wait_for
 
 
 def test_create_inspect_list_delete(admin: httpx.Client, node: NodeProcess) -> None:
@@ -111,13 +112,25 @@ def test_a_closed_stream_kills_its_command(admin: httpx.Client, shared_sandbox: 
         for line in response.iter_lines():
             if "go" in line:
                 break
-    import time
+    wait_for(lambda: "sleep 77" not in run(admin, shared_sandbox, "ps -eo args")["stdout"], timeout=60,
+             message="the stream's command to be killed")
 
-    for _ in range(50):
-        if "sleep 77" not in run(admin, shared_sandbox, "ps -eo args")["stdout"]:
-            break
-        time.sleep(0.1)
-    assert "sleep 77" not in run(admin, shared_sandbox, "ps -eo args")["stdout"]
+
+def test_a_json_exec_whose_client_leaves_is_killed(admin: httpx.Client, shared_sandbox: str,
+                                                   node: NodeProcess) -> None:
+    body = json.dumps({"cmd": "sleep 88 & exec sleep 89"}).encode()
+    host, port = node.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(f"POST /v1/sandboxes/{shared_sandbox}/exec HTTP/1.1\r\nHost: node\r\n"
+                  f"Authorization: Bearer {node.admin_token}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_for(lambda: "sleep 89" in run(admin, shared_sandbox, "ps -eo args")["stdout"], timeout=60,
+                 message="the command to start")
+    # The client is gone: the command and its background child go with it, nothing is left behind.
+    wait_for(lambda: not {"sleep 88", "sleep 89"} & set(run(admin, shared_sandbox, "ps -eo args")["stdout"]
+                                                        .splitlines()),
+             timeout=60, message="the command to be killed")
+    wait_for(lambda: '"client disconnected"' in node.log(), timeout=60, message="the disconnect to be logged")
 
 
 @pytest.mark.parametrize(
