@@ -106,6 +106,20 @@ def test_streamed_timeout_reports_in_the_last_event(admin: httpx.Client, shared_
     assert events[-1][0] == "exit" and events[-1][1]["timed_out"] is True
 
 
+def test_many_lines_arrive_whole_and_in_order_in_both_modes(admin: httpx.Client, shared_sandbox: str) -> None:
+    # Megabytes of short lines, non-ASCII and JSON-special characters: written in pieces, never
+    # one line lost, split or reordered.
+    cmd = "seq 1 150000 | sed 's/$/ é \\\\ \"q\"/'"
+    expected = [f'{i} é \\ "q"' for i in range(1, 150001)]
+    with admin.stream("POST", f"/v1/sandboxes/{shared_sandbox}/exec", json={"cmd": cmd},
+                      headers={"accept": "text/event-stream"}) as response:
+        events = _events(response)
+    assert [e[1]["line"] for e in events if e[0] == "stdout"] == expected
+    assert events[-1][0] == "exit" and events[-1][1]["exit_code"] == 0
+    result = run(admin, shared_sandbox, cmd)
+    assert result["stdout"] == "\n".join(expected) + "\n" and result["exit_code"] == 0
+
+
 def test_a_closed_stream_kills_its_command(admin: httpx.Client, shared_sandbox: str) -> None:
     with admin.stream("POST", f"/v1/sandboxes/{shared_sandbox}/exec",
                       json={"cmd": "echo go; exec sleep 77"}, headers={"accept": "text/event-stream"}) as response:
