@@ -48,7 +48,6 @@ class RequestBody:
         length = headers.get("content-length", "")
         self.length = int(length) if length.isdigit() else None
         self.finished = "transfer-encoding" not in headers and not self.length
-        self.disconnected = False
         #: receive() calls the app is waiting on (a streaming response listens for the disconnect).
         self.listening = 0
 
@@ -60,7 +59,7 @@ class RequestBody:
         finally:
             self.listening -= 1
         if message["type"] == "http.disconnect":
-            self.disconnected = self.finished = True
+            self.finished = True
         elif message["type"] == "http.request" and not message.get("more_body", False):
             self.finished = True
         return message
