@@ -3,6 +3,10 @@
 Baselines (the floor): ``subprocess.run`` of the same command on the host, and a bare
 ``bwrap --unshare-all ... true`` (what starting any bwrap sandbox costs here).
 
+A second table: other clients' ``/healthz`` latency while one sandbox sends 64 MB of
+output to a slow reader (as events, and as one JSON result), against the same probe
+with no stream, in the same run.
+
     .venv/bin/python bench/sandboxes.py [--runs 100]
 """
 
@@ -10,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +31,9 @@ from tests.support import NodeProcess  # noqa: E402
 
 PY = "print(sum(range(1000)))"
 LINES = "for i in $(seq 1 100); do echo line $i; done"
+STREAM_BYTES = 64 * 1024 * 1024
+#: 64 MB of 76-character lines.
+BIG_OUTPUT = f"head -c {STREAM_BYTES * 3 // 4} /dev/zero | base64"
 
 
 def timed(fn: Callable[[], object], runs: int, warmup: int = 3) -> list[float]:
@@ -51,6 +60,46 @@ def row(name: str, values: list[float], floor: list[float] | None = None) -> str
     return f"{name:<44}{p50:9.2f}{p99:9.2f} {extra}"
 
 
+def probe_healthz(node: NodeProcess, during: Callable[[], None]) -> list[float]:
+    """Latencies of back-to-back ``/healthz`` calls from another client while ``during()`` runs."""
+    stop = threading.Event()
+    out: list[float] = []
+
+    def loop() -> None:
+        with node.client(timeout=60) as c:
+            while not stop.is_set():
+                start = time.perf_counter()
+                c.get("/healthz")
+                out.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        during()
+    finally:
+        stop.set()
+        thread.join()
+    return out
+
+
+def slow_read(node: NodeProcess, sid: str, accept: str) -> None:
+    """Exec BIG_OUTPUT and read the answer slowly (a small receive buffer, a pause per read)."""
+    body = json.dumps({"cmd": BIG_OUTPUT}).encode()
+    host, port = node.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=300) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(f"POST /v1/sandboxes/{sid}/exec HTTP/1.1\r\nHost: node\r\n"
+                  f"Authorization: Bearer {node.admin_token}\r\nAccept: {accept}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                  f"Connection: close\r\n\r\n".encode() + body)
+        received = 0
+        while chunk := s.recv(65536):
+            received += len(chunk)
+            time.sleep(0.002)
+    assert received > STREAM_BYTES, received
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100)
@@ -62,7 +111,9 @@ def main() -> None:
                   "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
 
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
-        node = NodeProcess(Path(tmp) / "node").start()
+        # Output cap above the 64 MB the stream rows send.
+        node = NodeProcess(Path(tmp) / "node",
+                           env={"EDGENODE_SANDBOXES_MAX_OUTPUT_BYTES": str(2 * STREAM_BYTES)}).start()
         try:
             client = node.client(timeout=60)
             created: list[str] = []
@@ -134,6 +185,10 @@ def main() -> None:
                 proc.wait()
                 floor_whole.append((time.perf_counter() - start) * 1000)
 
+            healthz_idle = probe_healthz(node, lambda: time.sleep(5))
+            healthz_events = probe_healthz(node, lambda: slow_read(node, sid, "text/event-stream"))
+            healthz_json = probe_healthz(node, lambda: slow_read(node, sid, "application/json"))
+
             status = client.get("/v1/status").json()["capabilities"]["sandboxes"]
             for s in created:
                 client.delete(f"/v1/sandboxes/{s}")
@@ -152,6 +207,15 @@ def main() -> None:
     print(row("stream 100 lines: first line", first, floor_first))
     print(row("stream 100 lines: all, with exit event", whole, floor_whole))
     print("floor: create rows vs bare bwrap; exec rows vs subprocess.run of the same command on the host")
+    print()
+    print("other clients' GET /healthz while one sandbox sends 64 MB to a slow reader (ms)")
+    print(f"{'measure':<44}{'p50':>9}{'p99':>9} {'idle p99':>9} {'p99 delta':>10}")
+    idle_p99 = pct(healthz_idle, 0.99)
+    for name, values in (("/healthz, no stream (baseline)", healthz_idle),
+                         ("/healthz while 64 MB stream as events", healthz_events),
+                         ("/healthz while 64 MB come as one JSON", healthz_json)):
+        p99 = pct(values, 0.99)
+        print(f"{name:<44}{statistics.median(values):9.2f}{p99:9.2f} {idle_p99:9.2f} {p99 - idle_p99:+10.2f}")
     print(json.dumps({"create_p50_ms": round(statistics.median(create_ms), 2),
                       "exec_true_overhead_p50_ms": round(statistics.median(true_ms) - statistics.median(true_floor),
                                                          2)}))

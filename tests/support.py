@@ -13,6 +13,12 @@ from typing import Any
 import httpx
 
 ADMIN_TOKEN_ENV = "EDGENODE_ADMIN_TOKEN"
+#: The least time a test gives the event it waits for. The suite must pass on a loaded 2-core
+#: machine, and a wait only runs this long when the test is failing anyway.
+MIN_WAIT_S = 60.0
+#: How long a test client waits for one answer by default: above the node's own longest bound
+#: on the work behind a request (a worker build, 300 s).
+REQUEST_WAIT_S = 330.0
 
 
 class NodeProcess:
@@ -41,7 +47,7 @@ class NodeProcess:
     def node_id(self) -> str:
         return (self.data_dir / "node-id").read_text().strip()
 
-    def start(self, timeout: float = 30.0) -> NodeProcess:
+    def start(self, timeout: float = 120.0) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         url_file = self.data_dir / "url"
         url_file.unlink(missing_ok=True)  # a node killed with -9 leaves it behind
@@ -53,7 +59,7 @@ class NodeProcess:
                  *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, MIN_WAIT_S)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
@@ -67,7 +73,8 @@ class NodeProcess:
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
         """An httpx client for this node, with ``token`` (default: the admin token)."""
         headers = {"authorization": f"Bearer {token or self.admin_token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", REQUEST_WAIT_S),
+                            **kwargs)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -112,8 +119,10 @@ class NodeProcess:
         self.stop()
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+def wait_for(predicate: Any, timeout: float = MIN_WAIT_S, interval: float = 0.05, message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``
+    (never less than ``MIN_WAIT_S``: a bound is for a failing test, not a speed requirement)."""
+    timeout = max(timeout, MIN_WAIT_S)
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

@@ -7,7 +7,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,16 +16,31 @@ from tests.support import NodeProcess, wait_for
 
 
 def _slow_upload(url: str, token: str) -> socket.socket:
-    """Start a POST whose chunked body is only half sent: a request in flight."""
+    """Start a POST whose chunked body is only half sent: a request in flight.
+
+    It returns once the server has taken the request in (it answers ``100 Continue`` when it
+    has parsed the head and started the app), so a signal sent next finds it in flight.
+    """
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock = socket.create_connection((host, int(port)), timeout=60)
     head = (
         "POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
     )
+    sock.sendall(head.encode())
+    interim = b""
+    while b"\r\n\r\n" not in interim:
+        chunk = sock.recv(1)
+        assert chunk, "the server closed the connection"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100"), interim
     part = b'{"tenant": '
-    sock.sendall(head.encode() + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+    sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
     return sock
+
+
+def _draining(node: NodeProcess) -> bool:
+    return "stopping: draining" in node.log()
 
 
 def _finish_upload(sock: socket.socket) -> bytes:
@@ -66,21 +80,19 @@ def test_admin_token_from_environment_is_not_written(tmp_path: Path) -> None:
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n").start()
     sock = _slow_upload(node.url, node.admin_token)
-    time.sleep(0.3)  # let the server start reading the body
     node.signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_for(lambda: _draining(node), message="the node to start draining")
     assert node.proc is not None and node.proc.poll() is None, "exited with a request in flight"
     response = _finish_upload(sock)
     sock.close()
     assert response.startswith(b"HTTP/1.1 201"), response
-    assert node.proc.wait(20) == 0
+    assert node.proc.wait(60) == 0
     assert "stopping: draining" in node.log()
 
 
 def test_stop_is_bounded_when_a_request_never_finishes(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n", env={"EDGENODE_HTTP_SHUTDOWN_TIMEOUT_S": "1"}).start()
     sock = _slow_upload(node.url, node.admin_token)
-    time.sleep(0.3)
     node.signal(signal.SIGTERM)
     assert node.proc is not None
     node.proc.wait(25)  # raises TimeoutExpired if the bound does not hold
@@ -90,12 +102,11 @@ def test_stop_is_bounded_when_a_request_never_finishes(tmp_path: Path) -> None:
 def test_second_sigint_forces_exit(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n", env={"EDGENODE_HTTP_SHUTDOWN_TIMEOUT_S": "60"}).start()
     sock = _slow_upload(node.url, node.admin_token)
-    time.sleep(0.3)
     node.signal(signal.SIGINT)
-    time.sleep(0.5)
+    wait_for(lambda: _draining(node), message="the node to start draining")
     assert node.proc is not None and node.proc.poll() is None  # still draining
     node.signal(signal.SIGINT)
-    assert node.proc.wait(10) == 130
+    assert node.proc.wait(60) == 130
     sock.close()
 
 

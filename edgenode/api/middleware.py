@@ -3,6 +3,13 @@
 Authentication is deny-by-default: every path needs a bearer token unless it
 starts with one of the app's public prefixes (those routes check their own
 credentials, such as Git basic auth or the fleet signature).
+
+A request body the route did not read (a refusal before reading it: 401, 403, 415)
+would make the server drop the keep-alive connection without saying so, and the
+client's next request on it would fail. So a small unread body is read and dropped
+once the answer is out, keeping the connection usable, and an answer to a larger
+or unsized one says ``Connection: close``. A client that goes away before its
+request is answered is logged as a disconnect and counted with status 499, not 500.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgenode.api.common import TENANT_HEADER
@@ -26,6 +34,44 @@ from edgenode.metrics import Metrics
 log = logging.getLogger("edgenode.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Largest unread request body that is read and dropped after the answer; beyond, the connection closes.
+DRAIN_LIMIT_BYTES = 1024 * 1024
+#: The status recorded for a request whose client went away before it was answered (nginx's choice).
+CLIENT_CLOSED = 499
+
+
+class RequestBody:
+    """What the app has received of the request body, so an unread rest can be dealt with."""
+
+    def __init__(self, receive: Receive, headers: dict[str, str]) -> None:
+        self._receive = receive
+        length = headers.get("content-length", "")
+        self.length = int(length) if length.isdigit() else None
+        self.finished = "transfer-encoding" not in headers and not self.length
+        #: receive() calls the app is waiting on (a streaming response listens for the disconnect).
+        self.listening = 0
+
+    async def receive(self) -> Message:
+        """The app's receive, noting the end of the body and a disconnect."""
+        self.listening += 1
+        try:
+            message = await self._receive()
+        finally:
+            self.listening -= 1
+        if message["type"] == "http.disconnect":
+            self.finished = True
+        elif message["type"] == "http.request" and not message.get("more_body", False):
+            self.finished = True
+        return message
+
+    def drainable(self) -> bool:
+        """Whether an unread rest is small enough to read and drop after the answer."""
+        return self.length is not None and self.length <= DRAIN_LIMIT_BYTES and not self.listening
+
+    async def drain(self) -> None:
+        """Read and drop the rest of the body (at most ``DRAIN_LIMIT_BYTES``: its declared length)."""
+        while not self.finished and not self.listening:
+            await self.receive()
 
 
 class EdgeMiddleware:
@@ -55,12 +101,27 @@ class EdgeMiddleware:
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": 500}
         raw_id = request_id.encode()
+        body = RequestBody(receive, headers)
+        drain = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal drain
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message = dict(message)
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+                extra = [(b"x-request-id", raw_id)]
+                if not body.finished and not _closes(message.get("headers", [])):
+                    drain = body.drainable()
+                    if not drain:
+                        extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
+            elif message["type"] == "http.response.body" and drain and not message.get("more_body", False):
+                drain = False
+                if not body.finished:
+                    # The answer goes out whole first: a client may send its body only after reading it.
+                    await send({**message, "more_body": True})
+                    await body.drain()
+                    message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
         try:
@@ -73,7 +134,11 @@ class EdgeMiddleware:
                     await _send_error(send_wrapper, exc, request_id)
                     return
                 scope["edgenode.principal"] = principal
-            await self.app(scope, receive, send_wrapper)
+            try:
+                await self.app(scope, body.receive, send_wrapper)
+            except ClientDisconnect:
+                # Nobody is left to answer; not a server error.
+                status_holder["status"] = CLIENT_CLOSED
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -82,7 +147,7 @@ class EdgeMiddleware:
             self.metrics.observe_request(scope["method"], template, status, elapsed)
             caller = scope.get("edgenode.principal")
             log.info(
-                "request",
+                "client disconnected" if status == CLIENT_CLOSED else "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
@@ -93,6 +158,10 @@ class EdgeMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+def _closes(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in headers)
 
 
 def _bearer(value: str) -> str | None:

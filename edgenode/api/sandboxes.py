@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import json as _json
 import os
 import signal as _signal
 import stat
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from json.encoder import encode_basestring as _json_text
+from json.encoder import encode_basestring_ascii as _json_string
+from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -19,7 +23,11 @@ from edgenode.errors import Conflict, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
 
+T = TypeVar("T")
 READ_CHUNK = 256 * 1024
+#: Bytes of server-sent events gathered into one write.
+SSE_WRITE_BYTES = 64 * 1024
+_PARTIAL = ',"partial":true'
 _SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
 
 
@@ -74,14 +82,89 @@ async def exec_command(request: Request) -> Response:
     spec = await _spec(request)
     execution = await _sandboxes(request).exec(principal(request), request.path_params["id"], spec)
     if not _wants_events(request):
-        return json(await execution.collect())
+        chunks = await _unless_client_leaves(request, execution.collect_chunks())
+        assert execution.result is not None
+        pieces = await _result_json(execution.result.as_dict(), chunks)
+        return StreamingResponse(_pieces(pieces), media_type="application/json",
+                                 headers={"content-length": str(sum(map(len, pieces)))})
     return StreamingResponse(_events(execution), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
+async def _result_json(fields: dict[str, Any], chunks: dict[str, list[bytes]]) -> list[bytes]:
+    """``fields`` plus ``stdout`` and ``stderr`` as one JSON object, as ``json()`` would write it, in pieces.
+
+    Output may be many megabytes: it is decoded and escaped chunk by chunk, with a turn of
+    the event loop between chunks, rather than in one call that holds the loop.
+    """
+    assert fields, "an exec result always has its exit fields"
+    # The object without its closing brace, then each stream's text as a string member.
+    pieces = [_json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)[:-1].encode()]
+    for name in ("stdout", "stderr"):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces.append(f',"{name}":"'.encode())
+        for chunk in [*chunks[name], b""]:
+            text = decoder.decode(chunk, final=not chunk)
+            if text:
+                pieces.append(_json_text(text)[1:-1].encode())
+                await asyncio.sleep(0)
+        pieces.append(b'"')
+    pieces.append(b"}")
+    return pieces
+
+
+async def _pieces(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client goes away first (then ClientDisconnect).
+
+    A cancelled exec stops its command's process group, as a closed event stream does.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (its body is already read: only the disconnect is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _events(execution: Execution) -> AsyncIterator[bytes]:
-    async for stream, line, partial in execution.lines():
-        yield _sse(stream, {"line": line, "partial": True} if partial else {"line": line})
+    """The exec's lines as server-sent events, written in pieces of at most about ``SSE_WRITE_BYTES``.
+
+    One write per piece rather than per line, and a turn of the event loop between pieces:
+    a command printing many megabytes of short lines must not starve other requests.
+    """
+    async for batch in execution.lines():
+        piece: list[str] = []
+        size = 0
+        for stream, line, partial in batch:
+            # The same JSON as _sse() gives, built without a json.dumps per line (10 times the cost).
+            event = f'event: {stream}\ndata: {{"line":{_json_string(line)}{_PARTIAL if partial else ""}}}\n\n'
+            piece.append(event)
+            size += len(event)
+            if size >= SSE_WRITE_BYTES:
+                yield "".join(piece).encode()
+                piece, size = [], 0
+                await asyncio.sleep(0)
+        if piece:
+            yield "".join(piece).encode()
+        await asyncio.sleep(0)
     assert execution.result is not None
     yield _sse("exit", execution.result.as_dict())
 

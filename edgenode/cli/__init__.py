@@ -23,14 +23,23 @@ from edgenode.cli.node import init, serve, settings, status, token
     type=click.Path(file_okay=False, path_type=Path),
     help="Data directory of a local node: client commands read its URL and admin token from it.",
 )
+@click.option(
+    "--timeout",
+    "timeout_s",
+    envvar="EDGENODE_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait for the node's answer to any call. Default: 60 for quick calls, and for "
+    "builds, runs, imports, model calls and exec streams as long as the node works on them.",
+)
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None, data_dir: Path | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None, data_dir: Path | None,
+        timeout_s: float | None) -> None:
     """edgenode: an agent cloud on one small machine, or a fleet of them.
 
     Run a node with `edgenode serve`; every other command talks to a running node
     over HTTP (`--url`, `--token`, or `--data` of a local node).
     """
-    ctx.obj = ClientContext(url=url, token=token, data_dir=data_dir)
+    ctx.obj = ClientContext(url=url, token=token, data_dir=data_dir, timeout_s=timeout_s)
     ctx.call_on_close(ctx.obj.close)
 
 

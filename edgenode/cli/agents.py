@@ -45,7 +45,7 @@ def agent() -> None:
 def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[str, ...]) -> None:
     """Deploy SOURCE (main.py, or a folder holding it) as agent NAME; prints the new version."""
     body = {"files": _files(source), "allowed_hosts": list(allowed_hosts)}
-    result = client.request("PUT", f"/v1/agents/{name}", json=body)
+    result = client.request("PUT", f"/v1/agents/{name}", json=body, long=True)
     click.echo(f"{result['name']} version {result['version']}" + ("" if result["created"] else " (unchanged)"))
 
 
@@ -231,7 +231,7 @@ def schedule_rm(client: ClientContext, name: str) -> None:
 def chat(client: ClientContext, model: str, message: str) -> None:
     """Send MESSAGE to MODEL (provider:model) through the node's gateway."""
     reply = client.request("POST", "/v1/agents/models/chat",
-                           json={"model": model, "messages": [{"role": "user", "content": message}]})
+                           json={"model": model, "messages": [{"role": "user", "content": message}]}, long=True)
     click.echo(reply["text"])
     for call in reply["tool_calls"]:
         click.echo(f"tool call: {call['name']}({json.dumps(call['arguments'])})")

@@ -25,7 +25,7 @@ def repo_create(client: ClientContext, name: str, default_branch: str, import_ur
     if fork_of:
         data = client.request("POST", f"/v1/repos/{fork_of}/fork", json={"name": name})
     elif import_url:
-        data = client.request("POST", "/v1/repos", json={"name": name, "import": {"url": import_url}})
+        data = client.request("POST", "/v1/repos", json={"name": name, "import": {"url": import_url}}, long=True)
     else:
         data = client.request("POST", "/v1/repos", json={"name": name, "default_branch": default_branch})
     if as_json:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,10 @@ import click
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8787"
+#: How long an ordinary call may wait for the node's answer, in seconds (``--timeout`` overrides).
+DEFAULT_TIMEOUT_S = 60.0
+#: How long connecting to the node may take, in seconds.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -20,7 +26,8 @@ class ClientContext:
     url: str | None
     token: str | None
     data_dir: Path | None
-    timeout_s: float = 60.0
+    #: ``--timeout``: a bound on waiting for any answer, long calls included; None for the defaults.
+    timeout_s: float | None = None
     _client: httpx.Client | None = field(default=None, repr=False)
 
     def base_url(self) -> str:
@@ -50,8 +57,28 @@ class ClientContext:
             token = self.bearer()
             if token:
                 headers["authorization"] = f"Bearer {token}"
-            self._client = httpx.Client(base_url=self.base_url(), headers=headers, timeout=self.timeout_s)
+            self._client = httpx.Client(base_url=self.base_url(), headers=headers, timeout=self.timeout())
         return self._client
+
+    def timeout(self, *, long: bool = False) -> httpx.Timeout:
+        """Timeouts for a call; a ``long`` one (a build, a run, an import, a model call, an exec stream)
+        waits for as long as the node works on it, which the node bounds itself, unless ``--timeout``."""
+        read = self.timeout_s if self.timeout_s is not None else (None if long else DEFAULT_TIMEOUT_S)
+        return httpx.Timeout(read, connect=min(CONNECT_TIMEOUT_S, read or CONNECT_TIMEOUT_S))
+
+    @contextlib.contextmanager
+    def reaching(self, what: str, timeout: httpx.Timeout) -> Iterator[None]:
+        """Turn transport failures while doing ``what`` into a message: unreachable, or no answer in time."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                raise click.ClickException(f"cannot reach the node at {self.base_url()}: {exc}") from exc
+            raise click.ClickException(
+                f"the node at {self.base_url()} did not answer {what} within {timeout.read:g} s; it may still be "
+                "working on it (give more time with --timeout)") from exc
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"cannot reach the node at {self.base_url()}: {exc}") from exc
 
     def close(self) -> None:
         """Close the HTTP client, if one was opened."""
@@ -59,13 +86,18 @@ class ClientContext:
             self._client.close()
             self._client = None
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request; print the node's JSON error and exit 1 on failure; return parsed JSON."""
-        try:
-            response = self.client().request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach the node at {self.base_url()}: {exc}") from exc
-        return check(response)
+    def request(self, method: str, path: str, *, long: bool = False, **kwargs: Any) -> Any:
+        """Send a request; print the node's JSON error and exit 1 on failure; return parsed JSON.
+
+        ``long``: the node's work may take minutes (see :meth:`timeout`).
+        """
+        return check(self.send(method, path, long=long, **kwargs))
+
+    def send(self, method: str, path: str, *, long: bool = False, **kwargs: Any) -> httpx.Response:
+        """Send a request and return the response as it is, errors included."""
+        timeout = self.timeout(long=long)
+        with self.reaching(f"{method} {path}", timeout):
+            return self.client().request(method, path, timeout=timeout, **kwargs)
 
 
 def check(response: httpx.Response) -> Any:

@@ -73,15 +73,14 @@ def exec_command(client: ClientContext, sandbox_ref: str, command: tuple[str, ..
     if use_stdin:
         body["stdin"] = sys.stdin.read()
     http = client.client()
-    try:
-        with http.stream("POST", f"/v1/sandboxes/{sandbox_ref}/exec", json=body,
-                         headers={"accept": "text/event-stream"}, timeout=None) as response:
-            if response.is_error:
-                response.read()
-                check(response)
-            result = _print_events(response)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the node at {client.base_url()}: {exc}") from exc
+    timeout = client.timeout(long=True)
+    with client.reaching("the exec", timeout), \
+            http.stream("POST", f"/v1/sandboxes/{sandbox_ref}/exec", json=body,
+                        headers={"accept": "text/event-stream"}, timeout=timeout) as response:
+        if response.is_error:
+            response.read()
+            check(response)
+        result = _print_events(response)
     if result is None:
         raise click.ClickException("the stream ended without an exit event")
     if result.get("timed_out"):

@@ -14,10 +14,7 @@ from edgenode.cli.client import ClientContext, check, echo_json, echo_table, pas
 
 
 def _raw(client: ClientContext, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    try:
-        response = client.client().request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the node at {client.base_url()}: {exc}") from exc
+    response = client.send(method, path, **kwargs)
     if response.is_error:
         check(response)
     return response

@@ -73,7 +73,7 @@ def deploy(client: ClientContext, name: str, source: Path, cpu_ms: int | None, m
         import base64
 
         body["component_b64"] = base64.b64encode(source.read_bytes()).decode()
-    reply = client.request("PUT", f"/v1/workers/{name}", json=body)
+    reply = client.request("PUT", f"/v1/workers/{name}", json=body, long=True)
     click.echo(f"deployed {reply['name']} version {reply['version']} ({reply['kind']}, {reply['hash'][:12]})")
     click.echo(f"invoke: curl -H 'Authorization: Bearer $TOKEN' {client.base_url()}/w/{reply['name']}/", err=True)
 
@@ -98,7 +98,7 @@ def run(client: ClientContext, file: Path, input_json: str | None, cpu_ms: int |
             body["input"] = json.loads(text)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
-    reply = client.request("POST", "/v1/run", json=body)
+    reply = client.request("POST", "/v1/run", json=body, long=True)
     if as_json:
         echo_json(reply)
         return

@@ -180,9 +180,10 @@ class Execution:
             if self.on_done is not None:
                 self.on_done()
 
-    async def lines(self, *, idle_s: float = 0.2) -> AsyncIterator[tuple[str, str, bool]]:
-        """Output as ``(stream, line, partial)``: whole lines as they come, and a pending partial
-        line (a prompt, a progress bar) once the command has been quiet for ``idle_s``."""
+    async def lines(self, *, idle_s: float = 0.2) -> AsyncIterator[list[tuple[str, str, bool]]]:
+        """Output as batches of ``(stream, line, partial)``: the whole lines of each chunk as it comes
+        (one batch per chunk, so a writer handles many lines at once), and a pending partial line
+        (a prompt, a progress bar) once the command has been quiet for ``idle_s``."""
         splitter = LineSplitter()
         # Unbounded, but the output itself is capped at ``cap`` bytes per stream.
         queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
@@ -200,27 +201,35 @@ class Execution:
                 try:
                     item = await asyncio.wait_for(queue.get(), idle_s)
                 except TimeoutError:
-                    for stream, rest in splitter.flush():
-                        yield stream, rest, True
+                    partial = [(stream, rest, True) for stream, rest in splitter.flush()]
+                    if partial:
+                        yield partial
                     continue
                 if item is None:
                     break
-                for line in splitter.feed(*item):
-                    yield item[0], line, False
+                batch = [(item[0], line, False) for line in splitter.feed(*item)]
+                if batch:
+                    yield batch
             await task
-            for stream, rest in splitter.flush():
-                yield stream, rest, True
+            partial = [(stream, rest, True) for stream, rest in splitter.flush()]
+            if partial:
+                yield partial
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def collect(self) -> dict[str, Any]:
-        """Run to the end and return ``{"exit_code", "stdout", "stderr", "duration_ms", ...}``."""
+    async def collect_chunks(self) -> dict[str, list[bytes]]:
+        """Run to the end; the output as it came, per stream (then read :attr:`result`)."""
         chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         async for name, data in self.output():
             chunks[name].append(data)
+        return chunks
+
+    async def collect(self) -> dict[str, Any]:
+        """Run to the end and return ``{"exit_code", "stdout", "stderr", "duration_ms", ...}``."""
+        chunks = await self.collect_chunks()
         assert self.result is not None
         body = self.result.as_dict()
         body["stdout"] = b"".join(chunks["stdout"]).decode(errors="replace")
@@ -240,12 +249,15 @@ class LineSplitter:
     def feed(self, stream: str, data: bytes) -> list[str]:
         """Complete lines (without their newline) made by ``data``."""
         buf = self._pending[stream] + data
-        *lines, rest = buf.split(b"\n")
+        end = buf.rfind(b"\n")
+        # One decode for all complete lines: a newline never sits inside a UTF-8 sequence.
+        lines = buf[:end].decode(errors="replace").split("\n") if end >= 0 else []
+        rest = buf[end + 1:]
         while len(rest) > self.MAX_LINE:
-            lines.append(rest[: self.MAX_LINE])
+            lines.append(rest[: self.MAX_LINE].decode(errors="replace"))
             rest = rest[self.MAX_LINE:]
         self._pending[stream] = rest
-        return [line.decode(errors="replace") for line in lines]
+        return lines
 
     def flush(self) -> list[tuple[str, str]]:
         """Partial last lines, at the end."""

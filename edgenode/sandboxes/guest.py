@@ -103,6 +103,7 @@ class Guest:
         self.started_at: float | None = None
         self.exited = asyncio.Event()
         self.stderr_tail: list[str] = []
+        self._stopping = False
 
     @property
     def alive(self) -> bool:
@@ -203,6 +204,14 @@ class Guest:
             if self.proc is not None and self.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
+            if not self._stopping and self._ready is not None and self._ready.done() \
+                    and self._ready.exception() is None:
+                # Not asked to stop: the supervisor failed. Say so with what it printed last.
+                if self._stderr is not None:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(asyncio.shield(self._stderr), 2)
+                log.warning("sandbox supervisor exited unexpectedly",
+                            extra={"stderr": " | ".join(self.stderr_tail[-8:])})
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         ev = msg["ev"]
@@ -264,6 +273,7 @@ class Guest:
 
     async def stop(self) -> None:
         """Take the whole sandbox down: bwrap dies, the PID namespace and everything in it with it."""
+        self._stopping = True
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()

@@ -86,6 +86,7 @@ class Command:
         self.truncated = {1: False, 2: False}
         self.open_pipes = 0
         self.exited = None
+        self.reported = False
         limits = msg.get("rlimits") or {}
         stdin_data = msg.get("stdin")
         self.stdin_buf = base64.b64decode(stdin_data) if stdin_data is not None else None
@@ -159,7 +160,8 @@ class Command:
         self.maybe_finish(force=True)
 
     def maybe_finish(self, force=False):
-        if self.exited is None:
+        # Draining at the exit closes pipes, which calls back here: report the exit once.
+        if self.exited is None or self.reported:
             return
         if self.open_pipes and not force:
             return
@@ -181,6 +183,9 @@ class Command:
                 sel.unregister(self.proc.stdin.fileno())
             except (KeyError, ValueError):
                 pass
+        if self.reported:
+            return
+        self.reported = True
         code = self.exited
         sig = -code if code < 0 else None
         emit({"ev": "exit", "id": self.id, "code": 128 + sig if sig else code, "signal": sig})
@@ -366,33 +371,49 @@ def main():
     buf = b""
     while True:
         reap_orphans()
-        for key, mask in sel.select(timeout=1.0):
-            kind = key.data[0]
-            if kind == "control":
-                buf, alive = on_control(buf)
-                if not alive:
-                    # The node went away: take every command down with us.
-                    for cmd in list(procs.values()):
-                        cmd.signal(signal.SIGKILL)
-                    return
-            elif kind == "out":
-                _, cmd, fd_no, pipe = key.data
-                cmd.on_output(fd_no, pipe)
-            elif kind == "in":
-                key.data[1].on_stdin()
-            elif kind == "exit":
-                key.data[1].on_exit()
-            elif kind == "accept":
-                try:
-                    client, _ = key.data[1].accept()
-                except OSError:
-                    continue
-                try:
-                    Relay(client)
-                except OSError:
-                    client.close()
-            elif kind == "relay":
-                key.data[1].on_event(key.fileobj, mask)
+        buf, alive = dispatch(sel.select(timeout=1.0), buf)
+        if not alive:
+            return
+
+
+def dispatch(ready, buf):
+    """Handle one ``select()`` batch; returns the control buffer and whether the node is still there.
+
+    An event earlier in the batch may unregister or close what a later one is about (a
+    command's exit drains and closes its pipes, whose own events are in the same batch):
+    such stale events are skipped. The selector is level-triggered, so anything still
+    pending is reported again by the next ``select()``.
+    """
+    for key, mask in ready:
+        if sel.get_map().get(key.fd) is not key:
+            continue
+        kind = key.data[0]
+        if kind == "control":
+            buf, alive = on_control(buf)
+            if not alive:
+                # The node went away: take every command down with us.
+                for cmd in list(procs.values()):
+                    cmd.signal(signal.SIGKILL)
+                return buf, False
+        elif kind == "out":
+            _, cmd, fd_no, pipe = key.data
+            cmd.on_output(fd_no, pipe)
+        elif kind == "in":
+            key.data[1].on_stdin()
+        elif kind == "exit":
+            key.data[1].on_exit()
+        elif kind == "accept":
+            try:
+                client, _ = key.data[1].accept()
+            except OSError:
+                continue
+            try:
+                Relay(client)
+            except OSError:
+                client.close()
+        elif kind == "relay":
+            key.data[1].on_event(key.fileobj, mask)
+    return buf, True
 
 
 if __name__ == "__main__":

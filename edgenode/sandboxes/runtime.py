@@ -16,7 +16,7 @@ from typing import Any
 
 from edgenode.errors import SandboxProcessNotFound
 from edgenode.sandboxes.egress import EgressPolicy, EgressProxy
-from edgenode.sandboxes.execution import STREAMS, ExecSpec, Execution
+from edgenode.sandboxes.execution import KILL_GRACE_S, STREAMS, ExecSpec, Execution
 from edgenode.sandboxes.guest import Command, Guest, GuestSpec
 from edgenode.sandboxes.limits import MIB, Limits, disk_usage
 
@@ -241,12 +241,17 @@ class SandboxRuntime:
             self.disk_exceeded = True
             if stopped_at is not None and used <= stopped_at:
                 continue
-            stopped_at = used
             log.warning("sandbox over its disk quota: stopping its commands",
                         extra={"sandbox": self.sandbox_id, "used": used, "quota": quota})
-            for command in list(self.guest.commands.values()):
+            stopped = list(self.guest.commands.values())
+            for command in stopped:
                 command.stopped_by = "disk_quota"
                 await self.guest.signal(command, signal.SIGKILL)
+            # What the stopped commands wrote between the walk and their death is not new growth:
+            # measure again once they are gone, or the next command (the ``rm``) would be stopped too.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in stopped)), KILL_GRACE_S)
+            stopped_at = max(used, await asyncio.to_thread(self.disk_used))
 
 
 def reset_dir(path: Path, owner: tuple[int, int] | None) -> None:

@@ -2,14 +2,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import tomllib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from edgenode.cli import cli
+from edgenode.cli.client import DEFAULT_TIMEOUT_S, ClientContext
 from tests.support import NodeProcess
 
 
@@ -96,3 +101,81 @@ def test_status_human_output(running: NodeProcess) -> None:
     result = CliRunner().invoke(cli, ["--data", str(running.data_dir), "status"])
     assert result.exit_code == 0, result.output
     assert running.node_id in result.output and "uptime" in result.output
+
+
+class SlowNode:
+    """A stand-in node on loopback that takes every request in and answers only when released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.received = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:  # noqa: N802 (the http.server naming)
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                outer.received.set()
+                outer.release.wait(120)
+                body = b'{"name": "hello", "version": 1, "kind": "python", "hash": "0123456789abcdef"}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_node() -> Iterator[SlowNode]:
+    node = SlowNode()
+    yield node
+    node.close()
+
+
+def test_a_node_still_working_past_the_timeout_is_not_called_unreachable(slow_node: SlowNode,
+                                                                          tmp_path: Path) -> None:
+    source = tmp_path / "main.py"
+    source.write_text("def handle(request):\n    return 'hi'\n")
+    result = CliRunner().invoke(cli, ["--url", slow_node.url, "--token", "edn_x", "--timeout", "0.5",
+                                      "deploy", "hello", str(source)])
+    assert slow_node.received.is_set()
+    assert result.exit_code == 1
+    assert "did not answer PUT /v1/workers/hello within 0.5 s" in result.output
+    assert "may still be working" in result.output and "cannot reach" not in result.output
+
+
+def test_long_calls_wait_for_the_node_and_quick_ones_are_bounded(slow_node: SlowNode, tmp_path: Path) -> None:
+    context = ClientContext(url=slow_node.url, token=None, data_dir=None)
+    assert context.timeout().read == DEFAULT_TIMEOUT_S
+    assert context.timeout(long=True).read is None  # the node bounds a build or a run itself
+    bounded = ClientContext(url=slow_node.url, token=None, data_dir=None, timeout_s=5)
+    assert bounded.timeout().read == bounded.timeout(long=True).read == 5
+    # A deploy answered after the node has worked on it: the client is still there to print it.
+    source = tmp_path / "main.py"
+    source.write_text("def handle(request):\n    return 'hi'\n")
+    outcome: dict[str, Any] = {}
+
+    def deploy() -> None:
+        outcome["result"] = CliRunner().invoke(cli, ["--url", slow_node.url, "--token", "edn_x",
+                                                     "deploy", "hello", str(source)])
+
+    caller = threading.Thread(target=deploy)
+    caller.start()
+    assert slow_node.received.wait(60)
+    slow_node.release.set()
+    caller.join(60)
+    assert outcome["result"].exit_code == 0, outcome["result"].output
+    assert "deployed hello version 1" in outcome["result"].output

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
 
 from tests.sandboxes.conftest import assert_error, run
-from tests.support import NodeProcess
+from tests.support import NodeProcess, wait_for
 
 
 def test_create_inspect_list_delete(admin: httpx.Client, node: NodeProcess) -> None:
@@ -105,19 +106,45 @@ def test_streamed_timeout_reports_in_the_last_event(admin: httpx.Client, shared_
     assert events[-1][0] == "exit" and events[-1][1]["timed_out"] is True
 
 
+def test_many_lines_arrive_whole_and_in_order_in_both_modes(admin: httpx.Client, shared_sandbox: str) -> None:
+    # Megabytes of short lines, non-ASCII and JSON-special characters: written in pieces, never
+    # one line lost, split or reordered.
+    cmd = "seq 1 150000 | sed 's/$/ é \\\\ \"q\"/'"
+    expected = [f'{i} é \\ "q"' for i in range(1, 150001)]
+    with admin.stream("POST", f"/v1/sandboxes/{shared_sandbox}/exec", json={"cmd": cmd},
+                      headers={"accept": "text/event-stream"}) as response:
+        events = _events(response)
+    assert [e[1]["line"] for e in events if e[0] == "stdout"] == expected
+    assert events[-1][0] == "exit" and events[-1][1]["exit_code"] == 0
+    result = run(admin, shared_sandbox, cmd)
+    assert result["stdout"] == "\n".join(expected) + "\n" and result["exit_code"] == 0
+
+
 def test_a_closed_stream_kills_its_command(admin: httpx.Client, shared_sandbox: str) -> None:
     with admin.stream("POST", f"/v1/sandboxes/{shared_sandbox}/exec",
                       json={"cmd": "echo go; exec sleep 77"}, headers={"accept": "text/event-stream"}) as response:
         for line in response.iter_lines():
             if "go" in line:
                 break
-    import time
+    wait_for(lambda: "sleep 77" not in run(admin, shared_sandbox, "ps -eo args")["stdout"], timeout=60,
+             message="the stream's command to be killed")
 
-    for _ in range(50):
-        if "sleep 77" not in run(admin, shared_sandbox, "ps -eo args")["stdout"]:
-            break
-        time.sleep(0.1)
-    assert "sleep 77" not in run(admin, shared_sandbox, "ps -eo args")["stdout"]
+
+def test_a_json_exec_whose_client_leaves_is_killed(admin: httpx.Client, shared_sandbox: str,
+                                                   node: NodeProcess) -> None:
+    body = json.dumps({"cmd": "sleep 88 & exec sleep 89"}).encode()
+    host, port = node.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(f"POST /v1/sandboxes/{shared_sandbox}/exec HTTP/1.1\r\nHost: node\r\n"
+                  f"Authorization: Bearer {node.admin_token}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_for(lambda: "sleep 89" in run(admin, shared_sandbox, "ps -eo args")["stdout"], timeout=60,
+                 message="the command to start")
+    # The client is gone: the command and its background child go with it, nothing is left behind.
+    wait_for(lambda: not {"sleep 88", "sleep 89"} & set(run(admin, shared_sandbox, "ps -eo args")["stdout"]
+                                                        .splitlines()),
+             timeout=60, message="the command to be killed")
+    wait_for(lambda: '"client disconnected"' in node.log(), timeout=60, message="the disconnect to be logged")
 
 
 @pytest.mark.parametrize(

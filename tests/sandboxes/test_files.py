@@ -158,5 +158,5 @@ def test_upload_past_the_disk_quota_is_413(admin: httpx.Client) -> None:
 def test_reading_a_fifo_does_not_hang_the_node(admin: httpx.Client, shared_sandbox: str) -> None:
     run(admin, shared_sandbox, "rm -f pipe && mkfifo pipe")
     for _ in range(12):  # more than the node's worker threads: none may be left blocked
-        assert_error(admin.get(f"/v1/sandboxes/{shared_sandbox}/files/pipe", timeout=10), 409, "conflict")
+        assert_error(admin.get(f"/v1/sandboxes/{shared_sandbox}/files/pipe", timeout=60), 409, "conflict")
     assert admin.get(f"/v1/sandboxes/{shared_sandbox}/files").status_code == 200

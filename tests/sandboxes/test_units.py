@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import pytest
 
+from edgenode.api.common import json as json_response
+from edgenode.api.sandboxes import _result_json
 from edgenode.config import SandboxSettings
 from edgenode.errors import SandboxPathRefused, ValidationFailed
 from edgenode.sandboxes.egress import parse_entry, parse_policy
+from edgenode.sandboxes.execution import LineSplitter
 from edgenode.sandboxes.limits import resolve_limits
 from edgenode.sandboxes.paths import check_path
 from edgenode.sandboxes.seccomp import AARCH64, RULES, X86_64, assemble, compile_filter
@@ -117,3 +121,26 @@ def test_limits_default_and_maxima() -> None:
     for bad in ({"pids": "10"}, {"pids": True}, {"nope": 1}, {"memory_mb": 1}, []):
         with pytest.raises(ValidationFailed):
             resolve_limits(bad, settings)
+
+
+def test_line_splitter_keeps_lines_whole_across_chunks() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed("stdout", b"one\ntw") == ["one"]
+    # A UTF-8 character cut between two chunks, and an invalid byte.
+    assert splitter.feed("stdout", b"o \xc3") == []
+    assert splitter.feed("stdout", b"\xa9\n\xff\nrest") == ["two é", "\ufffd"]
+    assert splitter.feed("stderr", b"e\n") == ["e"]
+    assert splitter.flush() == [("stdout", "rest")]
+    long = b"x" * (LineSplitter.MAX_LINE * 2 + 5)
+    assert splitter.feed("stdout", long) == ["x" * LineSplitter.MAX_LINE] * 2
+    assert splitter.flush() == [("stdout", "xxxxx")]
+
+
+def test_exec_result_json_in_pieces_is_what_the_json_helper_writes() -> None:
+    fields = {"exit_code": 0, "signal": None, "duration_ms": 1.5, "truncated": {"stdout": False}}
+    text = 'é "quoted" \\ back\x00\n\ttab \u2028 end'.encode()
+    # Chunks cut inside a UTF-8 character, plus a byte that is not UTF-8.
+    chunks = {"stdout": [text[:1], text[1:9], text[9:], b"\xff"], "stderr": []}
+    pieces = asyncio.run(_result_json(fields, chunks))
+    expected = json_response({**fields, "stdout": (text + b"\xff").decode(errors="replace"), "stderr": ""}).body
+    assert b"".join(pieces) == expected
