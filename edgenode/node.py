@@ -89,6 +89,8 @@ class Node:
         #: Base URL this node serves on, known once the socket is bound.
         self.url: str | None = None
         self.started_at: float | None = None
+        #: Why :meth:`start` failed, for a clear message where the server only reports its traceback.
+        self.start_error: Exception | None = None
         self.metrics = Metrics()
         self.metrics.info.labels(self.id, self.version).set(1)
         store = config.store
@@ -96,6 +98,7 @@ class Node:
                                   min_free_percent=store.min_free_percent, registry=self.metrics.registry)
         self.ledger = DatabaseLedger(self.data_dir, self.id, accept_fresh=store.accept_fresh_db)
         self._databases: list[Database] = []
+        self._databases_checked = False
         self._watchdog: asyncio.Task[None] | None = None
         self.db = self.database("node.db", AUTH_MIGRATIONS)
         self.auth = Auth(self.db, self.admin_token)
@@ -126,8 +129,13 @@ class Node:
         return db
 
     def check_databases(self) -> None:
-        """Refuse to start (DatabaseRefused) if a database this node created is missing, empty or damaged."""
-        self.ledger.check([db.path.name for db in self._databases], PURPOSES)
+        """Refuse to start (DatabaseRefused) if a database this node created is missing, empty or damaged.
+
+        Runs once per process (the daemon runs it before binding its port, start runs it again for free).
+        """
+        if not self._databases_checked:
+            self.ledger.check([db.path.name for db in self._databases], PURPOSES)
+            self._databases_checked = True
 
     def add(self, capability: Capability) -> Any:
         """Register a capability to be started and stopped with the node."""
@@ -136,10 +144,14 @@ class Node:
 
     async def start(self) -> None:
         """Check the node's databases, open the node database and start every capability."""
-        self.check_databases()
-        self.db.open()
-        for capability in self.capabilities:
-            await capability.start()
+        try:
+            self.check_databases()
+            self.db.open()
+            for capability in self.capabilities:
+                await capability.start()
+        except Exception as exc:
+            self.start_error = exc
+            raise
         self.ledger.record(db.path.name for db in self._databases)
         self._watchdog = asyncio.create_task(self.store.watch(max(1.0, self.config.store.stuck_write_s / 4)),
                                              name="store-watchdog")
@@ -169,5 +181,5 @@ class Node:
             "data_dir": str(self.data_dir),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else None,
             "capabilities": {c.name: c.status() for c in self.capabilities},
-            "store": self.store.health(),
+            "store": self.store.health(public=True),
         }

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
-from edgenode.errors import DatabaseDamaged, ValidationFailed
+from edgenode.errors import DatabaseDamaged, DatabaseRefused, ValidationFailed
 from edgenode.state.health import NamespaceHealth
 from edgenode.state.merge import check_changes
 from edgenode.state.names import namespace_path, validate_key, validate_namespace
@@ -106,10 +106,10 @@ class State:
         db.on_damaged = on_damaged
         try:
             db.open()
-        except sqlite3.DatabaseError as exc:
+        except DatabaseRefused as exc:
             # Opening runs the namespace's migrations: a file that turns out unreadable only now is
             # marked like one that failed its check, and opened for (what reads still can) reading.
-            error = self.health.mark(tenant, namespace, path, str(exc))
+            error = self.health.mark(tenant, namespace, path, exc.reason)
             db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
                                    busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
                                    purpose=f"namespace {namespace}", monitor=self.node.store)
@@ -373,4 +373,4 @@ class State:
         with self._books_lock:
             count = len(self._books)
         return {"namespaces": count, "open": self.pool.open_count(), "hlc": self.hlc.peek(),
-                "damaged": self.health.damaged()}
+                "damaged": len(self.health.damaged())}

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edgenode.errors import DatabaseDamaged, EdgenodeError, MigrationFailed, StoreError, StoreTimeout
+from edgenode.errors import (
+    DatabaseDamaged,
+    DatabaseRefused,
+    EdgenodeError,
+    MigrationFailed,
+    StoreError,
+    StoreTimeout,
+)
 from edgenode.store.faults import storage_fault
 
 if TYPE_CHECKING:
@@ -150,11 +157,20 @@ class Database:
         """
         if self._opened:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise (storage_fault(exc, self.path.parent, self.purpose) or exc) from exc
         if self._refusal is None:
-            conn = self._connect()
+            try:
+                conn = self._connect()
+            except sqlite3.Error as exc:
+                raise self._open_failed(exc) from exc
             try:
                 self._migrate(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise self._open_failed(exc) from exc
             except BaseException:
                 conn.close()
                 raise
@@ -166,6 +182,15 @@ class Database:
         if self.monitor is not None:
             self.monitor.track(self)
         return self
+
+    def _open_failed(self, exc: sqlite3.Error) -> EdgenodeError:
+        error = storage_fault(exc, self.path, self.purpose, database=self.path.name)
+        if isinstance(error, DatabaseDamaged) or error is None:
+            return DatabaseRefused(
+                f"the {self.purpose} {self.path} cannot be opened: {exc}. Restore the file from a backup while "
+                f"the node is stopped, or move it aside to start with an empty {self.path.name}.",
+                path=str(self.path), reason=str(exc))
+        return error
 
     def refuse_writes(self, error: EdgenodeError) -> None:
         """From now on, every write raises ``error`` (reads go on); before :meth:`open`, no writer starts."""

@@ -37,6 +37,12 @@ def _kind(error: EdgenodeError) -> str:
     return "other"
 
 
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    if "/" in str(entry["database"]):
+        return {**entry, "database": "a namespace database"}
+    return entry
+
+
 class StoreMonitor:
     """Every open database of a node, and the disk under its data directory."""
 
@@ -142,10 +148,17 @@ class StoreMonitor:
 
     # -- reporting -------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        """The store's part of ``/healthz``: ``ok`` is False when any writer is stuck or stopped."""
-        stuck = self.stuck()
-        return {"ok": not stuck, "stuck_writers": stuck, "damaged": self.damaged(), "space": self.space()}
+    def health(self, *, public: bool = False) -> dict[str, Any]:
+        """The store's part of ``/healthz`` and ``/v1/status``: ``ok`` is False when a writer is stuck or stopped.
+
+        ``public`` leaves out which namespaces (tenant data) are concerned; only the node's own
+        databases are named.
+        """
+        stuck, damaged = self.stuck(), self.damaged()
+        if public:
+            stuck = [_public(d) for d in stuck]
+            damaged = [_public(d) for d in damaged]
+        return {"ok": not stuck, "stuck_writers": stuck, "damaged": damaged, "space": self.space()}
 
     def sweep(self) -> list[dict[str, Any]]:
         """Log writers that became stuck, and those that recovered, once each; returns the stuck ones."""

@@ -94,6 +94,7 @@ class DatabaseLedger:
         self.data_dir = data_dir
         self.node_id = node_id
         self.accept_fresh = set(accept_fresh)
+        self._accepted: set[str] = set()
         self.path = data_dir / IDENTITY_FILE
         self._data = self._load()
 
@@ -125,14 +126,15 @@ class DatabaseLedger:
         known = self.recorded()
         for name in names:
             path = self.data_dir / name
-            if not path.exists() and (name not in known):
-                continue  # never created: it will be now
+            if name in self._accepted or (not path.exists() and name not in known):
+                continue  # never created (it will be now), or already started afresh
             if name not in known and self.adopted and path.stat().st_size == 0:
                 continue  # created by an interrupted first start, before it could be recorded
             problem = inspect(path)
             if problem is None:
                 continue
             if name in self.accept_fresh:
+                self._accepted.add(name)
                 moved = move_aside(path)
                 log.warning("starting with a fresh, empty database as the operator asked",
                             extra={"db": str(path), "problem": problem, "moved_to": str(moved) if moved else None})
