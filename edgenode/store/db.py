@@ -324,6 +324,7 @@ class Database:
         return wrapped.result()
 
     def _run_writer(self) -> None:
+        inflight: list[_Job] = []
         try:
             while True:
                 first = self._queue.get()
@@ -340,20 +341,23 @@ class Database:
                         stop_after = True
                         break
                     batch.append(nxt)
-                pending = [job for job in batch if isinstance(job, _Job)]
+                pending = inflight = [job for job in batch if isinstance(job, _Job)]
                 while pending:
                     pending = self._commit_batch(pending)
                 if stop_after:
                     return
-        except BaseException as exc:
-            # Only a bug in this loop lands here; answer everyone still queued rather than leave them waiting.
+        except BaseException as exc:  # noqa: BLE001 - the thread ends here; its callers must hear of it
+            # Only a bug in this loop lands here; answer everyone still waiting rather than leave them hanging.
             log.exception("database writer stopped", extra={"db": str(self.path)})
-            self._drain(StoreError(f"the writer of {self.path.name} stopped: {type(exc).__name__}: {exc}"))
-            raise
+            self._drain(StoreError(f"the writer of {self.path.name} stopped: {type(exc).__name__}: {exc}"), inflight)
         finally:
             self._job_started = None
 
-    def _drain(self, error: BaseException) -> None:
+    def _drain(self, error: BaseException, inflight: list[_Job]) -> None:
+        for job in inflight:
+            if not job.future.done():
+                if job.future.running() or job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(error)
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -409,7 +413,7 @@ class Database:
                 # SQLite rolled the transaction back (or we could not undo the job alone): every
                 # write of it so far is gone with it. The jobs not yet tried go in a fresh one.
                 job.future.set_exception(lost.error)
-                self._fail_lost(outcomes, lost.error)
+                self._fail_lost(outcomes, self._neighbour_error(lost.error))
                 self._recover()
                 return batch[index + 1:]
             finally:
@@ -452,6 +456,13 @@ class Database:
         except sqlite3.Error as exc:
             raise _TransactionLost(self._answer(exc)) from exc
         return job, True, result
+
+    def _neighbour_error(self, error: BaseException) -> BaseException:
+        """What the other writes of a transaction another write lost are answered with."""
+        if isinstance(error, EdgenodeError):
+            return error
+        return StoreError(f"the transaction holding this write on {self.path.name} was rolled back by another "
+                          f"write's failure ({type(error).__name__}: {error}); nothing of it was written")
 
     @staticmethod
     def _fail_lost(outcomes: list[tuple[_Job, bool, Any]], error: BaseException) -> None:
