@@ -377,6 +377,8 @@ class Replica:
             return SqlResult(columns, rows)
         except NeedsWriter:
             return self.db.write_sync(self._sql_write_fn(query, args))
+        except SqlError as exc:
+            raise self.db.refusal or exc from exc
 
     async def asql(self, query: str, params: Any = None) -> SqlResult:
         """Awaitable :meth:`sql`: the read attempt on the store's threads, a write waited on without one."""
@@ -386,6 +388,8 @@ class Replica:
             return SqlResult(columns, rows)
         except NeedsWriter:
             return await self.db.write(self._sql_write_fn(query, args))
+        except SqlError as exc:  # on a damaged namespace, say so rather than what the damage looks like
+            raise self.db.refusal or exc from exc
 
     # -- replication (the work itself lives in edgenode.state.merge) -------------------
 

@@ -390,6 +390,13 @@ class Database:
 
     def _commit_batch(self, batch: list[_Job]) -> list[_Job]:
         """Run and commit ``batch``; returns the jobs not yet tried when the transaction was lost."""
+        self._job_started = time.monotonic()  # waiting for the lock counts too
+        try:
+            return self._run_batch(batch)
+        finally:
+            self._job_started = None
+
+    def _run_batch(self, batch: list[_Job]) -> list[_Job]:
         try:
             conn = self._writer_connection()
             conn.execute("BEGIN IMMEDIATE")
@@ -406,7 +413,6 @@ class Database:
         for index, job in enumerate(batch):
             if not job.future.set_running_or_notify_cancel():
                 continue
-            self._job_started = time.monotonic()
             try:
                 outcomes.append(self._run_job(conn, job))
             except _TransactionLost as lost:
@@ -416,8 +422,6 @@ class Database:
                 self._fail_lost(outcomes, self._neighbour_error(lost.error))
                 self._recover()
                 return batch[index + 1:]
-            finally:
-                self._job_started = None
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -479,7 +483,7 @@ class Database:
             return "its writer thread has stopped"
         started = self._job_started
         if started is not None and time.monotonic() - started > stuck_after_s:
-            return f"one write has been running for {time.monotonic() - started:.0f} s"
+            return f"one write (or the wait for its lock) has been running for {time.monotonic() - started:.0f} s"
         return None
 
     def queued_writes(self) -> int:
