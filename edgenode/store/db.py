@@ -360,11 +360,11 @@ class Database:
                     job.future.set_exception(error)
         while True:
             try:
-                job = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(job, _Job) and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(error)
+            if isinstance(item, _Job) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
 
     def _writer_connection(self) -> sqlite3.Connection:
         if self._writer_conn is None:

@@ -11,6 +11,7 @@ import httpx
 from tests.store.disk import fill, free_bytes, small_disk
 from tests.support import NodeProcess
 
+
 def _writes(c: httpx.Client) -> dict[str, Callable[[str], httpx.Response]]:
     """One kind of write per database: a namespace (KV and SQL), node.db, artifacts.db, sandboxes.db."""
     return {

@@ -73,7 +73,7 @@ def test_neighbours_of_a_lost_transaction_are_retried_or_answered(tmp_path: Path
         assert blocker.result(30) is True
         with pytest.raises(StoreError):
             before.result(30)  # rolled back with the transaction: answered, not silently lost
-        with pytest.raises(Exception):
+        with pytest.raises(sqlite3.OperationalError):
             killer.result(30)
         assert after.result(30) is not None  # retried in a fresh transaction
         assert _count(db) == 1
