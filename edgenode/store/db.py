@@ -486,6 +486,10 @@ class Database:
             return f"one write (or the wait for its lock) has been running for {time.monotonic() - started:.0f} s"
         return None
 
+    def idle(self) -> bool:
+        """Whether no write is running or queued (closing now waits for nothing)."""
+        return self._job_started is None and self._queue.empty()
+
     def queued_writes(self) -> int:
         """Writes waiting for the writer (approximate)."""
         return self._queue.qsize()
