@@ -131,7 +131,8 @@ def startup_error(exc: Exception) -> EdgenodeError:
     if isinstance(exc, EdgenodeError):
         return exc
     where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-    return Internal(f"edgenode could not start{where}: {type(exc).__name__}: {exc}; see the log above for details")
+    log.debug("start-up failed", exc_info=exc)
+    return Internal(f"edgenode could not start{where}: {type(exc).__name__}: {exc}")
 
 
 async def _ping_watchdog(interval: float) -> None:
