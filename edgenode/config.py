@@ -9,6 +9,7 @@ Each capability owns one section; add a field there, with help, to add a setting
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -20,11 +21,15 @@ from typing import Any
 from edgenode.errors import ValidationFailed
 
 
-def setting(default: Any, help: str, *, secret: bool = False) -> Any:
-    """A field with a default and the help text shown by ``edgenode serve --help`` and the docs."""
+def setting(default: Any, help: str, *, secret: bool = False, minimum: float | None = None) -> Any:
+    """A field with a default and the help text shown by ``edgenode serve --help`` and the docs.
+
+    ``minimum`` is the least value a number may be set to; lower values are refused when loading.
+    """
+    metadata = {"help": help, "secret": secret, "minimum": minimum}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "secret": secret})
-    return field(default=default, metadata={"help": help, "secret": secret})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def section(cls: type) -> Any:
@@ -47,7 +52,25 @@ class StoreSettings:
 
     synchronous: str = setting("FULL", "SQLite synchronous pragma: FULL survives power loss, NORMAL only crashes.")
     busy_timeout_ms: int = setting(5000, "How long a connection waits for a lock before failing, in milliseconds.")
-    readers: int = setting(4, "Reader connections per database.")
+    readers: int = setting(4, "Reader connections per database.", minimum=1)
+    write_timeout_s: float = setting(
+        30.0, "Longest a caller waits for a database write (or a free reader), in seconds; then 503.", minimum=0.1
+    )
+    stuck_write_s: float = setting(
+        60.0, "A write running longer than this marks its database's writer stuck in /healthz and metrics, in s.",
+        minimum=0.1,
+    )
+    min_free_mb: int = setting(
+        200, "Free space kept back from large writes (deploys, pushes, new sandboxes), in MiB; the smaller of "
+        "this and min_free_percent applies. 0 turns the guard off.", minimum=0,
+    )
+    min_free_percent: float = setting(2.0, "Free space kept back from large writes, as a percentage of the disk.",
+                                      minimum=0)
+    accept_fresh_db: list[str] = setting(
+        [], "Databases (node.db, agents.db, ...) the node may start afresh although it created them before and "
+        "they are now missing, empty or damaged; a damaged file is moved aside, never deleted. An operator's "
+        "one-off decision: use the --accept-fresh-db flag rather than the config file.",
+    )
 
 
 @dataclass
@@ -118,7 +141,7 @@ class StateSettings:
     max_open_namespaces: int = setting(
         128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files."
     )
-    namespace_readers: int = setting(2, "Reader connections per open namespace database.")
+    namespace_readers: int = setting(2, "Reader connections per open namespace database.", minimum=1)
 
 
 @dataclass
@@ -341,6 +364,9 @@ def _set(target: Any, name: str, value: Any, *, source: str) -> None:
         converted = _convert(hint, value)
     except (TypeError, ValueError) as exc:
         raise ValidationFailed(f"{source}: bad value for {name}: {exc}", field=name) from exc
+    minimum = _fields(target)[name].metadata.get("minimum")
+    if minimum is not None and converted < minimum:
+        raise ValidationFailed(f"{source}: {name} must be at least {minimum:g}, not {converted}", field=name)
     setattr(target, name, converted)
 
 
@@ -359,7 +385,12 @@ def _convert(hint: Any, value: Any) -> Any:
             raise TypeError("expected an integer")
         return int(value)
     if hint is float:
-        return float(value)
+        if isinstance(value, bool):
+            raise TypeError("expected a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
     if hint is str:
         if not isinstance(value, (str, int, float)):
             raise TypeError(f"expected a string, got {type(value).__name__}")

@@ -174,6 +174,78 @@ class MigrationFailed(StoreError):
         self.migration = migration
 
 
+class InsufficientStorage(StoreError):
+    """The disk holding this data is full (or below the node's reserve): nothing was written."""
+
+    code = "insufficient_storage"
+    status = 507
+
+    def __init__(self, message: str, *, purpose: str, free_bytes: int, **details: Any) -> None:
+        super().__init__(message, purpose=purpose, free_bytes=free_bytes, **details)
+        self.purpose = purpose
+        self.free_bytes = free_bytes
+
+
+class StorageIOFailed(StoreError):
+    """The disk answered a read or write with an I/O error; retrying may help."""
+
+    code = "storage_io_error"
+    status = 503
+
+    def __init__(self, message: str, *, purpose: str, retry_after: int = 5, **details: Any) -> None:
+        super().__init__(message, purpose=purpose, retry_after=retry_after, **details)
+        self.purpose = purpose
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class StoreTimeout(StoreError):
+    """A database did not finish a read or write within its bound; ``started`` says if it may still land."""
+
+    code = "store_timeout"
+    status = 503
+
+    def __init__(self, message: str, *, database: str, started: bool, retry_after: int = 5) -> None:
+        super().__init__(message, database=database, started=started, retry_after=retry_after)
+        self.database = database
+        self.started = started
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class DatabaseDamaged(StoreError):
+    """A database file failed its integrity check (or lost its log): it refuses writes until restored."""
+
+    code = "database_damaged"
+    status = 503
+
+    def __init__(self, message: str, *, database: str, reason: str, **details: Any) -> None:
+        super().__init__(message, database=database, reason=reason, **details)
+        self.database = database
+        self.reason = reason
+
+
+class NamespaceDamaged(DatabaseDamaged):
+    """A namespace's database failed its check; the namespace refuses writes, the node serves the others."""
+
+    code = "namespace_damaged"
+
+
+class DatabaseRefused(StoreError):
+    """At start-up, a database the node created is missing, empty or damaged; the node will not start."""
+
+    code = "database_refused"
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message, path=path, reason=reason)
+        self.path = path
+        self.reason = reason
+
+
 # -- auth ------------------------------------------------------------------
 
 

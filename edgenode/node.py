@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -21,6 +23,8 @@ from edgenode.metrics import Metrics
 from edgenode.sandboxes import Sandboxes
 from edgenode.state import State
 from edgenode.store import Database
+from edgenode.store.health import StoreMonitor
+from edgenode.store.ledger import DatabaseLedger
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,16 @@ class Capability(Protocol):
 
     def status(self) -> dict[str, Any]:
         """A small JSON-able summary for ``GET /v1/status`` and ``edgenode status``."""
+
+
+#: What each of the node's own databases holds, for errors and start-up refusals.
+PURPOSES = {
+    "node.db": "node database (tenants and tokens)",
+    "workers.db": "workers database (deployments)",
+    "sandboxes.db": "sandboxes database (sandbox records)",
+    "artifacts.db": "artifacts database (repositories and their tokens)",
+    "agents.db": "agents database (agent deployments and run journals)",
+}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -75,8 +89,17 @@ class Node:
         #: Base URL this node serves on, known once the socket is bound.
         self.url: str | None = None
         self.started_at: float | None = None
+        #: Why :meth:`start` failed, for a clear message where the server only reports its traceback.
+        self.start_error: Exception | None = None
         self.metrics = Metrics()
         self.metrics.info.labels(self.id, self.version).set(1)
+        store = config.store
+        self.store = StoreMonitor(self.data_dir, stuck_after_s=store.stuck_write_s, min_free_mb=store.min_free_mb,
+                                  min_free_percent=store.min_free_percent, registry=self.metrics.registry)
+        self.ledger = DatabaseLedger(self.data_dir, self.id, accept_fresh=store.accept_fresh_db)
+        self._databases: list[Database] = []
+        self._databases_checked = False
+        self._watchdog: asyncio.Task[None] | None = None
         self.db = self.database("node.db", AUTH_MIGRATIONS)
         self.auth = Auth(self.db, self.admin_token)
         self.capabilities: list[Capability] = []
@@ -92,13 +115,27 @@ class Node:
     def database(self, name: str, migrations: Any = ()) -> Database:
         """A database file in the data directory, with the node's store settings."""
         settings = self.config.store
-        return Database(
+        db = Database(
             self.data_dir / name,
             migrations,
             readers=settings.readers,
             synchronous=settings.synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
+            write_timeout_s=settings.write_timeout_s,
+            purpose=PURPOSES.get(name, f"database {name}"),
+            monitor=self.store,
         )
+        self._databases.append(db)
+        return db
+
+    def check_databases(self) -> None:
+        """Refuse to start (DatabaseRefused) if a database this node created is missing, empty or damaged.
+
+        Runs once per process (the daemon runs it before binding its port, start runs it again for free).
+        """
+        if not self._databases_checked:
+            self.ledger.check([db.path.name for db in self._databases], PURPOSES)
+            self._databases_checked = True
 
     def add(self, capability: Capability) -> Any:
         """Register a capability to be started and stopped with the node."""
@@ -106,15 +143,27 @@ class Node:
         return capability
 
     async def start(self) -> None:
-        """Open the node database and start every capability."""
-        self.db.open()
-        for capability in self.capabilities:
-            await capability.start()
+        """Check the node's databases, open the node database and start every capability."""
+        try:
+            self.check_databases()
+            self.db.open()
+            for capability in self.capabilities:
+                await capability.start()
+        except Exception as exc:
+            self.start_error = exc
+            raise
+        self.ledger.record(db.path.name for db in self._databases)
+        self._watchdog = asyncio.create_task(self.store.watch(max(1.0, self.config.store.stuck_write_s / 4)),
+                                             name="store-watchdog")
         self.started_at = time.time()
         log.info("node started", extra={"node": self.id, "version": self.version, "data": str(self.data_dir)})
 
     async def stop(self) -> None:
         """Stop capabilities in reverse order, then close the node database."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         for capability in reversed(self.capabilities):
             try:
                 await capability.stop()
@@ -132,4 +181,5 @@ class Node:
             "data_dir": str(self.data_dir),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else None,
             "capabilities": {c.name: c.status() for c in self.capabilities},
+            "store": self.store.health(public=True),
         }

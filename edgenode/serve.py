@@ -22,7 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from edgenode import systemd
 from edgenode.api import build_app
-from edgenode.errors import ValidationFailed
+from edgenode.errors import EdgenodeError, Internal, ValidationFailed
 from edgenode.node import Node
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def url_for(sock: socket.socket) -> str:
 async def serve(node: Node) -> None:
     """Serve ``node`` until SIGTERM or SIGINT, then drain and stop within the configured bound."""
     settings = node.config.http
+    node.check_databases()  # refuse a lost or damaged database before taking the port
     sock = bind(node.config.listen)
     url = node.url = url_for(sock)
     stop = asyncio.Event()
@@ -110,6 +111,10 @@ async def serve(node: Node) -> None:
     app = build_app(node, on_ready=on_ready)
     try:
         await hypercorn_serve(app, hconfig, shutdown_trigger=stop.wait, mode="asgi")  # type: ignore[arg-type]
+    except Exception:
+        if node.start_error is not None:
+            raise startup_error(node.start_error) from None
+        raise
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -119,6 +124,15 @@ async def serve(node: Node) -> None:
             (node.data_dir / "url").unlink()
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def startup_error(exc: Exception) -> EdgenodeError:
+    """A start-up failure as one clear message naming what failed (the file, where there is one)."""
+    if isinstance(exc, EdgenodeError):
+        return exc
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    log.debug("start-up failed", exc_info=exc)
+    return Internal(f"edgenode could not start{where}: {type(exc).__name__}: {exc}")
 
 
 async def _ping_watchdog(interval: float) -> None:

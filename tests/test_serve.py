@@ -183,3 +183,14 @@ def test_node_keeps_serving_after_bad_requests(tmp_path: Path) -> None:
                 pass
     wait_for(lambda: httpx.get(node.url + "/healthz").status_code == 200, message="healthz after junk")
     node.stop()
+
+
+def test_a_start_up_failure_is_one_clear_line_naming_the_file(tmp_path: Path) -> None:
+    data = tmp_path / "n"
+    data.mkdir()
+    (data / "artifacts").write_text("a file where the node keeps a directory")
+    done = subprocess.run([sys.executable, "-m", "edgenode", "serve", "--data", str(data), "--listen", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert f"edgenode could not start ({data / 'artifacts'})" in done.stderr, done.stderr

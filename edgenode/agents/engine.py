@@ -299,6 +299,7 @@ class Agents:
                      allowed_hosts: Any = None) -> dict[str, Any]:
         """Store a new version of an agent (or return the current one if the code is unchanged)."""
         validate_name(name)
+        self.node.store.require_space("agent deployments")
         if not isinstance(files, dict) or not files:
             raise ValidationFailed("files must be an object of {path: source}", field="files")
         size = 0

@@ -15,9 +15,19 @@ public = ("/healthz", "/metrics", "/openapi.json")
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness: the node id and version; no token needed."""
+    """Health: the node id, version and the store's state; no token needed.
+
+    ``status`` is ``ok``; ``degraded`` (still 200) while disk space is below the reserve or a
+    namespace is damaged; ``unhealthy`` (503) while a database writer is stuck or stopped.
+    """
     node = node_of(request)
-    return json({"status": "ok", "node": node.id, "version": node.version})
+    store = node.store.health(public=True)
+    status, code = "ok", 200
+    if not store["ok"]:
+        status, code = "unhealthy", 503
+    elif store["space"]["low"] or store["damaged"] or node.state.health.damaged():
+        status = "degraded"
+    return json({"status": status, "node": node.id, "version": node.version, "store": store}, status=code)
 
 
 async def metrics(request: Request) -> Response:
@@ -36,6 +46,7 @@ async def status(request: Request) -> Response:
     body = node.status()
     if principal(request).admin:
         body["config"] = node.config.as_dict()
+        body["store"] = {**node.store.health(), "damaged_namespaces": node.state.health.damaged()}
     return json(body)
 
 

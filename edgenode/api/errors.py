@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from edgenode.errors import EdgenodeError, Internal, MethodNotAllowed, NotFound
+from edgenode.store.faults import storage_fault
 
 log = logging.getLogger("edgenode.api")
 
@@ -81,6 +82,14 @@ def _allowed_methods(request: Request) -> set[str]:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
-    """A bug: log it with its traceback and answer 500 without internals."""
+    """A bug: log it with its traceback and answer 500 without internals.
+
+    A full disk or an I/O error that a capability did not name itself is no bug: it is
+    answered 507 (or 503) like the store's own.
+    """
+    fault = storage_fault(exc, request.app.state.node.data_dir, "data directory")
+    if fault is not None:
+        log.warning("disk fault", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return error_response(fault, request)
     log.exception("unhandled error", exc_info=exc)
     return error_response(Internal(f"internal error ({type(exc).__name__}); see the node's log"), request)

@@ -183,6 +183,7 @@ class Artifacts:
         self, tenant: str, name: str, url: str, *, branch: str | None = None, depth: int | None = None
     ) -> RepoInfo:
         """A new repository holding the branches and tags of the Git repository at ``url``."""
+        self.node.store.require_space("git repositories")
         if not isinstance(url, str) or not url.startswith(_IMPORT_SCHEMES) or len(url) > 2000:
             raise ValidationFailed("url must be an http(s):// or git:// Git URL", field="url")
         if branch is not None:
@@ -388,6 +389,7 @@ class Artifacts:
     ) -> bytes:
         """Take a push: spool it (413 past the limit), apply it in quarantine, announce what moved."""
         info = await self.get(tenant, name)
+        self.node.store.require_space("git repositories")
         limit = self.settings.max_pack_bytes
         spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024, dir=str(info.path))
         try:

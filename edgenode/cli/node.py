@@ -46,6 +46,9 @@ _config_option = click.option(
 @_config_option
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), help="Log format.")
+@click.option("--accept-fresh-db", "accept_fresh_db", multiple=True, metavar="NAME",
+              help="Start with a fresh, empty NAME (node.db, agents.db, ...) although this node created it and it "
+                   "is now missing, empty or damaged (a damaged file is moved aside); repeat for several.")
 def serve(
     data_dir: Path | None,
     listen: str | None,
@@ -54,6 +57,7 @@ def serve(
     config_file: Path | None,
     log_level: str | None,
     log_format: str | None,
+    accept_fresh_db: tuple[str, ...],
 ) -> None:
     """Run a node in the foreground until SIGTERM or SIGINT.
 
@@ -73,6 +77,7 @@ def serve(
             "fleet_secret_file": str(fleet_secret_file) if fleet_secret_file else None,
             "log_level": log_level,
             "log_format": log_format,
+            "store.accept_fresh_db": list(accept_fresh_db),
         },
     )
     try:

@@ -52,6 +52,8 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         #: Set by the state capability: versions seen per origin, sent in every hello.
         self.progress: Callable[[], dict[str, int]] = dict
+        #: Set by the state capability: a peer answered again after failing (pull from it now).
+        self.on_peer_recovered: Callable[[Peer], None] = lambda peer: None
         registry = node.metrics.registry
         self._m_healthy = Gauge("edgenode_cluster_peer_healthy", "1 if the peer answered its last check.",
                                 ["peer"], registry=registry)
@@ -120,7 +122,8 @@ class Cluster:
                 self.membership.mark_failed(peer, f"HTTP {response.status_code}: {response.text[:200]}")
                 self._m_healthy.labels(peer.url).set(0)
             elif response.status_code < 500:
-                self.membership.mark_ok(peer)
+                if self.membership.mark_ok(peer):
+                    self.on_peer_recovered(peer)
                 self._m_healthy.labels(peer.url).set(1)
             else:
                 self.membership.mark_failed(peer, f"HTTP {response.status_code}")

@@ -48,6 +48,7 @@ class Peer:
             "failures": self.failures,
             "last_error": self.last_error,
             "lag_s": None if self.lag_s is None else round(self.lag_s, 4),
+            "next_sync_in_s": round(max(0.0, self.next_sync_at - time.monotonic()), 3),
         }
 
 
@@ -126,13 +127,19 @@ class Membership:
         with self._lock:
             self._peers.pop(url.rstrip("/"), None)
 
-    def mark_ok(self, peer: Peer) -> None:
-        """The peer answered."""
+    def mark_ok(self, peer: Peer) -> bool:
+        """The peer answered; True if it had been failing (its pull back-off is then reset)."""
+        recovered = peer.failures > 0
+        if recovered:
+            # A healed partition with no new writes has nothing to push: only a pull carries
+            # what either side missed, so it must not wait out a back-off grown while cut off.
+            peer.next_sync_at = 0.0
         peer.healthy = True
         peer.last_seen = self._now()
         peer.failures = 0
         peer.first_failure_at = None
         peer.last_error = None
+        return recovered
 
     def mark_failed(self, peer: Peer, error: str) -> None:
         """The peer did not answer (or answered with an error)."""

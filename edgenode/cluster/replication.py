@@ -83,12 +83,14 @@ class Replicator:
         """Start the anti-entropy loop and hook local commits."""
         self._loop = asyncio.get_running_loop()
         self.state.on_commit = self.notify
+        self.cluster.on_peer_recovered = self._peer_recovered
         if self.cluster.fleet_enabled:
             self._tasks.append(asyncio.create_task(self._anti_entropy_loop(), name="state-anti-entropy"))
 
     async def stop(self) -> None:
         """Stop every task."""
         self.state.on_commit = lambda tenant, namespace, version: None
+        self.cluster.on_peer_recovered = lambda peer: None
         tasks = self._tasks + list(self._senders.values())
         for task in tasks:
             task.cancel()
@@ -162,9 +164,18 @@ class Replicator:
     def request_sync(self, node_id: str) -> None:
         """Pull from the peer with ``node_id`` as soon as the anti-entropy loop is free (deduplicated)."""
         peer = self.cluster.membership.by_node(node_id)
-        if peer is not None and peer.url not in self._sync_queued:
-            self._sync_queued.add(peer.url)
-            self._sync_now.put_nowait(peer.url)
+        if peer is not None:
+            self._queue_sync(peer.url)
+
+    def _queue_sync(self, url: str) -> None:
+        if url not in self._sync_queued:
+            self._sync_queued.add(url)
+            self._sync_now.put_nowait(url)
+
+    def _peer_recovered(self, peer: Peer) -> None:
+        """A peer answers again after failing: pull from it now rather than after its grown back-off."""
+        log.info("peer answers again; pulling from it", extra={"peer": peer.url, "peer_node": peer.node_id})
+        self._queue_sync(peer.url)
 
     # -- applying ----------------------------------------------------------------------
 

@@ -185,6 +185,7 @@ class Workers:
     async def deploy_python(self, tenant: str, name: str, files: object, settings: DeploySettings) -> dict[str, Any]:
         """Compile a Python worker's files on the shared runtime and make them the current version of ``name``."""
         validate_name(name)
+        self.node.store.require_space("worker deployments")
         source = Source.parse(files, max_bytes=self.settings.max_source_bytes)
         try:
             await self.compile_program(source.files, "main.py", "worker")
@@ -200,6 +201,7 @@ class Workers:
     async def deploy_wasm(self, tenant: str, name: str, data: bytes, settings: DeploySettings) -> dict[str, Any]:
         """Deploy a raw component (worker world) or a WASI command module (for ``/v1/wasi/run``)."""
         validate_name(name)
+        self.node.store.require_space("worker deployments")
         kind = wasm_kind(data)
         if kind == "unknown":
             raise InvalidComponent("the body is not WebAssembly (no \\0asm header of a component or module)")

@@ -201,6 +201,7 @@ class Sandboxes:
     async def create(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         """Create a sandbox: ``{"name"?, "network"?, "limits"?}``; its processes start in the background."""
         self._require()
+        self.node.store.require_space("sandbox workspaces")
         unknown = set(data) - {"name", "network", "limits"}
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])

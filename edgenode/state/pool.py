@@ -87,7 +87,8 @@ class NamespacePool:
             if len(self._entries) <= self.capacity:
                 break
             entry = self._entries[key]
-            if entry.users == 0:
+            # A busy writer (maybe stuck on a lock) is not closed under the pool's lock: closing waits for it.
+            if entry.users == 0 and entry.replica.db.idle():
                 del self._entries[key]
                 entry.replica.db.close()
                 self.evicted += 1

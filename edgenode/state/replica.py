@@ -9,7 +9,6 @@ node's origin, recorded by triggers in the same transaction.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
 from edgenode.errors import (
+    NamespaceDamaged,
     PayloadTooLarge,
     SqlError,
     SqlResultTooLarge,
@@ -37,6 +37,7 @@ from edgenode.state.guard import (
 )
 from edgenode.state.payload import Changes
 from edgenode.store import Database
+from edgenode.store.db import run_blocking
 
 T = TypeVar("T")
 
@@ -110,6 +111,8 @@ class NamespaceDatabase(Database):
     Foreign keys are off because replicated rows may arrive in any order;
     recursive triggers are on so that rows REPLACE deletes are captured too.
     """
+
+    damaged_error = NamespaceDamaged
 
     def __init__(self, path: Path | str, **kwargs: Any) -> None:
         super().__init__(path, schema.MIGRATIONS, **kwargs)
@@ -287,6 +290,9 @@ class Replica:
         except sqlite3.Error as exc:
             if guard.wants_write:
                 raise NeedsWriter from exc
+            fault = self.db.fault(exc)
+            if fault is not None:
+                raise fault from exc
             if guard.refusal:
                 raise guard.refused() from exc
             if timed_out(exc):
@@ -339,25 +345,51 @@ class Replica:
             return [SqlResult(cols, rows, affected, commit, local_only) for cols, rows, affected in outs]
         return write
 
-    def sql_batch(self, statements: list[tuple[str, Any]]) -> list[SqlResult]:
-        """Run several statements in one transaction (one version): all take effect or none does."""
+    def _prepare_batch(self, statements: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         prepared = []
         for query, params in statements:
             if not isinstance(query, str) or not query.strip():
                 raise ValidationFailed("sql must be a non-empty string", field="sql")
             prepared.append((query, self._params(params)))
-        return self.db.write_sync(self._batch_fn(prepared))
+        return prepared
+
+    def sql_batch(self, statements: list[tuple[str, Any]]) -> list[SqlResult]:
+        """Run several statements in one transaction (one version): all take effect or none does."""
+        return self.db.write_sync(self._batch_fn(self._prepare_batch(statements)))
+
+    async def asql_batch(self, statements: list[tuple[str, Any]]) -> list[SqlResult]:
+        """Awaitable :meth:`sql_batch`; no thread is held while the writer works."""
+        return await self.db.write(self._batch_fn(self._prepare_batch(statements)))
+
+    def _prepare(self, query: Any, params: Any) -> Any:
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationFailed("sql must be a non-empty string", field="sql")
+        return self._params(params)
+
+    def _read_fn(self, query: str, args: Any) -> Callable[[sqlite3.Connection], tuple[list[str], list[list[Any]], int]]:
+        return lambda c: self._execute(c, Guard(read_only=True), query, args)
 
     def sql(self, query: str, params: Any = None) -> SqlResult:
         """Run one parameterized statement; reads run on a reader, writes on the writer."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValidationFailed("sql must be a non-empty string", field="sql")
-        args = self._params(params)
+        args = self._prepare(query, params)
         try:
-            columns, rows, _ = self.db.read_sync(lambda c: self._execute(c, Guard(read_only=True), query, args))
+            columns, rows, _ = self.db.read_sync(self._read_fn(query, args))
             return SqlResult(columns, rows)
         except NeedsWriter:
             return self.db.write_sync(self._sql_write_fn(query, args))
+        except SqlError as exc:
+            raise self.db.refusal or exc from exc
+
+    async def asql(self, query: str, params: Any = None) -> SqlResult:
+        """Awaitable :meth:`sql`: the read attempt on the store's threads, a write waited on without one."""
+        args = self._prepare(query, params)
+        try:
+            columns, rows, _ = await self.db.read(self._read_fn(query, args))
+            return SqlResult(columns, rows)
+        except NeedsWriter:
+            return await self.db.write(self._sql_write_fn(query, args))
+        except SqlError as exc:  # on a damaged namespace, say so rather than what the damage looks like
+            raise self.db.refusal or exc from exc
 
     # -- replication (the work itself lives in edgenode.state.merge) -------------------
 
@@ -397,5 +429,5 @@ class Replica:
 
     async def akv_get(self, key: str) -> tuple[bytes, str] | None:
         """Awaitable :meth:`kv_get`."""
-        return await asyncio.to_thread(self.kv_get, key)
+        return await run_blocking(self.kv_get, key)
 

@@ -7,7 +7,6 @@ namespace's single writer thread, so there is one implementation.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import threading
@@ -19,12 +18,14 @@ from prometheus_client import Counter, Gauge
 
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
-from edgenode.errors import ValidationFailed
+from edgenode.errors import DatabaseDamaged, DatabaseRefused, ValidationFailed
+from edgenode.state.health import NamespaceHealth
 from edgenode.state.merge import check_changes
 from edgenode.state.names import namespace_path, validate_key, validate_namespace
 from edgenode.state.payload import Changes
 from edgenode.state.pool import NamespacePool
 from edgenode.state.replica import Commit, Limits, NamespaceDatabase, Replica, SqlResult
+from edgenode.store.db import run_blocking
 
 if TYPE_CHECKING:
     from edgenode.cluster.replication import Replicator
@@ -65,6 +66,7 @@ class State:
             sql_max_result_bytes=self.settings.sql_max_result_bytes,
         )
         self.pool = NamespacePool(self._open, self.path, capacity=self.settings.max_open_namespaces)
+        self.health = NamespaceHealth()
         #: What each namespace has seen, per origin; mirrors the committed ``_crdt_book`` tables.
         self._books: dict[tuple[str, str], dict[str, RangeSet]] = {}
         self._books_lock = threading.Lock()
@@ -86,18 +88,38 @@ class State:
 
     def _open(self, tenant: str, namespace: str) -> Replica:
         store = self.node.config.store
+        path = self.path(tenant, namespace)
         db = NamespaceDatabase(
-            self.path(tenant, namespace),
+            path,
             readers=self.settings.namespace_readers,
             synchronous=store.synchronous,
             busy_timeout_ms=store.busy_timeout_ms,
+            write_timeout_s=store.write_timeout_s,
+            purpose=f"namespace {namespace}",
+            monitor=self.node.store,
         )
-        db.open()
+        damage = self.health.check(tenant, namespace, path)
+        if damage is not None:
+            db.refuse_writes(damage)
+        def on_damaged(error: DatabaseDamaged) -> None:
+            self.health.mark(tenant, namespace, path, error.reason)
+        db.on_damaged = on_damaged
+        try:
+            db.open()
+        except DatabaseRefused as exc:
+            # Opening runs the namespace's migrations: a file that turns out unreadable only now is
+            # marked like one that failed its check, and opened for (what reads still can) reading.
+            error = self.health.mark(tenant, namespace, path, exc.reason)
+            db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
+                                   busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
+                                   purpose=f"namespace {namespace}", monitor=self.node.store)
+            db.refuse_writes(error)
+            db.open()
         return Replica(db, tenant, namespace, self.origin, self.hlc, self.limits)
 
     async def start(self) -> None:
         """Load every namespace's bookkeeping, seed the clock, start replication."""
-        await asyncio.to_thread(self._load_books)
+        await run_blocking(self._load_books)
         from edgenode.cluster.replication import Replicator
 
         self.replicator = Replicator(self, self.node.cluster)
@@ -108,7 +130,7 @@ class State:
         """Stop replication and close every namespace database."""
         if self.replicator is not None:
             await self.replicator.stop()
-        await asyncio.to_thread(self.pool.close_all)
+        await run_blocking(self.pool.close_all)
 
     def _load_books(self) -> None:
         # Reading the small book table of each file is cheap, even for thousands of namespaces;
@@ -118,6 +140,9 @@ class State:
         newest = 0
         for tenant_dir in sorted(self.root.iterdir()):
             for path in sorted(tenant_dir.glob("*.db")):
+                # Before any connection opens the file (opening would rebuild a lost log's index).
+                if self.health.check(tenant_dir.name, path.stem, path, full=False) is not None:
+                    continue
                 try:
                     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
                     try:
@@ -130,6 +155,8 @@ class State:
                         conn.close()
                 except sqlite3.Error as exc:
                     log.warning("cannot read namespace bookkeeping", extra={"path": str(path), "error": str(exc)})
+                    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                        self.health.mark(tenant_dir.name, path.stem, path, str(exc))
                     continue
                 self._books[(tenant_dir.name, path.stem)] = book
         self.hlc.observe(newest)
@@ -182,7 +209,7 @@ class State:
     async def _awith(self, tenant: str, namespace: str, fn: Callable[[Replica], Awaitable[T]], *,
                      create: bool = True, default: Any = None) -> T:
         validate_namespace(namespace)
-        replica = self.pool.acquire_open(tenant, namespace) or await asyncio.to_thread(
+        replica = self.pool.acquire_open(tenant, namespace) or await run_blocking(
             self.pool.acquire, tenant, namespace, create=create)
         if replica is None:
             return default  # type: ignore[no-any-return]
@@ -255,8 +282,15 @@ class State:
         return self._with(tenant, namespace, run)
 
     async def asql_batch(self, tenant: str, namespace: str, statements: list[tuple[str, Any]]) -> dict[str, Any]:
-        """Awaitable :meth:`sql_batch`."""
-        return await asyncio.to_thread(self.sql_batch, tenant, namespace, statements)
+        """Awaitable :meth:`sql_batch`; waits on the writer without holding a thread."""
+        if not statements or len(statements) > MAX_BATCH:
+            raise ValidationFailed(f"a batch holds 1 to {MAX_BATCH} statements", field="batch")
+
+        async def run(r: Replica) -> dict[str, Any]:
+            results = await r.asql_batch(statements)
+            self._committed(tenant, namespace, results[0].commit, "sql")
+            return {"results": [res.as_dict() for res in results]}
+        return await self._awith(tenant, namespace, run)
 
     @staticmethod
     def _limit(limit: int) -> int:
@@ -268,11 +302,11 @@ class State:
 
     async def akv_get(self, tenant: str, namespace: str, key: str) -> bytes | None:
         """Awaitable :meth:`kv_get`."""
-        return await asyncio.to_thread(self.kv_get, tenant, namespace, key)
+        return await run_blocking(self.kv_get, tenant, namespace, key)
 
     async def akv_get_versioned(self, tenant: str, namespace: str, key: str) -> tuple[bytes, str] | None:
         """Awaitable :meth:`kv_get_versioned`."""
-        return await asyncio.to_thread(self.kv_get_versioned, tenant, namespace, key)
+        return await run_blocking(self.kv_get_versioned, tenant, namespace, key)
 
     async def akv_put(self, tenant: str, namespace: str, key: str, value: bytes, *, if_match: str | None = None,
                       if_none_match: str | None = None) -> str:
@@ -297,11 +331,15 @@ class State:
     async def akv_list(self, tenant: str, namespace: str, prefix: str = "", limit: int = 1000, *,
                        after: str | None = None) -> list[str]:
         """Awaitable :meth:`kv_list`."""
-        return await asyncio.to_thread(self.kv_list, tenant, namespace, prefix, limit, after=after)
+        return await run_blocking(self.kv_list, tenant, namespace, prefix, limit, after=after)
 
     async def asql(self, tenant: str, namespace: str, query: str, params: Any = None) -> dict[str, Any]:
-        """Awaitable :meth:`sql`."""
-        return await asyncio.to_thread(self.sql, tenant, namespace, query, params)
+        """Awaitable :meth:`sql`: reads on the store's threads, writes waited on without a thread."""
+        async def run(r: Replica) -> dict[str, Any]:
+            result = await r.asql(query, params)
+            self._committed(tenant, namespace, result.commit, "sql")
+            return result.as_dict()
+        return await self._awith(tenant, namespace, run)
 
     # -- replication hooks ---------------------------------------------------------------
 
@@ -334,4 +372,5 @@ class State:
         """A short summary for ``edgenode status``."""
         with self._books_lock:
             count = len(self._books)
-        return {"namespaces": count, "open": self.pool.open_count(), "hlc": self.hlc.peek()}
+        return {"namespaces": count, "open": self.pool.open_count(), "hlc": self.hlc.peek(),
+                "damaged": len(self.health.damaged())}

@@ -5,12 +5,22 @@ queue up while one commits are grouped into the next transaction, each under a
 savepoint of its own, so one failing write never undoes another and a caller is
 answered only after the commit that holds its write. Reads run on a small pool
 of separate connections and see the last committed state (WAL).
+
+The writer survives every failure: when a statement or the ``COMMIT`` fails
+(a full disk, an I/O error), SQLite may already have rolled the transaction
+back; each write of that transaction is answered with the error, the
+connection is rolled back or reopened, and the writer goes on with the next
+batch. Every wait is bounded (``write_timeout_s``), so no caller waits on a
+future nobody will complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
+import functools
 import logging
 import queue
 import sqlite3
@@ -19,9 +29,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from edgenode.errors import MigrationFailed, StoreError
+from edgenode.errors import (
+    DatabaseDamaged,
+    DatabaseRefused,
+    EdgenodeError,
+    MigrationFailed,
+    StoreError,
+    StoreTimeout,
+)
+from edgenode.store.faults import storage_fault
+
+if TYPE_CHECKING:
+    from edgenode.store.health import StoreMonitor
 
 T = TypeVar("T")
 
@@ -29,6 +50,17 @@ log = logging.getLogger(__name__)
 
 #: How many queued writes one transaction may take at most.
 MAX_BATCH = 256
+
+#: Threads that run blocking store calls for event loops. They are the store's own, apart from the
+#: loop's default executor, so store calls never queue behind other blocking work (or it behind them).
+STORE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="store")
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking store call on :data:`STORE_THREADS`, with the caller's context (request id)."""
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    return await loop.run_in_executor(STORE_THREADS, functools.partial(ctx.run, fn, *args, **kwargs))
 
 
 @dataclass(frozen=True)
@@ -61,8 +93,19 @@ def connect(path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int
     return conn
 
 
+class _TransactionLost(Exception):
+    """The batch's transaction is gone (rolled back by SQLite or by us); carries the error to answer with."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Database:
     """A SQLite file with one writer thread and a pool of reader connections."""
+
+    #: The error a damaged file of this kind raises (namespaces have their own).
+    damaged_error: type[DatabaseDamaged] = DatabaseDamaged
 
     def __init__(
         self,
@@ -72,11 +115,23 @@ class Database:
         readers: int = 4,
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
+        write_timeout_s: float = 30.0,
+        purpose: str = "",
+        monitor: StoreMonitor | None = None,
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        if readers < 1:
+            raise ValueError(f"a database needs at least one reader connection, not {readers}")
+        if write_timeout_s <= 0:
+            raise ValueError(f"write_timeout_s must be positive, not {write_timeout_s}")
         self.path = Path(path)
         self.migrations = list(migrations)
+        self.purpose = purpose or f"database {self.path.name}"
+        self.write_timeout_s = write_timeout_s
+        self.monitor = monitor
+        #: Called (from any thread) when the file turns out to be damaged while in use.
+        self.on_damaged: Callable[[DatabaseDamaged], None] | None = None
         self._max_readers = readers
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
@@ -87,33 +142,81 @@ class Database:
         self._all_readers: list[sqlite3.Connection] = []
         self._writer: threading.Thread | None = None
         self._writer_conn: sqlite3.Connection | None = None
+        self._refusal: EdgenodeError | None = None
+        #: When the job now on the writer started (monotonic), for the watchdog.
+        self._job_started: float | None = None
+        self._opened = False
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------
 
     def open(self) -> Database:
-        """Create the file if needed, apply pending migrations, start the writer."""
-        if self._writer is not None:
+        """Create the file if needed, apply pending migrations, start the writer.
+
+        A database that refuses writes (:meth:`refuse_writes`) opens for reading only.
+        """
+        if self._opened:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
-        self._migrate(conn)
-        self._writer_conn = conn
-        self._writer = threading.Thread(target=self._run_writer, name=f"sqlite-writer:{self.path.name}", daemon=True)
-        self._writer.start()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise (storage_fault(exc, self.path.parent, self.purpose) or exc) from exc
+        if self._refusal is None:
+            try:
+                conn = self._connect()
+            except sqlite3.Error as exc:
+                raise self._open_failed(exc) from exc
+            try:
+                self._migrate(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise self._open_failed(exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._writer_conn = conn
+            self._writer = threading.Thread(target=self._run_writer, name=f"sqlite-writer:{self.path.name}",
+                                            daemon=True)
+            self._writer.start()
+        self._opened = True
+        if self.monitor is not None:
+            self.monitor.track(self)
         return self
+
+    def _open_failed(self, exc: sqlite3.Error) -> EdgenodeError:
+        error = storage_fault(exc, self.path, self.purpose, database=self.path.name)
+        if isinstance(error, DatabaseDamaged) or error is None:
+            return DatabaseRefused(
+                f"the {self.purpose} {self.path} cannot be opened: {exc}. Restore the file from a backup while "
+                f"the node is stopped, or move it aside to start with an empty {self.path.name}.",
+                path=str(self.path), reason=str(exc))
+        return error
+
+    def refuse_writes(self, error: EdgenodeError) -> None:
+        """From now on, every write raises ``error`` (reads go on); before :meth:`open`, no writer starts."""
+        self._refusal = error
+
+    @property
+    def refusal(self) -> EdgenodeError | None:
+        """The error writes are refused with, if they are."""
+        return self._refusal
 
     def close(self) -> None:
         """Finish queued writes, stop the writer and close every connection."""
         if self._closed:
             return
         self._closed = True
+        if self.monitor is not None:
+            self.monitor.untrack(self)
         if self._writer is not None:
             self._queue.put(_STOP)
-            self._writer.join()
+            self._writer.join(self.write_timeout_s)
+            if self._writer.is_alive():
+                log.error("writer did not stop in time; leaving its connection open",
+                          extra={"db": str(self.path), "bound_s": self.write_timeout_s})
         for conn in self._all_readers:
             conn.close()
-        if self._writer_conn is not None:
+        if self._writer_conn is not None and (self._writer is None or not self._writer.is_alive()):
             self._writer_conn.close()
 
     def __enter__(self) -> Database:
@@ -138,7 +241,8 @@ class Database:
                     "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (migration.name, time.time())
                 )
             except Exception as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise MigrationFailed(f"migration {migration.name} failed: {exc}", migration=migration.name) from exc
             conn.execute("COMMIT")
             log.info("applied migration", extra={"migration": migration.name, "db": str(self.path)})
@@ -149,81 +253,246 @@ class Database:
             lambda c: [r[0] for r in c.execute("SELECT name FROM _migrations ORDER BY applied_at, name")]
         )
 
+    # -- faults --------------------------------------------------------------
+
+    def fault(self, exc: BaseException) -> EdgenodeError | None:
+        """The client-facing error for a disk fault behind ``exc`` (full, I/O, damaged), else None."""
+        error = storage_fault(exc, self.path, self.purpose, database=self.path.name)
+        if isinstance(error, DatabaseDamaged):
+            error = self.damaged_error(
+                f"the {self.purpose} ({self.path.name}) is damaged ({exc}); it refuses writes until it is "
+                "restored from a backup", database=self.path.name, reason=str(exc))
+            if self._refusal is None:
+                self._refusal = error
+                log.error("database is damaged; refusing writes", extra={"db": str(self.path), "error": str(exc)})
+                if self.on_damaged is not None:
+                    self.on_damaged(error)
+        if error is not None and self.monitor is not None:
+            self.monitor.count_fault(error)
+        return error
+
+    def _answer(self, exc: BaseException) -> BaseException:
+        """What a caller whose work failed with ``exc`` should see: the disk fault, or ``exc`` itself."""
+        return self.fault(exc) or exc
+
     # -- writes ------------------------------------------------------------
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
         """Queue ``fn`` to run in a write transaction; the future settles after commit."""
+        if self._refusal is not None:
+            raise self._refusal
         if self._closed or self._writer is None:
             raise StoreError(f"database {self.path.name} is not open")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if threading.current_thread() is self._writer:
             raise StoreError("write() called from inside a write; nest the work in the outer function instead")
+        if not self._writer.is_alive():
+            raise StoreError(f"the writer of {self.path.name} has stopped; see the node's log")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put(_Job(fn, future))
         return future
 
+    def _timed_out(self, future: concurrent.futures.Future[Any]) -> StoreTimeout:
+        if future.cancel():
+            return StoreTimeout(f"database {self.path.name} did not take the write within {self.write_timeout_s:g} s "
+                                "(its writer is busy or stuck); nothing was written",
+                                database=self.path.name, started=False)
+        return StoreTimeout(f"a write to {self.path.name} is still running after {self.write_timeout_s:g} s; "
+                            "it may still commit", database=self.path.name, started=True)
+
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in a write transaction and return its result once committed."""
-        return self.submit(fn).result()
+        """Run ``fn(conn)`` in a write transaction and return its result once committed (bounded wait)."""
+        future = self.submit(fn)
+        try:
+            return future.result(timeout=self.write_timeout_s)
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                return future.result()
+            raise self._timed_out(future) from None
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Awaitable form of :meth:`write_sync`; the event loop is never blocked."""
-        return await asyncio.wrap_future(self.submit(fn))
+        """Awaitable form of :meth:`write_sync`; the event loop is never blocked, no thread is held."""
+        future = self.submit(fn)
+        wrapped = asyncio.wrap_future(future)
+        try:
+            done, _ = await asyncio.wait({wrapped}, timeout=self.write_timeout_s)
+        except asyncio.CancelledError:
+            future.cancel()  # not started yet: it never runs; running: it finishes, unheard
+            raise
+        if not done:
+            wrapped.add_done_callback(_consume)
+            raise self._timed_out(future)
+        return wrapped.result()
 
     def _run_writer(self) -> None:
-        conn = self._writer_conn
-        assert conn is not None
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            stop_after = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                batch.append(nxt)
-            self._commit_batch(conn, [job for job in batch if isinstance(job, _Job)])
-            if stop_after:
-                return
-
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, bool, Any]] = []
+        inflight: list[_Job] = []
         try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop_after = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop_after = True
+                        break
+                    batch.append(nxt)
+                pending = inflight = [job for job in batch if isinstance(job, _Job)]
+                while pending:
+                    pending = self._commit_batch(pending)
+                if stop_after:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - the thread ends here; its callers must hear of it
+            # Only a bug in this loop lands here; answer everyone still waiting rather than leave them hanging.
+            log.exception("database writer stopped", extra={"db": str(self.path)})
+            self._drain(StoreError(f"the writer of {self.path.name} stopped: {type(exc).__name__}: {exc}"), inflight)
+        finally:
+            self._job_started = None
+
+    def _drain(self, error: BaseException, inflight: list[_Job]) -> None:
+        for job in inflight:
+            if not job.future.done():
+                if job.future.running() or job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(error)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Job) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        if self._writer_conn is None:
+            self._writer_conn = self._connect()
+            log.info("reopened the writer connection", extra={"db": str(self.path)})
+        return self._writer_conn
+
+    def _recover(self) -> None:
+        """After a failed transaction: roll back what is left, or reopen the connection if that fails too."""
+        conn = self._writer_conn
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return
+        except sqlite3.Error as exc:
+            log.warning("rollback failed; reopening the writer connection",
+                        extra={"db": str(self.path), "error": str(exc)})
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        self._writer_conn = None
+
+    def _commit_batch(self, batch: list[_Job]) -> list[_Job]:
+        """Run and commit ``batch``; returns the jobs not yet tried when the transaction was lost."""
+        self._job_started = time.monotonic()  # waiting for the lock counts too
+        try:
+            return self._run_batch(batch)
+        finally:
+            self._job_started = None
+
+    def _run_batch(self, batch: list[_Job]) -> list[_Job]:
+        try:
+            conn = self._writer_connection()
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            error = self._answer(exc)
+            if error is exc:
+                error = StoreError(f"cannot begin a write on {self.path.name}: {exc}")
             for job in batch:
-                job.future.set_exception(StoreError(f"cannot begin a write: {exc}"))
-            return
-        for job in batch:
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(error)
+            self._recover()
+            return []
+        outcomes: list[tuple[_Job, bool, Any]] = []
+        for index, job in enumerate(batch):
             if not job.future.set_running_or_notify_cancel():
                 continue
-            conn.execute("SAVEPOINT job")
             try:
-                result = job.fn(conn)
-            except BaseException as exc:  # the job's own failure; undo only its work
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                outcomes.append((job, False, exc))
-            else:
-                conn.execute("RELEASE job")
-                outcomes.append((job, True, result))
+                outcomes.append(self._run_job(conn, job))
+            except _TransactionLost as lost:
+                # SQLite rolled the transaction back (or we could not undo the job alone): every
+                # write of it so far is gone with it. The jobs not yet tried go in a fresh one.
+                job.future.set_exception(lost.error)
+                self._fail_lost(outcomes, self._neighbour_error(lost.error))
+                self._recover()
+                return batch[index + 1:]
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            for job, _, _ in outcomes:
-                job.future.set_exception(StoreError(f"commit failed: {exc}"))
-            return
+            error = self._answer(exc)
+            if error is exc:
+                error = StoreError(f"commit failed on {self.path.name}: {exc}")
+            self._fail_lost(outcomes, error)
+            self._recover()
+            return []
         for job, ok, value in outcomes:
             if ok:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
+        return []
+
+    def _run_job(self, conn: sqlite3.Connection, job: _Job) -> tuple[_Job, bool, Any]:
+        try:
+            conn.execute("SAVEPOINT job")
+        except sqlite3.Error as exc:
+            raise _TransactionLost(self._answer(exc)) from exc
+        try:
+            result = job.fn(conn)
+        except BaseException as exc:  # the job's own failure; undo only its work
+            answer = self._answer(exc)
+            if not conn.in_transaction:
+                raise _TransactionLost(answer) from exc
+            try:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            except sqlite3.Error as undo:
+                raise _TransactionLost(self.fault(undo) or answer) from undo
+            return job, False, answer
+        try:
+            conn.execute("RELEASE job")
+        except sqlite3.Error as exc:
+            raise _TransactionLost(self._answer(exc)) from exc
+        return job, True, result
+
+    def _neighbour_error(self, error: BaseException) -> BaseException:
+        """What the other writes of a transaction another write lost are answered with."""
+        if isinstance(error, EdgenodeError):
+            return error
+        return StoreError(f"the transaction holding this write on {self.path.name} was rolled back by another "
+                          f"write's failure ({type(error).__name__}: {error}); nothing of it was written")
+
+    @staticmethod
+    def _fail_lost(outcomes: list[tuple[_Job, bool, Any]], error: BaseException) -> None:
+        for job, ok, value in outcomes:
+            job.future.set_exception(error if ok else value)
+
+    # -- health --------------------------------------------------------------
+
+    def writer_problem(self, stuck_after_s: float) -> str | None:
+        """Why this database cannot take writes now (a dead writer, a write running too long), or None."""
+        if self._closed or self._writer is None:
+            return None
+        if not self._writer.is_alive():
+            return "its writer thread has stopped"
+        started = self._job_started
+        if started is not None and time.monotonic() - started > stuck_after_s:
+            return f"one write (or the wait for its lock) has been running for {time.monotonic() - started:.0f} s"
+        return None
+
+    def idle(self) -> bool:
+        """Whether no write is running or queued (closing now waits for nothing)."""
+        return self._job_started is None and self._queue.empty()
+
+    def queued_writes(self) -> int:
+        """Writes waiting for the writer (approximate)."""
+        return self._queue.qsize()
 
     # -- reads -------------------------------------------------------------
 
@@ -231,19 +500,28 @@ class Database:
         """Run ``fn(conn)`` on a reader connection inside one read transaction."""
         if self._closed:
             raise StoreError(f"database {self.path.name} is closed")
-        conn = self._borrow_reader()
+        try:
+            conn = self._borrow_reader()
+        except sqlite3.Error as exc:
+            raise self._answer(exc) from exc
         try:
             conn.execute("BEGIN")
             try:
                 return fn(conn)
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            error = self.fault(exc)
+            if error is None:
+                raise
+            raise error from exc
         finally:
             self._readers.put(conn)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Awaitable form of :meth:`read_sync`, run on a thread."""
-        return await asyncio.to_thread(self.read_sync, fn)
+        """Awaitable form of :meth:`read_sync`, run on the store's threads."""
+        return await run_blocking(self.read_sync, fn)
 
     def _borrow_reader(self) -> sqlite3.Connection:
         try:
@@ -252,10 +530,19 @@ class Database:
             pass
         with self._reader_lock:
             if self._reader_count < self._max_readers:
-                self._reader_count += 1
                 conn = self._connect()
                 conn.execute("PRAGMA query_only = ON")
+                self._reader_count += 1
                 self._all_readers.append(conn)
                 return conn
-        return self._readers.get()
+        try:
+            return self._readers.get(timeout=self.write_timeout_s)
+        except queue.Empty:
+            raise StoreTimeout(f"no reader of {self.path.name} came free within {self.write_timeout_s:g} s",
+                               database=self.path.name, started=False) from None
 
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve a late result nobody awaits any more, so it is not reported as lost."""
+    if not future.cancelled():
+        future.exception()

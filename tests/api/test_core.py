@@ -21,7 +21,10 @@ def test_healthz_needs_no_token(local: tuple[Node, TestClient]) -> None:
     node, client = local
     r = client.get("/healthz", headers={"authorization": ""})
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "node": node.id, "version": node.version}
+    body = r.json()
+    assert {k: body[k] for k in ("status", "node", "version")} == {"status": "ok", "node": node.id,
+                                                                    "version": node.version}
+    assert body["store"]["ok"] is True and body["store"]["stuck_writers"] == []
 
 
 def test_missing_and_bad_tokens(local: tuple[Node, TestClient]) -> None:

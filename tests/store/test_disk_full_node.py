@@ -1,0 +1,86 @@
+"""A real node whose data directory sits on a small tmpfs: a full disk gets 507s, and heals without a restart."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.store.disk import fill, free_bytes, small_disk
+from tests.support import NodeProcess
+
+
+def _writes(c: httpx.Client) -> dict[str, Callable[[str], httpx.Response]]:
+    """One kind of write per database: a namespace (KV and SQL), node.db, artifacts.db, sandboxes.db."""
+    return {
+        "kv put (namespace)": lambda n: c.put(f"/v1/kv/app/key-{n}", content=os.urandom(64 * 1024)),
+        "sql insert (namespace)": lambda n: c.post("/v1/sql/app", json={
+            "sql": "INSERT INTO notes (body) VALUES (?)", "params": [f"note {n} " + "x" * 30_000]}),
+        "new token (node.db)": lambda n: c.post("/v1/tokens", json={"tenant": "acme", "name": f"t{n}"}),
+        "new repo (artifacts.db)": lambda n: c.post("/v1/repos", json={"name": f"repo-{n}"}),
+        "new sandbox (sandboxes.db)": lambda n: c.post("/v1/sandboxes", json={"name": f"box-{n}"}),
+    }
+
+
+def test_full_disk_answers_507_and_the_same_process_writes_again_once_space_is_freed(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 48) as disk:
+        node = NodeProcess(disk / "data", env={"EDGENODE_STORE_MIN_FREE_MB": "0"}).start()
+        try:
+            with node.client(timeout=60) as c:
+                assert c.post("/v1/tenants", json={"name": "acme"}).status_code == 201
+                assert c.post("/v1/sql/app", json={
+                    "sql": "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"}).status_code == 200
+                for name, write in _writes(c).items():
+                    r = write("first")
+                    assert r.status_code in (200, 201), (name, r.text)
+
+                # Most of the disk goes to a file beside the node; the node's own writes take the rest.
+                fill(disk / "filler", leave_bytes=2 << 20)
+                puts = 0
+                while (r := c.put(f"/v1/kv/app/fill-{puts}", content=os.urandom(256 * 1024))).status_code == 200:
+                    puts += 1
+                    assert puts < 100, "the disk never filled"
+                assert r.status_code == 507, r.text
+                fill(disk / "filler")  # whatever the node's refused writes left free
+
+                # A database may still fit a few writes in log space it allocated before; past that, 507.
+                for name, write in _writes(c).items():
+                    for attempt in range(300):
+                        r = write(f"full-{attempt}")
+                        if r.status_code != 507:
+                            assert r.status_code in (200, 201), (name, r.status_code, r.text)
+                            continue
+                        error = r.json()["error"]
+                        assert error["code"] == "insufficient_storage" and error["purpose"], (name, error)
+                        assert error["free_bytes"] < 2 << 20, (name, error)
+                        break
+                    else:
+                        raise AssertionError(f"{name}: never refused on a full disk")
+                # Reads keep working, health says so.
+                assert c.get("/v1/kv/app/key-first").status_code == 200
+                assert c.post("/v1/sql/app", json={"sql": "SELECT COUNT(*) FROM notes"}).status_code == 200
+                health = c.get("/healthz").json()
+                assert health["store"]["ok"] is True and health["store"]["stuck_writers"] == []
+
+                (disk / "filler").unlink()
+                assert free_bytes(disk) > 8 << 20
+                for name, write in _writes(c).items():
+                    r = write("after")
+                    assert r.status_code in (200, 201), (name, r.status_code, r.text)
+                assert c.get("/v1/kv/app/key-after").status_code == 200
+                assert c.get("/v1/kv/app/fill-0").status_code == 200
+                metrics = c.get("/metrics").text
+                assert 'edgenode_store_faults_total{kind="full"}' in metrics
+            assert "Traceback" not in node.log()
+        finally:
+            assert node.stop() == 0
+        node.start()  # and after a restart, everything acknowledged is there
+        try:
+            with node.client() as c:
+                assert c.get("/v1/kv/app/key-after").status_code == 200
+                assert c.get("/v1/repos/repo-after/refs").status_code == 200
+        finally:
+            node.stop()
+
