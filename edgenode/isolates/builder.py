@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -95,11 +96,13 @@ class Source:
         return h.hexdigest()
 
 
-def componentize(app_dirs: list[Path], entry_module: str, world: str, out: Path, *, timeout_s: float) -> None:
+def componentize(app_dirs: list[Path], entry_module: str, world: str, out: Path, *, timeout_s: float,
+                 started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> None:
     """Build ``entry_module`` (found in ``app_dirs``) into a component for ``world`` at ``out``.
 
     Runs componentize-py in a subprocess (a crash or a runaway build cannot take the caller down) with a
     clean environment, and publishes the file atomically. Raises BuildFailed with the compiler's message.
+    ``started`` gets the build's process (so a stopping node can kill it).
     """
     with tempfile.TemporaryDirectory(prefix="edgenode-build-") as tmp:
         partial = Path(tmp) / "out.wasm"
@@ -116,14 +119,21 @@ def componentize(app_dirs: list[Path], entry_module: str, world: str, out: Path,
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "VIRTUAL_ENV": tmp,
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            proc = subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise BuildFailed(f"the build took longer than {timeout_s:.0f} s", output="") from None
+            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except OSError as exc:
             raise BuildFailed(f"componentize-py could not be started: {exc}", output="") from None
+        with proc:
+            if started is not None:
+                started(proc)
+            try:
+                output, _ = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise BuildFailed(f"the build took longer than {timeout_s:.0f} s", output="") from None
+        if proc.returncode < 0:
+            raise BuildFailed(f"the build was stopped (signal {-proc.returncode})", output="")
         if proc.returncode != 0 or not partial.exists():
-            message = _clean(proc.stdout.decode(errors="replace"), tmp)
+            message = _clean(output.decode(errors="replace"), tmp)
             raise BuildFailed("the component failed to build", output=message)
         out.parent.mkdir(parents=True, exist_ok=True)
         # Publish atomically: a concurrent reader sees the whole file or none.

@@ -21,11 +21,13 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +90,14 @@ class Program:
         """A program the instance compiles itself (one-off runs)."""
         return cls(entry, tuple(ProgramFile(p, False, t) for p, t in sorted(files.items())))
 
-    def to_record(self) -> Any:
-        """The program as a WIT ``program-info`` value."""
-        info: Any = Record()
-        info.entry = self.entry
-        info.files = [_file_record(f) for f in self.files]
-        return info
+    @cached_property
+    def wire(self) -> str:
+        """The program as ``program.load`` hands it over, and as the bytecode cache stores it (JSON)."""
+        return json.dumps({"entry": self.entry, "files": [[f.path, f.compiled, f.content] for f in self.files]})
 
     def to_json(self) -> str:
         """The program as stored in the bytecode cache."""
-        return json.dumps({"entry": self.entry, "files": [[f.path, f.compiled, f.content] for f in self.files]})
+        return self.wire
 
     @classmethod
     def from_json(cls, text: str) -> Program:
@@ -141,7 +141,7 @@ def _program_load(store: Any) -> Any:
     program: Program | None = getattr(_local, "program", None)
     if program is None:
         raise WasmtimeError("edgenode: no program is bound to this instance")
-    return program.to_record()
+    return program.wire
 
 
 def _agent_call(store: Any, kind: str, name: str, request: str) -> str:
@@ -181,6 +181,8 @@ class PythonRuntime:
         self._programs_lock = threading.Lock()
         self.state = "cold"  # cold, building, compiling, ready, failed
         self.error: EdgenodeError | None = None
+        self._build: subprocess.Popen[bytes] | None = None
+        self._closed = False
         self.built = 0  # runtime builds run by this process
         self.compiled_programs = 0  # deployments compiled by this process
         self.program_loads = 0  # deployments' bytecode read back from disk
@@ -246,7 +248,10 @@ class PythonRuntime:
                 if not source.exists():
                     self.state = "building"
                     log.info("building the Python runtime (once per edgenode version)", extra={"file": str(source)})
-                    componentize([GUEST_DIR], ENTRY_MODULE, WORLD, source, timeout_s=self.timeout_s)
+                    if self._closed:
+                        raise Unavailable("the node is stopping")
+                    componentize([GUEST_DIR], ENTRY_MODULE, WORLD, source, timeout_s=self.timeout_s,
+                                 started=self._started)
                     self.built += 1
                 self.state = "compiling"
                 try:
@@ -261,6 +266,18 @@ class PythonRuntime:
                 return component
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        self._build = proc
+        if self._closed:
+            proc.kill()
+
+    def close(self) -> None:
+        """Stop a build in progress (the node is stopping); the next start builds again."""
+        self._closed = True
+        build = self._build
+        if build is not None and build.poll() is None:
+            build.kill()
 
     def _prune_other_versions(self, *, min_age_s: float = 86400.0) -> None:
         """Remove other versions' runtimes not used for a day (a host may run two versions during an upgrade)."""

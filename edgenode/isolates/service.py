@@ -128,8 +128,9 @@ class Workers:
     async def stop(self) -> None:
         """Stop taking work, record the last usage, close everything."""
         self.pool.shutdown()
+        self.python.close()  # a runtime build in progress is killed: stopping never waits for one
         if self._python_ready is not None and not self._python_ready.done():
-            self._python_ready.cancel()  # a build in progress finishes in its own thread; nobody waits for it
+            self._python_ready.cancel()
         if self._prune_task is not None:
             await asyncio.gather(self._prune_task, return_exceptions=True)
         await self.meter.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
@@ -83,3 +84,18 @@ def test_stopping_interrupts_a_spinning_guest(tmp_path: Path, worker_cache: Path
     assert node.stop(timeout=20) == 0
     hog.join(10)
     assert "node stopped" in node.log()
+
+
+def test_a_node_stopped_while_building_the_runtime_stops_at_once(tmp_path: Path, worker_cache: Path) -> None:
+    # An empty runtime directory: the node builds the runtime in the background when it starts.
+    node = start_node(tmp_path / "build", worker_cache, EDGENODE_WORKERS_RUNTIME_DIR=str(tmp_path / "runtime"))
+    with node.client(timeout=120) as c:
+        wait_for(lambda: c.get("/v1/status").json()["capabilities"]["workers"]["python_runtime"]["state"]
+                 == "building", timeout=60, message="the runtime build to start")
+    # The build is killed, not waited for: a clean exit well inside the test's generous bound.
+    assert node.proc is not None
+    group = node.proc.pid  # the node leads its own process group; the build ran inside it
+    assert node.stop(timeout=60) == 0
+    listing = subprocess.run(["ps", "-eo", "pgid=,args="], capture_output=True, text=True).stdout
+    assert not [line for line in listing.splitlines() if line.split(None, 1)[0] == str(group)]
+    assert not list((tmp_path / "runtime").glob("python-*.wasm"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import gc
 import importlib.abc
 import importlib.machinery
 import json
@@ -78,17 +79,18 @@ def _module_name(path: str) -> tuple[str, bool] | None:
 class _Program(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """The deployment's modules, importable by name, and its other files through ``get_data``."""
 
-    def __init__(self, files: list[Any]) -> None:
-        self.modules: dict[str, tuple[str, bool, Any]] = {}
+    def __init__(self, files: list[list[Any]]) -> None:
+        # name -> (path, is a package, (compiled, content) or None for a namespace package)
+        self.modules: dict[str, tuple[str, bool, tuple[bool, str] | None]] = {}
         self.data: dict[str, str] = {}
         packages: set[str] = set()
-        for f in files:
-            found = _module_name(f.path)
+        for path, compiled, content in files:
+            found = _module_name(path)
             if found is None:
-                self.data[f.path] = f.content
+                self.data[path] = content
                 continue
             name, is_package = found
-            self.modules[name] = (f.path, is_package, f)
+            self.modules[name] = (path, is_package, (compiled, content))
             parts = name.split(".")
             packages.update(".".join(parts[:i]) for i in range(1, len(parts)))
         # Folders without __init__.py are namespace packages, as on disk.
@@ -111,11 +113,12 @@ class _Program(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module: types.ModuleType) -> None:
-        _, _, f = self.modules[module.__name__]
-        if f is None:
+        path, _, found = self.modules[module.__name__]
+        if found is None:
             return
-        code = marshal.loads(base64.b64decode(f.content)) if f.compiled else compile(
-            f.content, "/app/" + f.path, "exec", dont_inherit=True)
+        compiled, content = found
+        code = marshal.loads(base64.b64decode(content)) if compiled else compile(
+            content, "/app/" + path, "exec", dont_inherit=True)
         exec(code, module.__dict__)
 
     def get_data(self, path: str) -> bytes:
@@ -123,9 +126,10 @@ class _Program(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         relative = path.removeprefix("/app/")
         if relative in self.data:
             return self.data[relative].encode("utf-8")
-        found = self.modules.get(_module_name(relative)[0] if relative.endswith(".py") else "")  # type: ignore[index]
-        if found is not None and found[2] is not None and not found[2].compiled:
-            return str(found[2].content).encode("utf-8")
+        module = _module_name(relative)
+        found = self.modules.get(module[0]) if module is not None else None
+        if found is not None and found[2] is not None and not found[2][0]:
+            return found[2][1].encode("utf-8")
         raise FileNotFoundError(path)
 
 
@@ -134,12 +138,12 @@ def _boot() -> types.ModuleType:
     # The snapshot fixed the generator's state: every instance must draw differently. (An int
     # seed is used as is; a bytes seed would be hashed first, which costs each request more.)
     random.seed(int.from_bytes(os.urandom(16), "little"))
-    info = program.load()
-    finder = _Program(info.files)
+    info = json.loads(program.load())
+    finder = _Program(info["files"])
     sys.meta_path.insert(0, finder)
-    entry = _module_name(info.entry)
+    entry = _module_name(info["entry"])
     if entry is None:
-        raise ImportError(f"the entry file {info.entry!r} is not a Python file")
+        raise ImportError(f"the entry file {info['entry']!r} is not a Python file")
     name = entry[0]
     if "." in name or finder.modules[name][1]:  # an entry inside a package: let the import system do it
         return __import__(name, fromlist=["_"])
@@ -285,5 +289,10 @@ class WitWorld(wit_world.WitWorld):  # type: ignore[misc]
                                                              "traceback": traceback.format_exc(limit=12)}})
         return json.dumps(agent_sdk.execute(entry, call, json.loads(input)))
 
+
+# A collection now, so the first one does not fall inside a request, and everything made so far is
+# left out of every later one (an instance never frees the snapshot's objects anyway).
+gc.collect()
+gc.freeze()
 
 __all__ = ["WitWorld", "edgenode_guest"]
