@@ -585,6 +585,16 @@ def end_to_end_figures(node: NodeProcess, client: httpx.Client, work: Path) -> t
 # -- main -------------------------------------------------------------------------
 
 
+def speedups(rows: list[Row]) -> str:
+    """How many times faster ``/v1/run`` answers new code than each baseline (p50 over p50)."""
+    p50 = {label: float(a) for label, a, _, _ in rows if a.replace(".", "", 1).isdigit()}
+    run = next(v for k, v in p50.items() if k.startswith("POST /v1/run"))
+    parts = [f"{name} {v / run:.0f}x" for k, v in p50.items()
+             for prefix, name in (("baseline: CPython", "subprocess"), ("baseline: per-program path", "per-program"))
+             if k.startswith(prefix)]
+    return "  /v1/run p50 is faster than: " + ", ".join(parts)
+
+
 def timed(label: str, fn: Callable[[], Any]) -> Any:
     """Run one part, noting how long it took (on stderr, to keep the tables together)."""
     started = time.perf_counter()
@@ -618,6 +628,7 @@ def main() -> None:
         finally:
             ip.close()
     print_table("1. new code to first answer (through a real node unless marked)", new_code)
+    print(speedups(new_code))
     print_table("2. resident memory of a fresh node (MiB)", memory, ("VmRSS", "RssAnon", ""))
     print_table("3. in-process: fresh instance + handle", instantiate)
     print_table("   the shared-runtime request, step by step (same steps as Runtime.invoke)", split)
