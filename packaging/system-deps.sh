@@ -10,6 +10,8 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 # Sandboxes run their supervisor with the system python3; their tests use curl and ps inside.
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The README's tour reads JSON answers with jq.
+command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v ps >/dev/null 2>&1 || need+=(procps)
 # The agents page is tested in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
