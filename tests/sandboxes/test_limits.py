@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+
 import httpx
+import pytest
 from starlette.testclient import TestClient
 
 from edgenode.node import Node
@@ -148,3 +153,23 @@ def test_a_quota_stop_measures_from_after_the_kill(local: tuple[Node, TestClient
     proc = client.get(f"/v1/sandboxes/{box}/processes/{writer.json()['id']}").json()
     assert proc["state"] == "exited" and proc["stopped_by"] == "disk_quota"
     assert baseline >= runtime.disk_used() > measured
+
+
+def test_a_supervisor_that_dies_is_logged_with_what_it_said(local: tuple[Node, TestClient],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    node, client = local
+    box = client.post("/v1/sandboxes", json={}).json()["id"]
+    assert client.post(f"/v1/sandboxes/{box}/exec", json={"cmd": "echo up"}).json()["stdout"] == "up\n"
+    runtime = node.sandboxes.runtimes[box]
+    assert runtime.guest.proc is not None
+    with caplog.at_level(logging.WARNING, logger="edgenode.sandboxes.guest"):
+        os.kill(runtime.guest.proc.pid, signal.SIGKILL)
+        wait_for(lambda: any(r.getMessage() == "sandbox supervisor exited unexpectedly" for r in caplog.records),
+                 message="the supervisor's exit to be logged")
+    # The next exec starts the sandbox's processes again.
+    assert client.post(f"/v1/sandboxes/{box}/exec", json={"cmd": "echo again"}).json()["stdout"] == "again\n"
+    # A release on purpose is not reported as a failure.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgenode.sandboxes.guest"):
+        assert client.post(f"/v1/sandboxes/{box}/release").status_code == 204
+    assert not [r for r in caplog.records if "unexpectedly" in r.getMessage()]
