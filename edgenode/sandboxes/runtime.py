@@ -243,15 +243,20 @@ class SandboxRuntime:
                 continue
             log.warning("sandbox over its disk quota: stopping its commands",
                         extra={"sandbox": self.sandbox_id, "used": used, "quota": quota})
-            stopped = list(self.guest.commands.values())
-            for command in stopped:
-                command.stopped_by = "disk_quota"
-                await self.guest.signal(command, signal.SIGKILL)
-            # What the stopped commands wrote between the walk and their death is not new growth:
-            # measure again once they are gone, or the next command (the ``rm``) would be stopped too.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in stopped)), KILL_GRACE_S)
-            stopped_at = max(used, await asyncio.to_thread(self.disk_used))
+            stopped_at = await self.stop_for_disk(used)
+
+    async def stop_for_disk(self, used: int) -> int:
+        """Kill every command (the workspace measured ``used`` bytes, over the quota); returns the
+        usage that later growth is measured from."""
+        stopped = list(self.guest.commands.values())
+        for command in stopped:
+            command.stopped_by = "disk_quota"
+            await self.guest.signal(command, signal.SIGKILL)
+        # What the stopped commands wrote between the walk and their death is not new growth:
+        # measure again once they are gone, or the next command (the ``rm``) would be stopped too.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in stopped)), KILL_GRACE_S)
+        return max(used, await asyncio.to_thread(self.disk_used))
 
 
 def reset_dir(path: Path, owner: tuple[int, int] | None) -> None:

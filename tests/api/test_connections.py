@@ -77,6 +77,8 @@ REFUSALS = [
     ("bad bearer token", "POST", "/v1/tokens", "edn_nope", "application/json", 401, "unauthorized"),
     ("tenant token on an admin route", "POST", "/v1/tenants", "<tenant>", "application/json", 403, "forbidden"),
     ("wrong content type", "POST", "/v1/sandboxes", "<admin>", "text/plain", 415, "unsupported_media_type"),
+    ("unknown route", "POST", "/v1/nothing-here", "<admin>", "application/json", 404, "not_found"),
+    ("wrong method", "PATCH", "/v1/tokens", "<admin>", "application/json", 405, "method_not_allowed"),
 ]
 
 

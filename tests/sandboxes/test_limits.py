@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import httpx
+import logging
+import os
+import signal
 
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from edgenode.node import Node
 from tests.sandboxes.conftest import run
 from tests.support import NodeProcess, wait_for
 
@@ -128,3 +135,41 @@ except OSError as e:
         assert spin["timed_out"] is False and spin["signal"] in (9, 24)  # SIGXCPU, then SIGKILL at the hard limit
     finally:
         admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_a_quota_stop_measures_from_after_the_kill(local: tuple[Node, TestClient]) -> None:
+    # What a stopped command writes between the walk that found the sandbox over its quota and its
+    # death must count in the baseline, or the next command (the ``rm`` that cleans up) is stopped too.
+    node, client = local
+    box = client.post("/v1/sandboxes", json={"limits": {"disk_mb": 1024}}).json()["id"]
+    writer = client.post(f"/v1/sandboxes/{box}/processes",
+                         json={"cmd": "while true; do head -c 65536 /dev/zero >> f; sleep 0.01; done"})
+    assert writer.status_code == 201, writer.text
+    runtime = node.sandboxes.runtimes[box]
+    measured = runtime.disk_used()
+    # The writer goes on after the walk: the interleaving a busy node sees by chance.
+    wait_for(lambda: runtime.disk_used() > measured + 256 * 1024, message="writes after the walk")
+    baseline = client.portal.call(runtime.stop_for_disk, measured)
+    proc = client.get(f"/v1/sandboxes/{box}/processes/{writer.json()['id']}").json()
+    assert proc["state"] == "exited" and proc["stopped_by"] == "disk_quota"
+    assert baseline >= runtime.disk_used() > measured
+
+
+def test_a_supervisor_that_dies_is_logged_with_what_it_said(local: tuple[Node, TestClient],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    node, client = local
+    box = client.post("/v1/sandboxes", json={}).json()["id"]
+    assert client.post(f"/v1/sandboxes/{box}/exec", json={"cmd": "echo up"}).json()["stdout"] == "up\n"
+    runtime = node.sandboxes.runtimes[box]
+    assert runtime.guest.proc is not None
+    with caplog.at_level(logging.WARNING, logger="edgenode.sandboxes.guest"):
+        os.kill(runtime.guest.proc.pid, signal.SIGKILL)
+        wait_for(lambda: any(r.getMessage() == "sandbox supervisor exited unexpectedly" for r in caplog.records),
+                 message="the supervisor's exit to be logged")
+    # The next exec starts the sandbox's processes again.
+    assert client.post(f"/v1/sandboxes/{box}/exec", json={"cmd": "echo again"}).json()["stdout"] == "again\n"
+    # A release on purpose is not reported as a failure.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgenode.sandboxes.guest"):
+        assert client.post(f"/v1/sandboxes/{box}/release").status_code == 204
+    assert not [r for r in caplog.records if "unexpectedly" in r.getMessage()]
