@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
 from edgenode.api import agents, artifacts, cluster, core, sandboxes, state, workers
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
 from edgenode.api.middleware import EdgeMiddleware
 from edgenode.errors import EdgenodeError
+from edgenode.mcp import MCP_PATH, McpEndpoint
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -27,17 +29,22 @@ ROUTE_MODULES: list[ModuleType] = [core, cluster, artifacts, agents, sandboxes, 
 def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     """The ASGI app serving ``node``; its lifespan starts and stops the node."""
 
+    # MCP (streamable HTTP) at /mcp, behind the same middleware and bearer auth as every route.
+    mcp = McpEndpoint(node)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
-        if on_ready is not None:
-            await on_ready()
         try:
-            yield
+            async with mcp.running():
+                if on_ready is not None:
+                    await on_ready()
+                yield
         finally:
             await node.stop()
 
     routes = [route for module in ROUTE_MODULES for route in module.routes]
+    routes.append(Route(MCP_PATH, mcp, include_in_schema=False))
     public = [p for module in ROUTE_MODULES for p in getattr(module, "public", ())]
     app = Starlette(
         routes=routes,
