@@ -1,4 +1,4 @@
-"""The async client: ``AsyncClient(url, token)``, the same surface as ``AsyncClient`` with every call awaited."""
+"""The async client: ``AsyncClient(url, token)``, the same surface as ``Client`` with every call awaited."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class AsyncClient:
         return AsyncKV(self, namespace)
 
     async def sql(self, namespace: str, query: str, params: list[Any] | dict[str, Any] | None = None) -> SqlResult:
-        """AsyncRun one parameterized SQL statement in a namespace's database."""
+        """Run one parameterized SQL statement in a namespace's database."""
         return await self.send(calls.sql(namespace, query, params))
 
     async def whoami(self) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class AsyncSandbox:
 
     async def exec(self, cmd: str | list[str], *, stream: bool = False,
                    **options: Any) -> ExecResult | AsyncIterator[ExecEvent]:
-        """AsyncRun a command (a shell string or argv); options: cwd, env, stdin, timeout_s, max_output_bytes.
+        """Run a command (a shell string or argv); options: cwd, env, stdin, timeout_s, max_output_bytes.
 
         With ``stream=True``, an async iterator of ``stdout``/``stderr`` line events ending with ``exit``.
         """
