@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from edgenode.client import (
     GuestException,
     NodeUnreachable,
     NotFound,
+    Overloaded,
     Unauthorized,
     ValidationFailed,
     errors,
@@ -281,3 +285,30 @@ def test_an_unreachable_node_raises_node_unreachable() -> None:
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         with Client(f"http://127.0.0.1:{port}", "t") as c, pytest.raises(NodeUnreachable):
             c.whoami()
+
+
+def test_a_full_isolate_pool_raises_overloaded_with_retry_after(make_node: Callable[..., NodeProcess]) -> None:
+    busy = make_node("busy", env={"EDGENODE_WORKERS_POOL_SIZE": "1", "EDGENODE_WORKERS_QUEUE_DEPTH": "0"})
+    stop = threading.Event()
+
+    def spin() -> None:  # keeps the one isolate thread busy, 300 ms of CPU at a time
+        with Client(busy.url, busy.admin_token, timeout=120) as c:
+            while not stop.is_set():
+                with contextlib.suppress(CpuLimitExceeded, Overloaded):
+                    c.run("def main(input):\n    while True:\n        pass\n", cpu_ms=300)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        with Client(busy.url, busy.admin_token) as c:
+            def refused() -> Overloaded | None:
+                try:
+                    c.run(DOUBLE, input=1)
+                except Overloaded as exc:
+                    return exc
+                return None
+            exc = wait_for(refused, timeout=60, interval=0.01, message="a run refused by the full pool")
+        assert exc.code == "overloaded" and exc.retry_after == 1 and exc.http_status == 503
+    finally:
+        stop.set()
+        spinner.join(timeout=60)
