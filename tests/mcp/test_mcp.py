@@ -157,6 +157,13 @@ def test_agent_run_tools(node: NodeProcess, token: str) -> None:
         again = await error_of(s, "agent_approve", run_id="mcp-run-1")
         assert again["code"] == "run_finished"
         assert (await error_of(s, "agent_start", agent="nobody"))["code"] == "agent_not_found"
+
+        other = await call(s, "agent_start", agent="mcp-publisher", input="no")
+        await status_until(s, other["id"], "waiting")
+        await call(s, "agent_approve", run_id=other["id"], approved=False, comment="not this")
+        rejected = await status_until(s, other["id"], "completed")
+        assert rejected["output"] == {"approved": False, "comment": "not this", "draft": "no"}
+        assert (await error_of(s, "agent_run_status", run_id="run_0000000000000000"))["code"] == "run_not_found"
     with_session(node, token, body)
 
 
