@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar, overload
 import httpx
 
 from edgenode.client import _calls as calls
-from edgenode.client.errors import NodeUnreachable, raise_for_error
+from edgenode.client.errors import raise_for_error, transport_error
 from edgenode.client.results import FINAL_STATUSES, ExecEvent, ExecResult, RunEvent, RunResult, SqlResult
 
 T = TypeVar("T")
@@ -38,19 +38,19 @@ class AsyncClient:
     async def send(self, call: calls.Call[T]) -> T:
         """Send one request; its parsed reply, or the node's error raised as its exception."""
         try:
-            response = await self.http.request(call.method, call.path, **call.request_kwargs())
+            response = await self.http.request(call.method, call.path, **call.request_kwargs(self.http.timeout))
         except httpx.TransportError as exc:
-            raise NodeUnreachable(f"cannot reach the node at {self.url}: {exc}") from exc
+            raise transport_error(self.url, exc) from exc
         call.check(response)
         return call.parse(response)
 
     async def open_stream(self, call: calls.Call[Any]) -> httpx.Response:
         """Send a request whose reply is streamed; raises the node's error before any of it is read."""
-        request = self.http.build_request(call.method, call.path, **call.request_kwargs())
+        request = self.http.build_request(call.method, call.path, **call.request_kwargs(self.http.timeout))
         try:
             response = await self.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise NodeUnreachable(f"cannot reach the node at {self.url}: {exc}") from exc
+            raise transport_error(self.url, exc) from exc
         if response.is_error:
             await response.aread()
             await response.aclose()
@@ -137,7 +137,7 @@ class AsyncSandbox:
         call = calls.sandbox_exec(self.id, calls.exec_body(cmd, options), stream=stream)
         if not stream:
             return await self._client.send(call)
-        return _events(await self._client.open_stream(call))
+        return _events(self._client.url, await self._client.open_stream(call))
 
     async def refresh(self) -> AsyncSandbox:
         """Fetch the sandbox's current description into ``info``."""
@@ -149,13 +149,15 @@ class AsyncSandbox:
         await self._client.send(calls.sandbox_delete(self.id))
 
 
-async def _events(response: httpx.Response) -> AsyncIterator[ExecEvent]:
+async def _events(url: str, response: httpx.Response) -> AsyncIterator[ExecEvent]:
     parser = calls.SseParser()
     try:
         async for line in response.aiter_lines():
             event = parser.feed(line)
             if event is not None:
                 yield event
+    except httpx.TransportError as exc:
+        raise transport_error(url, exc) from exc
     finally:
         await response.aclose()
 

@@ -40,6 +40,15 @@ class Call(Generic[T]):
     accept: frozenset[int] = frozenset()
     #: Only the node's own JSON errors raise; any other status is the answer (a worker's reply).
     node_errors_only: bool = False
+    #: The node bounds how long this call takes (guest wall limits, exec timeouts), so the
+    #: client sets no read timeout of its own: a long command is not a dead node.
+    node_bounded: bool = False
+
+    def timeout(self, default: httpx.Timeout) -> httpx.Timeout:
+        """The client's timeout, without its read bound for a call the node bounds itself."""
+        if not self.node_bounded:
+            return default
+        return httpx.Timeout(connect=default.connect, read=None, write=default.write, pool=default.pool)
 
     def check(self, response: httpx.Response) -> None:
         """Raise the node's error the response carries, unless this call takes it as an answer."""
@@ -51,9 +60,9 @@ class Call(Generic[T]):
         if exc is not None:
             raise exc
 
-    def request_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``httpx.Client.request``."""
-        kwargs: dict[str, Any] = {"params": self.params, "headers": self.headers}
+    def request_kwargs(self, default: httpx.Timeout) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.request`` (``default``: the client's timeout)."""
+        kwargs: dict[str, Any] = {"params": self.params, "headers": self.headers, "timeout": self.timeout(default)}
         if self.content is not None:
             kwargs["content"] = self.content
         elif self.json is not None:
@@ -124,7 +133,7 @@ def run(code: str | None, files: dict[str, str] | None, input: Any, limits: dict
         options: dict[str, Any]) -> Call[RunResult]:
     """``POST /v1/run``."""
     body = compact({"code": code, "files": files, "input": input, "limits": limits or None, **options})
-    return Call("POST", "/v1/run", lambda r: RunResult.from_json(_dict(r)), json=body)
+    return Call("POST", "/v1/run", lambda r: RunResult.from_json(_dict(r)), json=body, node_bounded=True)
 
 
 def worker_deploy(name: str, files: dict[str, str], options: dict[str, Any]) -> Call[dict[str, Any]]:
@@ -154,7 +163,7 @@ def worker_invoke(name: str, path: str, method: str, *, content: bytes | None, j
         content = _json.dumps(json).encode()
         headers = {"content-type": "application/json", **(headers or {})}
     return Call(method.upper(), f"/w/{seg(name)}/{wpath(path)}", lambda r: r, content=content, params=params,
-                headers=dict(headers or {}), node_errors_only=True)
+                headers=dict(headers or {}), node_errors_only=True, node_bounded=True)
 
 
 # -- sandboxes -------------------------------------------------------------------
@@ -189,7 +198,7 @@ def sandbox_exec(ref: str, body: dict[str, Any], *, stream: bool = False) -> Cal
     """``POST /v1/sandboxes/{id}/exec`` (``stream``: the same, as server-sent events)."""
     headers = {"accept": "text/event-stream"} if stream else {}
     return Call("POST", f"/v1/sandboxes/{seg(ref)}/exec", lambda r: ExecResult.from_json(_dict(r)), json=body,
-                headers=headers)
+                headers=headers, node_bounded=True)
 
 
 def file_mkdir(ref: str, path: str) -> Call[None]:
@@ -253,7 +262,7 @@ def process_get(ref: str, pid: int) -> Call[dict[str, Any]]:
 def process_logs(ref: str, pid: int, follow: bool) -> Call[str]:
     """``GET .../processes/{n}/logs`` (``follow``: until the process exits)."""
     return Call("GET", f"/v1/sandboxes/{seg(ref)}/processes/{pid}/logs", lambda r: r.text,
-                params={"follow": "true"} if follow else None)
+                params={"follow": "true"} if follow else None, node_bounded=follow)
 
 
 def process_signal(ref: str, pid: int, signal: str | int) -> Call[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar, overload
 import httpx
 
 from edgenode.client import _calls as calls
-from edgenode.client.errors import NodeUnreachable, raise_for_error
+from edgenode.client.errors import raise_for_error, transport_error
 from edgenode.client.results import FINAL_STATUSES, ExecEvent, ExecResult, RunEvent, RunResult, SqlResult
 
 T = TypeVar("T")
@@ -37,19 +37,19 @@ class Client:
     def send(self, call: calls.Call[T]) -> T:
         """Send one request; its parsed reply, or the node's error raised as its exception."""
         try:
-            response = self.http.request(call.method, call.path, **call.request_kwargs())
+            response = self.http.request(call.method, call.path, **call.request_kwargs(self.http.timeout))
         except httpx.TransportError as exc:
-            raise NodeUnreachable(f"cannot reach the node at {self.url}: {exc}") from exc
+            raise transport_error(self.url, exc) from exc
         call.check(response)
         return call.parse(response)
 
     def open_stream(self, call: calls.Call[Any]) -> httpx.Response:
         """Send a request whose reply is streamed; raises the node's error before any of it is read."""
-        request = self.http.build_request(call.method, call.path, **call.request_kwargs())
+        request = self.http.build_request(call.method, call.path, **call.request_kwargs(self.http.timeout))
         try:
             response = self.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise NodeUnreachable(f"cannot reach the node at {self.url}: {exc}") from exc
+            raise transport_error(self.url, exc) from exc
         if response.is_error:
             response.read()
             response.close()
@@ -133,7 +133,7 @@ class Sandbox:
         call = calls.sandbox_exec(self.id, calls.exec_body(cmd, options), stream=stream)
         if not stream:
             return self._client.send(call)
-        return _events(self._client.open_stream(call))
+        return _events(self._client.url, self._client.open_stream(call))
 
     def refresh(self) -> Sandbox:
         """Fetch the sandbox's current description into ``info``."""
@@ -145,13 +145,15 @@ class Sandbox:
         self._client.send(calls.sandbox_delete(self.id))
 
 
-def _events(response: httpx.Response) -> Iterator[ExecEvent]:
+def _events(url: str, response: httpx.Response) -> Iterator[ExecEvent]:
     parser = calls.SseParser()
     try:
         for line in response.iter_lines():
             event = parser.feed(line)
             if event is not None:
                 yield event
+    except httpx.TransportError as exc:
+        raise transport_error(url, exc) from exc
     finally:
         response.close()
 

@@ -58,6 +58,19 @@ class NodeUnreachable(EdgenodeClientError):
     status = 0
 
 
+class NodeTimeout(NodeUnreachable):
+    """The node did not answer within the client's timeout."""
+
+    code = "client_timeout"
+
+
+def transport_error(url: str, exc: httpx.TransportError) -> NodeUnreachable:
+    """The client's exception for a request that got no answer from the node at ``url``."""
+    if isinstance(exc, httpx.TimeoutException):
+        return NodeTimeout(f"no answer from the node at {url} in time ({type(exc).__name__})")
+    return NodeUnreachable(f"cannot reach the node at {url}: {exc}")
+
+
 def _mirror(node_class: type[_node.EdgenodeError]) -> type[EdgenodeClientError]:
     """The client twin of a node error class (made once, with its parents' twins as bases)."""
     if node_class in _BY_CLASS:

@@ -17,6 +17,7 @@ from edgenode.client import (
     CpuLimitExceeded,
     Forbidden,
     GuestException,
+    NodeTimeout,
     NodeUnreachable,
     NotFound,
     Overloaded,
@@ -279,12 +280,31 @@ def test_tenants_are_kept_apart_and_bad_tokens_refused(node: NodeProcess, sdk: C
     box.delete()
 
 
+def test_commands_may_outlast_the_client_timeout_but_a_silent_node_may_not(node: NodeProcess, token: str) -> None:
+    with Client(node.url, token, timeout=1) as short:
+        box = short.sandboxes.create()
+        try:
+            # The node bounds an exec (its timeout_s), so the client's read timeout does not apply.
+            assert box.exec("sleep 2; echo done").stdout == "done\n"
+            assert [e.line for e in box.exec("sleep 2; echo late", stream=True) if e.kind == "stdout"] == ["late"]
+        finally:
+            box.delete()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections are queued, never answered
+        with Client(f"http://127.0.0.1:{silent.getsockname()[1]}", "t", timeout=0.5) as c:
+            with pytest.raises(NodeTimeout) as raised:
+                c.whoami()
+    assert isinstance(raised.value, NodeUnreachable) and raised.value.code == "client_timeout"
+
+
 def test_an_unreachable_node_raises_node_unreachable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
-        with Client(f"http://127.0.0.1:{port}", "t") as c, pytest.raises(NodeUnreachable):
+        with Client(f"http://127.0.0.1:{port}", "t") as c, pytest.raises(NodeUnreachable) as raised:
             c.whoami()
+    assert type(raised.value) is NodeUnreachable
 
 
 def test_a_full_isolate_pool_raises_overloaded_with_retry_after(make_node: Callable[..., NodeProcess]) -> None:
