@@ -21,7 +21,8 @@ T = TypeVar("T")
 class AsyncClient:
     """A node's API, async: ``AsyncClient(url, token)``; both default to ``$EDGENODE_URL``/``$EDGENODE_TOKEN``.
 
-    ``tenant`` makes an admin token act for that tenant. Close the client (or use it in a
+    ``tenant`` makes an admin token act for that tenant; ``http`` is an httpx client of your own,
+    used as it is (its base URL, headers and timeout). Close the client (or use it in a
     ``with`` block) to release its connections.
     """
 

@@ -20,7 +20,8 @@ T = TypeVar("T")
 class Client:
     """A node's API: ``Client("http://127.0.0.1:8787", token)``; both default to ``$EDGENODE_URL``/``$EDGENODE_TOKEN``.
 
-    ``tenant`` makes an admin token act for that tenant. Close the client (or use it in a
+    ``tenant`` makes an admin token act for that tenant; ``http`` is an httpx client of your own,
+    used as it is (its base URL, headers and timeout). Close the client (or use it in a
     ``with`` block) to release its connections.
     """
 
