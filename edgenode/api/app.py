@@ -16,7 +16,6 @@ from edgenode.api import agents, artifacts, cluster, core, sandboxes, state, wor
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
 from edgenode.api.middleware import EdgeMiddleware
 from edgenode.errors import EdgenodeError
-from edgenode.mcp import MCP_PATH, McpEndpoint
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -30,6 +29,9 @@ def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = No
     """The ASGI app serving ``node``; its lifespan starts and stops the node."""
 
     # MCP (streamable HTTP) at /mcp, behind the same middleware and bearer auth as every route.
+    # Imported here: the MCP tools use this package's error bodies, so a top-level import would be circular.
+    from edgenode.mcp import MCP_PATH, McpEndpoint
+
     mcp = McpEndpoint(node)
 
     @asynccontextmanager

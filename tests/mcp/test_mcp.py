@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -217,3 +219,9 @@ def test_a_tenant_cannot_reach_another_tenants_resources(node: NodeProcess, toke
         box = sdk.sandboxes.get(mine["box"])
         assert box.files.read("secret.txt") == b"acme only"
         assert [e["name"] for e in box.files.list()] == ["secret.txt"]
+
+
+@pytest.mark.parametrize("module", ["edgenode.mcp", "edgenode.mcp.tools", "edgenode.api", "edgenode.client"])
+def test_each_module_imports_first(module: str) -> None:
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
