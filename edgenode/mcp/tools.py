@@ -16,7 +16,8 @@ import stat
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from edgenode.api.workers import _usage  # the same usage shape POST /v1/run answers with
+# The same usage shape and error context (logs, usage) POST /v1/run answers with.
+from edgenode.api.workers import _usage, _with_context
 from edgenode.artifacts import history
 from edgenode.auth import Principal
 from edgenode.errors import Conflict, PayloadTooLarge, Unavailable, ValidationFailed
@@ -57,8 +58,7 @@ async def run_code(node: Node, who: Principal, code: str, input: Any = None,
     request = GuestRequest("POST", "/", [], [("content-type", "application/json")], payload)
     outcome = await workers.run_once(who.tenant, {"main.py": code}, request, settings)
     if outcome.error is not None:
-        outcome.error.details = {**outcome.error.details, "logs": outcome.logs or None}
-        raise outcome.error
+        raise _with_context(outcome, public=False)
     assert outcome.response is not None
     out = outcome.response
     reply: dict[str, Any] = {"status": out.status, **_content(out.body)}
