@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import CallToolResult, ContentBlock, TextContent
+from mcp_types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 from starlette.types import Receive, Scope, Send
 
 from edgenode import __version__
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from edgenode.node import Node
 
 log = logging.getLogger("edgenode.mcp")
+
+#: Hints for clients deciding what to run without asking: reads change nothing.
+_READ = ToolAnnotations(read_only_hint=True)
 
 #: The path the endpoint is served at.
 MCP_PATH = "/mcp"
@@ -98,7 +101,7 @@ def build_server(node: Node) -> MCPServer[Any]:
         """Run a command in a sandbox (a shell string or an argv list) and return exit_code, stdout and stderr."""
         return await _call(ctx, lambda who: tools.sandbox_exec(node, who, sandbox, cmd, cwd, stdin, timeout_s))
 
-    @server.tool()
+    @server.tool(annotations=_READ)
     async def sandbox_read_file(sandbox: str, path: str, ctx: Context[Any, Any]) -> CallToolResult:
         """Read a workspace file (text, or base64 when not UTF-8; at most 1 MiB) or list a directory."""
         return await _call(ctx, lambda who: tools.sandbox_read_file(node, who, sandbox, path))
@@ -120,12 +123,12 @@ def build_server(node: Node) -> MCPServer[Any]:
         """Commit files to a branch: {path: text | {"base64": ...} | null (delete)}; returns the commit id."""
         return await _call(ctx, lambda who: tools.repo_commit(node, who, repo, branch, message, files, parent))
 
-    @server.tool()
+    @server.tool(annotations=_READ)
     async def repo_read_file(repo: str, path: str, ctx: Context[Any, Any], ref: str | None = None) -> CallToolResult:
         """Read a file of a repository at a ref (default: the default branch)."""
         return await _call(ctx, lambda who: tools.repo_read_file(node, who, repo, path, ref))
 
-    @server.tool()
+    @server.tool(annotations=_READ)
     async def repo_refs(repo: str, ctx: Context[Any, Any]) -> CallToolResult:
         """List a repository's refs and HEAD."""
         return await _call(ctx, lambda who: tools.repo_refs(node, who, repo))
@@ -136,7 +139,7 @@ def build_server(node: Node) -> MCPServer[Any]:
         """Start a run of a deployed agent; an id makes the start idempotent."""
         return await _call(ctx, lambda who: tools.agent_start(node, who, agent, input, id))
 
-    @server.tool()
+    @server.tool(annotations=_READ)
     async def agent_run_status(run_id: str, ctx: Context[Any, Any]) -> CallToolResult:
         """A run's status, output or error, and what it waits for (an approval's prompt and data)."""
         return await _call(ctx, lambda who: tools.agent_run_status(node, who, run_id))

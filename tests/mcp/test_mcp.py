@@ -77,6 +77,8 @@ def test_lists_tools_and_runs_code(node: NodeProcess, token: str) -> None:
         assert {t.name for t in listed.tools} == TOOLS
         run_code = next(t for t in listed.tools if t.name == "run_code")
         assert run_code.input_schema["required"] == ["code"] and run_code.description
+        reads = {t.name for t in listed.tools if t.annotations and t.annotations.read_only_hint}
+        assert reads == {"sandbox_read_file", "repo_read_file", "repo_refs", "agent_run_status"}
         done = await call(s, "run_code", code="def main(input):\n    return {'sum': sum(input)}\n", input=[1, 2, 3])
         assert done["status"] == 200 and done["json"] == {"sum": 6} and done["usage"]["cpu_ms"] > 0
         failed = await error_of(s, "run_code", code="def main(input):\n    raise ValueError('no')\n")
