@@ -60,5 +60,5 @@ def configure(level: str = "info", fmt: str = "json", node_id: str | None = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("hypercorn.error", "hypercorn.access", "httpx", "httpcore"):
+    for noisy in ("hypercorn.error", "hypercorn.access", "httpx", "httpcore", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
 from edgenode.api import agents, artifacts, cluster, core, sandboxes, state, workers
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
@@ -27,17 +28,25 @@ ROUTE_MODULES: list[ModuleType] = [core, cluster, artifacts, agents, sandboxes, 
 def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     """The ASGI app serving ``node``; its lifespan starts and stops the node."""
 
+    # MCP (streamable HTTP) at /mcp, behind the same middleware and bearer auth as every route.
+    # Imported here: the MCP tools use this package's error bodies, so a top-level import would be circular.
+    from edgenode.mcp import MCP_PATH, McpEndpoint
+
+    mcp = McpEndpoint(node)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
-        if on_ready is not None:
-            await on_ready()
         try:
-            yield
+            async with mcp.running():
+                if on_ready is not None:
+                    await on_ready()
+                yield
         finally:
             await node.stop()
 
     routes = [route for module in ROUTE_MODULES for route in module.routes]
+    routes.append(Route(MCP_PATH, mcp, include_in_schema=False))
     public = [p for module in ROUTE_MODULES for p in getattr(module, "public", ())]
     app = Starlette(
         routes=routes,
