@@ -13,7 +13,8 @@ from starlette.routing import Route
 from edgenode.agents import controls
 from edgenode.agents.engine import Agents
 from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.errors import NotFound, Unavailable, ValidationFailed
+from edgenode.api.parsing import INT_MAX, INT_MIN, query_int, query_str
+from edgenode.errors import NotFound, Unavailable
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
 _ENVELOPE = 64 * 1024
@@ -94,13 +95,9 @@ async def start_run(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     """The caller's runs: ``?agent=&status=&limit=``."""
-    q = request.query_params
-    try:
-        limit = max(1, min(1000, int(q.get("limit", "100"))))
-    except ValueError as exc:
-        raise ValidationFailed("limit must be an integer", field="limit") from exc
-    runs = await _agents(request).list_runs(principal(request).tenant, agent=q.get("agent"), status=q.get("status"),
-                                            limit=limit)
+    limit = max(1, min(1000, query_int(request, "limit", 100, lo=INT_MIN, hi=INT_MAX)))
+    runs = await _agents(request).list_runs(principal(request).tenant, agent=query_str(request, "agent"),
+                                            status=query_str(request, "status"), limit=limit)
     return json({"runs": runs})
 
 
@@ -125,8 +122,7 @@ async def send_event(request: Request) -> Response:
 
 async def _decision(request: Request, approved: bool) -> Response:
     agents = _agents(request)
-    body = await request.body()
-    data = await _body(request) if body.strip() else {}
+    data = await read_json(request, optional=True)
     result = await controls.decide(agents, principal(request), _run_id(request), approved,
                                    field(data, "comment", str, ""))
     return json(result)

@@ -55,12 +55,24 @@ class EdgeMiddleware:
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": 500}
         raw_id = request_id.encode()
+        body = {"unread": _has_body(headers)}
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                body["unread"] = False
+            return message
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message = dict(message)
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+                extra = [(b"x-request-id", raw_id)]
+                # An answer given before the body was read (an early refusal): the rest of the body
+                # would be read as the next request, so the connection ends after this response.
+                if body["unread"] and not any(k.lower() == b"connection" for k, _ in message.get("headers", [])):
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
@@ -73,7 +85,7 @@ class EdgeMiddleware:
                     await _send_error(send_wrapper, exc, request_id)
                     return
                 scope["edgenode.principal"] = principal
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -93,6 +105,10 @@ class EdgeMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+def _has_body(headers: dict[str, str]) -> bool:
+    return headers.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in headers
 
 
 def _bearer(value: str) -> str | None:
