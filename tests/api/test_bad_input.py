@@ -77,6 +77,14 @@ BAD_VALUES: dict[str, Any] = {
     "absolute": "/etc/passwd", "long-name": "\u00e9" * 200, "long-path": "a/" * 2100, "array": [], "nulls": [None],
     "object": {}, "nested": {"a": {"b": [1]}}, "deep": DEEP,
 }
+#: Values spoiled positions below the top level get (a shorter list: there are many positions).
+NESTED_VALUES = ["null", "true", "minus-one", "int64-max", "2**64", "nan", "empty", "100k", "nul", "surrogate",
+                 "dotdot", "long-path", "array", "object"]
+#: Fields whose every string is a build of new code (seconds each): they get the non-string values only;
+#: builds have their own tests.
+BUILDS = {("POST", "/v1/run", "code"), ("POST", "/v1/run", "files"), ("PUT", "/v1/workers/{name}", "files")}
+#: Objects whose keys the user names (file names, variable names): their keys are spoiled too.
+USER_KEYED = {"files", "env", "params"}
 #: Values keys of user-named objects (files, env) are replaced with.
 BAD_KEYS = {"empty": "", "100k": "x" * 100_000, "nul": "a\x00b", "surrogate": "\ud800", "dotdot": "../x",
             "absolute": "/x", "long-name": "\u00e9" * 200}
@@ -111,7 +119,7 @@ AGENT = textwrap.dedent("""
             ctx.wait_for_event("never")
 """)
 WORKER = "def main(input):\n    return {'got': input}\n"
-WASI = wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start")))')
+WASI = bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start")))'))
 
 
 @dataclass
@@ -127,11 +135,13 @@ class Resources:
 
     def param(self, template: str, name: str) -> str:
         """The value of ``{name}`` in ``template``: the longest matching prefix's, else "x"."""
-        best = ""
+        best: str | None = None
         for prefix in self.values:
-            if template.startswith(prefix) and name in self.values[prefix] and len(prefix) > len(best):
+            if template.startswith(prefix) and name in self.values[prefix] and len(prefix) > len(best or ""):
                 best = prefix
-        return self.values[best][name] if best else "x"
+            elif best is None and template.startswith(prefix) and name in self.values[prefix]:
+                best = prefix
+        return self.values[best][name] if best is not None else "x"
 
 
 def _example_bodies(r: Resources) -> dict[tuple[str, str], dict[str, Any]]:
@@ -162,7 +172,7 @@ def _example_bodies(r: Resources) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/v1/sandboxes/{id}/mkdir"): {"path": "d/e", "parents": True},
         ("POST", "/v1/sandboxes/{id}/move"): {"from": "m1.txt", "to": "m2.txt", "overwrite": True},
         ("POST", "/v1/sandboxes/{id}/processes"): {"cmd": ["true"]},
-        ("POST", "/v1/sandboxes/{id}/processes/{pid}/signal"): {"signal": "CONT"},
+        ("POST", "/v1/sandboxes/{id}/processes/{pid}/signal"): {"signal": "USR1"},
         ("POST", "/v1/sql/{namespace}"): {"sql": "SELECT ?", "params": [1]},
         ("PUT", "/v1/workers/{name}"): {"files": run_files, "limits": {"cpu_ms": 100, "memory_mb": 64},
                                         "allowed_hosts": [], "env": {"A": "b"}, "public": False},
@@ -266,23 +276,44 @@ def _query_names(endpoint: Any) -> list[str]:
     return sorted(set(found) | set(COMMON_QUERY))
 
 
-def _mutations(example: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
-    for key, value in example.items():
-        for label, bad in BAD_VALUES.items():
-            yield f"{key}={label}", _encode({**example, key: bad})
-        if key in ("files", "env"):
+def _mutations(method: str, template: str, example: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """The example with one value spoiled at a time (every position down to three levels), keys of
+    user-named objects spoiled, and each top-level field left out."""
+    for path, value in _positions(example):
+        labels = BAD_VALUES if len(path) == 1 else NESTED_VALUES
+        if (method, template, path[0]) in BUILDS:
+            labels = [label for label in labels if not isinstance(BAD_VALUES[label], str)]
+        for label in labels:
+            yield f"{_dotted(path)}={label}", _encode(_replace(example, path, BAD_VALUES[label]))
+        if path[-1] in USER_KEYED and isinstance(value, dict) and value:
+            first = next(iter(value))
             for label, bad_key in BAD_KEYS.items():
-                first = next(iter(value))
                 spoiled = {bad_key if k == first else k: v for k, v in value.items()}
-                yield f"{key} key={label}", _encode({**example, key: spoiled})
-        elif isinstance(value, dict):
-            for sub in value:
-                for label in ("null", "minus-one", "2**64", "nan", "100k", "nul", "surrogate", "int64-max", "array"):
-                    yield f"{key}.{sub}={label}", _encode({**example, key: {**value, sub: BAD_VALUES[label]}})
-    missing = dict(example)
-    for key in list(example):
+                yield f"{_dotted(path)} key={label}", _encode(_replace(example, path, spoiled))
+    for key in example:
         yield f"without {key}", _encode({k: v for k, v in example.items() if k != key})
-    del missing
+
+
+def _positions(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    if len(path) >= 3:
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value[:1]) if isinstance(value, list) else ()
+    for key, child in items:
+        yield (*path, key), child
+        yield from _positions(child, (*path, key))
+
+
+def _replace(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {k: _replace(v, rest, new) if k == head else v for k, v in value.items()}
+    return [_replace(v, rest, new) if i == head else v for i, v in enumerate(value)]
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -383,7 +414,11 @@ def test_bad_input_is_a_4xx_on_every_route(fuzz_node: NodeProcess, resources: Re
                 assert 400 <= answer.status < 500, f"{method} {template} [{label}]: {answer.status} {answer.body!r}"
         example = _example_bodies(resources).get((method, template))
         if example is not None:
-            for label, body in _mutations(example):
+            # The example itself must get past the lookups, or its mutations test only a 404.
+            answer = prober.send(method, target, _encode(example), what="example")
+            assert answer.status != 404, f"{method} {template}: the example body got {answer.body[:300]!r}"
+            print(f"{method} {template}: example answered {answer.status}")
+            for label, body in _mutations(method, template, example):
                 prober.send(method, target, body, what=label)
     for name in _query_names(endpoint):
         for value in BAD_QUERY:
