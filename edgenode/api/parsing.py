@@ -20,7 +20,6 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterator
-from itertools import accumulate
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
@@ -45,11 +44,18 @@ PATH_MAX = 4095
 # A JSON string (possessive, so an unterminated one cannot backtrack).
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
-_NESTING = [1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256)]
-# A \u escape of a surrogate: only these can put one into a decoded string.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NOT_BRACKETS_OR_QUOTES = bytes(range(256)).translate(None, b'[]{}"')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+# A surrogate pair as \u escapes (lower case): a high one followed by a low one.
+_SURROGATE_PAIR = re.compile(rb"\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_DIGITS = len(str(INT_MIN))
+# 19 digits in a row may leave 64 bits (or, in a mantissa, a float); a 3-digit exponent may overflow.
+# Found by mapping the text to its number shape (digits to 0) and plain substring searches.
+# The same map keeps backslashes, "u" and "d" (either case), for the surrogate escape search.
+_SHAPE = bytes(b"0"[0] if chr(c).isdigit() and c < 128 else b"e"[0] if c in b"eE" else b"d"[0] if c in b"dD"
+               else c if c in b"+-\\u" else b" "[0] for c in range(256))
+_BIG_NUMBERS = (b"0" * 19, b"e000", b"e+000", b"e-000")
 
 
 class _Refused:
@@ -62,11 +68,18 @@ class _Refused:
 
 
 class _Decoder(_json.JSONDecoder):
-    """The standard decoder, with numbers the node does not take left as ``_Refused`` markers."""
+    """The standard decoder, with numbers the node does not take left as ``_Refused`` markers.
 
-    def __init__(self) -> None:
+    Without ``numbers`` only NaN and Infinity are looked at: right when the text has no number
+    long enough to leave 64 bits or to overflow a float (the hooks cost a call per number).
+    """
+
+    def __init__(self, *, numbers: bool) -> None:
         self.refused = False
-        super().__init__(parse_int=self._int, parse_float=self._float, parse_constant=self._constant)
+        if numbers:
+            super().__init__(parse_int=self._int, parse_float=self._float, parse_constant=self._constant)
+        else:
+            super().__init__(parse_constant=self._constant)
 
     def _int(self, text: str) -> int | _Refused:
         if len(text) <= _INT_DIGITS:
@@ -98,11 +111,12 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidJson(f"the body is not UTF-8: byte {exc.start} is invalid ({exc.reason})") from None
-        check_depth(raw, max_depth)
+        data = raw
     else:
-        text = raw
-        check_depth(raw.encode("utf-8", "surrogatepass"), max_depth)
-    decoder = _Decoder()
+        text, data = raw, raw.encode("utf-8", "surrogatepass")
+    check_depth(data, max_depth)
+    shape = data.translate(_SHAPE)
+    decoder = _Decoder(numbers=any(big in shape for big in _BIG_NUMBERS))
     try:
         value = decoder.decode(text)
     except _json.JSONDecodeError as exc:
@@ -110,7 +124,7 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except RecursionError:  # check_depth bounds nesting; kept so that no JSON can reach a 500
         raise InvalidJson(f"JSON nests deeper than {max_depth} levels") from None
     # Walk the value only when the text says there is something to find.
-    if decoder.refused or _SURROGATE_ESCAPE.search(text):
+    if decoder.refused or _may_hold_surrogate(data, shape):
         found = _first_refused(value)
         if found is not None:
             where, reason = found
@@ -118,16 +132,37 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def _may_hold_surrogate(data: bytes, shape: bytes) -> bool:
+    """Whether decoding ``data`` may give a string with a lone surrogate (never False when it does)."""
+    if b"\\ud" not in shape:
+        return False
+    if b"\\\\" in shape:  # an escaped backslash: "\\ud800" is text, not an escape; let the walk decide
+        return True
+    # Every backslash starts an escape here: once the pairs are gone, any surrogate escape left is lone.
+    return b"\\ud" in _SURROGATE_PAIR.sub(b"", data.lower())
+
+
 def check_depth(raw: bytes, max_depth: int = MAX_DEPTH) -> None:
     """Refuse JSON whose arrays and objects nest deeper than ``max_depth``.
 
-    Runs before decoding, so a thousand-level array never reaches a recursive parser; counts
-    brackets outside strings at C speed (strings removed, then a running sum).
+    Runs before decoding, so a thousand-level array never reaches a recursive parser. Works on
+    the brackets outside strings at C speed: each pass removes every innermost ``[]`` pair,
+    that is one level, so a document still shrinking after ``max_depth`` passes is too deep.
     """
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
         return
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    if max(accumulate(map(_NESTING.__getitem__, brackets)), default=0) > max_depth:
+    # Fast path: drop escaped backslashes and quotes, keep only brackets and quotes, drop the
+    # quote pairs left by strings. No quote left means no string held a bracket.
+    brackets = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_SQUARE, _NOT_BRACKETS_OR_QUOTES)
+    brackets = brackets.replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = _STRING.sub(b"", raw).translate(_SQUARE, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):
+            return  # all gone, or unbalanced: the decoder says what is wrong
+        brackets = shorter
+    if brackets.replace(b"[]", b"") != brackets:
         raise InvalidJson(f"JSON nests deeper than {max_depth} levels")
 
 

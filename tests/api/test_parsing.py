@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ from edgenode.api.parsing import (
     INT_MAX,
     INT_MIN,
     MAX_DEPTH,
+    check_depth,
     check_name,
     check_path,
     check_query,
@@ -254,3 +256,53 @@ def test_an_early_refusal_closes_the_connection_cleanly(node: NodeProcess) -> No
     _raw(node, "POST", "/v1/tokens", b'{"tenant": "acme"}', {"authorization": "Bearer nope"})
     with node.client() as c:
         assert c.get("/healthz").status_code == 200
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def test_the_depth_check_agrees_with_the_decoded_value_on_random_documents() -> None:
+    """Strings full of brackets, quotes and backslashes never fool the (fast or slow) bracket count."""
+    rng = random.Random(19)
+    pieces = ["[", "]", "{", "}", '"', "\\", "a", "\n", '\\"', "\\\\", "\u00fc", "\\u005b"]
+
+    def text() -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(6)))
+
+    def value(level: int) -> Any:
+        roll = rng.random()
+        if level > 70 or roll < 0.3:
+            return text()
+        if roll < 0.65:
+            return [value(level + 1) for _ in range(rng.randrange(4))]
+        return {text(): value(level + 1) for _ in range(rng.randrange(4))}
+
+    for _ in range(3000):
+        doc = value(0)
+        raw = json.dumps(doc, ensure_ascii=rng.random() < 0.5).encode()
+        depth = _depth(doc)
+        check_depth(raw, depth)
+        if depth:
+            with pytest.raises(InvalidJson):
+                check_depth(raw, depth - 1)
+
+
+def test_every_lone_surrogate_is_found_whatever_escapes_surround_it() -> None:
+    """Escaped backslashes, pairs, case and neighbours never hide a lone surrogate (nor invent one)."""
+    rng = random.Random(20)
+    pieces = ["\\\\", "\\ud83d", "\\uDE00", "\\ude00", "\\uD800", "\\udbff", "\\udc00", "ud800", "a", "\\n", "\\u0041",
+              "ab", "\\\\ud800", "\\\\udc00", "\\u00e9"]
+    for _ in range(20_000):
+        raw = ('{"k": "' + "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 7))) + '"}').encode()
+        decoded = json.loads(raw)["k"]
+        lone = any(0xD800 <= ord(c) <= 0xDFFF for c in decoded)
+        if lone:
+            error = refused(raw)
+            assert isinstance(error, ValidationFailed) and error.field == "k", raw
+        else:
+            assert parse_json(raw) == {"k": decoded}, raw
