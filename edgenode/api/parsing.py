@@ -113,13 +113,16 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
             raise InvalidJson(f"the body is not UTF-8: byte {exc.start} is invalid ({exc.reason})") from None
         data = raw
     else:
-        text, data = raw, raw.encode("utf-8", "surrogatepass")
+        try:
+            text, data = raw, raw.encode()
+        except UnicodeEncodeError:
+            raise InvalidJson("the text holds a lone surrogate: it is not Unicode") from None
     check_depth(data, max_depth)
     shape = data.translate(_SHAPE)
     decoder = _Decoder(numbers=any(big in shape for big in _BIG_NUMBERS))
     try:
         value = decoder.decode(text)
-    except _json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or a number Python will not convert
         raise InvalidJson(f"malformed JSON: {exc}") from None
     except RecursionError:  # check_depth bounds nesting; kept so that no JSON can reach a 500
         raise InvalidJson(f"JSON nests deeper than {max_depth} levels") from None

@@ -76,8 +76,9 @@ def test_values_the_node_does_not_take_are_refused_naming_the_field(raw: bytes, 
     "{}".encode("utf-16"),
     b"{} x",
     b"{",
+    '"\ud800"',  # text (not bytes) holding a lone surrogate itself
 ])
-def test_malformed_or_too_deep_json_is_invalid_json(raw: bytes) -> None:
+def test_malformed_or_too_deep_json_is_invalid_json(raw: bytes | str) -> None:
     assert isinstance(refused(raw), InvalidJson)
 
 
