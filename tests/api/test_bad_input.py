@@ -144,7 +144,26 @@ class Resources:
         return self.values[best][name] if best is not None else "x"
 
 
-def _example_bodies(r: Resources) -> dict[tuple[str, str], dict[str, Any]]:
+#: Second shapes some routes take (another form of the same request), spoiled like the examples.
+OTHER_SHAPES: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("POST", "/v1/sandboxes"): [{"network": {"allow": ["example.com", "*.example.org:443"]}, "limits": {"pids": 64}}],
+    ("POST", "/v1/sandboxes/{id}/exec"): [{"cmd": "echo hi", "stdin_b64": "aGk=", "cwd": "d"}],
+    ("POST", "/v1/sql/{namespace}"): [{"batch": [{"sql": "SELECT :a", "params": {"a": 1}}, {"sql": "SELECT 1"}]}],
+    ("POST", "/v1/wasi/run"): [{"name": "fuzz-wasi", "args": ["x"]}],
+    ("POST", "/v1/repos/{name}/commits"): [{"branch": "side", "message": "m", "parent": "", "files": {"d/f": None}}],
+    ("POST", "/v1/repos"): [{"name": "fuzz-import", "import": {"url": "http://127.0.0.1:9/x.git", "branch": "main",
+                                                               "depth": 1}}],
+    ("POST", "/v1/tokens"): [{"tenant": "fuzz", "admin": True, "ttl_s": 0.5}],
+    ("PUT", "/v1/workers/{name}"): [{"files": {"main.py": WORKER}, "public": True, "limits": {"wall_ms": 1000}}],
+    ("POST", "/v1/run"): [{"files": {"main.py": WORKER}, "method": "GET", "path": "/x?y=1", "env": {"A": "b"}}],
+}
+
+
+def _example_bodies(r: Resources) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    return {key: [body] for key, body in _first_shapes(r).items()}
+
+
+def _first_shapes(r: Resources) -> dict[tuple[str, str], dict[str, Any]]:
     run_files = {"main.py": WORKER}
     return {
         ("POST", "/v1/tenants"): {"name": "fuzz-tenant"},
@@ -342,6 +361,8 @@ def resources(fuzz_node: NodeProcess) -> Resources:
         assert c.post("/v1/agents/schedules", json={"name": "fuzz-sched", "agent": "fuzz-agent",
                                                     "cron": "0 0 1 1 *"}).status_code == 201
         assert c.put("/v1/kv/fuzz-ns/k", content=b"v").status_code == 200
+        wasi = c.put("/v1/workers/fuzz-wasi", content=WASI, headers={"content-type": "application/wasm"})
+        assert wasi.status_code == 201, wasi.text
     refresh(fuzz_node, r)
     r.values = {
         "": {"name": "fuzz-repo", "tenant": "default", "id": r.sandbox, "namespace": "fuzz-ns", "key": "k",
@@ -412,8 +433,8 @@ def test_bad_input_is_a_4xx_on_every_route(fuzz_node: NodeProcess, resources: Re
             answer = prober.send(method, target, body, what=label)
             if json_route and label in REFUSED_BODIES:
                 assert 400 <= answer.status < 500, f"{method} {template} [{label}]: {answer.status} {answer.body!r}"
-        example = _example_bodies(resources).get((method, template))
-        if example is not None:
+        for example in [*_example_bodies(resources).get((method, template), []),
+                        *OTHER_SHAPES.get((method, template), [])]:
             # The example itself must get past the lookups, or its mutations test only a 404.
             answer = prober.send(method, target, _encode(example), what="example")
             assert answer.status != 404, f"{method} {template}: the example body got {answer.body[:300]!r}"
