@@ -85,7 +85,7 @@ async def start_run(request: Request) -> Response:
     data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
     run, created = await agents.start_run(
         principal(request).tenant, request.path_params["name"], data.get("input"),
-        run_id=field(data, "id", str, None), version=field(data, "version", int, None),
+        run_id=field(data, "id", str, None), version=field(data, "version", int, None, lo=1),
     )
     return json({**run, "created": created}, status=201 if created else 200)
 
@@ -167,7 +167,7 @@ async def move(request: Request) -> Response:
     """Move a run to another version of its agent: ``{"version"}``."""
     data = await _body(request)
     return json(await controls.move(_agents(request), principal(request), _run_id(request),
-                                    field(data, "version", int, required=True)))
+                                    field(data, "version", int, required=True, lo=1)))
 
 
 # -- schedules, models, usage, secrets ------------------------------------------------

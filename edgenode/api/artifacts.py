@@ -58,7 +58,7 @@ async def create_repo(request: Request) -> Response:
     if source is not None:
         info = await arts.import_url(tenant, name, field(source, "url", str, required=True),
                                      branch=field(source, "branch", str, None),
-                                     depth=field(source, "depth", int, None))
+                                     depth=field(source, "depth", int, None, lo=1, hi=2**31 - 1))
     else:
         info = await arts.create(tenant, name, default_branch=field(data, "default_branch", str, "main"))
     return json(await arts.describe(tenant, info.name), status=201)

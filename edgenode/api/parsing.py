@@ -228,14 +228,12 @@ def field(data: dict[str, Any], name: str, kind: type[T] | tuple[type, ...], def
         if not math.isfinite(value):
             raise ValidationFailed(f"field {name!r} must be a finite number", field=name)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValidationFailed(f"field {name!r} must be between {_num(lo)} and {_num(hi)}", field=name)
+            bounds = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                      else f"at least {lo}" if lo is not None else f"at most {hi}")
+            raise ValidationFailed(f"field {name!r} must be {bounds}", field=name)
     if max_len is not None and isinstance(value, (str, list, dict)) and len(value) > max_len:
         raise ValidationFailed(f"field {name!r} is longer than {max_len}", field=name)
     return value
-
-
-def _num(bound: float | None) -> str:
-    return "-inf" if bound is None else f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
 def check_name(value: str, name: str) -> str:

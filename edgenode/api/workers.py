@@ -90,7 +90,7 @@ async def delete_worker(request: Request) -> Response:
 async def rollback(request: Request) -> Response:
     """Make an earlier version current: ``{"version": N}``, or the one before the current by default."""
     body = await read_json(request, optional=True)
-    version = field(body, "version", int, None)
+    version = field(body, "version", int, None, lo=1)
     reply = await workers_of(request).rollback(principal(request).tenant, request.path_params["name"], version)
     return json(reply)
 

@@ -113,6 +113,9 @@ def test_field_bounds_numbers_and_lengths() -> None:
     assert field(data, "version", int, None, lo=1, hi=10) == 3
     with pytest.raises(ValidationFailed) as raised:
         field(data, "version", int, None, lo=4)
+    assert raised.value.field == "version" and "at least 4" in raised.value.message
+    with pytest.raises(ValidationFailed) as raised:
+        field({"version": 0}, "version", int, None, lo=1)
     assert raised.value.field == "version"
     with pytest.raises(ValidationFailed):
         field({"ttl": float("nan")}, "ttl", (int, float), None)
@@ -217,6 +220,8 @@ def test_a_stored_infinity_is_answered_as_valid_json(local: tuple[Node, TestClie
 
 def test_path_and_query_parameters_are_checked_on_every_route(local: tuple[Node, TestClient]) -> None:
     _, client = local
+    r = client.post("/v1/workers/w/rollback", json={"version": 0})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "version", r.text
     for url, where in [("/v1/tokens/a%00b", "id"), ("/v1/tenants/" + "a" * 256, "name"),
                        ("/v1/tokens?tenant=%FF", "tenant"), ("/v1/kv/ns/a%00", "key"),
                        ("/v1/kv/ns/" + "k/" * 2100, "key")]:
