@@ -51,11 +51,12 @@ _SURROGATE_PAIR = re.compile(rb"\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_DIGITS = len(str(INT_MIN))
 # 19 digits in a row may leave 64 bits (or, in a mantissa, a float); a 3-digit exponent may overflow.
-# Found by mapping the text to its number shape (digits to 0) and plain substring searches.
+# Found by mapping the text to its number shape (digits to 0; e, E, + and - to e, so that "e000"
+# also finds "e+000") and plain substring searches; a false alarm only costs the number hooks.
 # The same map keeps backslashes, "u" and "d" (either case), for the surrogate escape search.
-_SHAPE = bytes(b"0"[0] if chr(c).isdigit() and c < 128 else b"e"[0] if c in b"eE" else b"d"[0] if c in b"dD"
-               else c if c in b"+-\\u" else b" "[0] for c in range(256))
-_BIG_NUMBERS = (b"0" * 19, b"e000", b"e+000", b"e-000")
+_SHAPE = bytes(b"0"[0] if chr(c).isdigit() and c < 128 else b"e"[0] if c in b"eE+-" else b"d"[0] if c in b"dD"
+               else c if c in b"\\u" else b" "[0] for c in range(256))
+_BIG_NUMBERS = (b"0" * 19, b"e000")
 
 
 class _Refused:

@@ -48,6 +48,8 @@ def refused(raw: bytes | str) -> ValidationFailed | InvalidJson:
     (b'{"a": [1, {"b": -Infinity}]}', "a[1].b"),
     (b'{"ttl_s": 1e999}', "ttl_s"),
     (b'{"ttl_s": -1e999}', "ttl_s"),
+    (b'{"ttl_s": 1E+999}', "ttl_s"),
+    (b'{"ttl_s": -2.5e+0400}', "ttl_s"),
     (b'{"x": 1' + b"0" * 400 + b'.0}', "x"),
     (b'{"version": 18446744073709551616}', "version"),
     (b'{"version": 9223372036854775808}', "version"),
