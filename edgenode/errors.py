@@ -501,10 +501,15 @@ class WorkerNotFound(NotFound):
 
 
 class IsolateError(EdgenodeError):
-    """Guest code failed; the node itself is fine."""
+    """Guest code failed; the node itself is fine.
+
+    A failure of code the caller brought or called (a worker, ``/v1/run``, a WASI command) is
+    the request's fault, not the node's: every guest failure answers 422 with its own code
+    (see the README's "Errors" section). 5xx stays for failures of the node and its services.
+    """
 
     code = "isolate_error"
-    status = 500
+    status = 422
 
 
 class CpuLimitExceeded(IsolateError):
@@ -521,7 +526,6 @@ class WallLimitExceeded(IsolateError):
     """The request took longer than its wall-time limit."""
 
     code = "wall_limit"
-    status = 504
 
     def __init__(self, message: str, *, limit_ms: int, **details: Any) -> None:
         super().__init__(message, limit_ms=limit_ms, **details)
@@ -558,7 +562,6 @@ class InvalidGuestResponse(IsolateError):
     """The guest returned something that is not a valid HTTP response."""
 
     code = "invalid_response"
-    status = 502
 
 
 class ResponseTooLarge(InvalidGuestResponse):

@@ -13,7 +13,8 @@ from starlette.routing import Route
 from edgenode.agents import controls
 from edgenode.agents.engine import Agents
 from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.errors import NotFound, Unavailable, ValidationFailed
+from edgenode.api.parsing import INT_MAX, INT_MIN, query_int, query_str
+from edgenode.errors import NotFound, Unavailable
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
 _ENVELOPE = 64 * 1024
@@ -84,7 +85,7 @@ async def start_run(request: Request) -> Response:
     data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
     run, created = await agents.start_run(
         principal(request).tenant, request.path_params["name"], data.get("input"),
-        run_id=field(data, "id", str, None), version=field(data, "version", int, None),
+        run_id=field(data, "id", str, None), version=field(data, "version", int, None, lo=1),
     )
     return json({**run, "created": created}, status=201 if created else 200)
 
@@ -94,13 +95,9 @@ async def start_run(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     """The caller's runs: ``?agent=&status=&limit=``."""
-    q = request.query_params
-    try:
-        limit = max(1, min(1000, int(q.get("limit", "100"))))
-    except ValueError as exc:
-        raise ValidationFailed("limit must be an integer", field="limit") from exc
-    runs = await _agents(request).list_runs(principal(request).tenant, agent=q.get("agent"), status=q.get("status"),
-                                            limit=limit)
+    limit = max(1, min(1000, query_int(request, "limit", 100, lo=INT_MIN, hi=INT_MAX)))
+    runs = await _agents(request).list_runs(principal(request).tenant, agent=query_str(request, "agent"),
+                                            status=query_str(request, "status"), limit=limit)
     return json({"runs": runs})
 
 
@@ -125,8 +122,7 @@ async def send_event(request: Request) -> Response:
 
 async def _decision(request: Request, approved: bool) -> Response:
     agents = _agents(request)
-    body = await request.body()
-    data = await _body(request) if body.strip() else {}
+    data = await read_json(request, optional=True)
     result = await controls.decide(agents, principal(request), _run_id(request), approved,
                                    field(data, "comment", str, ""))
     return json(result)
@@ -171,7 +167,7 @@ async def move(request: Request) -> Response:
     """Move a run to another version of its agent: ``{"version"}``."""
     data = await _body(request)
     return json(await controls.move(_agents(request), principal(request), _run_id(request),
-                                    field(data, "version", int, required=True)))
+                                    field(data, "version", int, required=True, lo=1)))
 
 
 # -- schedules, models, usage, secrets ------------------------------------------------

@@ -8,13 +8,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from edgenode.api import agents, artifacts, cluster, core, sandboxes, state, workers
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
 from edgenode.api.middleware import EdgeMiddleware
+from edgenode.api.parsing import guard_params
 from edgenode.errors import EdgenodeError
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = No
         finally:
             await node.stop()
 
-    routes = [route for module in ROUTE_MODULES for route in module.routes]
+    routes = [_guarded(route) for module in ROUTE_MODULES for route in module.routes]
     routes.append(Route(MCP_PATH, mcp, include_in_schema=False))
     public = [p for module in ROUTE_MODULES for p in getattr(module, "public", ())]
     app = Starlette(
@@ -60,3 +62,11 @@ def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = No
     )
     app.state.node = node
     return app
+
+
+def _guarded(route: BaseRoute) -> BaseRoute:
+    """``route`` with its query and path parameters checked by the parsing rules before it runs."""
+    if isinstance(route, Route) and not getattr(route.app, "edgenode_guarded", False):
+        path_like = {name for name, conv in route.param_convertors.items() if isinstance(conv, PathConvertor)}
+        route.app = guard_params(route.app, path_like)
+    return route

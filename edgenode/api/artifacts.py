@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from edgenode.api.common import field, json, node_of, principal, read_json
+from edgenode.api.parsing import query_int, query_str
 from edgenode.artifacts import Artifacts, GitAccess, history
 from edgenode.artifacts.repos import validate_repo_name
 from edgenode.auth import DEFAULT_TENANT, validate_tenant
@@ -44,19 +45,6 @@ def _artifacts(request: Request) -> Artifacts:
     return cap
 
 
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationFailed(f"{name} must be an integer", field=name) from exc
-    if not lo <= value <= hi:
-        raise ValidationFailed(f"{name} must be between {lo} and {hi}", field=name)
-    return value
-
-
 # -- repositories ----------------------------------------------------------------------
 
 
@@ -70,7 +58,7 @@ async def create_repo(request: Request) -> Response:
     if source is not None:
         info = await arts.import_url(tenant, name, field(source, "url", str, required=True),
                                      branch=field(source, "branch", str, None),
-                                     depth=field(source, "depth", int, None))
+                                     depth=field(source, "depth", int, None, lo=1, hi=2**31 - 1))
     else:
         info = await arts.create(tenant, name, default_branch=field(data, "default_branch", str, "main"))
     return json(await arts.describe(tenant, info.name), status=201)
@@ -135,9 +123,9 @@ async def log(request: Request) -> Response:
     """Commits from ``?ref=`` (default: the default branch), newest first; ``?limit=``, ``?path=``."""
     tenant, name = principal(request).tenant, request.path_params["name"]
     arts = _artifacts(request)
-    ref = request.query_params.get("ref") or (await arts.get(tenant, name)).default_branch
-    limit = _int_param(request, "limit", 50, 1, 1000)
-    commits = await arts.read(tenant, name, history.log, ref, limit=limit, path=request.query_params.get("path"))
+    ref = query_str(request, "ref") or (await arts.get(tenant, name)).default_branch
+    limit = query_int(request, "limit", 50, lo=1, hi=1000)
+    commits = await arts.read(tenant, name, history.log, ref, limit=limit, path=query_str(request, "path"))
     return json({"ref": ref, "commits": commits})
 
 
@@ -182,7 +170,7 @@ async def blob(request: Request) -> Response:
 
 async def diff(request: Request) -> Response:
     """Changes and a unified patch between ``?from=`` and ``?to=``."""
-    base, head = request.query_params.get("from"), request.query_params.get("to")
+    base, head = query_str(request, "from"), query_str(request, "to")
     if not base or not head:
         raise ValidationFailed("from and to are required", field="from" if not base else "to")
     return json(await _artifacts(request).read(principal(request).tenant, request.path_params["name"],
@@ -194,9 +182,9 @@ async def events(request: Request) -> Response:
     tenant, name = principal(request).tenant, request.path_params["name"]
     arts = _artifacts(request)
     await arts.get(tenant, name)
-    items = await arts.events.list(tenant, name, after=_int_param(request, "after", 0, 0, 2**62),
-                                   limit=_int_param(request, "limit", 100, 1, 1000),
-                                   kind=request.query_params.get("kind"))
+    items = await arts.events.list(tenant, name, after=query_int(request, "after", 0, lo=0, hi=2**62),
+                                   limit=query_int(request, "limit", 100, lo=1, hi=1000),
+                                   kind=query_str(request, "kind"))
     return json({"events": items})
 
 
@@ -266,7 +254,7 @@ async def _git_access(request: Request, *, write: bool) -> tuple[Artifacts, str,
 
 async def git_info_refs(request: Request) -> Response:
     """``info/refs?service=git-upload-pack|git-receive-pack``: the ref advertisement."""
-    service = request.query_params.get("service", "")
+    service = query_str(request, "service", "")
     if service not in ("git-upload-pack", "git-receive-pack"):
         raise Forbidden("only smart HTTP is served: ask for ?service=git-upload-pack or git-receive-pack")
     arts, tenant, name, access = await _git_access(request, write=service == "git-receive-pack")
@@ -334,7 +322,7 @@ async def peer_refs(request: Request) -> Response:
     if cluster is None:
         raise Unavailable("this node has no cluster layer")
     await cluster.authenticate(request)
-    nonce = request.query_params.get("nonce", "")[:64]
+    nonce = (query_str(request, "nonce", "") or "")[:64]
     return json(await _artifacts(request).gossip.listing(nonce))
 
 

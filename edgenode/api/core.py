@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from edgenode.api.common import admin, field, json, node_of, principal, read_json
 from edgenode.api.openapi import openapi
+from edgenode.api.parsing import query_str
 from edgenode.metrics import CONTENT_TYPE_LATEST
 
 #: Paths that skip bearer-token auth.
@@ -104,7 +105,7 @@ async def create_token(request: Request) -> Response:
 async def list_tokens(request: Request) -> Response:
     """List tokens without their secrets: all of them for admins, a tenant's own otherwise."""
     p = principal(request)
-    tenant = request.query_params.get("tenant") if p.admin else p.tenant
+    tenant = query_str(request, "tenant") if p.admin else p.tenant
     return json({"tokens": await node_of(request).auth.list_tokens(tenant)})
 
 

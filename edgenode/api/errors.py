@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from starlette.exceptions import HTTPException
@@ -10,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
+from edgenode.api.parsing import dumps
 from edgenode.errors import EdgenodeError, Internal, MethodNotAllowed, NotFound
 from edgenode.store.faults import storage_fault
 
@@ -35,7 +35,7 @@ def error_body(exc: EdgenodeError, request_id: str) -> bytes:
     for key, value in exc.details.items():
         if value is not None and key not in error:
             error[key] = value
-    return json.dumps({"error": error}, default=str).encode()
+    return dumps({"error": error})
 
 
 def error_response(exc: EdgenodeError, request: Request) -> Response:

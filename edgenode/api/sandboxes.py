@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from edgenode.api.common import field, json, node_of, principal, read_json
+from edgenode.api.parsing import INT_MAX, check_path, dumps, query_bool, query_int
 from edgenode.errors import Conflict, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
@@ -41,7 +42,7 @@ def _wants_events(request: Request) -> bool:
 
 
 def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {_json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
 async def create(request: Request) -> Response:
@@ -204,17 +205,18 @@ async def read_file(request: Request) -> Response:
 async def write_file(request: Request) -> Response:
     """Write a file from the request body, streamed; parents must exist (see mkdir)."""
     path = request.path_params.get("path", "")
-    declared = request.headers.get("content-length")
+    declared = request.headers.get("content-length", "")
     size = await _sandboxes(request).write_file(principal(request), request.path_params["id"], path,
                                                 request.stream(),
-                                                declared=int(declared) if declared and declared.isdigit() else None)
+                                                declared=int(declared) if declared.isascii() and declared.isdigit()
+                                                else None)
     return json({"path": path, "size": size}, status=201)
 
 
 async def delete_file(request: Request) -> Response:
     """Delete a file or directory (``?recursive=true`` for a non-empty one)."""
     path = request.path_params.get("path", "")
-    recursive = request.query_params.get("recursive", "").lower() in {"1", "true", "yes"}
+    recursive = query_bool(request, "recursive")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
     await asyncio.to_thread(ws.delete, path, recursive=recursive)
     return Response(status_code=204)
@@ -223,7 +225,7 @@ async def delete_file(request: Request) -> Response:
 async def mkdir(request: Request) -> Response:
     """Create a directory: ``{"path", "parents": true}``."""
     data = await read_json(request)
-    path = field(data, "path", str, required=True)
+    path = check_path(field(data, "path", str, required=True), "path")
     parents = field(data, "parents", bool, True)
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
     await asyncio.to_thread(ws.mkdir, path, parents=parents)
@@ -233,8 +235,8 @@ async def mkdir(request: Request) -> Response:
 async def move(request: Request) -> Response:
     """Rename a file or directory: ``{"from", "to", "overwrite": false}``."""
     data = await read_json(request)
-    source = field(data, "from", str, required=True)
-    destination = field(data, "to", str, required=True)
+    source = check_path(field(data, "from", str, required=True), "from")
+    destination = check_path(field(data, "to", str, required=True), "to")
     overwrite = field(data, "overwrite", bool, False)
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
     await asyncio.to_thread(ws.move, source, destination, overwrite=overwrite)
@@ -246,7 +248,7 @@ async def move(request: Request) -> Response:
 
 def _proc_id(request: Request) -> int:
     raw = request.path_params["pid"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > INT_MAX:
         raise ValidationFailed("process id must be a number", field="pid")
     return int(raw)
 
@@ -272,12 +274,10 @@ async def get_process(request: Request) -> Response:
 
 async def process_logs(request: Request) -> Response:
     """A process's output; ``?follow=true`` streams until it exits; ``?offset=N`` skips bytes."""
-    follow = request.query_params.get("follow", "").lower() in {"1", "true", "yes"}
-    offset_text = request.query_params.get("offset", "0")
-    if not offset_text.isdigit():
-        raise ValidationFailed("offset must be a non-negative integer", field="offset")
+    follow = query_bool(request, "follow")
+    offset = query_int(request, "offset", 0, lo=0, hi=INT_MAX)
     logs = await _sandboxes(request).process_logs(principal(request), request.path_params["id"], _proc_id(request),
-                                                  follow=follow, offset=int(offset_text))
+                                                  follow=follow, offset=offset)
     return StreamingResponse(logs, media_type="text/plain; charset=utf-8")
 
 

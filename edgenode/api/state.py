@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.common import field, json, node_of, principal, read_body, read_json
+from edgenode.api.parsing import INT_MAX, query_int, query_str
 from edgenode.errors import NotFound, ValidationFailed
 
 
@@ -80,13 +81,10 @@ def _decode_cursor(cursor: str | None) -> str | None:
 async def kv_list(request: Request) -> Response:
     """Keys by prefix, in order, a page at a time: ``?prefix=&cursor=&limit=``."""
     p = principal(request)
-    q = request.query_params
-    raw_limit = q.get("limit", "100")
-    if not raw_limit.isdigit():
-        raise ValidationFailed("limit must be a positive integer", field="limit")
-    limit = int(raw_limit)
+    limit = query_int(request, "limit", 100, lo=1, hi=INT_MAX)
+    prefix = query_str(request, "prefix", "") or ""
     keys = await node_of(request).state.akv_list(
-        p.tenant, request.path_params["namespace"], q.get("prefix", ""), limit, after=_decode_cursor(q.get("cursor")))
+        p.tenant, request.path_params["namespace"], prefix, limit, after=_decode_cursor(query_str(request, "cursor")))
     cursor = base64.urlsafe_b64encode(keys[-1].encode()).decode().rstrip("=") if len(keys) == limit else None
     return json({"keys": keys, "cursor": cursor})
 

@@ -23,8 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.common import TENANT_HEADER, field, json, node_of, principal, read_body, read_json
+from edgenode.api.parsing import INT_MAX, check_path, parse_json, query_bool, query_int, query_str
 from edgenode.auth import validate_tenant
-from edgenode.errors import EdgenodeError, UnsupportedMediaType, ValidationFailed
+from edgenode.errors import BadRequest, EdgenodeError, UnsupportedMediaType, ValidationFailed
 from edgenode.isolates import GuestRequest, Outcome, Workers
 
 #: Public worker invocations check nothing but the deployment's own ``public`` flag.
@@ -52,9 +53,10 @@ async def deploy(request: Request) -> Response:
         data = await read_body(request, settings.max_component_bytes)
         q = request.query_params
         spec: dict[str, Any] = {
-            "limits": {k: _int_param(q[k], k) for k in ("cpu_ms", "memory_mb", "wall_ms", "subrequests") if k in q},
+            "limits": {k: query_int(request, k, 0, lo=0, hi=INT_MAX)
+                       for k in ("cpu_ms", "memory_mb", "wall_ms", "subrequests") if k in q},
             "allowed_hosts": q.getlist("allowed_host"),
-            "public": q.get("public", "false").lower() in ("1", "true", "yes"),
+            "public": query_bool(request, "public"),
         }
         reply = await workers.deploy_wasm(tenant, name, data, workers.parse_settings(spec))
     elif ctype in ("application/json", ""):
@@ -87,8 +89,8 @@ async def delete_worker(request: Request) -> Response:
 
 async def rollback(request: Request) -> Response:
     """Make an earlier version current: ``{"version": N}``, or the one before the current by default."""
-    body = await read_json(request) if await _has_body(request) else {}
-    version = field(body, "version", int, None)
+    body = await read_json(request, optional=True)
+    version = field(body, "version", int, None, lo=1)
     reply = await workers_of(request).rollback(principal(request).tenant, request.path_params["name"], version)
     return json(reply)
 
@@ -162,8 +164,8 @@ async def run(request: Request) -> Response:
         text = out.body.decode()
         reply["body"] = text
         if content_type.startswith("application/json"):
-            reply["json"] = _json.loads(text) if text else None
-    except (UnicodeDecodeError, ValueError):
+            reply["json"] = parse_json(text) if text else None
+    except (UnicodeDecodeError, ValueError, BadRequest):
         reply["body_b64"] = base64.b64encode(out.body).decode()
     reply.update({"logs": outcome.logs, "output": outcome.output, "usage": _usage(outcome)})
     return json(reply)
@@ -173,6 +175,7 @@ async def wasi_run(request: Request) -> Response:
     """Run a WASI preview 1 command: ``{"module_b64"|"name", "args", "stdin_b64", "env", "files", "limits"}``."""
     workers = workers_of(request)
     body = await read_json(request, workers.settings.max_component_bytes * 4 // 3 + workers.settings.max_request_bytes)
+    _check_c_strings(body)
     result = await workers.wasi_run(principal(request).tenant, body)
     return json({
         "exit_code": result.exit_code,
@@ -188,10 +191,11 @@ async def usage(request: Request) -> Response:
     """Usage per worker: the caller's tenant, or (admins) ``?tenant=`` or every tenant with ``?all=1``."""
     p = principal(request)
     tenant: str | None = p.tenant
-    if p.admin and request.query_params.get("all") in ("1", "true"):
+    wanted = query_str(request, "tenant")
+    if p.admin and query_bool(request, "all"):
         tenant = None
-    elif p.admin and request.query_params.get("tenant"):
-        tenant = validate_tenant(request.query_params["tenant"])
+    elif p.admin and wanted:
+        tenant = validate_tenant(wanted)
     return json({"usage": await workers_of(request).usage(tenant)})
 
 
@@ -218,10 +222,18 @@ def _timing(outcome: Outcome) -> str:
     return f"instantiate;dur={u.instantiate_ms:.3f}, cpu;dur={u.cpu_ms:.3f}, wall;dur={u.wall_ms:.3f}"
 
 
-def _int_param(value: str, name: str) -> int:
-    if not value.isdigit():
-        raise ValidationFailed(f"{name} must be a whole number", field=name)
-    return int(value)
+def _check_c_strings(body: dict[str, Any]) -> None:
+    """Refuse what a WASI command cannot be given: NUL in args or env, file names no file system takes."""
+    files = body.get("files")
+    if isinstance(files, dict):
+        for name in files:
+            check_path(name, "files")
+    args = body.get("args")
+    if isinstance(args, list) and any(isinstance(a, str) and "\x00" in a for a in args):
+        raise ValidationFailed("args may not hold NUL", field="args")
+    env = body.get("env")
+    if isinstance(env, dict) and any("\x00" in k or (isinstance(v, str) and "\x00" in v) for k, v in env.items()):
+        raise ValidationFailed("env may not hold NUL", field="env")
 
 
 def _b64(value: object, name: str) -> bytes:
@@ -231,11 +243,6 @@ def _b64(value: object, name: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except ValueError as exc:
         raise ValidationFailed(f"{name} is not valid base64: {exc}", field=name) from None
-
-
-async def _has_body(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    return bool(length and length != "0") or "chunked" in request.headers.get("transfer-encoding", "")
 
 
 routes = [

@@ -24,6 +24,9 @@ from edgenode.store import Database, Migration
 #: The tenant the bootstrap admin token acts for unless it names another.
 DEFAULT_TENANT = "default"
 
+#: The longest time to live a token may ask for (ten years, in seconds); without one it never expires.
+MAX_TOKEN_TTL_S = 10 * 365 * 86_400
+
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})$")
 
@@ -183,9 +186,11 @@ class Auth:
     ) -> IssuedToken:
         """Issue a token for ``tenant`` (created if missing), optionally expiring after ``ttl_s``."""
         validate_tenant(tenant)
-        if ttl_s is not None and ttl_s <= 0:
-            raise ValidationFailed("ttl_s must be positive", field="ttl_s")
-        if len(name) > 200:
+        if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float))
+                                  or not 0 < ttl_s <= MAX_TOKEN_TTL_S):  # NaN fails the comparison too
+            raise ValidationFailed(f"ttl_s must be a number of seconds above 0 and at most {MAX_TOKEN_TTL_S}",
+                                   field="ttl_s")
+        if not isinstance(name, str) or len(name) > 200:
             raise ValidationFailed("a token name is at most 200 characters", field="name")
         token_id = secrets.token_hex(8)
         token = f"edn_{token_id}_{secrets.token_urlsafe(32)}"

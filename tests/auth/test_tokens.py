@@ -114,3 +114,16 @@ def test_deleting_a_tenant_removes_its_tokens(auth: Auth) -> None:
         auth.authenticate(issued.token)
     with pytest.raises(NotFound):
         asyncio.run(auth.delete_tenant("gone"))
+
+
+@pytest.mark.parametrize("ttl", [float("nan"), float("inf"), -float("inf"), 0, -1, 10 * 365 * 86_400 + 1, True, "60"])
+def test_ttl_must_be_finite_positive_and_bounded(auth: Auth, ttl: object) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        asyncio.run(auth.create_token("acme", ttl_s=ttl))  # type: ignore[arg-type]
+    assert raised.value.field == "ttl_s"
+    assert auth.db.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]) == 0
+
+
+def test_longest_ttl_is_taken(auth: Auth, clock: Clock) -> None:
+    issued = asyncio.run(auth.create_token("acme", ttl_s=10 * 365 * 86_400))
+    assert issued.expires_at == clock.t + 10 * 365 * 86_400

@@ -135,7 +135,7 @@ def test_public_workers_need_no_token(admin: httpx.Client, wnode: NodeProcess) -
     assert httpx.get(wnode.url + "/p/default/open/x").text == "hello from wat"
     assert admin.get("/v1/workers/open").json()["public"] is True
     r = httpx.get(wnode.url + "/p/default/open/trap")
-    assert r.status_code == 500 and error_code(r) == "trap" and "usage" not in r.json()["error"]
+    assert r.status_code == 422 and error_code(r) == "trap" and "usage" not in r.json()["error"]
 
 
 def test_a_tenant_sees_only_its_own_workers_and_kv(admin: httpx.Client, wnode: NodeProcess,

@@ -17,12 +17,12 @@ def still_serving(admin: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("route", "status", "code"),
     [
-        ("loop", 500, "cpu_limit"),
-        ("alloc", 500, "memory_limit"),
-        ("recurse", 500, "trap"),
-        ("fail", 500, "guest_exception"),
-        ("exit", 500, "trap"),
-        ("bad-status", 502, "invalid_response"),
+        ("loop", 422, "cpu_limit"),
+        ("alloc", 422, "memory_limit"),
+        ("recurse", 422, "trap"),
+        ("fail", 422, "guest_exception"),
+        ("exit", 422, "trap"),
+        ("bad-status", 422, "invalid_response"),
     ],
 )
 def test_guest_failures_are_clear_errors(admin: httpx.Client, kitchen: str, route: str, status: int,
@@ -57,10 +57,10 @@ def test_a_raw_component_that_traps_or_spins(admin: httpx.Client) -> None:
                   headers={"content-type": "application/wasm"})
     assert r.status_code == 201
     trap = admin.get("/w/wat/trap")
-    assert (trap.status_code, error_code(trap)) == (500, "trap")
+    assert (trap.status_code, error_code(trap)) == (422, "trap")
     assert "unreachable" in trap.json()["error"]["reason"]
     spin = admin.get("/w/wat/spin")
-    assert (spin.status_code, error_code(spin)) == (500, "cpu_limit")
+    assert (spin.status_code, error_code(spin)) == (422, "cpu_limit")
     assert admin.get("/w/wat/fine").text == "hello from wat"
 
 
@@ -69,7 +69,7 @@ def test_wall_time_bounds_a_guest_stuck_off_cpu(admin: httpx.Client, kitchen_fil
     r = admin.put("/v1/workers/walled", json={"files": kitchen_files, "limits": {"cpu_ms": 2000, "wall_ms": 100}})
     assert r.status_code == 201
     r = admin.get("/w/walled/loop")
-    assert (r.status_code, error_code(r)) == (504, "wall_limit")
+    assert (r.status_code, error_code(r)) == (422, "wall_limit")
 
 
 def test_oversized_request_is_refused(admin: httpx.Client, kitchen: str) -> None:
@@ -84,7 +84,7 @@ def test_oversized_response_is_refused(admin: httpx.Client, kitchen: str) -> Non
     assert ok.status_code == 200 and len(ok.content) == 1_000_000
     r = admin.get(f"/w/kitchen/big?n={16 * 1024 * 1024 + 1}")
     # The guest may run out of its 48 MiB building the body, or return it and be refused.
-    assert r.status_code in (500, 502) and error_code(r) in ("response_too_large", "memory_limit"), r.text
+    assert r.status_code == 422 and error_code(r) in ("response_too_large", "memory_limit"), r.text
     still_serving(admin)
 
 
@@ -92,7 +92,7 @@ def test_response_too_large_with_room_to_build_it(admin: httpx.Client, kitchen_f
     r = admin.put("/v1/workers/roomy", json={"files": kitchen_files, "limits": {"memory_mb": 128}})
     assert r.status_code == 201
     r = admin.get(f"/w/roomy/big?n={16 * 1024 * 1024 + 1}")
-    assert (r.status_code, error_code(r)) == (502, "response_too_large")
+    assert (r.status_code, error_code(r)) == (422, "response_too_large")
     assert r.json()["error"]["limit"] == 16 * 1024 * 1024
 
 

@@ -29,7 +29,7 @@ def test_run_code_with_input(admin: httpx.Client) -> None:
 
 def test_run_errors_come_back_with_logs(admin: httpx.Client) -> None:
     r = admin.post("/v1/run", json={"code": CODE, "input": ["a"]})
-    assert (r.status_code, error_code(r)) == (500, "guest_exception")
+    assert (r.status_code, error_code(r)) == (422, "guest_exception")
     error = r.json()["error"]
     assert error["message"].startswith("TypeError")
     assert error["logs"] == [{"level": "info", "message": "adding up"}]
@@ -37,7 +37,7 @@ def test_run_errors_come_back_with_logs(admin: httpx.Client) -> None:
 
 def test_one_off_runs_have_no_kv(admin: httpx.Client) -> None:
     r = admin.post("/v1/run", json={"code": CODE, "input": "kv"})
-    assert (r.status_code, error_code(r)) == (500, "guest_exception")
+    assert (r.status_code, error_code(r)) == (422, "guest_exception")
     assert "not available to one-off runs" in r.json()["error"]["message"]
 
 
@@ -45,7 +45,7 @@ def test_run_with_files_path_and_limits(admin: httpx.Client, kitchen_files: dict
     r = admin.post("/v1/run", json={"files": kitchen_files, "method": "GET", "path": "/text"})
     assert r.status_code == 200 and r.json()["body"] == "HELLO!"
     r = admin.post("/v1/run", json={"files": kitchen_files, "path": "/loop", "limits": {"cpu_ms": 50}})
-    assert (r.status_code, error_code(r)) == (500, "cpu_limit")
+    assert (r.status_code, error_code(r)) == (422, "cpu_limit")
     for body in ({"code": 12}, {}, {"code": CODE, "path": "x"}, {"code": CODE, "limits": {"cpu_ms": -1}}):
         bad = admin.post("/v1/run", json=body)
         assert (bad.status_code, error_code(bad)) == (400, "validation_failed"), body

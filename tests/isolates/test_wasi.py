@@ -74,7 +74,7 @@ def test_a_deployed_module_runs_by_name(admin: httpx.Client) -> None:
 def test_cpu_limit_stops_a_spinning_module(admin: httpx.Client) -> None:
     r = admin.post("/v1/wasi/run", json={"module_b64": echo_args(), "args": ["echo", "spin"],
                                          "limits": {"cpu_ms": 100}})
-    assert (r.status_code, error_code(r)) == (500, "cpu_limit")
+    assert (r.status_code, error_code(r)) == (422, "cpu_limit")
 
 
 def test_bad_wasi_requests(admin: httpx.Client) -> None:

@@ -127,7 +127,7 @@ def test_a_third_party_rust_program_gzips_a_file(admin: httpx.Client) -> None:
     assert f"Source len: {len(data)}\nTarget len: {len(compressed)}\n" in text(body, "stdout")
     # It unwraps a missing file: a Rust panic is a trap, and the panic message comes back with it.
     r = admin.post("/v1/wasi/run", json={"module_b64": module, "args": ["compress_file", "missing.log", "x.gz"]})
-    assert (r.status_code, error_code(r)) == (500, "trap")
+    assert (r.status_code, error_code(r)) == (422, "trap")
     assert "panicked" in r.json()["error"]["output"] and "No such file" in r.json()["error"]["output"]
     r = admin.post("/v1/wasi/run", json={"module_b64": module, "args": ["compress_file"]})
     assert r.status_code == 200 and "Usage" in text(r.json(), "stderr")

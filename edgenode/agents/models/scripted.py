@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgenode.errors import ValidationFailed
+
 
 def chat(model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
          options: dict[str, Any]) -> dict[str, Any]:
     """A scripted reply in the gateway's normal form."""
     replies = options.get("replies") or []
+    if not isinstance(replies, list) or not all(_is_reply(r) for r in replies):
+        raise ValidationFailed("options.replies must be a list of strings or {text, tool_calls: [{name, ...}]}",
+                               field="options.replies")
     turn = sum(1 for m in messages if m.get("role") == "assistant")
     if turn < len(replies):
         reply = replies[turn]
@@ -30,3 +35,12 @@ def chat(model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     return {"text": text, "tool_calls": calls, "model": f"scripted:{model}",
             "stop_reason": "tool_calls" if calls else "stop",
             "usage": {"input_tokens": prompt_words, "output_tokens": len(text.split())}}
+
+
+def _is_reply(reply: Any) -> bool:
+    if isinstance(reply, str):
+        return True
+    if not isinstance(reply, dict):
+        return False
+    calls = reply.get("tool_calls") or []
+    return isinstance(calls, list) and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls)
