@@ -46,7 +46,7 @@ def test_run_returns_json_body_logs_and_usage(sdk: Client) -> None:
 def test_run_maps_guest_failures_to_their_exceptions(sdk: Client) -> None:
     with pytest.raises(GuestException) as raised:
         sdk.run("def main(input):\n    raise KeyError('boom')\n")
-    assert raised.value.code == "guest_exception" and raised.value.http_status == 500
+    assert raised.value.code == "guest_exception" and raised.value.http_status == 422
     assert "KeyError" in raised.value.message and raised.value.request_id
     with pytest.raises(CpuLimitExceeded) as spun:
         sdk.run("def main(input):\n    while True:\n        pass\n", cpu_ms=50)
