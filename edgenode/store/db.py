@@ -162,14 +162,17 @@ class Database:
         except OSError as exc:
             raise (storage_fault(exc, self.path.parent, self.purpose) or exc) from exc
         if self._refusal is None:
+            existed = self.path.exists()
             try:
                 conn = self._connect()
             except sqlite3.Error as exc:
+                self._forget_new_file(existed)
                 raise self._open_failed(exc) from exc
             try:
                 self._migrate(conn)
             except sqlite3.Error as exc:
                 conn.close()
+                self._forget_new_file(existed)
                 raise self._open_failed(exc) from exc
             except BaseException:
                 conn.close()
@@ -182,6 +185,14 @@ class Database:
         if self.monitor is not None:
             self.monitor.track(self)
         return self
+
+    def _forget_new_file(self, existed: bool) -> None:
+        """Remove the file a failed first open created (on a full disk, an empty one), so it is not taken for lost."""
+        if existed:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self.path.with_name(self.path.name + suffix).unlink()
 
     def _open_failed(self, exc: sqlite3.Error) -> EdgenodeError:
         error = storage_fault(exc, self.path, self.purpose, database=self.path.name)
