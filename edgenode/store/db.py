@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 #: How many queued writes one transaction may take at most.
 MAX_BATCH = 256
+SQLITE_BUSY = 5
 
 #: Threads that run blocking store calls for event loops. They are the store's own, apart from the
 #: loop's default executor, so store calls never queue behind other blocking work (or it behind them).
@@ -413,7 +414,11 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = self._answer(exc)
-            if error is exc:
+            if error is exc and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_BUSY:
+                error = StoreTimeout(f"database {self.path.name} stayed locked by another connection for "
+                                     f"{self._busy_timeout_ms} ms; nothing was written",
+                                     database=self.path.name, started=False)
+            elif error is exc:
                 error = StoreError(f"cannot begin a write on {self.path.name}: {exc}")
             for job in batch:
                 if job.future.set_running_or_notify_cancel():

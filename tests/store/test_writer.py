@@ -143,3 +143,18 @@ def test_a_reader_wait_is_bounded(tmp_path: Path) -> None:
 def test_zero_readers_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reader"):
         Database(tmp_path / "f.db", readers=0)
+
+
+def test_a_lock_held_elsewhere_is_a_503_not_a_500_and_passes(tmp_path: Path) -> None:
+    with Database(tmp_path / "g.db", [Migration("0001", _items)], busy_timeout_ms=50) as db:
+        other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreTimeout) as info:
+                db.write_sync(_insert(10))
+            assert info.value.status == 503 and info.value.started is False
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        db.write_sync(_insert(10))
+        assert _count(db) == 1
