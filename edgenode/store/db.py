@@ -146,6 +146,7 @@ class Database:
         self._refusal: EdgenodeError | None = None
         #: When the job now on the writer started (monotonic), for the watchdog.
         self._job_started: float | None = None
+        self._writer_stopped = False
         self._opened = False
         self._closed = False
 
@@ -297,7 +298,7 @@ class Database:
             raise StoreError(f"database {self.path.name} is not open")
         if threading.current_thread() is self._writer:
             raise StoreError("write() called from inside a write; nest the work in the outer function instead")
-        if not self._writer.is_alive():
+        if self._writer_stopped:
             raise StoreError(f"the writer of {self.path.name} has stopped; see the node's log")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put(_Job(fn, future))
@@ -325,15 +326,22 @@ class Database:
         """Awaitable form of :meth:`write_sync`; the event loop is never blocked, no thread is held."""
         future = self.submit(fn)
         wrapped = asyncio.wrap_future(future)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            wrapped.cancel()  # and with it the write, if it has not started
+
+        timer = asyncio.get_running_loop().call_later(self.write_timeout_s, expire)
         try:
-            done, _ = await asyncio.wait({wrapped}, timeout=self.write_timeout_s)
+            return await wrapped
         except asyncio.CancelledError:
-            future.cancel()  # not started yet: it never runs; running: it finishes, unheard
-            raise
-        if not done:
-            wrapped.add_done_callback(_consume)
-            raise self._timed_out(future)
-        return wrapped.result()
+            if not expired:
+                raise  # the caller was cancelled; a write not yet started never runs
+            raise self._timed_out(future) from None
+        finally:
+            timer.cancel()
 
     def _run_writer(self) -> None:
         inflight: list[_Job] = []
@@ -364,6 +372,7 @@ class Database:
             self._drain(StoreError(f"the writer of {self.path.name} stopped: {type(exc).__name__}: {exc}"), inflight)
         finally:
             self._job_started = None
+            self._writer_stopped = True
 
     def _drain(self, error: BaseException, inflight: list[_Job]) -> None:
         for job in inflight:
@@ -556,9 +565,3 @@ class Database:
         except queue.Empty:
             raise StoreTimeout(f"no reader of {self.path.name} came free within {self.write_timeout_s:g} s",
                                database=self.path.name, started=False) from None
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Retrieve a late result nobody awaits any more, so it is not reported as lost."""
-    if not future.cancelled():
-        future.exception()
