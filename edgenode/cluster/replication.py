@@ -30,7 +30,7 @@ from prometheus_client import Counter, Histogram
 
 from edgenode.cluster.hlc import physical_ms
 from edgenode.cluster.ranges import RangeSet
-from edgenode.errors import EdgenodeError, MalformedChanges
+from edgenode.errors import EdgenodeError, MalformedChanges, NamespaceDamaged
 from edgenode.state.names import NAMESPACE, ORIGIN
 from edgenode.state.payload import Changes, parse_changes
 
@@ -197,17 +197,25 @@ class Replicator:
             "reason": exc.message})
 
     async def _apply_all(self, sender: str, all_changes: list[Changes], *, measure_lag: bool = False) -> int:
+        damaged: set[tuple[str, str]] = set()
         for changes in all_changes:  # check everything before applying anything
             try:
                 await asyncio.to_thread(self.state.check, changes)
+            except NamespaceDamaged:
+                # One damaged namespace here must not stop the others from converging.
+                damaged.add((changes.tenant, changes.namespace))
             except EdgenodeError as exc:
                 self._refused(sender, changes, exc)
                 raise
         applied = 0
         now_ms = time.time() * 1000
         for changes in all_changes:
+            if (changes.tenant, changes.namespace) in damaged:
+                continue
             try:
                 applied += await asyncio.to_thread(self.state.apply, changes)
+            except NamespaceDamaged:
+                continue  # found damaged while applying: it refuses its writes, the rest go on
             except EdgenodeError as exc:
                 self._refused(sender, changes, exc)
                 raise

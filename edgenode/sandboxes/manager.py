@@ -46,6 +46,7 @@ from edgenode.sandboxes.paths import Workspace
 from edgenode.sandboxes.runtime import BackgroundProcess, SandboxRuntime, reset_dir
 from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
 from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
+from edgenode.store.faults import storage_fault
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -464,14 +465,17 @@ class Sandboxes:
                 if used + written > quota:
                     break
                 await asyncio.to_thread(_write_all, fd, chunk)
-        except BaseException:
+        except BaseException as exc:
             await asyncio.to_thread(ws.abort, fd, parent, temp)
-            raise
+            raise (storage_fault(exc, self._dir(record.id), "sandbox workspaces") or exc) from exc
         if used + written > quota:
             await asyncio.to_thread(ws.abort, fd, parent, temp)
             await _drain(chunks)
             raise over
-        await asyncio.to_thread(ws.commit, fd, parent, temp, name, path)
+        try:
+            await asyncio.to_thread(ws.commit, fd, parent, temp, name, path)
+        except OSError as exc:
+            raise (storage_fault(exc, self._dir(record.id), "sandbox workspaces") or exc) from exc
         return written
 
     # -- idle reaper -------------------------------------------------------------

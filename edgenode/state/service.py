@@ -89,33 +89,31 @@ class State:
     def _open(self, tenant: str, namespace: str) -> Replica:
         store = self.node.config.store
         path = self.path(tenant, namespace)
-        db = NamespaceDatabase(
-            path,
-            readers=self.settings.namespace_readers,
-            synchronous=store.synchronous,
-            busy_timeout_ms=store.busy_timeout_ms,
-            write_timeout_s=store.write_timeout_s,
-            purpose=f"namespace {namespace}",
-            monitor=self.node.store,
-        )
+
+        def database() -> NamespaceDatabase:
+            db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
+                                   busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
+                                   purpose=f"namespace {namespace}", monitor=self.node.store)
+            db.on_damaged = lambda error: self._damaged(tenant, namespace, path, error)
+            return db
+
+        db = database()
         damage = self.health.check(tenant, namespace, path)
         if damage is not None:
             db.refuse_writes(damage)
-        def on_damaged(error: DatabaseDamaged) -> None:
-            self.health.mark(tenant, namespace, path, error.reason)
-        db.on_damaged = on_damaged
         try:
             db.open()
         except DatabaseRefused as exc:
             # Opening runs the namespace's migrations: a file that turns out unreadable only now is
             # marked like one that failed its check, and opened for (what reads still can) reading.
-            error = self.health.mark(tenant, namespace, path, exc.reason)
-            db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
-                                   busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
-                                   purpose=f"namespace {namespace}", monitor=self.node.store)
-            db.refuse_writes(error)
+            db = database()
+            db.refuse_writes(self.health.mark(tenant, namespace, path, exc.reason))
             db.open()
         return Replica(db, tenant, namespace, self.origin, self.hlc, self.limits)
+
+    def _damaged(self, tenant: str, namespace: str, path: Path, error: DatabaseDamaged) -> None:
+        """SQLite found a namespace damaged while in use: mark it like one that failed its check."""
+        self.health.mark(tenant, namespace, path, error.reason)
 
     async def start(self) -> None:
         """Load every namespace's bookkeeping, seed the clock, start replication."""

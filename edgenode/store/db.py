@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 #: How many queued writes one transaction may take at most.
 MAX_BATCH = 256
+SQLITE_BUSY = 5
 
 #: Threads that run blocking store calls for event loops. They are the store's own, apart from the
 #: loop's default executor, so store calls never queue behind other blocking work (or it behind them).
@@ -145,6 +146,7 @@ class Database:
         self._refusal: EdgenodeError | None = None
         #: When the job now on the writer started (monotonic), for the watchdog.
         self._job_started: float | None = None
+        self._writer_stopped = False
         self._opened = False
         self._closed = False
 
@@ -162,14 +164,17 @@ class Database:
         except OSError as exc:
             raise (storage_fault(exc, self.path.parent, self.purpose) or exc) from exc
         if self._refusal is None:
+            existed = self.path.exists()
             try:
                 conn = self._connect()
             except sqlite3.Error as exc:
+                self._forget_new_file(existed)
                 raise self._open_failed(exc) from exc
             try:
                 self._migrate(conn)
             except sqlite3.Error as exc:
                 conn.close()
+                self._forget_new_file(existed)
                 raise self._open_failed(exc) from exc
             except BaseException:
                 conn.close()
@@ -182,6 +187,14 @@ class Database:
         if self.monitor is not None:
             self.monitor.track(self)
         return self
+
+    def _forget_new_file(self, existed: bool) -> None:
+        """Remove the file a failed first open created (on a full disk, an empty one), so it is not taken for lost."""
+        if existed:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self.path.with_name(self.path.name + suffix).unlink()
 
     def _open_failed(self, exc: sqlite3.Error) -> EdgenodeError:
         error = storage_fault(exc, self.path, self.purpose, database=self.path.name)
@@ -285,7 +298,7 @@ class Database:
             raise StoreError(f"database {self.path.name} is not open")
         if threading.current_thread() is self._writer:
             raise StoreError("write() called from inside a write; nest the work in the outer function instead")
-        if not self._writer.is_alive():
+        if self._writer_stopped:
             raise StoreError(f"the writer of {self.path.name} has stopped; see the node's log")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put(_Job(fn, future))
@@ -313,15 +326,22 @@ class Database:
         """Awaitable form of :meth:`write_sync`; the event loop is never blocked, no thread is held."""
         future = self.submit(fn)
         wrapped = asyncio.wrap_future(future)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            wrapped.cancel()  # and with it the write, if it has not started
+
+        timer = asyncio.get_running_loop().call_later(self.write_timeout_s, expire)
         try:
-            done, _ = await asyncio.wait({wrapped}, timeout=self.write_timeout_s)
+            return await wrapped
         except asyncio.CancelledError:
-            future.cancel()  # not started yet: it never runs; running: it finishes, unheard
-            raise
-        if not done:
-            wrapped.add_done_callback(_consume)
-            raise self._timed_out(future)
-        return wrapped.result()
+            if not expired:
+                raise  # the caller was cancelled; a write not yet started never runs
+            raise self._timed_out(future) from None
+        finally:
+            timer.cancel()
 
     def _run_writer(self) -> None:
         inflight: list[_Job] = []
@@ -352,6 +372,7 @@ class Database:
             self._drain(StoreError(f"the writer of {self.path.name} stopped: {type(exc).__name__}: {exc}"), inflight)
         finally:
             self._job_started = None
+            self._writer_stopped = True
 
     def _drain(self, error: BaseException, inflight: list[_Job]) -> None:
         for job in inflight:
@@ -402,7 +423,11 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = self._answer(exc)
-            if error is exc:
+            if error is exc and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_BUSY:
+                error = StoreTimeout(f"database {self.path.name} stayed locked by another connection for "
+                                     f"{self._busy_timeout_ms} ms; nothing was written",
+                                     database=self.path.name, started=False)
+            elif error is exc:
                 error = StoreError(f"cannot begin a write on {self.path.name}: {exc}")
             for job in batch:
                 if job.future.set_running_or_notify_cancel():
@@ -540,9 +565,3 @@ class Database:
         except queue.Empty:
             raise StoreTimeout(f"no reader of {self.path.name} came free within {self.write_timeout_s:g} s",
                                database=self.path.name, started=False) from None
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Retrieve a late result nobody awaits any more, so it is not reported as lost."""
-    if not future.cancelled():
-        future.exception()

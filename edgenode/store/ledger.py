@@ -141,8 +141,8 @@ class DatabaseLedger:
                 continue
             what = (purposes or {}).get(name, "database")
             raise DatabaseRefused(
-                f"edgenode will not start: its {what} {path} {problem}. This node created it before, so "
-                "starting with an empty one would silently lose what it held. Stop here and restore the file "
+                f"edgenode will not start: its {what} {path} {problem}. Starting with a new, empty one would "
+                "silently lose what it held. Stop here and restore the file "
                 f"from a backup (copy it back into {self.data_dir} while the node is stopped), or, to start with "
                 f"an empty {name} knowingly, run the node once with --accept-fresh-db {name} (or "
                 f"EDGENODE_STORE_ACCEPT_FRESH_DB={name}); a damaged file is then moved aside as "

@@ -126,3 +126,32 @@ def test_a_stuck_namespace_does_not_hold_up_reads_of_others(tmp_path: Path) -> N
     finally:
         node.stop()
 
+
+
+def test_a_damaged_namespace_does_not_stop_the_others_from_converging(tmp_path: Path) -> None:
+    from tests.cluster.test_replication import FAST
+
+    a = NodeProcess(tmp_path / "a", env=FAST).start()
+    b = NodeProcess(tmp_path / "b", env=FAST, args=["--peer", a.url]).start()
+    try:
+        _seed(a, "broken")
+        with b.client() as c:
+            wait_for(lambda: c.get("/v1/kv/broken/key-0299").status_code == 200, timeout=60,
+                     message="the namespace to replicate")
+        assert b.stop() == 0
+        path = _namespace_file(b, "broken")
+        with open(path, "r+b") as f:
+            f.seek(path.stat().st_size // 2)
+            f.write(os.urandom(16384))
+        with a.client() as c:  # while b is down: only b's pulls can bring these
+            for i in range(5):
+                assert c.put(f"/v1/kv/broken/late-{i}", content=b"x").status_code == 200
+                assert c.put(f"/v1/kv/fine/late-{i}", content=b"y").status_code == 200
+        b.start()
+        with b.client() as c:
+            wait_for(lambda: all(c.get(f"/v1/kv/fine/late-{i}").status_code == 200 for i in range(5)),
+                     timeout=60, message="the healthy namespace to converge by pull")
+            assert c.put("/v1/kv/broken/x", content=b"x").json()["error"]["code"] == "namespace_damaged"
+    finally:
+        b.stop()
+        a.stop()

@@ -105,3 +105,16 @@ def test_unknown_accept_fresh_names_change_nothing(seeded: Path, tmp_path: Path)
     data = _copy(seeded, tmp_path)
     (data / "node.db").write_bytes(b"")
     _assert_refused(_serve(data, "--accept-fresh-db", "agents.db"), data / "node.db")
+
+
+def test_a_node_database_whose_log_was_deleted_after_kill_9_is_refused(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data").start()
+    with node.client() as c:
+        for i in range(5):
+            assert c.post("/v1/tokens", json={"tenant": "default", "name": f"t{i}"}).status_code == 201
+    node.kill()
+    wal = tmp_path / "data" / "node.db-wal"
+    assert wal.exists() and wal.stat().st_size > 0, "the test needs commits only the log holds"
+    wal.unlink()
+    out = _assert_refused(_serve(tmp_path / "data"), tmp_path / "data" / "node.db")
+    assert "write-ahead log" in out

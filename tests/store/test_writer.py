@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edgenode.errors import InsufficientStorage, StoreError, StoreTimeout
+from edgenode.errors import DatabaseDamaged, InsufficientStorage, StoreError, StoreTimeout
 from edgenode.store import Database, Migration
 from edgenode.store.health import StoreMonitor
 from tests.store.disk import fill, free_bytes, small_disk
@@ -143,3 +143,41 @@ def test_a_reader_wait_is_bounded(tmp_path: Path) -> None:
 def test_zero_readers_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reader"):
         Database(tmp_path / "f.db", readers=0)
+
+
+def test_a_lock_held_elsewhere_is_a_503_not_a_500_and_passes(tmp_path: Path) -> None:
+    with Database(tmp_path / "g.db", [Migration("0001", _items)], busy_timeout_ms=50) as db:
+        other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreTimeout) as info:
+                db.write_sync(_insert(10))
+            assert info.value.status == 503 and info.value.started is False
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        db.write_sync(_insert(10))
+        assert _count(db) == 1
+
+
+def test_damage_met_while_in_use_refuses_further_writes(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    with Database(path, [Migration("0001", _items)]) as db:
+        for _ in range(20):
+            db.write_sync(lambda c: c.executemany("INSERT INTO items (body) VALUES (?)",
+                                                  [(os.urandom(2000),) for _ in range(20)]))
+    with open(path, "r+b") as f:  # the clean close checkpointed everything into the file
+        f.seek(path.stat().st_size // 2)
+        f.write(os.urandom(32 * 1024))
+    seen: list[DatabaseDamaged] = []
+    db = Database(path, [Migration("0001", _items)]).open()
+    db.on_damaged = seen.append
+    try:
+        with pytest.raises(DatabaseDamaged) as info:
+            db.read_sync(lambda c: c.execute("SELECT sum(length(body)) FROM items").fetchone())
+        assert info.value.status == 503 and info.value.database == "h.db"
+        assert seen == [info.value]
+        with pytest.raises(DatabaseDamaged):
+            db.write_sync(_insert(10))
+    finally:
+        db.close()
