@@ -154,6 +154,7 @@ class ArtifactSettings:
         "auto", "Who does the pack work: git (git upload-pack answers clones and fetches, git index-pack "
         "indexes pushes), dulwich (pure Python, 2-4x slower) or auto (git when the binary is on PATH)."
     )
+    import_timeout_s: float = setting(600.0, "Longest a repository import may take, connect to last byte, in s.")
     upload_pack_timeout_s: float = setting(600.0, "Longest one git upload-pack run may take, in seconds "
                                            "(then it is killed).")
 
@@ -192,6 +193,17 @@ class AgentSettings:
 
 
 @dataclass
+class EgressSettings:
+    """Outbound network: worker and agent fetch, sandbox proxies, repository import."""
+
+    allow_networks: list[str] = setting(
+        [], "Networks (CIDR, such as 10.1.0.0/16) that outbound requests may reach although they are loopback, "
+        "private or link-local; empty allows public addresses only."
+    )
+    max_redirects: int = setting(5, "Redirects a repository import follows, each checked like the first.")
+
+
+@dataclass
 class Config:
     """All of a node's settings."""
 
@@ -213,6 +225,7 @@ class Config:
     cluster: ClusterSettings = section(ClusterSettings)
     artifacts: ArtifactSettings = section(ArtifactSettings)
     agents: AgentSettings = section(AgentSettings)
+    egress: EgressSettings = section(EgressSettings)
 
     @classmethod
     def load(

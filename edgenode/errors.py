@@ -147,6 +147,39 @@ class ShuttingDown(Overloaded):
     code = "shutting_down"
 
 
+class EgressError(EdgenodeError):
+    """An outbound request (fetch, import, proxy) failed or was refused."""
+
+    code = "egress_error"
+    status = 502
+
+
+class EgressDenied(EgressError):
+    """The destination is not allowed: not in the allow-list, or resolves to a refused address."""
+
+    code = "fetch_denied"
+    status = 403
+
+
+class EgressTimeout(EgressError):
+    """An outbound exchange did not finish before its deadline."""
+
+    code = "fetch_timeout"
+    status = 504
+
+
+class EgressFailed(EgressError):
+    """The destination could not be reached or broke the exchange."""
+
+    code = "fetch_failed"
+
+
+class EgressTooLarge(EgressError):
+    """An outbound response is larger than the caller accepts."""
+
+    code = "fetch_too_large"
+
+
 class Internal(EdgenodeError):
     """A bug: something failed that should not have."""
 

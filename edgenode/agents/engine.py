@@ -27,6 +27,7 @@ from edgenode.agents.replay import Activation
 from edgenode.agents.runner import Runner, make_runner
 from edgenode.agents.schedules import Schedules
 from edgenode.agents.store import MIGRATIONS, TERMINAL, dumps, entry_dict, finish_run, get_run, loads, run_dict
+from edgenode.egress import AllowList, Egress
 from edgenode.errors import (
     AgentNotFound,
     BuildFailed,
@@ -86,6 +87,7 @@ class Agents:
                 log.warning("agents.runner is isolate but this node has no workers; using the process runner")
                 runner = make_runner("process")
         self.runner: Runner = runner or make_runner(self.settings.runner)
+        self.egress = Egress(node.config.egress.allow_networks)
         self.effects = Effects(self)
         self.models = ModelGateway(self)
         self.schedules = Schedules(self)
@@ -134,6 +136,7 @@ class Agents:
                 await asyncio.wait_for(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True), 5.0)
             except TimeoutError:
                 log.warning("agent activations still busy at stop", extra={"runs": list(self.active)})
+        self.egress.close()
         self.db.close()
 
     def status(self) -> dict[str, Any]:
@@ -320,8 +323,7 @@ class Agents:
                 # Caught here in milliseconds, instead of by a build or at the first run.
                 raise BuildFailed(f"{path} does not compile: {exc}", output=str(exc)) from None
         hosts = allowed_hosts or []
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            raise ValidationFailed("allowed_hosts must be a list of host names", field="allowed_hosts")
+        AllowList.parse(hosts)  # the node's one egress grammar; stored as given
         config = {"entry": entry, "allowed_hosts": hosts}
         prepare = getattr(self.runner, "prepare", None)
         if prepare is not None:

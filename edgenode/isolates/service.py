@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgenode.egress import Egress
 from edgenode.errors import BadRequest, InvalidComponent, PayloadTooLarge, ValidationFailed, WorkerNotFound
 from edgenode.isolates.builder import Builder, Source
 from edgenode.isolates.cache import prune
@@ -95,7 +96,8 @@ class Workers:
         self.builder = Builder(self.cache_dir, timeout_s=s.build_timeout_s, concurrency=max(1, s.build_concurrency))
         self.cache = CompiledCache(self.engine, self.cache_dir / "compiled")
         # node.state may be wired after workers; look it up at call time.
-        self.host = HostFunctions(lambda: getattr(node, "state", None), fetch_timeout_s=s.fetch_timeout_s)
+        self.host = HostFunctions(lambda: getattr(node, "state", None), fetch_timeout_s=s.fetch_timeout_s,
+                                  egress=Egress(node.config.egress.allow_networks))
         self.runtime = Runtime(self.engine, self.host, self.cache, max_response_bytes=s.max_response_bytes)
         self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes)
         self.pool = IsolatePool(s.pool_size, s.queue_depth)

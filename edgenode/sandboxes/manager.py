@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgenode.auth import Principal
+from edgenode.egress import AddressPolicy
 from edgenode.errors import (
     Overloaded,
     SandboxProcessNotFound,
@@ -70,6 +71,7 @@ class Sandboxes:
         self.root = node.data_dir / "sandboxes"
         self.db = node.database("sandboxes.db", MIGRATIONS)
         self.store = SandboxStore(self.db)
+        self.addresses = AddressPolicy(node.config.egress.allow_networks)
         self.runtimes: dict[str, SandboxRuntime] = {}
         self._starting: dict[str, asyncio.Task[SandboxRuntime]] = {}
         #: Warm starts after create run one at a time, so a burst of creates is not slowed by them.
@@ -337,6 +339,7 @@ class Sandboxes:
         return SandboxRuntime(
             record.id, spec, policy=policy, limits=self._limits(record), base_env=self._base_env(record, policy),
             root=self._dir(record.id), node_url=lambda: self.node.url, log_cap=self.settings.max_output_bytes,
+            addresses=self.addresses,
         )
 
     def _prepare(self, record: SandboxRecord, policy: EgressPolicy) -> GuestSpec:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenode.egress import AddressPolicy
 from edgenode.errors import SandboxProcessNotFound
 from edgenode.sandboxes.egress import EgressPolicy, EgressProxy
 from edgenode.sandboxes.execution import STREAMS, ExecSpec, Execution
@@ -62,7 +63,7 @@ class SandboxRuntime:
 
     def __init__(self, sandbox_id: str, spec: GuestSpec, *, policy: EgressPolicy, limits: Limits,
                  base_env: dict[str, str], root: Path, node_url: Callable[[], str | None],
-                 log_cap: int) -> None:
+                 log_cap: int, addresses: AddressPolicy | None = None) -> None:
         self.sandbox_id = sandbox_id
         self.spec = spec
         self.policy = policy
@@ -71,7 +72,7 @@ class SandboxRuntime:
         self.root = root
         self.log_cap = log_cap
         self.guest = Guest(spec)
-        self.proxy = (EgressProxy(policy, str(spec.run_dir / "proxy.sock"), node_url=node_url)
+        self.proxy = (EgressProxy(policy, str(spec.run_dir / "proxy.sock"), node_url=node_url, addresses=addresses)
                       if spec.run_dir is not None else None)
         self.processes: dict[int, BackgroundProcess] = {}
         self._next_proc = 0

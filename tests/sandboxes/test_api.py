@@ -157,7 +157,7 @@ def test_malformed_json_bodies(admin: httpx.Client, shared_sandbox: str) -> None
         {"name": 5},
         {"network": "all"},
         {"network": {"allow": "example.org"}},
-        {"network": {"allow": ["http://example.org/"]}},
+        {"network": {"allow": ["ftp://example.org/"]}},
         {"limits": {"memory_mb": 10 ** 9}},
         {"limits": {"pids": "many"}},
         {"limits": {"unknown": 1}},
