@@ -169,3 +169,18 @@ def test_usage_and_metrics_count_invocations(admin: httpx.Client, wnode: NodePro
     assert 'edgenode_worker_invocations_total{outcome="ok",tenant="default",worker="kitchen"}' in metrics
     assert 'outcome="guest_exception"' in metrics
     assert "edgenode_worker_instantiate_seconds_bucket" in metrics
+
+
+def test_public_pages_cannot_act_on_the_nodes_origin(admin: httpx.Client, wnode: NodeProcess,
+                                                     kitchen_files: dict[str, str]) -> None:
+    r = admin.put("/v1/workers/open-page", json={"files": kitchen_files, "public": True})
+    assert r.status_code == 201, r.text
+    page = httpx.get(wnode.url + "/p/default/open-page/page")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html"
+    # Its HTML runs in an opaque origin (no script, no storage of the node's), and it sets no cookie.
+    assert page.headers.get_list("content-security-policy") == ["sandbox"]
+    assert "set-cookie" not in page.headers and page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-guest"] == "yes"
+    # Behind a token the same worker's headers pass as they are (that response is not a page of the node).
+    private = admin.get("/w/open-page/page")
+    assert private.headers["content-security-policy"] == "default-src *"
