@@ -218,19 +218,40 @@ def test_sub_agent_result(api: httpx.Client) -> None:
 
 
 def test_fetch_is_allow_listed(api: httpx.Client, agent_node: NodeProcess) -> None:
+    port = agent_node.url.rsplit(":", 1)[1]
     deploy(api, "fetcher", """
         def run(ctx, input):
             ok = ctx.fetch(input + "/healthz")
-            try:
-                ctx.fetch("http://example.invalid/")
-                denied = None
-            except Exception as exc:
-                denied = exc.code
+            denied = []
+            for url in ("http://example.invalid/", input.replace(":" + input.rsplit(":", 1)[1], ":1") + "/",
+                        "https://127.0.0.1:" + input.rsplit(":", 1)[1] + "/"):
+                try:
+                    ctx.fetch(url)
+                    denied.append(None)
+                except Exception as exc:
+                    denied.append(exc.code)
             return {"status": ok["status"], "denied": denied}
-    """, allowed_hosts=["127.0.0.1"])
+    """, allowed_hosts=[f"http://127.0.0.1:{port}"])
     run = start(api, "fetcher", agent_node.url)
     done = wait_status(api, run["id"], "completed", "failed")
-    assert done["output"] == {"status": 200, "denied": "forbidden"}
+    # Other hosts, other ports and other schemes are refused: the one grammar of every allow-list.
+    assert done["output"] == {"status": 200, "denied": ["fetch_denied"] * 3}
+
+
+def test_agent_fetch_refuses_names_resolving_to_loopback(make_node: Any) -> None:
+    node = make_node(env=FAST)  # no operator network: loopback is refused
+    port = node.url.rsplit(":", 1)[1]
+    with node.client() as c:
+        deploy(c, "prober", """
+            def run(ctx, input):
+                try:
+                    ctx.fetch(input)
+                except Exception as exc:
+                    return [exc.code, str(exc)]
+        """, allowed_hosts=[f"localhost:{port}"])
+        run = start(c, "prober", f"http://localhost:{port}/healthz")
+        done = wait_status(c, run["id"], "completed", "failed")
+    assert done["output"][0] == "fetch_denied" and "egress policy" in done["output"][1], done
 
 
 def test_host_calls_inside_a_step_body_are_refused(api: httpx.Client) -> None:
