@@ -100,6 +100,8 @@ class SandboxSettings:
     default_open_files: int = setting(1024, "Open files per sandboxed process when a sandbox sets none.")
     uid_base: int = setting(1_200_000, "First host uid given to sandboxes (each gets its own) when the node is root.")
     reaper_interval_s: float = setting(30.0, "How often idle sandboxes are looked for, in seconds.")
+    max_files: int = setting(100_000, "Files and directories one sandbox may hold (workspace, /tmp and process "
+                             "logs); past it, as past its disk quota, its processes are stopped.")
     max_running: int = setting(64, "Sandboxes with processes at once; the least recently used idle one is released.")
 
 

@@ -248,6 +248,8 @@ class Sandboxes:
         body = self._describe(record)
         body["disk_used_bytes"] = await asyncio.to_thread(self._disk_used, record)
         runtime = self.runtimes.get(record.id)
+        # Whether its processes were stopped for being over the disk quota (bytes or files) and it still is.
+        body["disk_quota_exceeded"] = runtime is not None and runtime.disk_exceeded
         if runtime is not None and runtime.proxy is not None:
             stats = runtime.proxy.stats
             body["egress"] = {"allowed": stats.allowed, "denied": stats.denied, "last_denied": stats.last_denied}
@@ -255,7 +257,7 @@ class Sandboxes:
 
     def _disk_used(self, record: SandboxRecord) -> int:
         base = self._dir(record.id)
-        return disk_usage(base / "workspace", base / "tmp")
+        return disk_usage(base / "workspace", base / "tmp", base / "logs")
 
     async def delete(self, principal: Principal, ref: str) -> None:
         """Destroy a sandbox: processes killed, workspace removed, record forgotten."""
@@ -339,7 +341,7 @@ class Sandboxes:
         return SandboxRuntime(
             record.id, spec, policy=policy, limits=self._limits(record), base_env=self._base_env(record, policy),
             root=self._dir(record.id), node_url=lambda: self.node.url, log_cap=self.settings.max_output_bytes,
-            addresses=self.addresses,
+            addresses=self.addresses, max_files=self.settings.max_files,
         )
 
     def _prepare(self, record: SandboxRecord, policy: EgressPolicy) -> GuestSpec:
