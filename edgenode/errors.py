@@ -120,6 +120,25 @@ class TooManyRequests(EdgenodeError):
     status = 429
 
 
+class TenantOverShare(TooManyRequests):
+    """A tenant holds its share of a node resource (isolate threads, activations); retry after ``retry_after`` s."""
+
+    code = "tenant_over_share"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TenantQuotaExceeded(TenantOverShare):
+    """A tenant has as many sandboxes, workers or repositories as the node allows one tenant."""
+
+    code = "tenant_quota_exceeded"
+
+
 class Overloaded(EdgenodeError):
     """The node is at capacity; try again after ``retry_after`` seconds."""
 

@@ -100,7 +100,8 @@ class Workers:
                                   egress=Egress(node.config.egress.allow_networks))
         self.runtime = Runtime(self.engine, self.host, self.cache, max_response_bytes=s.max_response_bytes)
         self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes)
-        self.pool = IsolatePool(s.pool_size, s.queue_depth)
+        self.pool = IsolatePool(s.pool_size, s.queue_depth, tenant_threads=s.tenant_threads,
+                                tenant_queue_depth=s.tenant_queue_depth)
         self.db = node.database("workers.db", MIGRATIONS)
         self.registry = Registry(self.db)
         self.meter = Meter(node.metrics, self.registry)
@@ -297,7 +298,7 @@ class Workers:
             invocation = Invocation(deployed.grants, name, _deadline(limits))
             return self.runtime.invoke(component, request, invocation, limits)
 
-        outcome = await self._run_pool(call)
+        outcome = await self._run_pool(call, tenant)
         self.meter.record(tenant, name, outcome.usage)
         return outcome
 
@@ -316,7 +317,7 @@ class Workers:
             component = self.cache.get(key, path)
             return self.runtime.invoke(component, request, Invocation(grants, RUN_WORKER, _deadline(limits)), limits)
 
-        outcome = await self._run_pool(call)
+        outcome = await self._run_pool(call, tenant)
         self.meter.record(tenant, RUN_WORKER, outcome.usage)
         return outcome
 
@@ -350,7 +351,7 @@ class Workers:
             self.prune_soon()  # one-off modules leave compiled code behind
         try:
             result = await self._run_pool(
-                lambda: self.wasi.run(module, args=args, env=env, stdin=stdin, files=files, limits=limits)
+                lambda: self.wasi.run(module, args=args, env=env, stdin=stdin, files=files, limits=limits), tenant
             )
         except Exception as exc:
             code = getattr(exc, "code", "internal")
@@ -360,9 +361,9 @@ class Workers:
                                                 memory_limit_mb=limits.memory_mb, outcome="ok"))
         return result
 
-    async def _run_pool(self, fn: Callable[[], T]) -> T:
+    async def _run_pool(self, fn: Callable[[], T], tenant: str) -> T:
         try:
-            return await self.pool.run(fn)
+            return await self.pool.run(fn, tenant=tenant)
         except Exception as exc:
             if getattr(exc, "code", None) == "overloaded":
                 self.meter.rejected.inc()

@@ -249,7 +249,10 @@ class SandboxRuntime:
                 stopped_at = None
                 continue
             self.disk_exceeded = True
-            if stopped_at is not None and used.bytes <= stopped_at.bytes and used.files <= stopped_at.files:
+            # Writes in flight at the kill still land (and delayed allocation shows up later): only
+            # growth past that slack is a new offence.
+            if stopped_at is not None and used.bytes <= stopped_at.bytes + max(MIB, quota // 16) \
+                    and used.files <= stopped_at.files + 64:
                 continue
             stopped_at = used
             log.warning("sandbox over its disk quota: stopping its processes",
