@@ -106,6 +106,9 @@ class SandboxSettings:
     max_files: int = setting(100_000, "Files and directories one sandbox may hold (workspace, /tmp and process "
                              "logs); past it, as past its disk quota, its processes are stopped.")
     max_running: int = setting(64, "Sandboxes with processes at once; the least recently used idle one is released.")
+    tenant_running: int = setting(0, "Sandboxes with processes one tenant may hold at once (0: half of "
+                                  "max_running); past it only its own idle ones are released, or 429.")
+    max_per_tenant: int = setting(100, "Sandboxes one tenant may have (0: no limit); 429 beyond.")
 
 
 @dataclass
