@@ -181,6 +181,8 @@ class AgentSettings:
     activation_wall_s: float = setting(3600.0, "Wall time of one activation in an isolate (model calls "
                                        "included), in seconds.")
     max_active_runs: int = setting(8, "Activations running at once; more due runs wait their turn.")
+    tenant_active_runs: int = setting(0, "Activations one tenant may have running at once (0: all but one of "
+                                      "max_active_runs, at least 1); due runs are taken from tenants in turn.")
     max_code_bytes: int = setting(1024 * 1024, "Largest deployed agent source, all files together, in bytes.")
     max_result_bytes: int = setting(1024 * 1024, "Largest step result or agent state, as JSON, in bytes.")
     max_event_bytes: int = setting(1024 * 1024, "Largest event payload or approval data, as JSON, in bytes.")

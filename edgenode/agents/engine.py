@@ -195,15 +195,29 @@ class Agents:
         if free <= 0:
             return
         busy = list(self.active)
+        share = self.tenant_share()
+        held: dict[str, int] = {}
+        for running in self.active.values():
+            held[running.run["tenant"]] = held.get(running.run["tenant"], 0) + 1
 
         def claim(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             marks = ",".join("?" * len(busy))
             exclude = f"AND id NOT IN ({marks})" if busy else ""
-            rows = conn.execute(
-                f"""SELECT * FROM runs WHERE (status = 'pending' OR (status = 'waiting' AND wake_at <= ?))
-                    {exclude} ORDER BY wake_at LIMIT ?""",
-                (now, *busy, free),
+            # Due runs taken tenant by tenant in turn (each tenant's oldest first), and no tenant
+            # past its share of the activation slots: one tenant's backlog cannot hold them all.
+            due = conn.execute(
+                f"""SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY wake_at, id) AS turn
+                                   FROM runs WHERE (status = 'pending' OR (status = 'waiting' AND wake_at <= ?))
+                                   {exclude})
+                    WHERE turn <= ? ORDER BY turn, wake_at LIMIT ?""",
+                (now, *busy, share, free + len(held) * share),
             ).fetchall()
+            rows: list[sqlite3.Row] = []
+            for row in due:
+                if len(rows) >= free or held.get(row["tenant"], 0) >= share:
+                    continue
+                held[row["tenant"]] = held.get(row["tenant"], 0) + 1
+                rows.append(row)
             for row in rows:
                 conn.execute("UPDATE runs SET status = 'running', activations = activations + 1, updated_at = ? "
                              "WHERE id = ?", (now, row["id"]))
@@ -217,6 +231,10 @@ class Agents:
             self.active[run["id"]] = act
             assert self._pool is not None
             self._pool.submit(self._activate, act)
+
+    def tenant_share(self) -> int:
+        """Activations one tenant may have running at once."""
+        return self.settings.tenant_active_runs or max(1, self.settings.max_active_runs - 1)
 
     def _prepare(self, run: dict[str, Any]) -> Activation | None:
         version = self.db.read_sync(lambda c: c.execute(
