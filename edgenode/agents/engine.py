@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}\.py$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}\.py\Z")
 #: Names that are route segments under /v1/agents, so no agent may take them.
 RESERVED = frozenset({"runs", "approvals", "schedules", "models", "usage", "secrets", "ui"})
 

@@ -25,7 +25,7 @@ from edgenode.metrics import Metrics
 
 log = logging.getLogger("edgenode.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 class EdgeMiddleware:

@@ -28,8 +28,8 @@ from edgenode.auth import validate_tenant
 from edgenode.errors import ArtifactNotFound, RepoExists, ValidationFailed
 from edgenode.store import Database
 
-REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
+REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
+BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![/.])\Z")
 
 #: Refs that belong to a repository's shared history (gossiped, copied into forks).
 SHARED_REF_PREFIXES = (b"refs/heads/", b"refs/tags/")

@@ -24,8 +24,8 @@ from edgenode.store import Database, Migration
 #: The tenant the bootstrap admin token acts for unless it names another.
 DEFAULT_TENANT = "default"
 
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})$")
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})\Z")
 
 
 def _create_auth_tables(conn: sqlite3.Connection) -> None:

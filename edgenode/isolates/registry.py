@@ -17,7 +17,7 @@ from typing import Any
 from edgenode.errors import ValidationFailed, WorkerNotFound
 from edgenode.store import Database, Migration
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 
 def validate_name(name: str) -> str:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 PROXY_URL = "http://127.0.0.1:3128"
 #: How much of a refused upload is read and dropped so the client sees the error, in bytes.
 DRAIN_LIMIT = 64 * MIB

@@ -323,3 +323,14 @@ def test_pause_stops_an_executing_run_at_its_next_call(api: httpx.Client, tmp_pa
     assert journal(api, run["id"]) == []
     api.post(f"/v1/agents/runs/{run['id']}/resume")
     assert wait_status(api, run["id"], "completed")["output"] == ["through", "after"]
+
+
+def test_ctx_log_goes_to_the_node_log(api: httpx.Client, agent_node: NodeProcess) -> None:
+    deploy(api, "logger", """
+        def run(ctx, input):
+            ctx.log("hello from the agent")
+            return "logged"
+    """)
+    run = start(api, "logger")
+    assert wait_status(api, run["id"], "completed", "failed")["output"] == "logged"
+    wait_for(lambda: "hello from the agent" in agent_node.log(), message="the line in the node log")

@@ -154,6 +154,7 @@ def test_malformed_json_bodies(admin: httpx.Client, shared_sandbox: str) -> None
     [
         {"name": "Bad Name"},
         {"name": "sb_reserved"},
+        {"name": "box\n"},
         {"name": 5},
         {"network": "all"},
         {"network": {"allow": "example.org"}},
