@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.common import admin, field, json, node_of, principal, read_json
 from edgenode.api.openapi import openapi
+from edgenode.errors import EdgenodeError
 from edgenode.metrics import CONTENT_TYPE_LATEST
 
 #: Paths that skip bearer-token auth.
@@ -21,8 +24,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics in text format; no token needed."""
-    return Response(node_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics in text format; no token needed.
+
+    Without the admin token, series are summed over the labels that name tenants and what they
+    own (workers, namespaces, agents, repositories, sandboxes): anyone may scrape node health,
+    only the admin sees who uses it. A tenant sees its own use at ``/v1/usage``.
+    """
+    node = node_of(request)
+    auth = request.headers.get("authorization", "")
+    labelled = False
+    if auth.lower().startswith("bearer "):
+        try:
+            labelled = (await asyncio.to_thread(node.auth.authenticate, auth[7:].strip())).admin
+        except EdgenodeError:
+            labelled = False
+    return Response(node.metrics.render(labelled=labelled), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi_json(request: Request) -> Response:

@@ -165,7 +165,11 @@ def test_usage_and_metrics_count_invocations(admin: httpx.Client, wnode: NodePro
     k = usage["kitchen"]
     assert k["requests"] >= 4 and k["errors"] >= 1 and k["cpu_ms"] > 0 and k["wall_ms"] >= k["cpu_ms"] * 0.5
     assert k["max_memory_limit_mb"] == 48
-    metrics = httpx.get(wnode.url + "/metrics").text
+    # Without the admin token, nothing names a tenant or a worker; with it, the series are labelled.
+    anonymous = httpx.get(wnode.url + "/metrics").text
+    assert 'edgenode_worker_invocations_total{outcome="ok"}' in anonymous
+    assert "tenant=" not in anonymous and "kitchen" not in anonymous
+    metrics = admin.get("/metrics").text
     assert 'edgenode_worker_invocations_total{outcome="ok",tenant="default",worker="kitchen"}' in metrics
     assert 'outcome="guest_exception"' in metrics
     assert "edgenode_worker_instantiate_seconds_bucket" in metrics
