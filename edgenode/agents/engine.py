@@ -32,7 +32,6 @@ from edgenode.errors import (
     AgentNotFound,
     BuildFailed,
     Conflict,
-    Forbidden,
     PayloadTooLarge,
     ReplayMismatch,
     RunNotFound,
@@ -440,10 +439,9 @@ class Agents:
 
     @staticmethod
     def _owned(who: Principal, row: sqlite3.Row | None, run_id: str) -> dict[str, Any]:
-        if row is None:
+        # Another tenant's run answers exactly as a missing one: its id's existence is not told.
+        if row is None or (row["tenant"] != who.tenant and not who.admin):
             raise RunNotFound(f"no run with id {run_id!r}")
-        if row["tenant"] != who.tenant and not who.admin:
-            raise Forbidden(f"run {run_id!r} belongs to another tenant")
         return run_dict(row)
 
     async def list_runs(self, tenant: str, *, agent: str | None = None, status: str | None = None,

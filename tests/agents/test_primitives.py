@@ -179,9 +179,15 @@ def test_reject_and_approval_by_another_tenant(api: httpx.Client, agent_node: No
     wait_status(api, run["id"], "waiting")
     token = api.post("/v1/tokens", json={"tenant": "mallory"}).json()["token"]
     with agent_node.client(token) as other:
-        r = other.post(f"/v1/agents/runs/{run['id']}/approve", json={})
-        assert r.status_code == 403 and error_code(r) == "forbidden"
-        assert other.get(f"/v1/agents/runs/{run['id']}").status_code == 403
+        # Another tenant's run answers as a missing one does: 404, the same body but for the request id.
+        missing = other.get("/v1/agents/runs/run_0000000000000000")
+        for r in (other.post(f"/v1/agents/runs/{run['id']}/approve", json={}),
+                  other.get(f"/v1/agents/runs/{run['id']}"),
+                  other.get(f"/v1/agents/runs/{run['id']}/history"),
+                  other.post(f"/v1/agents/runs/{run['id']}/events", json={"type": "x"})):
+            assert r.status_code == 404 and error_code(r) == "run_not_found", r.text
+            assert r.json()["error"]["message"].replace(run["id"], "?") == \
+                missing.json()["error"]["message"].replace("run_0000000000000000", "?")
         assert other.get("/v1/agents/approvals").json()["approvals"] == []
     r = api.post(f"/v1/agents/runs/{run['id']}/reject", json={"comment": "no"})
     assert r.status_code == 200
