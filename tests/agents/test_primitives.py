@@ -340,3 +340,11 @@ def test_ctx_log_goes_to_the_node_log(api: httpx.Client, agent_node: NodeProcess
     run = start(api, "logger")
     assert wait_status(api, run["id"], "completed", "failed")["output"] == "logged"
     wait_for(lambda: "hello from the agent" in agent_node.log(), message="the line in the node log")
+
+
+def test_an_agent_named_ui_is_refused_not_a_crash(api: httpx.Client) -> None:
+    for method, path, body in (("PUT", "/v1/agents/ui", {"files": {"main.py": "def run(ctx, i):\n    return 1\n"}}),
+                               ("POST", "/v1/agents/ui/runs", {}), ("DELETE", "/v1/agents/ui", None)):
+        r = api.request(method, path, json=body)
+        assert r.status_code == 400 and error_code(r) == "validation_failed", r.text
+    assert api.get("/v1/agents/ui/", headers={"authorization": ""}).status_code == 200
