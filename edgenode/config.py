@@ -118,6 +118,8 @@ class StateSettings:
     max_value_bytes: int = setting(1024 * 1024, "Largest key-value value, in bytes (413 beyond).")
     sql_time_limit_ms: int = setting(5000, "Longest a SQL statement may run, in ms.")
     sql_max_result_bytes: int = setting(8 * 1024 * 1024, "Largest SQL result, in bytes.")
+    sql_max_length_bytes: int = setting(32 * 1024 * 1024, "Longest string, blob or row SQL may make in a "
+                                        "namespace, in bytes (SQLite's length limit; bounds one step's memory).")
     max_key_bytes: int = setting(1024, "Longest key-value key, in UTF-8 bytes.")
     max_open_namespaces: int = setting(
         128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files."

@@ -91,6 +91,7 @@ class State:
             readers=self.settings.namespace_readers,
             synchronous=store.synchronous,
             busy_timeout_ms=store.busy_timeout_ms,
+            max_length=self.settings.sql_max_length_bytes,
         )
         db.open()
         return Replica(db, tenant, namespace, self.origin, self.hlc, self.limits)
