@@ -138,6 +138,22 @@ class Agents:
         self.egress.close()
         self.db.close()
 
+    async def purge_tenant(self, tenant: str) -> None:
+        """Stop ``tenant``'s activations and delete its agents, runs, journals, schedules, secrets and usage."""
+        for act in list(self.active.values()):
+            if act.run["tenant"] == tenant:
+                act.stop_reason = "deleted"
+                self.runner.kill(act.handle)
+
+        def purge(c: sqlite3.Connection) -> None:
+            runs = "SELECT id FROM runs WHERE tenant = ?"
+            c.execute(f"DELETE FROM journal WHERE run_id IN ({runs})", (tenant,))
+            c.execute(f"DELETE FROM events WHERE run_id IN ({runs})", (tenant,))
+            for table in ("runs", "agents", "agent_versions", "schedules", "secrets", "usage"):
+                c.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
+
+        await self.db.write(purge)
+
     def status(self) -> dict[str, Any]:
         """Counts of runs by status and of activations so far."""
         try:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgenode import tenants
 from edgenode.api.common import admin, field, json, node_of, principal, read_json
 from edgenode.api.openapi import openapi
 from edgenode.errors import EdgenodeError
@@ -76,9 +77,9 @@ async def list_tenants(request: Request) -> Response:
 
 
 async def delete_tenant(request: Request) -> Response:
-    """Delete a tenant and revoke its tokens (admin)."""
+    """Delete a tenant with everything it owns on this node, and revoke its tokens (admin)."""
     admin(request)
-    await node_of(request).auth.delete_tenant(request.path_params["name"])
+    await tenants.delete_tenant(node_of(request), request.path_params["name"])
     return Response(status_code=204)
 
 

@@ -182,6 +182,13 @@ class Artifacts:
         await self.events.record(tenant, name, "delete")
         self.spawn(self.gossip.announce_delete(info))
 
+    async def purge_tenant(self, tenant: str) -> None:
+        """Delete every repository of ``tenant``, with its tokens and events."""
+        for info in await asyncio.to_thread(self.repos.list_sync, tenant):
+            await self.delete(tenant, info.name)
+        await self.db.write(lambda c: [c.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
+                                       for table in ("repo_tokens", "repo_events")])
+
     async def import_url(
         self, tenant: str, name: str, url: str, *, branch: str | None = None, depth: int | None = None
     ) -> RepoInfo:

@@ -166,11 +166,19 @@ class Auth:
         )
         return [dict(r) for r in rows]
 
-    async def delete_tenant(self, name: str) -> None:
-        """Delete a tenant and its tokens (its resources are the capabilities' to remove)."""
+    async def tenant_exists(self, name: str) -> bool:
+        """Whether a tenant of this name exists."""
         validate_tenant(name)
+        return bool(await self.db.read(
+            lambda c: c.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone()))
+
+    async def delete_tenant(self, name: str) -> None:
+        """Delete a tenant's record and revoke every token of it (its resources are the capabilities' to remove)."""
+        validate_tenant(name)
+        now = self._now()
 
         def delete(c: sqlite3.Connection) -> int:
+            c.execute("UPDATE tokens SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL", (now, name))
             return c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount
 
         if await self.db.write(delete) == 0:

@@ -269,7 +269,14 @@ class Sandboxes:
 
     async def delete(self, principal: Principal, ref: str) -> None:
         """Destroy a sandbox: processes killed, workspace removed, record forgotten."""
-        record = await self.store.get(principal.tenant, ref)
+        await self._destroy(await self.store.get(principal.tenant, ref))
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Destroy every sandbox of ``tenant``."""
+        for record in await self.store.list_for(tenant):
+            await self._destroy(record)
+
+    async def _destroy(self, record: SandboxRecord) -> None:
         warm = self._warm_tasks.get(record.id)
         if warm is not None:
             warm.cancel()

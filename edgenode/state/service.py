@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from edgenode.auth import validate_tenant
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
 from edgenode.errors import ValidationFailed
@@ -110,6 +112,19 @@ class State:
         if self.replicator is not None:
             await self.replicator.stop()
         await asyncio.to_thread(self.pool.close_all)
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Remove every namespace of ``tenant`` on this node (files, open databases, bookkeeping)."""
+        validate_tenant(tenant)
+
+        def purge() -> None:
+            self.pool.close_tenant(tenant)
+            with self._books_lock:
+                for key in [k for k in self._books if k[0] == tenant]:
+                    del self._books[key]
+            shutil.rmtree(self.root / tenant, ignore_errors=True)
+
+        await asyncio.to_thread(purge)
 
     def _load_books(self) -> None:
         # Reading the small book table of each file is cheap, even for thousands of namespaces;
