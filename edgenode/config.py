@@ -158,6 +158,7 @@ class ArtifactSettings:
     default_token_ttl_s: int = setting(86_400, "Time to live of a repository token when none is given.")
     max_token_ttl_s: int = setting(30 * 86_400, "Longest time to live a repository token may ask for, in seconds.")
     max_commit_bytes: int = setting(32 * 1024 * 1024, "Largest total file content of one API commit, in bytes.")
+    max_repos_per_tenant: int = setting(1000, "Repositories one tenant may have (0: no limit); 429 beyond.")
     gossip: bool = setting(True, "Announce ref updates to peers and pull missing refs (needs a fleet secret).")
     anti_entropy_interval_s: float = setting(5.0, "Mean interval between ref-listing comparisons with a peer.")
     upload_pack: str = setting(

@@ -161,7 +161,8 @@ class Artifacts:
 
     async def create(self, tenant: str, name: str, *, default_branch: str = "main") -> RepoInfo:
         """An empty repository."""
-        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, default_branch=default_branch)
+        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, default_branch=default_branch,
+                                       cap=self.settings.max_repos_per_tenant)
         await self.events.record(tenant, name, "create", default_branch=default_branch)
         self.spawn(self.gossip.announce(info, []))
         return info
@@ -169,7 +170,8 @@ class Artifacts:
     async def fork(self, tenant: str, source: str, name: str, *, default_branch_only: bool = False) -> RepoInfo:
         """A fork of ``source`` that shares its objects (no copy)."""
         src = await self.get(tenant, source)
-        info = await asyncio.to_thread(self.repos.fork_sync, src, name, default_branch_only=default_branch_only)
+        info = await asyncio.to_thread(self.repos.fork_sync, src, name, default_branch_only=default_branch_only,
+                                       cap=self.settings.max_repos_per_tenant)
         await self.events.record(tenant, name, "fork", source=source)
         await self.events.record(tenant, source, "fork", fork=name)
         self.spawn(self.gossip.announce_all_refs(info))
@@ -203,7 +205,7 @@ class Artifacts:
         client, path = importer.client_for(url, egress=self.egress, tenant=tenant, until=until,
                                            max_redirects=self.node.config.egress.max_redirects,
                                            max_bytes=self.settings.max_pack_bytes)
-        info = await asyncio.to_thread(self.repos.create_sync, tenant, name)
+        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, cap=self.settings.max_repos_per_tenant)
         try:
             imported = await asyncio.to_thread(self._import_sync, info, client, path, url, branch, depth)
         except BaseException:

@@ -209,3 +209,20 @@ def test_events_filter_and_paging(api: httpx.Client) -> None:
     assert [e["kind"] for e in after] == ["commit"]
     assert [e["kind"] for e in api.get("/v1/repos/ev/events?kind=create").json()["events"]] == ["create"]
     _error(api.get("/v1/repos/ev/events?limit=x"), 400, "validation_failed")
+
+
+def test_repos_per_tenant_are_capped(make_node: Any) -> None:
+    node = make_node(env={"EDGENODE_ARTIFACTS_MAX_REPOS_PER_TENANT": "2"})
+    with node.client() as admin:
+        other = admin.post("/v1/tokens", json={"tenant": "other"}).json()["token"]
+        create_repo(admin, "one")
+        create_repo(admin, "two")
+        for refused in (admin.post("/v1/repos", json={"name": "three"}),
+                        admin.post("/v1/repos/one/fork", json={"name": "four"})):
+            error = _error(refused, 429, "tenant_quota_exceeded")
+            assert refused.headers["retry-after"] == "60" and error["limit"] == 2
+        assert admin.get("/v1/repos/three").status_code == 404
+        with node.client(other) as c:  # another tenant has its own count
+            create_repo(c, "three")
+        assert admin.delete("/v1/repos/two").status_code == 204
+        create_repo(admin, "three")
