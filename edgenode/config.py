@@ -58,6 +58,8 @@ class WorkerSettings:
     queue_depth: int = setting(64, "Invocations that may wait for a free thread before 503.")
     tenant_threads: int = setting(0, "Isolate threads one tenant may hold at once (0: all but one, at least 1); "
                                   "its further requests wait their turn behind other tenants'.")
+    max_per_tenant: int = setting(200, "Workers one tenant may deploy (0: no limit); 429 beyond (new versions "
+                                  "of a deployed worker always go through).")
     tenant_queue_depth: int = setting(16, "Invocations one tenant may have waiting beyond its threads before 429.")
     max_cpu_ms: int = setting(30_000, "Node-wide ceiling on a deployment's CPU time per request, in ms.")
     max_memory_mb: int = setting(256, "Node-wide ceiling on an isolate's linear memory, in MiB.")

@@ -103,7 +103,7 @@ class Workers:
         self.pool = IsolatePool(s.pool_size, s.queue_depth, tenant_threads=s.tenant_threads,
                                 tenant_queue_depth=s.tenant_queue_depth)
         self.db = node.database("workers.db", MIGRATIONS)
-        self.registry = Registry(self.db)
+        self.registry = Registry(self.db, max_per_tenant=s.max_per_tenant)
         self.meter = Meter(node.metrics, self.registry)
         self.meter.busy.set_function(lambda: self.pool.in_flight)
         self._deployed: dict[tuple[str, str], Deployed] = {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
-from tests.isolates.conftest import error_code, hello_component
+from tests.isolates.conftest import error_code, hello_component, start_node
 from tests.support import NodeProcess
 
 
@@ -188,3 +190,17 @@ def test_public_pages_cannot_act_on_the_nodes_origin(admin: httpx.Client, wnode:
     # Behind a token the same worker's headers pass as they are (that response is not a page of the node).
     private = admin.get("/w/open-page/page")
     assert private.headers["content-security-policy"] == "default-src *"
+
+
+def test_workers_per_tenant_are_capped(tmp_path: Path, worker_cache: Path) -> None:
+    node = start_node(tmp_path / "capped", worker_cache, EDGENODE_WORKERS_MAX_PER_TENANT="1")
+    try:
+        with node.client(timeout=120) as c:
+            wasm = {"content": hello_component(), "headers": {"content-type": "application/wasm"}}
+            assert c.put("/v1/workers/one", **wasm).status_code == 201
+            assert c.put("/v1/workers/one", **wasm).status_code == 201  # a new version of it is fine
+            refused = c.put("/v1/workers/two", **wasm)
+            assert refused.status_code == 429 and error_code(refused) == "tenant_quota_exceeded", refused.text
+            assert refused.headers["retry-after"] == "60"
+    finally:
+        node.stop()
