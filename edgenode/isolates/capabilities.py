@@ -58,17 +58,23 @@ class Invocation:
     deadline: float  # time.monotonic() by which the whole request must finish
     subrequests: int = 0
     logs: list[dict[str, Any]] = field(default_factory=list)
+    dropped_logs: int = 0
 
     def remaining_s(self) -> float:
         """Wall time left for this request."""
         return max(0.0, self.deadline - time.monotonic())
 
     def add_log(self, level: str, message: str) -> None:
-        """Keep one log line (bounded) and pass it to the node's log."""
+        """Keep one log line and pass it to the node's log, both bounded per request."""
         if len(self.logs) < MAX_LOG_LINES:
             self.logs.append({"level": level[:16], "message": message[:MAX_LOG_LINE]})
-        log.info("guest log", extra={"worker": self.worker, "tenant": self.grants.tenant, "level": level,
-                                     "guest_message": message[:MAX_LOG_LINE]})
+            log.info("guest log", extra={"worker": self.worker, "tenant": self.grants.tenant, "level": level[:16],
+                                         "guest_message": message[:MAX_LOG_LINE]})
+        else:
+            self.dropped_logs += 1
+            if self.dropped_logs == 1:  # one line says the rest is dropped, not one per line
+                log.warning("guest log lines past the limit are dropped",
+                            extra={"worker": self.worker, "tenant": self.grants.tenant, "limit": MAX_LOG_LINES})
 
 
 _current = threading.local()
