@@ -9,6 +9,7 @@ Each capability owns one section; add a field there, with help, to add a setting
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -271,6 +272,7 @@ class Config:
                 continue
             target, name = _resolve(config, dotted)
             _set(target, name, value, source="flag")
+        _check_ranges(config)
         return config
 
     def fleet_secret_bytes(self) -> bytes | None:
@@ -285,6 +287,30 @@ class Config:
     def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
         """Settings as plain data, secrets redacted (for ``edgenode status`` and logs)."""
         return _to_dict(self, redact)
+
+
+#: Settings with a lower bound (inclusive), checked at load so a bad value stops start-up clearly.
+_MINIMA: dict[str, float] = {
+    "store.readers": 1, "state.namespace_readers": 1, "workers.tenant_threads": 0,
+    "workers.tenant_queue_depth": 0, "workers.max_per_tenant": 0, "sandboxes.max_files": 1,
+    "sandboxes.tenant_running": 0, "sandboxes.max_per_tenant": 0, "sandboxes.max_running": 1,
+    "agents.max_active_runs": 1, "agents.tenant_active_runs": 0, "artifacts.max_repos_per_tenant": 0,
+    "state.sql_max_length_bytes": 1024 * 1024, "egress.max_redirects": 0, "artifacts.import_timeout_s": 0.001,
+}
+
+
+def _check_ranges(config: Config) -> None:
+    for dotted, minimum in _MINIMA.items():
+        target, name = _resolve(config, dotted)
+        value = getattr(target, name)
+        if value < minimum:
+            raise ValidationFailed(f"setting {dotted} must be at least {minimum:g}, not {value!r}", field=dotted)
+    for entry in config.egress.allow_networks:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ValidationFailed(f"setting egress.allow_networks: {entry!r} is not a network (CIDR): {exc}",
+                                   field="egress.allow_networks") from None
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
