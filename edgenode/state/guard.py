@@ -101,7 +101,8 @@ class Guard:
             return f"PRAGMA {name} is refused: only read-only introspection pragmas are allowed"
         if action == sqlite3.SQLITE_FUNCTION:
             name = (arg2 or "").lower()
-            if name == "load_extension" or name.startswith("crdt_"):
+            # fts3_tokenizer() hands out (and takes) a C pointer: a process address, or a jump target.
+            if name in ("load_extension", "fts3_tokenizer") or name.startswith("crdt_"):
                 return f"function {name} is refused"
             return None
         if action in _WRITE_ACTIONS:

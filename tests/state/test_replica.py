@@ -113,6 +113,8 @@ def test_sql_reads_and_writes(replica: Replica) -> None:
     "PRAGMA journal_mode = DELETE",
     "PRAGMA writable_schema = ON",
     "SELECT load_extension('libx')",
+    "SELECT hex(fts3_tokenizer('simple'))",
+    "SELECT fts3_tokenizer('x', zeroblob(8))",
     "BEGIN",
     "COMMIT",
     "SAVEPOINT s",
