@@ -132,8 +132,11 @@ async def send_event(request: Request) -> Response:
 
 async def _decision(request: Request, approved: bool) -> Response:
     agents = _agents(request)
-    body = await request.body()
-    data = await _body(request) if body.strip() else {}
+    # The body is optional; when there is one, it is read through the bounded reader (413 past
+    # the event size), never whole before its size is known.
+    length = request.headers.get("content-length")
+    has_body = (length is not None and length != "0") or "chunked" in request.headers.get("transfer-encoding", "")
+    data = await _body(request, agents.settings.max_event_bytes + 4096) if has_body else {}
     result = await controls.decide(agents, principal(request), _run_id(request), approved,
                                    field(data, "comment", str, ""))
     return json(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +349,26 @@ def test_an_agent_named_ui_is_refused_not_a_crash(api: httpx.Client) -> None:
         r = api.request(method, path, json=body)
         assert r.status_code == 400 and error_code(r) == "validation_failed", r.text
     assert api.get("/v1/agents/ui/", headers={"authorization": ""}).status_code == 200
+
+
+def _raw_post(node: NodeProcess, path: str, head: str, body: bytes) -> bytes:
+    """Send a request head and part of a body on a raw socket; the answer the node gives meanwhile."""
+    host, port = node.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.admin_token}\r\n"
+                  f"Content-Type: application/json\r\n{head}\r\n".encode() + body)
+        return s.recv(200)  # the body is never finished: only a bounded reader answers
+
+
+def test_decisions_refuse_a_huge_body_without_reading_it(api: httpx.Client, agent_node: NodeProcess) -> None:
+    deploy(api, "approver", APPROVER)
+    run = start(api, "approver", "x")
+    wait_status(api, run["id"], "waiting")
+    path = f"/v1/agents/runs/{run['id']}/approve"
+    declared = _raw_post(agent_node, path, "Content-Length: 50331648\r\n", b"{")
+    assert declared.startswith(b"HTTP/1.1 413"), declared
+    chunk = b"x" * 65536
+    chunked = _raw_post(agent_node, path, "Transfer-Encoding: chunked\r\n",
+                        b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(32)))
+    assert chunked.startswith(b"HTTP/1.1 413"), chunked
+    assert run_of(api, run["id"])["status"] == "waiting"
