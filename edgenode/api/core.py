@@ -48,11 +48,15 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    """The node's identity, uptime and capabilities; admins also see the settings."""
+    """The node's identity, uptime and capabilities; admins also see each one's summary and the settings."""
     node = node_of(request)
     body = node.status()
     if principal(request).admin:
         body["config"] = node.config.as_dict()
+    else:
+        # A tenant learns what the node offers, not its paths nor other tenants' counts.
+        body = {"node": body["node"], "version": body["version"], "uptime_s": body["uptime_s"],
+                "capabilities": {name: {} for name in sorted(body["capabilities"])}}
     return json(body)
 
 
