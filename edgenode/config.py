@@ -9,6 +9,7 @@ Each capability owns one section; add a field there, with help, to add a setting
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -79,6 +80,11 @@ class WorkerSettings:
 
     pool_size: int = setting(0, "Isolate threads running guest code at once (0: one per core, at least 2).")
     queue_depth: int = setting(64, "Invocations that may wait for a free thread before 503.")
+    tenant_threads: int = setting(0, "Isolate threads one tenant may hold at once (0: all but one, at least 1); "
+                                  "its further requests wait their turn behind other tenants'.")
+    max_per_tenant: int = setting(200, "Workers one tenant may deploy (0: no limit); 429 beyond (new versions "
+                                  "of a deployed worker always go through).")
+    tenant_queue_depth: int = setting(16, "Invocations one tenant may have waiting beyond its threads before 429.")
     max_cpu_ms: int = setting(30_000, "Node-wide ceiling on a deployment's CPU time per request, in ms.")
     max_memory_mb: int = setting(256, "Node-wide ceiling on an isolate's linear memory, in MiB.")
     max_wall_ms: int = setting(120_000, "Node-wide ceiling on a request's wall time, in ms.")
@@ -127,7 +133,12 @@ class SandboxSettings:
     default_open_files: int = setting(1024, "Open files per sandboxed process when a sandbox sets none.")
     uid_base: int = setting(1_200_000, "First host uid given to sandboxes (each gets its own) when the node is root.")
     reaper_interval_s: float = setting(30.0, "How often idle sandboxes are looked for, in seconds.")
+    max_files: int = setting(100_000, "Files and directories one sandbox may hold (workspace, /tmp and process "
+                             "logs); past it, as past its disk quota, its processes are stopped.")
     max_running: int = setting(64, "Sandboxes with processes at once; the least recently used idle one is released.")
+    tenant_running: int = setting(0, "Sandboxes with processes one tenant may hold at once (0: half of "
+                                  "max_running); past it only its own idle ones are released, or 429.")
+    max_per_tenant: int = setting(100, "Sandboxes one tenant may have (0: no limit); 429 beyond.")
 
 
 @dataclass
@@ -137,6 +148,8 @@ class StateSettings:
     max_value_bytes: int = setting(1024 * 1024, "Largest key-value value, in bytes (413 beyond).")
     sql_time_limit_ms: int = setting(5000, "Longest a SQL statement may run, in ms.")
     sql_max_result_bytes: int = setting(8 * 1024 * 1024, "Largest SQL result, in bytes.")
+    sql_max_length_bytes: int = setting(32 * 1024 * 1024, "Longest string, blob or row SQL may make in a "
+                                        "namespace, in bytes (SQLite's length limit; bounds one step's memory).")
     max_key_bytes: int = setting(1024, "Longest key-value key, in UTF-8 bytes.")
     max_open_namespaces: int = setting(
         128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files."
@@ -175,12 +188,14 @@ class ArtifactSettings:
     default_token_ttl_s: int = setting(86_400, "Time to live of a repository token when none is given.")
     max_token_ttl_s: int = setting(30 * 86_400, "Longest time to live a repository token may ask for, in seconds.")
     max_commit_bytes: int = setting(32 * 1024 * 1024, "Largest total file content of one API commit, in bytes.")
+    max_repos_per_tenant: int = setting(1000, "Repositories one tenant may have (0: no limit); 429 beyond.")
     gossip: bool = setting(True, "Announce ref updates to peers and pull missing refs (needs a fleet secret).")
     anti_entropy_interval_s: float = setting(5.0, "Mean interval between ref-listing comparisons with a peer.")
     upload_pack: str = setting(
         "auto", "Who does the pack work: git (git upload-pack answers clones and fetches, git index-pack "
         "indexes pushes), dulwich (pure Python, 2-4x slower) or auto (git when the binary is on PATH)."
     )
+    import_timeout_s: float = setting(600.0, "Longest a repository import may take, connect to last byte, in s.")
     upload_pack_timeout_s: float = setting(600.0, "Longest one git upload-pack run may take, in seconds "
                                            "(then it is killed).")
 
@@ -199,6 +214,8 @@ class AgentSettings:
     activation_wall_s: float = setting(3600.0, "Wall time of one activation in an isolate (model calls "
                                        "included), in seconds.")
     max_active_runs: int = setting(8, "Activations running at once; more due runs wait their turn.")
+    tenant_active_runs: int = setting(0, "Activations one tenant may have running at once (0: all but one of "
+                                      "max_active_runs, at least 1); due runs are taken from tenants in turn.")
     max_code_bytes: int = setting(1024 * 1024, "Largest deployed agent source, all files together, in bytes.")
     max_result_bytes: int = setting(1024 * 1024, "Largest step result or agent state, as JSON, in bytes.")
     max_event_bytes: int = setting(1024 * 1024, "Largest event payload or approval data, as JSON, in bytes.")
@@ -216,6 +233,17 @@ class AgentSettings:
     model_endpoints: list[str] = setting([], "OpenAI-compatible servers as NAME=BASE_URL (vLLM, llama.cpp, "
                                          "Ollama); NAME:model then calls that server. Key: tenant secret "
                                          "NAME_API_KEY, if any.")
+
+
+@dataclass
+class EgressSettings:
+    """Outbound network: worker and agent fetch, sandbox proxies, repository import."""
+
+    allow_networks: list[str] = setting(
+        [], "Networks (CIDR, such as 10.1.0.0/16) that outbound requests may reach although they are loopback, "
+        "private or link-local; empty allows public addresses only."
+    )
+    max_redirects: int = setting(5, "Redirects a repository import follows, each checked like the first.")
 
 
 @dataclass
@@ -240,6 +268,7 @@ class Config:
     cluster: ClusterSettings = section(ClusterSettings)
     artifacts: ArtifactSettings = section(ArtifactSettings)
     agents: AgentSettings = section(AgentSettings)
+    egress: EgressSettings = section(EgressSettings)
 
     @classmethod
     def load(
@@ -270,6 +299,7 @@ class Config:
                 continue
             target, name = _resolve(config, dotted)
             _set(target, name, value, source="flag")
+        _check_ranges(config)
         return config
 
     def fleet_secret_bytes(self) -> bytes | None:
@@ -284,6 +314,30 @@ class Config:
     def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
         """Settings as plain data, secrets redacted (for ``edgenode status`` and logs)."""
         return _to_dict(self, redact)
+
+
+#: Settings with a lower bound (inclusive), checked at load so a bad value stops start-up clearly.
+_MINIMA: dict[str, float] = {
+    "store.readers": 1, "state.namespace_readers": 1, "workers.tenant_threads": 0,
+    "workers.tenant_queue_depth": 0, "workers.max_per_tenant": 0, "sandboxes.max_files": 1,
+    "sandboxes.tenant_running": 0, "sandboxes.max_per_tenant": 0, "sandboxes.max_running": 1,
+    "agents.max_active_runs": 1, "agents.tenant_active_runs": 0, "artifacts.max_repos_per_tenant": 0,
+    "state.sql_max_length_bytes": 1024 * 1024, "egress.max_redirects": 0, "artifacts.import_timeout_s": 0.001,
+}
+
+
+def _check_ranges(config: Config) -> None:
+    for dotted, minimum in _MINIMA.items():
+        target, name = _resolve(config, dotted)
+        value = getattr(target, name)
+        if value < minimum:
+            raise ValidationFailed(f"setting {dotted} must be at least {minimum:g}, not {value!r}", field=dotted)
+    for entry in config.egress.allow_networks:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ValidationFailed(f"setting egress.allow_networks: {entry!r} is not a network (CIDR): {exc}",
+                                   field="egress.allow_networks") from None
 
 
 def describe() -> list[tuple[str, str, Any, str]]:

@@ -120,6 +120,25 @@ class TooManyRequests(EdgenodeError):
     status = 429
 
 
+class TenantOverShare(TooManyRequests):
+    """A tenant holds its share of a node resource (isolate threads, activations); retry after ``retry_after`` s."""
+
+    code = "tenant_over_share"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TenantQuotaExceeded(TenantOverShare):
+    """A tenant has as many sandboxes, workers or repositories as the node allows one tenant."""
+
+    code = "tenant_quota_exceeded"
+
+
 class Overloaded(EdgenodeError):
     """The node is at capacity; try again after ``retry_after`` seconds."""
 
@@ -145,6 +164,39 @@ class ShuttingDown(Overloaded):
     """The node is draining and takes no new work."""
 
     code = "shutting_down"
+
+
+class EgressError(EdgenodeError):
+    """An outbound request (fetch, import, proxy) failed or was refused."""
+
+    code = "egress_error"
+    status = 502
+
+
+class EgressDenied(EgressError):
+    """The destination is not allowed: not in the allow-list, or resolves to a refused address."""
+
+    code = "fetch_denied"
+    status = 403
+
+
+class EgressTimeout(EgressError):
+    """An outbound exchange did not finish before its deadline."""
+
+    code = "fetch_timeout"
+    status = 504
+
+
+class EgressFailed(EgressError):
+    """The destination could not be reached or broke the exchange."""
+
+    code = "fetch_failed"
+
+
+class EgressTooLarge(EgressError):
+    """An outbound response is larger than the caller accepts."""
+
+    code = "fetch_too_large"
 
 
 class Internal(EdgenodeError):

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "PRIVATE_LABELS", "Metrics"]
+
+#: Labels that name what a tenant owns (or the tenant): shown only to admins.
+PRIVATE_LABELS = frozenset({"tenant", "worker", "namespace", "agent", "repo", "sandbox"})
 
 
 class Metrics:
@@ -33,6 +41,33 @@ class Metrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def render(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+    def render(self, *, labelled: bool = True) -> bytes:
+        """The registry in Prometheus text format; without ``labelled``, tenant-naming labels summed away."""
+        if labelled:
+            return generate_latest(self.registry)
+        anonymous = CollectorRegistry(auto_describe=False)
+        anonymous.register(_WithoutPrivateLabels(self.registry))
+        return generate_latest(anonymous)
+
+
+class _WithoutPrivateLabels(Collector):
+    """The metrics of a registry with ``PRIVATE_LABELS`` dropped and the samples they split summed."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in PRIVATE_LABELS))
+                key = (sample.name, labels)
+                if key not in sums:
+                    sums[key] = sample.value
+                elif sample.name.endswith("_created"):  # a timestamp: the earliest, not a sum
+                    sums[key] = min(sums[key], sample.value)
+                else:
+                    sums[key] += sample.value
+            out.samples = [Sample(name, dict(labels), value) for (name, labels), value in sums.items()]
+            yield out

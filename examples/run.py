@@ -143,8 +143,11 @@ def main() -> int:
     data: Path = args.data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     (data / "url").unlink(missing_ok=True)  # a node killed earlier may have left it
+    # The fetch example calls this node itself, on loopback, which a node's egress policy refuses
+    # unless the operator allows the network: this demo node does.
+    env = {"EDGENODE_EGRESS_ALLOW_NETWORKS": "127.0.0.0/8", **os.environ}
     child = subprocess.Popen([sys.executable, "-m", "edgenode", "serve", "--data", str(data),
-                              "--listen", args.listen, "--log-format", "text"])
+                              "--listen", args.listen, "--log-format", "text"], env=env)
 
     def forward(signum: int, frame: Any) -> None:
         if child.poll() is None:

@@ -66,3 +66,13 @@ def test_fleet_secret_file(tmp_path: Path) -> None:
     secret.write_text("from-file\n")
     assert Config.load(env={}, overrides={"fleet_secret_file": str(secret)}).fleet_secret_bytes() == b"from-file"
     assert Config.load(env={}).fleet_secret_bytes() is None
+
+
+@pytest.mark.parametrize(("var", "value"), [("EDGENODE_STORE_READERS", "0"), ("EDGENODE_SANDBOXES_MAX_FILES", "0"),
+                                            ("EDGENODE_WORKERS_TENANT_THREADS", "-1"),
+                                            ("EDGENODE_EGRESS_ALLOW_NETWORKS", "10.0.0.0/8,not-a-network"),
+                                            ("EDGENODE_STATE_SQL_MAX_LENGTH_BYTES", "100")])
+def test_out_of_range_settings_stop_the_load(var: str, value: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        Config.load(env={var: value})
+    assert var.removeprefix("EDGENODE_").lower().split("_")[0] in info.value.message.lower()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-import httpx
 
 from edgenode.agents.store import dumps, loads
-from edgenode.errors import AgentNotFound, Forbidden, PayloadTooLarge, Unavailable, ValidationFailed
+from edgenode.egress import AllowList
+from edgenode.errors import AgentNotFound, PayloadTooLarge, Unavailable, ValidationFailed
 
 if TYPE_CHECKING:
     from edgenode.agents.engine import Agents
@@ -25,6 +24,8 @@ if TYPE_CHECKING:
 MAX_WAIT_S = 366 * 86_400.0
 #: Largest fetch response body kept, in bytes.
 MAX_FETCH_BYTES = 4 * 1024 * 1024
+#: Longest one fetch exchange may take, connect to last byte, in seconds.
+FETCH_TIMEOUT_S = 30.0
 
 
 class Effects:
@@ -150,21 +151,22 @@ class Effects:
     # -- tools ------------------------------------------------------------------
 
     def _fetch(self, act: Activation, name: str, request: dict[str, Any]) -> dict[str, Any]:
-        allowed = act.config.get("allowed_hosts") or []
-        parts = urlsplit(name)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValidationFailed("fetch takes an absolute http(s) URL", field="url")
-        if not _host_allowed(parts.hostname, parts.port, allowed):
-            raise Forbidden(f"host {parts.hostname!r} is not in this agent's allowed_hosts")
-        try:
-            with httpx.Client(timeout=30.0, follow_redirects=False) as client:
-                response = client.request(str(request.get("method") or "GET"), name,
-                                          headers=request.get("headers") or {}, content=request.get("body"))
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"fetch {name} failed: {exc}") from exc
-        body = response.content[:MAX_FETCH_BYTES]
-        return {"status": response.status_code, "headers": dict(response.headers),
-                "body": body.decode("utf-8", errors="replace")}
+        allowed = AllowList.parse(act.config.get("allowed_hosts") or [])
+        method = request.get("method") or "GET"
+        headers = request.get("headers") or {}
+        body = request.get("body")
+        if not isinstance(method, str) or not isinstance(headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise ValidationFailed("fetch takes a method string and headers of strings", field="headers")
+        if isinstance(body, str):
+            body = body.encode()
+        if body is not None and not isinstance(body, bytes):
+            raise ValidationFailed("fetch body must be a string", field="body")
+        reply = self.engine.egress.exchange(act.run["tenant"], method, name, allow=allowed,
+                                            until=time.monotonic() + FETCH_TIMEOUT_S, max_bytes=MAX_FETCH_BYTES,
+                                            headers=list(headers.items()), body=body)
+        return {"status": reply.status, "headers": dict(reply.headers),
+                "body": reply.body.decode("utf-8", errors="replace")}
 
     def _capability(self, name: str) -> Any:
         cap = getattr(self.engine.node, name, None)
@@ -367,18 +369,3 @@ def _seconds(value: Any, field: str) -> float:
     if value > MAX_WAIT_S:
         raise ValidationFailed(f"{field} may be at most {MAX_WAIT_S:.0f} s", field=field)
     return float(value)
-
-
-def _host_allowed(host: str, port: int | None, allowed: list[str]) -> bool:
-    """``allowed`` holds host names, ``host:port`` or ``*.suffix`` wildcards."""
-    host = host.lower()
-    for pattern in allowed:
-        pattern = pattern.lower().strip()
-        if ":" in pattern and not pattern.startswith("["):
-            pattern_host, _, pattern_port = pattern.rpartition(":")
-            if port is None or str(port) != pattern_port:
-                continue
-            pattern = pattern_host
-        if pattern == "*" or pattern == host or (pattern.startswith("*.") and host.endswith(pattern[1:])):
-            return True
-    return False

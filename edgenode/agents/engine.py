@@ -27,11 +27,11 @@ from edgenode.agents.replay import Activation
 from edgenode.agents.runner import Runner, make_runner
 from edgenode.agents.schedules import Schedules
 from edgenode.agents.store import MIGRATIONS, TERMINAL, dumps, entry_dict, finish_run, get_run, loads, run_dict
+from edgenode.egress import AllowList, Egress
 from edgenode.errors import (
     AgentNotFound,
     BuildFailed,
     Conflict,
-    Forbidden,
     PayloadTooLarge,
     ReplayMismatch,
     RunNotFound,
@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}\.py$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}\.py\Z")
 #: Names that are route segments under /v1/agents, so no agent may take them.
 RESERVED = frozenset({"runs", "approvals", "schedules", "models", "usage", "secrets", "ui"})
 
@@ -86,6 +86,7 @@ class Agents:
                 log.warning("agents.runner is isolate but this node has no workers; using the process runner")
                 runner = make_runner("process")
         self.runner: Runner = runner or make_runner(self.settings.runner)
+        self.egress = Egress(node.config.egress.allow_networks)
         self.effects = Effects(self)
         self.models = ModelGateway(self)
         self.schedules = Schedules(self)
@@ -134,7 +135,24 @@ class Agents:
                 await asyncio.wait_for(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True), 5.0)
             except TimeoutError:
                 log.warning("agent activations still busy at stop", extra={"runs": list(self.active)})
+        self.egress.close()
         self.db.close()
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Stop ``tenant``'s activations and delete its agents, runs, journals, schedules, secrets and usage."""
+        for act in list(self.active.values()):
+            if act.run["tenant"] == tenant:
+                act.stop_reason = "deleted"
+                self.runner.kill(act.handle)
+
+        def purge(c: sqlite3.Connection) -> None:
+            runs = "SELECT id FROM runs WHERE tenant = ?"
+            c.execute(f"DELETE FROM journal WHERE run_id IN ({runs})", (tenant,))
+            c.execute(f"DELETE FROM events WHERE run_id IN ({runs})", (tenant,))
+            for table in ("runs", "agents", "agent_versions", "schedules", "secrets", "usage"):
+                c.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
+
+        await self.db.write(purge)
 
     def status(self) -> dict[str, Any]:
         """Counts of runs by status and of activations so far."""
@@ -192,15 +210,29 @@ class Agents:
         if free <= 0:
             return
         busy = list(self.active)
+        share = self.tenant_share()
+        held: dict[str, int] = {}
+        for running in self.active.values():
+            held[running.run["tenant"]] = held.get(running.run["tenant"], 0) + 1
 
         def claim(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             marks = ",".join("?" * len(busy))
             exclude = f"AND id NOT IN ({marks})" if busy else ""
-            rows = conn.execute(
-                f"""SELECT * FROM runs WHERE (status = 'pending' OR (status = 'waiting' AND wake_at <= ?))
-                    {exclude} ORDER BY wake_at LIMIT ?""",
-                (now, *busy, free),
+            # Due runs taken tenant by tenant in turn (each tenant's oldest first), and no tenant
+            # past its share of the activation slots: one tenant's backlog cannot hold them all.
+            due = conn.execute(
+                f"""SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY wake_at, id) AS turn
+                                   FROM runs WHERE (status = 'pending' OR (status = 'waiting' AND wake_at <= ?))
+                                   {exclude})
+                    WHERE turn <= ? ORDER BY turn, wake_at LIMIT ?""",
+                (now, *busy, share, free + len(held) * share),
             ).fetchall()
+            rows: list[sqlite3.Row] = []
+            for row in due:
+                if len(rows) >= free or held.get(row["tenant"], 0) >= share:
+                    continue
+                held[row["tenant"]] = held.get(row["tenant"], 0) + 1
+                rows.append(row)
             for row in rows:
                 conn.execute("UPDATE runs SET status = 'running', activations = activations + 1, updated_at = ? "
                              "WHERE id = ?", (now, row["id"]))
@@ -214,6 +246,10 @@ class Agents:
             self.active[run["id"]] = act
             assert self._pool is not None
             self._pool.submit(self._activate, act)
+
+    def tenant_share(self) -> int:
+        """Activations one tenant may have running at once."""
+        return self.settings.tenant_active_runs or max(1, self.settings.max_active_runs - 1)
 
     def _prepare(self, run: dict[str, Any]) -> Activation | None:
         version = self.db.read_sync(lambda c: c.execute(
@@ -321,8 +357,7 @@ class Agents:
                 # Caught here in milliseconds, instead of by a build or at the first run.
                 raise BuildFailed(f"{path} does not compile: {exc}", output=str(exc)) from None
         hosts = allowed_hosts or []
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            raise ValidationFailed("allowed_hosts must be a list of host names", field="allowed_hosts")
+        AllowList.parse(hosts)  # the node's one egress grammar; stored as given
         config = {"entry": entry, "allowed_hosts": hosts}
         prepare = getattr(self.runner, "prepare", None)
         if prepare is not None:
@@ -421,10 +456,9 @@ class Agents:
 
     @staticmethod
     def _owned(who: Principal, row: sqlite3.Row | None, run_id: str) -> dict[str, Any]:
-        if row is None:
+        # Another tenant's run answers exactly as a missing one: its id's existence is not told.
+        if row is None or (row["tenant"] != who.tenant and not who.admin):
             raise RunNotFound(f"no run with id {run_id!r}")
-        if row["tenant"] != who.tenant and not who.admin:
-            raise Forbidden(f"run {run_id!r} belongs to another tenant")
         return run_dict(row)
 
     async def list_runs(self, tenant: str, *, agent: str | None = None, status: str | None = None,

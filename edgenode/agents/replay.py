@@ -70,7 +70,9 @@ class Activation:
         """Answer one host call from the guest (see ``edgenode_guest.agent`` for replies)."""
         self.calls += 1
         if kind == "log":
-            log.info("agent log", extra={"run": self.run_id, "message": str((request or {}).get("message"))[:2000]})
+            # "message" is a LogRecord attribute of its own: an extra by that name would raise.
+            log.info("agent log", extra={"run": self.run_id,
+                                         "agent_message": str((request or {}).get("message"))[:2000]})
             return {"ok": None}
         if self.stop_reason is not None:
             return {"stop": self.stop_reason}

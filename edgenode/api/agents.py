@@ -14,7 +14,7 @@ from edgenode.agents import controls
 from edgenode.agents.engine import Agents
 from edgenode.api.common import field, json, node_of, principal, read_json
 from edgenode.api.parsing import INT_MAX, INT_MIN, query_int, query_str
-from edgenode.errors import NotFound, Unavailable
+from edgenode.errors import NotFound, Unavailable, ValidationFailed
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
 _ENVELOPE = 64 * 1024
@@ -24,6 +24,8 @@ _UI_TYPES = {"index.html": "text/html; charset=utf-8", "ui.js": "text/javascript
 _UI_HEADERS = {"content-security-policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
                                           "style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
                "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache"}
+
+_WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 
 #: The page's files carry no data and no secrets, so they are served without a token.
 public = ("/v1/agents/ui", "/v1/agents/ui/")
@@ -37,6 +39,11 @@ async def ui(request: Request) -> Response:
     if name not in _UI_TYPES:
         raise NotFound(f"no page file {name!r}")
     return Response((_UI / name).read_bytes(), media_type=_UI_TYPES[name], headers=_UI_HEADERS)
+
+
+async def ui_reserved(request: Request) -> Response:
+    """Anything but reading the page under ``/v1/agents/ui``: ``ui`` is no agent's name."""
+    raise ValidationFailed("'ui' is reserved: the agents page lives at /v1/agents/ui/", field="name")
 
 
 def _agents(request: Request) -> Agents:
@@ -122,7 +129,7 @@ async def send_event(request: Request) -> Response:
 
 async def _decision(request: Request, approved: bool) -> Response:
     agents = _agents(request)
-    data = await read_json(request, optional=True)
+    data = await read_json(request, agents.settings.max_event_bytes + 4096, optional=True)
     result = await controls.decide(agents, principal(request), _run_id(request), approved,
                                    field(data, "comment", str, ""))
     return json(result)
@@ -224,6 +231,10 @@ routes = [
     Route("/v1/agents/ui", ui, methods=["GET"], include_in_schema=False),
     Route("/v1/agents/ui/", ui, methods=["GET"], include_in_schema=False),
     Route("/v1/agents/ui/{file}", ui, methods=["GET"], include_in_schema=False),
+    # The page's paths need no token, so no agent may live there: any other method is refused
+    # here, before a route that needs the caller's token could take the request.
+    Route("/v1/agents/ui", ui_reserved, methods=_WRITE_METHODS, include_in_schema=False),
+    Route("/v1/agents/ui/{rest:path}", ui_reserved, methods=_WRITE_METHODS, include_in_schema=False),
     Route("/v1/agents", list_agents, methods=["GET"]),
     Route("/v1/agents/runs", list_runs, methods=["GET"]),
     Route("/v1/agents/runs/{run_id}", get_run, methods=["GET"]),

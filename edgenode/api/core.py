@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgenode import tenants
 from edgenode.api.common import admin, field, json, node_of, principal, read_json
 from edgenode.api.openapi import openapi
 from edgenode.api.parsing import query_str
+from edgenode.errors import EdgenodeError
 from edgenode.metrics import CONTENT_TYPE_LATEST
 
 #: Paths that skip bearer-token auth.
@@ -32,8 +36,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics in text format; no token needed."""
-    return Response(node_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics in text format; no token needed.
+
+    Without the admin token, series are summed over the labels that name tenants and what they
+    own (workers, namespaces, agents, repositories, sandboxes): anyone may scrape node health,
+    only the admin sees who uses it. A tenant sees its own use at ``/v1/usage``.
+    """
+    node = node_of(request)
+    auth = request.headers.get("authorization", "")
+    labelled = False
+    if auth.lower().startswith("bearer "):
+        try:
+            labelled = (await asyncio.to_thread(node.auth.authenticate, auth[7:].strip())).admin
+        except EdgenodeError:
+            labelled = False
+    return Response(node.metrics.render(labelled=labelled), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi_json(request: Request) -> Response:
@@ -42,12 +59,16 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    """The node's identity, uptime and capabilities; admins also see the settings."""
+    """The node's identity, uptime and capabilities; admins also see each one's summary and the settings."""
     node = node_of(request)
     body = node.status()
     if principal(request).admin:
         body["config"] = node.config.as_dict()
         body["store"] = {**node.store.health(), "damaged_namespaces": node.state.health.damaged()}
+    else:
+        # A tenant learns what the node offers, not its paths nor other tenants' counts.
+        body = {"node": body["node"], "version": body["version"], "uptime_s": body["uptime_s"],
+                "capabilities": {name: {} for name in sorted(body["capabilities"])}}
     return json(body)
 
 
@@ -72,9 +93,9 @@ async def list_tenants(request: Request) -> Response:
 
 
 async def delete_tenant(request: Request) -> Response:
-    """Delete a tenant and revoke its tokens (admin)."""
+    """Delete a tenant with everything it owns on this node, and revoke its tokens (admin)."""
     admin(request)
-    await node_of(request).auth.delete_tenant(request.path_params["name"])
+    await tenants.delete_tenant(node_of(request), request.path_params["name"])
     return Response(status_code=204)
 
 

@@ -33,7 +33,7 @@ from edgenode.metrics import Metrics
 
 log = logging.getLogger("edgenode.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 #: Largest unread request body that is read and dropped after the answer; beyond, the connection closes.
 DRAIN_LIMIT_BYTES = 1024 * 1024
 #: The status recorded for a request whose client went away before it was answered (nginx's choice).

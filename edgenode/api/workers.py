@@ -34,6 +34,14 @@ public = ("/p/",)
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Response headers the server sets itself; a guest's values for them are dropped.
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
+#: Headers a public worker may not send: they would act on the node's own origin (its cookies,
+#: its security policy, its cached data).
+_PUBLIC_REFUSED = {"set-cookie", "set-cookie2", "content-security-policy", "content-security-policy-report-only",
+                   "clear-site-data", "service-worker-allowed", "access-control-allow-origin",
+                   "access-control-allow-credentials", "refresh"}
+#: A public worker's page runs in an opaque origin: no scripts, no forms, no access to the
+#: node's cookies or storage, whatever HTML it serves.
+PUBLIC_CSP = "sandbox"
 
 
 def workers_of(request: Request) -> Workers:
@@ -127,9 +135,13 @@ async def _invoke(request: Request, tenant: str, *, public: bool) -> Response:
     assert outcome.response is not None
     out = outcome.response
     response = Response(out.body, status_code=out.status)
+    refused = _HOP_BY_HOP | _PUBLIC_REFUSED if public else _HOP_BY_HOP
     for key, value in out.headers:
-        if key.lower() not in _HOP_BY_HOP:
+        if key.lower() not in refused:
             response.headers.append(key, value)
+    if public:
+        response.headers["content-security-policy"] = PUBLIC_CSP
+        response.headers["x-content-type-options"] = "nosniff"
     response.headers["server-timing"] = _timing(outcome)
     return response
 

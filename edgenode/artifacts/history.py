@@ -25,8 +25,8 @@ from dulwich.repo import Repo
 from edgenode.errors import ArtifactNotFound, ParentMoved, ValidationFailed
 
 ZERO = b"0" * 40
-_HEX = re.compile(r"^[0-9a-f]{4,40}$")
-_AUTHOR = re.compile(r"^[^<>\n]+ <[^<>\n]*>$")
+_HEX = re.compile(r"^[0-9a-f]{4,40}\Z")
+_AUTHOR = re.compile(r"^[^<>\n]+ <[^<>\n]*>\Z")
 
 FILE_MODE = 0o100644
 EXEC_MODE = 0o100755
@@ -79,12 +79,28 @@ def parse_files(files: Any, *, max_bytes: int) -> list[FileChange]:
     return changes
 
 
+#: Code points HFS+ ignores in names, so ``.g\u200cit`` is ``.git`` on a Mac (as git's fsck knows).
+_HFS_IGNORED = dict.fromkeys([0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x206A, 0x2070),
+                              0xFEFF])
+
+
+def is_git_dir_alias(part: str) -> bool:
+    """Whether a path component names ``.git`` on some checkout's file system (git's fsck refuses these).
+
+    Case-insensitive file systems (``.GIT``), HFS+ (ignorable code points), NTFS (trailing dots and
+    spaces, alternate data streams after ``:``, and the 8.3 short name ``GIT~1``).
+    """
+    name = part.translate(_HFS_IGNORED).lower()
+    name = name.split(":", 1)[0].rstrip(" .")
+    return name in (".git", "git~1")
+
+
 def validate_path(path: Any) -> str:
-    """A repository-relative file path: no empty, '.', '..' or '.git' components."""
+    """A repository-relative file path: no empty, '.', '..' or '.git' components (nor any alias of it)."""
     if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path or "\\" in path:
         raise ValidationFailed(f"invalid path {path!r}", field="files")
     parts = path.strip("/").split("/")
-    if any(p in ("", ".", "..") or p.lower() == ".git" for p in parts):
+    if any(p in ("", ".", "..") or is_git_dir_alias(p) for p in parts):
         raise ValidationFailed(f"invalid path {path!r}", field="files")
     return "/".join(parts)
 

@@ -25,11 +25,11 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from edgenode.auth import validate_tenant
-from edgenode.errors import ArtifactNotFound, RepoExists, ValidationFailed
+from edgenode.errors import ArtifactNotFound, RepoExists, TenantQuotaExceeded, ValidationFailed
 from edgenode.store import Database
 
-REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
+REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
+BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![/.])\Z")
 
 #: Refs that belong to a repository's shared history (gossiped, copied into forks).
 SHARED_REF_PREFIXES = (b"refs/heads/", b"refs/tags/")
@@ -172,8 +172,9 @@ class RepoStore:
         default_branch: str = "main",
         fork_of: RepoInfo | None = None,
         created_at: float | None = None,
+        cap: int = 0,
     ) -> RepoInfo:
-        """Create an empty bare repository (or a fork sharing ``fork_of``'s objects)."""
+        """Create an empty bare repository (or a fork sharing ``fork_of``'s objects); at most ``cap`` per tenant."""
         validate_tenant(tenant)
         validate_repo_name(name)
         validate_branch(default_branch, "default_branch")
@@ -181,6 +182,9 @@ class RepoStore:
         path = self.path(tenant, name)
 
         def insert(c: sqlite3.Connection) -> None:
+            if cap > 0 and c.execute("SELECT COUNT(*) FROM repos WHERE tenant = ?", (tenant,)).fetchone()[0] >= cap:
+                raise TenantQuotaExceeded(f"this tenant has {cap} repositories, as many as the node allows one "
+                                          "tenant; delete one first", limit=cap, retry_after=60)
             try:
                 c.execute(
                     "INSERT INTO repos (tenant, name, created_at, fork_of, default_branch) VALUES (?, ?, ?, ?, ?)",
@@ -212,9 +216,9 @@ class RepoStore:
                 raise
         return self.get_sync(tenant, name)
 
-    def fork_sync(self, source: RepoInfo, name: str, *, default_branch_only: bool = False) -> RepoInfo:
+    def fork_sync(self, source: RepoInfo, name: str, *, default_branch_only: bool = False, cap: int = 0) -> RepoInfo:
         """A new repository sharing ``source``'s objects, with a copy of its branches and tags."""
-        fork = self.create_sync(source.tenant, name, default_branch=source.default_branch, fork_of=source)
+        fork = self.create_sync(source.tenant, name, default_branch=source.default_branch, fork_of=source, cap=cap)
         with self.open(source) as src, self.open(fork) as dst:
             wanted = src.refs.as_dict()
             for ref, sha in wanted.items():

@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dulwich.client import get_transport_and_path
 from dulwich.errors import GitProtocolError
 
-from edgenode.artifacts import history, smart
+from edgenode.artifacts import history, importer, smart
 from edgenode.artifacts.events import Events
 from edgenode.artifacts.gitserve import GitUploadPack, environment, find_git, git_protocol
 from edgenode.artifacts.gossip import RefGossip, check_peer_password
@@ -23,6 +22,8 @@ from edgenode.artifacts.schema import MIGRATIONS
 from edgenode.artifacts.streaming import ClosingStream, collect_body, spool_body, stream_from_thread
 from edgenode.artifacts.tokens import RepoTokens, looks_like_repo_token
 from edgenode.auth import Principal
+from edgenode.egress import Egress
+from edgenode.egress import deadline as egress_deadline
 from edgenode.errors import (
     BadRequest,
     Forbidden,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 #: Largest negotiation body of a fetch (wants and haves), after gunzip.
 MAX_UPLOAD_REQUEST_BYTES = 16 * 1024 * 1024
-_IMPORT_SCHEMES = ("http://", "https://", "git://")
+_IMPORT_SCHEMES = ("http://", "https://", "git://")  # git:// only to refuse it with a clear reason
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Artifacts:
         self.tokens = RepoTokens(self.db, max_ttl_s=self.settings.max_token_ttl_s, now=now)
         self.events = Events(self.db, now=now)
         self.gossip = RefGossip(self, now=now)
+        self.egress = Egress(node.config.egress.allow_networks)
         self.git_upload_pack = self._choose_upload_pack()
         self.git_tools = (None if self.git_upload_pack is None else
                           smart.GitTools(self.git_upload_pack.git, environment(self.git_upload_pack.home)))
@@ -116,6 +118,7 @@ class Artifacts:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.egress.close()
         self.db.close()
 
     def status(self) -> dict[str, Any]:
@@ -158,7 +161,8 @@ class Artifacts:
 
     async def create(self, tenant: str, name: str, *, default_branch: str = "main") -> RepoInfo:
         """An empty repository."""
-        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, default_branch=default_branch)
+        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, default_branch=default_branch,
+                                       cap=self.settings.max_repos_per_tenant)
         await self.events.record(tenant, name, "create", default_branch=default_branch)
         self.spawn(self.gossip.announce(info, []))
         return info
@@ -166,7 +170,8 @@ class Artifacts:
     async def fork(self, tenant: str, source: str, name: str, *, default_branch_only: bool = False) -> RepoInfo:
         """A fork of ``source`` that shares its objects (no copy)."""
         src = await self.get(tenant, source)
-        info = await asyncio.to_thread(self.repos.fork_sync, src, name, default_branch_only=default_branch_only)
+        info = await asyncio.to_thread(self.repos.fork_sync, src, name, default_branch_only=default_branch_only,
+                                       cap=self.settings.max_repos_per_tenant)
         await self.events.record(tenant, name, "fork", source=source)
         await self.events.record(tenant, source, "fork", fork=name)
         self.spawn(self.gossip.announce_all_refs(info))
@@ -179,20 +184,31 @@ class Artifacts:
         await self.events.record(tenant, name, "delete")
         self.spawn(self.gossip.announce_delete(info))
 
+    async def purge_tenant(self, tenant: str) -> None:
+        """Delete every repository of ``tenant``, with its tokens and events."""
+        for info in await asyncio.to_thread(self.repos.list_sync, tenant):
+            await self.delete(tenant, info.name)
+        await self.db.write(lambda c: [c.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
+                                       for table in ("repo_tokens", "repo_events")])
+
     async def import_url(
         self, tenant: str, name: str, url: str, *, branch: str | None = None, depth: int | None = None
     ) -> RepoInfo:
         """A new repository holding the branches and tags of the Git repository at ``url``."""
         self.node.store.require_space("git repositories")
         if not isinstance(url, str) or not url.startswith(_IMPORT_SCHEMES) or len(url) > 2000:
-            raise ValidationFailed("url must be an http(s):// or git:// Git URL", field="url")
+            raise ValidationFailed("url must be an http(s):// Git URL", field="url")
         if branch is not None:
             validate_branch(branch)
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise ValidationFailed("depth must be a positive integer", field="depth")
-        info = await asyncio.to_thread(self.repos.create_sync, tenant, name)
+        until = time.monotonic() + self.settings.import_timeout_s
+        client, path = importer.client_for(url, egress=self.egress, tenant=tenant, until=until,
+                                           max_redirects=self.node.config.egress.max_redirects,
+                                           max_bytes=self.settings.max_pack_bytes)
+        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, cap=self.settings.max_repos_per_tenant)
         try:
-            imported = await asyncio.to_thread(self._import_sync, info, url, branch, depth)
+            imported = await asyncio.to_thread(self._import_sync, info, client, path, url, branch, depth)
         except BaseException:
             await asyncio.to_thread(self.repos.delete_sync, info)
             raise
@@ -200,11 +216,8 @@ class Artifacts:
         self.spawn(self.gossip.announce_all_refs(info))
         return await self.get(tenant, name)
 
-    def _import_sync(self, info: RepoInfo, url: str, branch: str | None, depth: int | None) -> dict[str, str]:
-        try:
-            client, path = get_transport_and_path(url)
-        except (ValueError, KeyError) as exc:
-            raise ImportFailed(f"cannot use {_redact_url(url)}: {exc}") from exc
+    def _import_sync(self, info: RepoInfo, client: importer.PolicyGitClient, path: str, url: str,
+                     branch: str | None, depth: int | None) -> dict[str, str]:
         wanted = (b"refs/heads/" + branch.encode(),) if branch else SHARED_REF_PREFIXES
 
         def determine_wants(refs: Any, depth: int | None = None) -> Any:
@@ -213,9 +226,12 @@ class Artifacts:
         with self.repos.open(info) as opened:
             repo: Any = opened
             try:
-                result = client.fetch(path, repo, determine_wants=determine_wants, depth=depth)
+                with egress_deadline(client.until):
+                    result = client.fetch(path, repo, determine_wants=determine_wants, depth=depth)
             except Exception as exc:  # dulwich raises many kinds: HTTP, protocol, socket
-                raise ImportFailed(f"import from {_redact_url(url)} failed: {exc}") from exc
+                raise ImportFailed(f"import from {_redact_url(url)} failed: {importer.describe(exc)}") from None
+            finally:
+                client.close_all()
             imported: dict[str, str] = {}
             for ref, sha in result.refs.items():
                 if sha is None or not _wanted(ref, wanted) or ref.endswith(b"^{}"):

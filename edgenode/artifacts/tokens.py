@@ -19,7 +19,7 @@ from edgenode.auth.tokens import hash_token
 from edgenode.errors import ArtifactNotFound, TokenExpired, TokenRevoked, Unauthorized, ValidationFailed
 from edgenode.store import Database
 
-_TOKEN = re.compile(r"^edr_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})$")
+_TOKEN = re.compile(r"^edr_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})\Z")
 ACCESS = ("read", "write")
 
 

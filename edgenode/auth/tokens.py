@@ -27,8 +27,8 @@ DEFAULT_TENANT = "default"
 #: The longest time to live a token may ask for (ten years, in seconds); without one it never expires.
 MAX_TOKEN_TTL_S = 10 * 365 * 86_400
 
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})$")
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})\Z")
 
 
 def _create_auth_tables(conn: sqlite3.Connection) -> None:
@@ -169,11 +169,19 @@ class Auth:
         )
         return [dict(r) for r in rows]
 
-    async def delete_tenant(self, name: str) -> None:
-        """Delete a tenant and its tokens (its resources are the capabilities' to remove)."""
+    async def tenant_exists(self, name: str) -> bool:
+        """Whether a tenant of this name exists."""
         validate_tenant(name)
+        return bool(await self.db.read(
+            lambda c: c.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone()))
+
+    async def delete_tenant(self, name: str) -> None:
+        """Delete a tenant's record and revoke every token of it (its resources are the capabilities' to remove)."""
+        validate_tenant(name)
+        now = self._now()
 
         def delete(c: sqlite3.Connection) -> int:
+            c.execute("UPDATE tokens SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL", (now, name))
             return c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount
 
         if await self.db.write(delete) == 0:

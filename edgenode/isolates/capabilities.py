@@ -17,12 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from wasmtime import WasmtimeError
 from wasmtime.component import Record, Variant
 
+from edgenode.egress import AllowList, Egress
 from edgenode.errors import EdgenodeError
-from edgenode.isolates.egress import AllowList
 
 if TYPE_CHECKING:
     from wasmtime.component import LinkerInstance
@@ -59,17 +58,23 @@ class Invocation:
     deadline: float  # time.monotonic() by which the whole request must finish
     subrequests: int = 0
     logs: list[dict[str, Any]] = field(default_factory=list)
+    dropped_logs: int = 0
 
     def remaining_s(self) -> float:
         """Wall time left for this request."""
         return max(0.0, self.deadline - time.monotonic())
 
     def add_log(self, level: str, message: str) -> None:
-        """Keep one log line (bounded) and pass it to the node's log."""
+        """Keep one log line and pass it to the node's log, both bounded per request."""
         if len(self.logs) < MAX_LOG_LINES:
             self.logs.append({"level": level[:16], "message": message[:MAX_LOG_LINE]})
-        log.info("guest log", extra={"worker": self.worker, "tenant": self.grants.tenant, "level": level,
-                                     "guest_message": message[:MAX_LOG_LINE]})
+            log.info("guest log", extra={"worker": self.worker, "tenant": self.grants.tenant, "level": level[:16],
+                                         "guest_message": message[:MAX_LOG_LINE]})
+        else:
+            self.dropped_logs += 1
+            if self.dropped_logs == 1:  # one line says the rest is dropped, not one per line
+                log.warning("guest log lines past the limit are dropped",
+                            extra={"worker": self.worker, "tenant": self.grants.tenant, "limit": MAX_LOG_LINES})
 
 
 _current = threading.local()
@@ -112,17 +117,17 @@ class HostFunctions:
     this node has none; kv and sql then fail with a clear error.
     """
 
-    def __init__(self, state: Callable[[], Any], *, fetch_timeout_s: float = 30.0) -> None:
+    def __init__(self, state: Callable[[], Any], *, fetch_timeout_s: float = 30.0,
+                 egress: Egress | None = None) -> None:
         self.state = state
         self.fetch_timeout_s = fetch_timeout_s
-        # One pooled client for every isolate thread; redirects are the guest's to follow,
-        # so each hop is checked against the allow-list.
-        self.http = httpx.Client(follow_redirects=False, trust_env=False,
-                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        # Each tenant's fetches go through its own cookie-less client; redirects are the
+        # guest's to follow, so each hop is checked against the allow-list like the first.
+        self.egress = egress if egress is not None else Egress()
 
     def close(self) -> None:
-        """Close the outbound HTTP client."""
-        self.http.close()
+        """Close the outbound HTTP clients."""
+        self.egress.close()
 
     def define(self, root: LinkerInstance) -> None:
         """Add every import of the worker world to a linker's root instance."""
@@ -214,26 +219,17 @@ class HostFunctions:
             raise _Refused(f"fetch denied: the limit of {grants.max_subrequests} subrequests per request is reached",
                            code="subrequest_limit")
         invocation.subrequests += 1
-        timeout = min(self.fetch_timeout_s, invocation.remaining_s())
-        if timeout <= 0:
+        until = min(time.monotonic() + self.fetch_timeout_s, invocation.deadline)
+        if until <= time.monotonic():
             raise _Refused("fetch denied: the request's wall time is used up", code="wall_limit")
-        headers = [(k, v) for k, v in req.headers if k.lower() not in ("host", "content-length", "connection")]
-        with self.http.stream(req.method, req.url, headers=headers, content=bytes(req.body) or None,
-                              timeout=timeout) as response:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > grants.max_fetch_bytes:
-                    raise _Refused(f"fetch response exceeds {grants.max_fetch_bytes} bytes", code="fetch_too_large")
-                chunks.append(chunk)
-            out: Any = Record()
-            out.status = response.status_code
-            # The body is handed over decoded, so its encoding and length headers no longer apply.
-            out.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
-                           if k.lower() not in (b"content-encoding", b"content-length", b"transfer-encoding")]
-            out.body = b"".join(chunks)
-            return out
+        reply = self.egress.exchange(grants.tenant, req.method, req.url, allow=grants.allowed_hosts, until=until,
+                                     max_bytes=grants.max_fetch_bytes, headers=list(req.headers),
+                                     body=bytes(req.body) or None)
+        out: Any = Record()
+        out.status = reply.status
+        out.headers = reply.headers
+        out.body = reply.body
+        return out
 
     # -- env and log ---------------------------------------------------------
 

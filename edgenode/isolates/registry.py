@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgenode.errors import ValidationFailed, WorkerNotFound
+from edgenode.errors import TenantQuotaExceeded, ValidationFailed, WorkerNotFound
 from edgenode.store import Database, Migration
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 
 def validate_name(name: str) -> str:
@@ -109,8 +109,9 @@ def _version(row: sqlite3.Row) -> Version:
 class Registry:
     """Versions of every tenant's workers, and their usage totals."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, max_per_tenant: int = 0) -> None:
         self.db = db
+        self.max_per_tenant = max_per_tenant
 
     async def add(self, tenant: str, name: str, *, kind: str, hash: str, settings: dict[str, Any],
                   source: dict[str, str] | None) -> Version:
@@ -119,6 +120,11 @@ class Registry:
 
         def insert(c: sqlite3.Connection) -> Version:
             row = c.execute("SELECT latest FROM workers WHERE tenant = ? AND name = ?", (tenant, name)).fetchone()
+            cap = self.max_per_tenant
+            if row is None and cap > 0 and \
+                    c.execute("SELECT COUNT(*) FROM workers WHERE tenant = ?", (tenant,)).fetchone()[0] >= cap:
+                raise TenantQuotaExceeded(f"this tenant has {cap} workers, as many as the node allows one tenant; "
+                                          "delete one first", limit=cap, retry_after=60)
             version = (row["latest"] if row else 0) + 1
             c.execute(
                 "INSERT INTO versions (tenant, name, version, kind, hash, source, settings, created_at)"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgenode.egress import Egress
 from edgenode.errors import BadRequest, InvalidComponent, PayloadTooLarge, ValidationFailed, WorkerNotFound
 from edgenode.isolates.builder import Source
 from edgenode.isolates.cache import prune
@@ -100,7 +101,8 @@ class Workers:
         self.engine = IsolateEngine()
         self.cache = CompiledCache(self.engine, self.cache_dir / "compiled")
         # node.state may be wired after workers; look it up at call time.
-        self.host = HostFunctions(lambda: getattr(node, "state", None), fetch_timeout_s=s.fetch_timeout_s)
+        self.host = HostFunctions(lambda: getattr(node, "state", None), fetch_timeout_s=s.fetch_timeout_s,
+                                  egress=Egress(node.config.egress.allow_networks))
         self.runtime = Runtime(self.engine, self.host, self.cache, max_response_bytes=s.max_response_bytes)
         self.python = PythonRuntime(self.engine, self.runtime.linker,
                                     runtime_dir=Path(s.runtime_dir) if s.runtime_dir else None,
@@ -108,9 +110,10 @@ class Workers:
                                     timeout_s=s.build_timeout_s)
         self._python_ready: asyncio.Future[Any] | None = None
         self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes)
-        self.pool = IsolatePool(s.pool_size, s.queue_depth)
+        self.pool = IsolatePool(s.pool_size, s.queue_depth, tenant_threads=s.tenant_threads,
+                                tenant_queue_depth=s.tenant_queue_depth)
         self.db = node.database("workers.db", MIGRATIONS)
-        self.registry = Registry(self.db)
+        self.registry = Registry(self.db, max_per_tenant=s.max_per_tenant)
         self.meter = Meter(node.metrics, self.registry)
         self.meter.busy.set_function(lambda: self.pool.in_flight)
         self._deployed: dict[tuple[str, str], Deployed] = {}
@@ -176,12 +179,14 @@ class Workers:
             ready = self.python_ready()
         await asyncio.shield(ready)
 
-    async def compile_program(self, files: dict[str, str], entry: str, kind: str) -> Program:
+    async def compile_program(self, files: dict[str, str], entry: str, kind: str, *,
+                              tenant: str | None = None) -> Program:
         """Compile a deployment's files in a fresh runtime instance (BuildFailed on a syntax error)."""
         await self._runtime()
         memory = self.settings.max_memory_mb << 20
         return await self._run_pool(lambda: self.python.program(
-            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory))
+            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory),
+            tenant)
 
     async def deploy_python(self, tenant: str, name: str, files: object, settings: DeploySettings) -> dict[str, Any]:
         """Compile a Python worker's files on the shared runtime and make them the current version of ``name``."""
@@ -189,7 +194,7 @@ class Workers:
         self.node.store.require_space("worker deployments")
         source = Source.parse(files, max_bytes=self.settings.max_source_bytes)
         try:
-            await self.compile_program(source.files, "main.py", "worker")
+            await self.compile_program(source.files, "main.py", "worker", tenant=tenant)
         except Exception:
             self.meter.builds.labels("failed").inc()
             raise
@@ -331,7 +336,7 @@ class Workers:
                 invocation = Invocation(deployed.grants, name, _deadline(limits))
                 return self.runtime.invoke(component, request, invocation, limits)
 
-        outcome = await self._run_pool(call)
+        outcome = await self._run_pool(call, tenant)
         self.meter.record(tenant, name, outcome.usage)
         return outcome
 
@@ -348,7 +353,7 @@ class Workers:
             invocation = Invocation(grants, RUN_WORKER, _deadline(limits))
             return self.runtime.invoke(self.python.component(), request, invocation, limits, program)
 
-        outcome = await self._run_pool(call)
+        outcome = await self._run_pool(call, tenant)
         self.meter.record(tenant, RUN_WORKER, outcome.usage)
         return outcome
 
@@ -382,7 +387,7 @@ class Workers:
             self.prune_soon()  # one-off modules leave compiled code behind
         try:
             result = await self._run_pool(
-                lambda: self.wasi.run(module, args=args, env=env, stdin=stdin, files=files, limits=limits)
+                lambda: self.wasi.run(module, args=args, env=env, stdin=stdin, files=files, limits=limits), tenant
             )
         except Exception as exc:
             code = getattr(exc, "code", "internal")
@@ -392,9 +397,9 @@ class Workers:
                                                 memory_limit_mb=limits.memory_mb, outcome="ok"))
         return result
 
-    async def _run_pool(self, fn: Callable[[], T]) -> T:
+    async def _run_pool(self, fn: Callable[[], T], tenant: str | None) -> T:
         try:
-            return await self.pool.run(fn)
+            return await self.pool.run(fn, tenant=tenant)
         except Exception as exc:
             if getattr(exc, "code", None) == "overloaded":
                 self.meter.rejected.inc()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import re
@@ -30,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgenode.errors import ValidationFailed
+from edgenode.egress import AddressPolicy, AllowList, HostPattern, normalise_host
+from edgenode.errors import EgressDenied, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +41,26 @@ NODE_PATH_PREFIXES = ("/git/",)
 NODE_PATHS = ("/healthz",)
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
 #: Connections one sandbox may hold open through its proxy (each costs the node a descriptor or two).
 MAX_CONNECTIONS = 64
-DEFAULT_PORTS = frozenset({80, 443})
 MAX_ALLOW_ENTRIES = 256
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-
-
-@dataclass(frozen=True)
-class AllowEntry:
-    """One allow-list entry: an exact host, a ``*.`` suffix, or an IP, with its ports."""
-
-    host: str
-    wildcard: bool
-    ports: frozenset[int]
-    ip_literal: bool
-
-    def matches(self, host: str, port: int) -> bool:
-        """Whether ``host:port`` is covered by this entry."""
-        if port not in self.ports:
-            return False
-        if self.wildcard:
-            return host.endswith("." + self.host)
-        return host == self.host
+_FIELD = "network.allow"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"[\x21-\x7e]+")
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_VERSION = re.compile(r"HTTP/1\.[01]")
+_CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,15})(;[\t\x20-\x7e]*)?\r\n")
+#: Request headers that describe the client's connection to the proxy, not the request.
+_HOP_HEADERS = frozenset({"proxy-connection", "proxy-authorization", "connection", "keep-alive", "te", "upgrade",
+                          "trailer"})
 
 
 @dataclass(frozen=True)
 class EgressPolicy:
     """What a sandbox may reach: nothing (``none``), or allow-listed hosts and optionally its node."""
 
-    entries: tuple[AllowEntry, ...] = ()
+    entries: tuple[HostPattern, ...] = ()
     node: bool = False
 
     @property
@@ -83,68 +72,16 @@ class EgressPolicy:
         """The policy as the API shows it: ``"none"`` or ``{"allow": [...]}``."""
         if not self.enabled:
             return "none"
-        allow = ["node"] if self.node else []
-        for e in self.entries:
-            host = ("*." if e.wildcard else "") + (f"[{e.host}]" if ":" in e.host else e.host)
-            allow.append(host if e.ports == DEFAULT_PORTS else f"{host}:{next(iter(e.ports))}")
-        return {"allow": allow}
+        return {"allow": (["node"] if self.node else []) + [e.as_text() for e in self.entries]}
 
-    def allows(self, host: str, port: int) -> AllowEntry | None:
-        """The entry that allows ``host:port``, or None."""
-        host = _normalise_host(host)
-        return next((e for e in self.entries if e.matches(host, port)), None)
+    def allows(self, host: str, port: int, scheme: str | None = None) -> HostPattern | None:
+        """The entry that allows ``host:port`` (``scheme`` None: a CONNECT tunnel, by port alone), or None."""
+        return AllowList(self.entries).allows(scheme, host, port)
 
 
-def _normalise_host(host: str) -> str:
-    return host.strip().strip("[]").rstrip(".").lower()
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def parse_entry(text: str) -> AllowEntry:
-    """An allow-list entry from ``host``, ``host:port``, ``*.domain``, ``[v6]:port`` or an IP."""
-    raw = text.strip().lower()
-    if not raw or "/" in raw or "@" in raw:
-        raise ValidationFailed(f"allow entry {text!r} must be a host, *.domain or host:port", field="network.allow")
-    port: int | None = None
-    host = raw
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0:
-            raise ValidationFailed(f"allow entry {text!r} has an unclosed '['", field="network.allow")
-        host, rest = raw[1:end], raw[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValidationFailed(f"allow entry {text!r} is malformed", field="network.allow")
-            port = _port(rest[1:], text)
-    elif raw.count(":") == 1:
-        host, _, port_text = raw.partition(":")
-        port = _port(port_text, text)
-    wildcard = host.startswith("*.")
-    if wildcard:
-        host = host[2:]
-    host = host.rstrip(".")
-    ip = _ip(host)
-    if ip is None and not _HOSTNAME.match(host):
-        raise ValidationFailed(f"allow entry {text!r} is not a valid host name", field="network.allow")
-    if ip is not None and wildcard:
-        raise ValidationFailed(f"allow entry {text!r}: a wildcard needs a domain", field="network.allow")
-    if wildcard and "." not in host:
-        raise ValidationFailed(f"allow entry {text!r}: wildcards need a domain with a dot, such as *.example.org",
-                               field="network.allow")
-    ports = frozenset({port}) if port is not None else DEFAULT_PORTS
-    return AllowEntry(str(ip) if ip is not None else host, wildcard, ports, ip is not None)
-
-
-def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValidationFailed(f"allow entry {entry!r} has a bad port", field="network.allow")
-    return int(text)
+def parse_entry(text: str) -> HostPattern:
+    """An allow-list entry, in the node's one egress grammar."""
+    return HostPattern.parse(text, field=_FIELD)
 
 
 def parse_policy(value: Any) -> EgressPolicy:
@@ -155,17 +92,49 @@ def parse_policy(value: Any) -> EgressPolicy:
         raise ValidationFailed('field "network" must be "none" or {"allow": ["host", ...]}', field="network")
     allow = value.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
-        raise ValidationFailed('"network.allow" must be an array of strings', field="network.allow")
+        raise ValidationFailed('"network.allow" must be an array of strings', field=_FIELD)
     if len(allow) > MAX_ALLOW_ENTRIES:
-        raise ValidationFailed(f'"network.allow" takes at most {MAX_ALLOW_ENTRIES} entries', field="network.allow")
+        raise ValidationFailed(f'"network.allow" takes at most {MAX_ALLOW_ENTRIES} entries', field=_FIELD)
     node = any(a.strip().lower() == "node" for a in allow)
-    entries = tuple(parse_entry(a) for a in allow if a.strip().lower() != "node")
+    entries = AllowList.parse([a for a in allow if a.strip().lower() != "node"], field=_FIELD).patterns
     return EgressPolicy(entries, node)
 
 
-def _is_public(address: str) -> bool:
-    ip = _ip(address.split("%")[0])
-    return ip is not None and ip.is_global and not ip.is_multicast
+class _BadRequest(Exception):
+    """The client's request is not one the proxy forwards."""
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """A parsed request line and header fields."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+
+
+def parse_head(head: bytes) -> RequestHead:
+    """A request head (through its blank line), strictly: CRLF lines, token names, no control bytes."""
+    if not head.endswith(b"\r\n\r\n"):
+        raise _BadRequest("the request head does not end in CRLF CRLF")
+    body = head[:-4]
+    if b"\n" in body.replace(b"\r\n", b"") or b"\r" in body.replace(b"\r\n", b""):
+        raise _BadRequest("bare LF or CR in the request head")
+    lines = body.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]) \
+            or not _VERSION.fullmatch(parts[2]):
+        raise _BadRequest("malformed request line")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _BadRequest("too many header lines")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+            raise _BadRequest("malformed header line")
+        headers.append((name, value.strip(" \t")))
+    return RequestHead(parts[0], parts[1], parts[2], headers)
 
 
 @dataclass
@@ -181,8 +150,9 @@ class EgressProxy:
     """The proxy of one sandbox, serving on a Unix socket."""
 
     def __init__(self, policy: EgressPolicy, socket_path: str, *, node_url: Callable[[], str | None],
-                 connect_timeout_s: float = 10.0) -> None:
+                 addresses: AddressPolicy | None = None, connect_timeout_s: float = 10.0) -> None:
         self.policy = policy
+        self.addresses = addresses if addresses is not None else AddressPolicy()
         self.socket_path = socket_path
         self.node_url = node_url
         self.connect_timeout_s = connect_timeout_s
@@ -246,37 +216,33 @@ class EgressProxy:
                      "Connection: close\r\n\r\n".encode() + body)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if len(head) > MAX_HEAD_BYTES:
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
             self._deny(writer, "431 Request Header Fields Too Large", "request head too large")
             return
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3:
-            self._deny(writer, "400 Bad Request", "malformed request line")
+        if len(raw) > MAX_HEAD_BYTES:
+            self._deny(writer, "431 Request Header Fields Too Large", "request head too large")
             return
-        method, target, version = parts
-        if method.upper() == "CONNECT":
-            await self._connect(reader, writer, target)
+        try:
+            head = parse_head(raw)
+        except _BadRequest as exc:
+            self._deny(writer, "400 Bad Request", str(exc))
+            return
+        if head.method.upper() == "CONNECT":
+            await self._connect(reader, writer, head.target)
         else:
-            await self._forward(reader, writer, method, target, version, lines[1:])
+            await self._forward(reader, writer, head)
 
-    async def _open(self, host: str, port: int, entry: AllowEntry | None) -> tuple[Any, Any] | str:
-        """A connection to an allowed destination, or the reason it is refused."""
-        loop = asyncio.get_running_loop()
-        if entry is not None and entry.ip_literal:
-            addresses = [host]
-        else:
+    async def _open(self, host: str, port: int, *, checked: bool = True) -> tuple[Any, Any] | str:
+        """A connection to the destination by an address the policy permits, or the reason it is refused."""
+        if checked:
             try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError:
-                return f"cannot resolve {host}"
-            addresses = [str(info[4][0]) for info in infos]
-            if entry is not None:
-                # Names must not lead to the host's own or private services (DNS rebinding).
-                addresses = [a for a in addresses if _is_public(a)]
-                if not addresses:
-                    return f"{host} resolves only to non-public addresses"
+                addresses = await asyncio.to_thread(self.addresses.addresses, host, port)
+            except EgressDenied as exc:
+                return exc.message
+        else:
+            addresses = [host]
         for address in addresses:
             try:
                 return await asyncio.wait_for(asyncio.open_connection(address, port), self.connect_timeout_s)
@@ -290,7 +256,7 @@ class EgressProxy:
         if entry is None:
             self._deny(writer, "403 Forbidden", f"CONNECT to {target} is not in the allow-list")
             return
-        opened = await self._open(_normalise_host(host), port, entry)
+        opened = await self._open(normalise_host(host), port)
         if isinstance(opened, str):
             self._deny(writer, "502 Bad Gateway", opened)
             return
@@ -309,21 +275,25 @@ class EgressProxy:
         node_host, node_port = parts.hostname or "", parts.port or 80
         if host == NODE_ALIAS and port == 80:
             return node_host, node_port
-        if host == _normalise_host(node_host) and port == node_port:
+        if host == normalise_host(node_host) and port == node_port:
             return node_host, node_port
         return None
 
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
-                       target: str, version: str, header_lines: list[str]) -> None:
-        url = urlsplit(target)
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead) -> None:
+        url = urlsplit(head.target)
         if url.scheme.lower() != "http" or not url.hostname:
             self._deny(writer, "400 Bad Request", "only absolute http:// URLs or CONNECT are proxied")
             return
-        host = _normalise_host(url.hostname)
+        host = normalise_host(url.hostname)
         try:
             port = url.port or 80
         except ValueError:
             self._deny(writer, "400 Bad Request", "bad port")
+            return
+        try:
+            framing = _framing(head.headers)
+        except _BadRequest as exc:
+            self._deny(writer, "400 Bad Request", str(exc))
             return
         path = url.path or "/"
         node = self._node_target(host, port) if self.policy.node else None
@@ -331,50 +301,62 @@ class EgressProxy:
             if not (path.startswith(NODE_PATH_PREFIXES) or path in NODE_PATHS) or ".." in path.split("/"):
                 self._deny(writer, "403 Forbidden", f"path {path} of the node is not open to sandboxes")
                 return
-            opened = await self._open(node[0], node[1], AllowEntry(node[0], False, frozenset({node[1]}), True))
+            # The node is the operator's own address, reached for the paths above only.
+            opened = await self._open(node[0], node[1], checked=False)
             host_header = f"{node[0]}:{node[1]}"
         else:
-            entry = self.policy.allows(host, port)
-            if entry is None:
+            if self.policy.allows(host, port, "http") is None:
                 self._deny(writer, "403 Forbidden", f"{host}:{port} is not in the allow-list")
                 return
-            opened = await self._open(host, port, entry)
-            host_header = None
+            opened = await self._open(host, port)
+            host_header = url.netloc.rpartition("@")[2]
         if isinstance(opened, str):
             self._deny(writer, "502 Bad Gateway", opened)
             return
         self.stats.allowed += 1
         up_reader, up_writer = opened
         request_target = path + (f"?{url.query}" if url.query else "")
-        headers = []
-        length: int | None = None
-        chunked = False
-        for line in header_lines:
-            if not line:
+        lines = [f"{head.method} {request_target} {head.version}", f"Host: {host_header}"]
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname in _HOP_HEADERS or lname == "host":
                 continue
-            name, _, value = line.partition(":")
-            lname = name.strip().lower()
-            if lname in {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}:
-                continue
-            if lname == "host" and host_header:
-                value = " " + host_header
-            if lname == "content-length" and value.strip().isdigit():
-                length = int(value.strip())
-            if lname == "transfer-encoding" and "chunked" in value.lower():
-                chunked = True
-            headers.append(f"{name}:{value}")
-        head = f"{method} {request_target} {version}\r\n" + "".join(h + "\r\n" for h in headers)
-        up_writer.write((head + "Connection: close\r\n\r\n").encode("latin-1"))
+            lines.append(f"{name}: {value}")
+        lines.append("Connection: close")
+        up_writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
             # Exactly one request's body goes up; nothing after it can reach the destination.
-            if chunked:
+            if framing == CHUNKED:
                 await _copy_chunked(reader, up_writer)
-            elif length:
-                await _copy_exact(reader, up_writer, length)
+            elif framing:
+                await _copy_exact(reader, up_writer, framing)
             await up_writer.drain()
             await _copy_all(up_reader, writer)
+        except _BadRequest:
+            return
         finally:
             up_writer.close()
+
+
+CHUNKED = -1
+
+
+def _framing(headers: list[tuple[str, str]]) -> int:
+    """The body's length (0: none), or ``CHUNKED``; _BadRequest for framing that could be read two ways."""
+    lengths = {v for n, v in headers if n.lower() == "content-length"}
+    encodings = [v for n, v in headers if n.lower() == "transfer-encoding"]
+    if lengths and encodings:
+        raise _BadRequest("both Content-Length and Transfer-Encoding")
+    if encodings:
+        if len(encodings) != 1 or encodings[0].lower() != "chunked":
+            raise _BadRequest("only Transfer-Encoding: chunked is forwarded")
+        return CHUNKED
+    if len(lengths) > 1:
+        raise _BadRequest("conflicting Content-Length headers")
+    value = next(iter(lengths), "0")
+    if not value.isdigit() or len(value) > 15:
+        raise _BadRequest("bad Content-Length")
+    return int(value)
 
 
 def _split_authority(target: str, default_port: int) -> tuple[str, int]:
@@ -401,18 +383,26 @@ async def _copy_exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 async def _copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one chunked body, re-framed: sizes re-written, extensions and trailers dropped."""
     while True:
-        line = await reader.readuntil(b"\r\n")
-        writer.write(line)
-        size = int(line.split(b";")[0].strip() or b"0", 16)
+        match = _CHUNK_LINE.fullmatch(await reader.readuntil(b"\r\n"))
+        if match is None:
+            raise _BadRequest("malformed chunk size line")
+        size = int(match.group(1), 16)
         if size == 0:
-            while True:  # trailers, up to the blank line
+            while True:  # trailers, up to the blank line, are not forwarded
                 trailer = await reader.readuntil(b"\r\n")
-                writer.write(trailer)
                 if trailer == b"\r\n":
+                    writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     return
-        await _copy_exact(reader, writer, size + 2)
+                if b"\n" in trailer[:-2] or b"\r" in trailer[:-2]:
+                    raise _BadRequest("bare LF or CR in a trailer")
+        writer.write(b"%x\r\n" % size)
+        await _copy_exact(reader, writer, size)
+        if await reader.readexactly(2) != b"\r\n":
+            raise _BadRequest("a chunk does not end in CRLF")
+        writer.write(b"\r\n")
 
 
 async def _copy_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -440,4 +430,4 @@ async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
         w2.close()
 
 
-__all__ = ["NODE_ALIAS", "AllowEntry", "EgressPolicy", "EgressProxy", "parse_entry", "parse_policy"]
+__all__ = ["NODE_ALIAS", "EgressPolicy", "EgressProxy", "RequestHead", "parse_entry", "parse_head", "parse_policy"]

@@ -14,7 +14,7 @@ from typing import Any
 from edgenode.errors import ValidationFailed
 from edgenode.sandboxes.guest import Command, Event, Guest
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 STREAMS = {1: "stdout", 2: "stderr"}
 #: How long a killed command may take to report its exit before the sandbox is released.
 KILL_GRACE_S = 5.0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgenode.config import SandboxSettings
 from edgenode.errors import ValidationFailed
@@ -137,9 +137,17 @@ def cgroup_v2_writable(root: Path = Path("/sys/fs/cgroup")) -> Path | None:
     return None
 
 
-def disk_usage(*roots: Path) -> int:
-    """Bytes allocated to every file under ``roots``, without following symlinks."""
+class DiskUsage(NamedTuple):
+    """What a sandbox holds on the host's disk."""
+
+    bytes: int
+    files: int  # inodes: files, directories and links (an empty file costs no block but one inode)
+
+
+def measure(*roots: Path) -> DiskUsage:
+    """Bytes allocated to, and the number of, entries under ``roots``, without following symlinks."""
     total = 0
+    files = 0
     stack = [str(r) for r in roots]
     while stack:
         path = stack.pop()
@@ -154,9 +162,15 @@ def disk_usage(*roots: Path) -> int:
                 except OSError:
                     continue
                 total += st.st_blocks * 512
+                files += 1
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-    return total
+    return DiskUsage(total, files)
 
 
-__all__ = ["Limits", "cgroup_v2_writable", "disk_usage", "limits_from_json", "resolve_limits"]
+def disk_usage(*roots: Path) -> int:
+    """Bytes allocated to every file under ``roots``, without following symlinks."""
+    return measure(*roots).bytes
+
+
+__all__ = ["DiskUsage", "Limits", "cgroup_v2_writable", "disk_usage", "limits_from_json", "measure", "resolve_limits"]

@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgenode.auth import Principal
+from edgenode.egress import AddressPolicy
 from edgenode.errors import (
     Overloaded,
     SandboxProcessNotFound,
     SandboxQuotaExceeded,
     SandboxUnavailable,
+    TenantOverShare,
+    TenantQuotaExceeded,
     Unavailable,
     ValidationFailed,
 )
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 PROXY_URL = "http://127.0.0.1:3128"
 #: How much of a refused upload is read and dropped so the client sees the error, in bytes.
 DRAIN_LIMIT = 64 * MIB
@@ -71,7 +74,10 @@ class Sandboxes:
         self.root = node.data_dir / "sandboxes"
         self.db = node.database("sandboxes.db", MIGRATIONS)
         self.store = SandboxStore(self.db)
+        self.addresses = AddressPolicy(node.config.egress.allow_networks)
         self.runtimes: dict[str, SandboxRuntime] = {}
+        #: The tenant of every sandbox that runs or starts (for shares of the running slots).
+        self._owners: dict[str, str] = {}
         self._starting: dict[str, asyncio.Task[SandboxRuntime]] = {}
         #: Warm starts after create run one at a time, so a burst of creates is not slowed by them.
         self._warming = asyncio.Semaphore(1)
@@ -212,6 +218,10 @@ class Sandboxes:
                                    "(up to 63, not starting with 'sb_')", field="name")
         policy = parse_policy(data.get("network"))
         limits = resolve_limits(data.get("limits"), self.settings)
+        cap = self.settings.max_per_tenant
+        if cap > 0 and await self.store.count_for(principal.tenant) >= cap:
+            raise TenantQuotaExceeded(f"this tenant has {cap} sandboxes, as many as the node allows one tenant; "
+                                      "delete one first", limit=cap, retry_after=60)
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = await self.store.insert(id=sandbox_id, tenant=principal.tenant, name=name,
                                          network=policy.as_json(), limits=limits.as_dict())
@@ -248,6 +258,8 @@ class Sandboxes:
         body = self._describe(record)
         body["disk_used_bytes"] = await asyncio.to_thread(self._disk_used, record)
         runtime = self.runtimes.get(record.id)
+        # Whether its processes were stopped for being over the disk quota (bytes or files) and it still is.
+        body["disk_quota_exceeded"] = runtime is not None and runtime.disk_exceeded
         if runtime is not None and runtime.proxy is not None:
             stats = runtime.proxy.stats
             body["egress"] = {"allowed": stats.allowed, "denied": stats.denied, "last_denied": stats.last_denied}
@@ -255,11 +267,18 @@ class Sandboxes:
 
     def _disk_used(self, record: SandboxRecord) -> int:
         base = self._dir(record.id)
-        return disk_usage(base / "workspace", base / "tmp")
+        return disk_usage(base / "workspace", base / "tmp", base / "logs")
 
     async def delete(self, principal: Principal, ref: str) -> None:
         """Destroy a sandbox: processes killed, workspace removed, record forgotten."""
-        record = await self.store.get(principal.tenant, ref)
+        await self._destroy(await self.store.get(principal.tenant, ref))
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Destroy every sandbox of ``tenant``."""
+        for record in await self.store.list_for(tenant):
+            await self._destroy(record)
+
+    async def _destroy(self, record: SandboxRecord) -> None:
         warm = self._warm_tasks.get(record.id)
         if warm is not None:
             warm.cancel()
@@ -339,6 +358,7 @@ class Sandboxes:
         return SandboxRuntime(
             record.id, spec, policy=policy, limits=self._limits(record), base_env=self._base_env(record, policy),
             root=self._dir(record.id), node_url=lambda: self.node.url, log_cap=self.settings.max_output_bytes,
+            addresses=self.addresses, max_files=self.settings.max_files,
         )
 
     def _prepare(self, record: SandboxRecord, policy: EgressPolicy) -> GuestSpec:
@@ -360,25 +380,54 @@ class Sandboxes:
             await self._release(record.id)
         task = self._starting.get(record.id)
         if task is None:
-            await self._make_room()
+            await self._make_room(record.tenant)
+            self._owners[record.id] = record.tenant
             task = asyncio.create_task(self._start_runtime(record))
             self._starting[record.id] = task
         return await asyncio.shield(task)
 
-    async def _make_room(self) -> None:
-        """Keep at most ``max_running`` sandboxes with processes: release the least recently used idle one."""
+    def tenant_share(self) -> int:
+        """Sandboxes with processes one tenant may hold at once."""
+        return self.settings.tenant_running or max(1, self.settings.max_running // 2)
+
+    async def _make_room(self, tenant: str) -> None:
+        """Keep at most ``max_running`` sandboxes with processes, and a tenant within its share.
+
+        Free slots go to whoever asks. When the node is full, a tenant at its share makes room
+        among its own idle sandboxes only (429 when none is idle); a tenant under it takes the
+        slot of an idle sandbox of its own or of a tenant holding more than it, so no tenant's
+        sandboxes are evicted by one holding fewer. Sandboxes without live background processes
+        go first, then the least recently used.
+        """
+        held: dict[str, int] = {}
+        for sid in [*self.runtimes, *self._starting]:
+            owner = self._owners.get(sid, "")
+            held[owner] = held.get(owner, 0) + 1
         if len(self.runtimes) + len(self._starting) < self.settings.max_running:
-            return
-        idle = [r for r in self.runtimes.values() if not r.busy]
+            return  # free slots go to whoever asks: a tenant alone may use them all
+        mine = held.get(tenant, 0)
+        share = self.tenant_share()
+        eligible = {tenant} if mine >= share else {t for t, n in held.items() if t == tenant or n > mine}
+        idle = [r for sid, r in self.runtimes.items() if not r.busy and self._owners.get(sid, "") in eligible]
         if not idle:
+            if mine >= share:
+                raise TenantOverShare(f"this tenant has {share} sandboxes running commands, its share of the node; "
+                                      "try again shortly", retry_after=5, limit=share)
             raise Overloaded(f"{self.settings.max_running} sandboxes are running commands; try again shortly",
                              retry_after=5)
-        victim = min(idle, key=lambda r: r.last_used)
+
+        def order(r: SandboxRuntime) -> tuple[bool, float]:
+            live = any(not p.command.done.is_set() for p in r.processes.values())
+            return live, r.last_used
+
+        victim = min(idle, key=order)
         log.info("releasing the least recently used sandbox to make room", extra={"sandbox": victim.sandbox_id})
         await self._release(victim.sandbox_id)
 
     async def _release(self, sandbox_id: str) -> None:
         runtime = self.runtimes.pop(sandbox_id, None)
+        if sandbox_id not in self._starting:
+            self._owners.pop(sandbox_id, None)
         if runtime is None:
             return
         await runtime.stop()

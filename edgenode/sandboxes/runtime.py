@@ -14,16 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenode.egress import AddressPolicy
 from edgenode.errors import SandboxProcessNotFound
 from edgenode.sandboxes.egress import EgressPolicy, EgressProxy
 from edgenode.sandboxes.execution import KILL_GRACE_S, STREAMS, ExecSpec, Execution
 from edgenode.sandboxes.guest import Command, Guest, GuestSpec
-from edgenode.sandboxes.limits import MIB, Limits, disk_usage
+from edgenode.sandboxes.limits import MIB, DiskUsage, Limits, measure
 
 log = logging.getLogger(__name__)
 
-#: How often the workspace is measured while commands run.
+#: How often a running sandbox's disk is measured.
 DISK_CHECK_INTERVAL_S = 0.1
+#: Files and directories one sandbox may hold when the node sets no other number.
+DEFAULT_MAX_FILES = 100_000
 
 
 @dataclass
@@ -62,7 +65,8 @@ class SandboxRuntime:
 
     def __init__(self, sandbox_id: str, spec: GuestSpec, *, policy: EgressPolicy, limits: Limits,
                  base_env: dict[str, str], root: Path, node_url: Callable[[], str | None],
-                 log_cap: int) -> None:
+                 log_cap: int, addresses: AddressPolicy | None = None,
+                 max_files: int = DEFAULT_MAX_FILES) -> None:
         self.sandbox_id = sandbox_id
         self.spec = spec
         self.policy = policy
@@ -71,14 +75,16 @@ class SandboxRuntime:
         self.root = root
         self.log_cap = log_cap
         self.guest = Guest(spec)
-        self.proxy = (EgressProxy(policy, str(spec.run_dir / "proxy.sock"), node_url=node_url)
+        self.proxy = (EgressProxy(policy, str(spec.run_dir / "proxy.sock"), node_url=node_url, addresses=addresses)
                       if spec.run_dir is not None else None)
         self.processes: dict[int, BackgroundProcess] = {}
         self._next_proc = 0
         self.active_execs = 0
         self.last_used = time.time()
         self._watch: asyncio.Task[None] | None = None
+        self.max_files = max_files
         self.disk_exceeded = False
+        self.disk: DiskUsage = DiskUsage(0, 0)
 
     async def start(self) -> None:
         """Start the proxy (if any), then bwrap and the supervisor."""
@@ -213,50 +219,110 @@ class SandboxRuntime:
     # -- disk accounting -----------------------------------------------------
 
     def disk_used(self) -> int:
-        """Bytes used by the workspace and the sandbox's /tmp."""
-        return disk_usage(self.spec.workspace, self.spec.tmp)
+        """Bytes used by the workspace, the sandbox's /tmp and its background processes' logs."""
+        return self.measure_disk().bytes
+
+    def measure_disk(self) -> DiskUsage:
+        """Bytes and files of the workspace, /tmp and the process logs (all a sandbox can make grow)."""
+        return measure(self.spec.workspace, self.spec.tmp, self.root / "logs")
 
     async def _watch_disk(self) -> None:
-        """While commands run, measure the disk; past the quota, stop every command of the sandbox.
+        """While the sandbox runs, measure its disk; past the quota, stop every process in it.
 
-        The walk repeats every 0.1 s, or five times as long as the last walk took on a big
-        tree, so the quota can be overrun by what a sandbox writes in one interval. Once the
-        sandbox is stopped over its quota, commands are stopped again only if usage grows
-        further: ``rm`` to get back under the quota must be able to run.
+        Measured whether or not a command is tracked: a process detached with ``setsid ... &``
+        outlives the exec that started it, and writes all the same. Bytes and files count
+        (empty files cost no block but an inode each). The walk repeats every 0.1 s, or five
+        times as long as the last walk took on a big tree, so the quota can be overrun by what
+        a sandbox writes in one interval. Once the sandbox is stopped over its quota, it is
+        stopped again only if usage grows further: ``rm`` to get back under must be able to run.
         """
         quota = self.limits.disk_mb * MIB
-        stopped_at: int | None = None
+        stopped_at: DiskUsage | None = None
         interval = DISK_CHECK_INTERVAL_S
         while True:
             await asyncio.sleep(interval)
-            if not self.guest.commands:
-                continue
             began = time.perf_counter()
-            used = await asyncio.to_thread(self.disk_used)
+            used = self.disk = await asyncio.to_thread(self.measure_disk)
             interval = max(DISK_CHECK_INTERVAL_S, 5 * (time.perf_counter() - began))
-            if used <= quota:
+            if used.bytes <= quota and used.files <= self.max_files:
                 self.disk_exceeded = False
                 stopped_at = None
                 continue
             self.disk_exceeded = True
-            if stopped_at is not None and used <= stopped_at:
+            # Writes in flight at the kill still land (and delayed allocation shows up later): only
+            # growth past that slack is a new offence.
+            if stopped_at is not None and used.bytes <= stopped_at.bytes + max(MIB, quota // 16) \
+                    and used.files <= stopped_at.files + 64:
                 continue
-            log.warning("sandbox over its disk quota: stopping its commands",
-                        extra={"sandbox": self.sandbox_id, "used": used, "quota": quota})
+            log.warning("sandbox over its disk quota: stopping its processes",
+                        extra={"sandbox": self.sandbox_id, "used": used.bytes, "quota": quota, "files": used.files,
+                               "max_files": self.max_files})
             stopped_at = await self.stop_for_disk(used)
 
-    async def stop_for_disk(self, used: int) -> int:
-        """Kill every command (the workspace measured ``used`` bytes, over the quota); returns the
-        usage that later growth is measured from."""
+    async def stop_for_disk(self, used: DiskUsage) -> DiskUsage:
+        """Stop every process (the sandbox measured ``used``, over its quota); returns the usage
+        that later growth is measured from."""
         stopped = list(self.guest.commands.values())
-        for command in stopped:
-            command.stopped_by = "disk_quota"
-            await self.guest.signal(command, signal.SIGKILL)
-        # What the stopped commands wrote between the walk and their death is not new growth:
+        await self._stop_all("disk_quota")
+        # What the stopped processes wrote between the walk and their death is not new growth:
         # measure again once they are gone, or the next command (the ``rm``) would be stopped too.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in stopped)), KILL_GRACE_S)
-        return max(used, await asyncio.to_thread(self.disk_used))
+        after = await asyncio.to_thread(self.measure_disk)
+        return DiskUsage(max(used.bytes, after.bytes), max(used.files, after.files))
+
+    async def _stop_all(self, reason: str) -> None:
+        """Kill every process of the sandbox but its supervisor: tracked commands and detached ones."""
+        for command in list(self.guest.commands.values()):
+            command.stopped_by = reason
+            await self.guest.signal(command, signal.SIGKILL)
+        proc = self.guest.proc
+        if proc is not None and proc.returncode is None:
+            await asyncio.to_thread(kill_inner_processes, proc.pid)
+
+
+def kill_inner_processes(bwrap_pid: int) -> int:
+    """SIGKILL every process below ``bwrap_pid`` inside its PID namespace except that namespace's init.
+
+    The supervisor (PID 1 inside) reaps what dies; processes the supervisor does not know of
+    (detached with ``setsid``, daemons) are found by the host in ``/proc``. Returns how many.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the fields after the last ")" are fixed.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    killed = 0
+    stack = list(children.get(bwrap_pid, []))
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        if _inner_pid(pid) in (None, 1):  # outside the sandbox's namespace, or its init
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def _inner_pid(pid: int) -> int | None:
+    """A process's PID in its own (innermost) namespace, None when it is in the host's."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    return int(ids[-1]) if len(ids) > 1 else None
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def reset_dir(path: Path, owner: tuple[int, int] | None) -> None:
@@ -268,4 +334,4 @@ def reset_dir(path: Path, owner: tuple[int, int] | None) -> None:
         os.chown(path, *owner)
 
 
-__all__ = ["STREAMS", "BackgroundProcess", "SandboxRuntime", "reset_dir"]
+__all__ = ["STREAMS", "BackgroundProcess", "SandboxRuntime", "kill_inner_processes", "reset_dir"]

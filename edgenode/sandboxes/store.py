@@ -94,6 +94,11 @@ class SandboxStore:
             raise SandboxNotFound(f"no sandbox {ref!r}")
         return record
 
+    async def count_for(self, tenant: str) -> int:
+        """How many sandboxes the tenant has."""
+        return int(await self.db.read(lambda c: c.execute(
+            "SELECT COUNT(*) FROM sandboxes WHERE tenant = ?", (tenant,)).fetchone()[0]))
+
     async def list_for(self, tenant: str) -> list[SandboxRecord]:
         """The tenant's sandboxes, oldest first."""
         return await self.db.read(lambda c: [

@@ -11,9 +11,13 @@ virtual tables, writes to edgenode's own tables, and DROP/ALTER of tables
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from edgenode.errors import SqlRefused, SqlResultTooLarge, SqlTimeLimit
@@ -97,7 +101,8 @@ class Guard:
             return f"PRAGMA {name} is refused: only read-only introspection pragmas are allowed"
         if action == sqlite3.SQLITE_FUNCTION:
             name = (arg2 or "").lower()
-            if name == "load_extension" or name.startswith("crdt_"):
+            # fts3_tokenizer() hands out (and takes) a C pointer: a process address, or a jump target.
+            if name in ("load_extension", "fts3_tokenizer") or name.startswith("crdt_"):
                 return f"function {name} is refused"
             return None
         if action in _WRITE_ACTIONS:
@@ -124,6 +129,59 @@ def deadline_handler(limit_ms: int, now: Callable[[], float] = time.monotonic) -
         return 1 if now() > deadline else 0
 
     return check
+
+
+class Watchdog:
+    """One thread that interrupts connections whose statement outlives its deadline.
+
+    The progress handler runs between VM steps only; ``conn.interrupt()`` from here also
+    reaches a statement busy in one long step (SQLite checks the flag in its long loops).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, sqlite3.Connection]] = []
+        self._live: set[int] = set()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watch(self, conn: sqlite3.Connection, limit_ms: int) -> Iterator[None]:
+        """Interrupt ``conn`` if the block is still running ``limit_ms`` from now."""
+        ident = next(self._ids)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + limit_ms / 1000, ident, conn))
+            self._live.add(ident)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sql-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._live.discard(ident)  # under the lock: no interrupt can land after this
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, ident, conn = self._heap[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(ident)
+                conn.interrupt()
+
+
+#: The node's one SQL watchdog.
+watchdog = Watchdog()
 
 
 def encode_value(value: Any) -> Any:

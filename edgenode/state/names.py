@@ -8,8 +8,8 @@ from pathlib import Path
 from edgenode.auth import validate_tenant
 from edgenode.errors import ValidationFailed
 
-NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ORIGIN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+ORIGIN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def validate_namespace(name: object) -> str:

@@ -23,7 +23,7 @@ from edgenode.state.names import NAMESPACE, ORIGIN
 
 MAX_HLC = (1 << 63) - 1
 _CREATE = re.compile(r"^\s*CREATE\s+(TABLE|UNIQUE\s+INDEX|INDEX|VIEW)\s", re.IGNORECASE)
-_TABLE = re.compile(r"^[^\x00]{1,256}$")
+_TABLE = re.compile(r"^[^\x00]{1,256}\Z")
 
 
 @dataclass

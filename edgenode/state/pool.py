@@ -98,6 +98,14 @@ class NamespacePool:
         with self._lock:
             return len(self._entries)
 
+    def close_tenant(self, tenant: str) -> None:
+        """Close every open database of ``tenant`` (its files are about to go)."""
+        with self._lock:
+            keys = [k for k in self._entries if k[0] == tenant]
+            entries = [self._entries.pop(k) for k in keys]
+        for entry in entries:
+            entry.replica.db.close()
+
     def close_all(self) -> None:
         """Close every open database (at node stop)."""
         with self._lock:

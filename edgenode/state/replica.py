@@ -34,12 +34,17 @@ from edgenode.state.guard import (
     fetch_limited,
     time_limit_error,
     timed_out,
+    watchdog,
 )
 from edgenode.state.payload import Changes
 from edgenode.store import Database
 from edgenode.store.db import run_blocking
 
 T = TypeVar("T")
+
+
+#: Longest string, blob or row in a namespace when the node sets none, in bytes.
+DEFAULT_MAX_LENGTH = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,12 +119,17 @@ class NamespaceDatabase(Database):
 
     damaged_error = NamespaceDamaged
 
-    def __init__(self, path: Path | str, **kwargs: Any) -> None:
+    def __init__(self, path: Path | str, *, max_length: int = DEFAULT_MAX_LENGTH, **kwargs: Any) -> None:
         super().__init__(path, schema.MIGRATIONS, **kwargs)
         self.capture = Capture()
+        self.max_length = max_length
 
     def _connect(self) -> sqlite3.Connection:
         conn = super()._connect()
+        # No string, blob or row longer than this: one step (randomblob, zeroblob, a long concat)
+        # can neither take the node's memory nor run past the time limit.
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_length)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000)
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("PRAGMA recursive_triggers = ON")
         self.capture.register(conn)
@@ -284,8 +294,9 @@ class Replica:
         conn.set_authorizer(guard)
         conn.set_progress_handler(deadline_handler(limit_ms), 1000)
         try:
-            cursor = conn.execute(query, params)
-            columns, rows = fetch_limited(cursor, self.limits.sql_max_result_bytes)
+            with watchdog.watch(conn, limit_ms):
+                cursor = conn.execute(query, params)
+                columns, rows = fetch_limited(cursor, self.limits.sql_max_result_bytes)
             return columns, rows, max(cursor.rowcount, 0)
         except sqlite3.Error as exc:
             if guard.wants_write:

@@ -8,6 +8,7 @@ namespace's single writer thread, so there is one implementation.
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from edgenode.auth import validate_tenant
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
 from edgenode.errors import DatabaseDamaged, DatabaseRefused, ValidationFailed
@@ -93,7 +95,8 @@ class State:
         def database() -> NamespaceDatabase:
             db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
                                    busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
-                                   purpose=f"namespace {namespace}", monitor=self.node.store)
+                                   purpose=f"namespace {namespace}", monitor=self.node.store,
+                                   max_length=self.settings.sql_max_length_bytes)
             db.on_damaged = lambda error: self._damaged(tenant, namespace, path, error)
             return db
 
@@ -129,6 +132,19 @@ class State:
         if self.replicator is not None:
             await self.replicator.stop()
         await run_blocking(self.pool.close_all)
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Remove every namespace of ``tenant`` on this node (files, open databases, bookkeeping)."""
+        validate_tenant(tenant)
+
+        def purge() -> None:
+            self.pool.close_tenant(tenant)
+            with self._books_lock:
+                for key in [k for k in self._books if k[0] == tenant]:
+                    del self._books[key]
+            shutil.rmtree(self.root / tenant, ignore_errors=True)
+
+        await run_blocking(purge)
 
     def _load_books(self) -> None:
         # Reading the small book table of each file is cheap, even for thousands of namespaces;

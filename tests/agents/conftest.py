@@ -12,7 +12,9 @@ from tests.support import NodeProcess
 @pytest.fixture(scope="module")
 def agent_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """A node whose agent scheduler ticks fast, shared by a module's tests."""
-    proc = NodeProcess(tmp_path_factory.mktemp("agents"), env=FAST).start()
+    # Loopback is allowed to outbound fetches: the test servers (and the node itself) listen there.
+    proc = NodeProcess(tmp_path_factory.mktemp("agents"), env={**FAST, "EDGENODE_EGRESS_ALLOW_NETWORKS": "127.0.0.0/8"})
+    proc.start()
     yield proc
     proc.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +180,15 @@ def test_reject_and_approval_by_another_tenant(api: httpx.Client, agent_node: No
     wait_status(api, run["id"], "waiting")
     token = api.post("/v1/tokens", json={"tenant": "mallory"}).json()["token"]
     with agent_node.client(token) as other:
-        r = other.post(f"/v1/agents/runs/{run['id']}/approve", json={})
-        assert r.status_code == 403 and error_code(r) == "forbidden"
-        assert other.get(f"/v1/agents/runs/{run['id']}").status_code == 403
+        # Another tenant's run answers as a missing one does: 404, the same body but for the request id.
+        missing = other.get("/v1/agents/runs/run_0000000000000000")
+        for r in (other.post(f"/v1/agents/runs/{run['id']}/approve", json={}),
+                  other.get(f"/v1/agents/runs/{run['id']}"),
+                  other.get(f"/v1/agents/runs/{run['id']}/history"),
+                  other.post(f"/v1/agents/runs/{run['id']}/events", json={"type": "x"})):
+            assert r.status_code == 404 and error_code(r) == "run_not_found", r.text
+            assert r.json()["error"]["message"].replace(run["id"], "?") == \
+                missing.json()["error"]["message"].replace("run_0000000000000000", "?")
         assert other.get("/v1/agents/approvals").json()["approvals"] == []
     r = api.post(f"/v1/agents/runs/{run['id']}/reject", json={"comment": "no"})
     assert r.status_code == 200
@@ -218,19 +225,40 @@ def test_sub_agent_result(api: httpx.Client) -> None:
 
 
 def test_fetch_is_allow_listed(api: httpx.Client, agent_node: NodeProcess) -> None:
+    port = agent_node.url.rsplit(":", 1)[1]
     deploy(api, "fetcher", """
         def run(ctx, input):
             ok = ctx.fetch(input + "/healthz")
-            try:
-                ctx.fetch("http://example.invalid/")
-                denied = None
-            except Exception as exc:
-                denied = exc.code
+            denied = []
+            for url in ("http://example.invalid/", input.replace(":" + input.rsplit(":", 1)[1], ":1") + "/",
+                        "https://127.0.0.1:" + input.rsplit(":", 1)[1] + "/"):
+                try:
+                    ctx.fetch(url)
+                    denied.append(None)
+                except Exception as exc:
+                    denied.append(exc.code)
             return {"status": ok["status"], "denied": denied}
-    """, allowed_hosts=["127.0.0.1"])
+    """, allowed_hosts=[f"http://127.0.0.1:{port}"])
     run = start(api, "fetcher", agent_node.url)
     done = wait_status(api, run["id"], "completed", "failed")
-    assert done["output"] == {"status": 200, "denied": "forbidden"}
+    # Other hosts, other ports and other schemes are refused: the one grammar of every allow-list.
+    assert done["output"] == {"status": 200, "denied": ["fetch_denied"] * 3}
+
+
+def test_agent_fetch_refuses_names_resolving_to_loopback(make_node: Any) -> None:
+    node = make_node(env=FAST)  # no operator network: loopback is refused
+    port = node.url.rsplit(":", 1)[1]
+    with node.client() as c:
+        deploy(c, "prober", """
+            def run(ctx, input):
+                try:
+                    ctx.fetch(input)
+                except Exception as exc:
+                    return [exc.code, str(exc)]
+        """, allowed_hosts=[f"localhost:{port}"])
+        run = start(c, "prober", f"http://localhost:{port}/healthz")
+        done = wait_status(c, run["id"], "completed", "failed")
+    assert done["output"][0] == "fetch_denied" and "egress policy" in done["output"][1], done
 
 
 def test_host_calls_inside_a_step_body_are_refused(api: httpx.Client) -> None:
@@ -302,3 +330,45 @@ def test_pause_stops_an_executing_run_at_its_next_call(api: httpx.Client, tmp_pa
     assert journal(api, run["id"]) == []
     api.post(f"/v1/agents/runs/{run['id']}/resume")
     assert wait_status(api, run["id"], "completed")["output"] == ["through", "after"]
+
+
+def test_ctx_log_goes_to_the_node_log(api: httpx.Client, agent_node: NodeProcess) -> None:
+    deploy(api, "logger", """
+        def run(ctx, input):
+            ctx.log("hello from the agent")
+            return "logged"
+    """)
+    run = start(api, "logger")
+    assert wait_status(api, run["id"], "completed", "failed")["output"] == "logged"
+    wait_for(lambda: "hello from the agent" in agent_node.log(), message="the line in the node log")
+
+
+def test_an_agent_named_ui_is_refused_not_a_crash(api: httpx.Client) -> None:
+    for method, path, body in (("PUT", "/v1/agents/ui", {"files": {"main.py": "def run(ctx, i):\n    return 1\n"}}),
+                               ("POST", "/v1/agents/ui/runs", {}), ("DELETE", "/v1/agents/ui", None)):
+        r = api.request(method, path, json=body)
+        assert r.status_code == 400 and error_code(r) == "validation_failed", r.text
+    assert api.get("/v1/agents/ui/", headers={"authorization": ""}).status_code == 200
+
+
+def _raw_post(node: NodeProcess, path: str, head: str, body: bytes) -> bytes:
+    """Send a request head and part of a body on a raw socket; the answer the node gives meanwhile."""
+    host, port = node.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.admin_token}\r\n"
+                  f"Content-Type: application/json\r\n{head}\r\n".encode() + body)
+        return s.recv(200)  # the body is never finished: only a bounded reader answers
+
+
+def test_decisions_refuse_a_huge_body_without_reading_it(api: httpx.Client, agent_node: NodeProcess) -> None:
+    deploy(api, "approver", APPROVER)
+    run = start(api, "approver", "x")
+    wait_status(api, run["id"], "waiting")
+    path = f"/v1/agents/runs/{run['id']}/approve"
+    declared = _raw_post(agent_node, path, "Content-Length: 50331648\r\n", b"{")
+    assert declared.startswith(b"HTTP/1.1 413"), declared
+    chunk = b"x" * 65536
+    chunked = _raw_post(agent_node, path, "Transfer-Encoding: chunked\r\n",
+                        b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(32)))
+    assert chunked.startswith(b"HTTP/1.1 413"), chunked
+    assert run_of(api, run["id"])["status"] == "waiting"

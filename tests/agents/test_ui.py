@@ -64,3 +64,15 @@ def test_page_without_a_token_asks_for_one(agent_node: NodeProcess, browser: Bro
     assert "token" in text.lower()
     browser.eval("document.getElementById('token').value = 'wrong'; document.querySelector('#login button').click()")
     browser.wait("document.getElementById('error').textContent.includes('unauthorized')")
+
+
+def test_the_token_is_kept_where_no_other_page_can_read_it(agent_node: NodeProcess, browser: Browser) -> None:
+    browser.open(f"{agent_node.url}/v1/agents/ui/#token={agent_node.admin_token}")
+    browser.wait("document.body.dataset.loaded === 'yes'")
+    assert "token=" not in browser.eval("location.href")
+    # Web storage and cookies are shared by every page of the origin (a public worker's page included).
+    stored = browser.eval("JSON.stringify([sessionStorage.length, localStorage.length, document.cookie])")
+    assert stored == '[0,0,""]'
+    browser.eval("document.getElementById('token').value = 'typed'; document.querySelector('#login button').click()")
+    browser.wait("document.getElementById('error').textContent.includes('unauthorized')")
+    assert browser.eval("sessionStorage.length + localStorage.length") == 0

@@ -129,8 +129,11 @@ def test_status_shows_config_to_admins_only(local: tuple[Node, TestClient]) -> N
     node, client = local
     body = client.get("/v1/status").json()
     assert body["node"] == node.id and body["config"]["admin_token"] in ("", "<redacted>")
+    assert str(node.data_dir) in str(body)
     token = client.post("/v1/tokens", json={"tenant": "acme"}).json()["token"]
-    assert "config" not in client.get("/v1/status", headers={"authorization": f"Bearer {token}"}).json()
+    mine = client.get("/v1/status", headers={"authorization": f"Bearer {token}"}).json()
+    assert "config" not in mine and str(node.data_dir) not in str(mine)
+    assert set(mine) == {"node", "version", "uptime_s", "capabilities"} and "state" in mine["capabilities"]
 
 
 def test_metrics_count_requests_per_route(local: tuple[Node, TestClient]) -> None:

@@ -191,19 +191,8 @@ def test_fork_is_cheap_and_independent(node: NodeProcess, api: httpx.Client, tmp
     assert not (objects / "info" / "alternates").exists()
 
 
-def test_import_from_a_git_url(node: NodeProcess, api: httpx.Client) -> None:
-    create_repo(api, "upstream")
-    api_commit(api, "upstream", {"x.txt": "up\n"})
-    head = api_commit(api, "upstream", {"y.txt": "up2\n"}, branch="dev", parent="")
-    url = git_url(node, "upstream", repo_token(api, "upstream", access="read"))
-    imported = api.post("/v1/repos", json={"name": "copy", "import": {"url": url}})
-    assert imported.status_code == 201, imported.text
-    assert imported.json()["refs"]["refs/heads/dev"] == head
-    assert refs_of(api, "copy") == refs_of(api, "upstream")
-    kinds = [e["kind"] for e in api.get("/v1/repos/copy/events").json()["events"]]
-    assert "import" in kinds
-    assert "agent:" not in str(api.get("/v1/repos/copy/events").json())  # the token is redacted
-
+def test_import_refuses_bad_urls(api: httpx.Client) -> None:
+    # Imports that work, and the egress policy they go through, are in test_import.py.
     _error(api.post("/v1/repos", json={"name": "bad1", "import": {"url": "file:///etc"}}), 400,
            "validation_failed")
     _error(api.post("/v1/repos", json={"name": "bad2", "import": {"url": "http://127.0.0.1:1/x.git"}}), 400,
@@ -220,3 +209,20 @@ def test_events_filter_and_paging(api: httpx.Client) -> None:
     assert [e["kind"] for e in after] == ["commit"]
     assert [e["kind"] for e in api.get("/v1/repos/ev/events?kind=create").json()["events"]] == ["create"]
     _error(api.get("/v1/repos/ev/events?limit=x"), 400, "validation_failed")
+
+
+def test_repos_per_tenant_are_capped(make_node: Any) -> None:
+    node = make_node(env={"EDGENODE_ARTIFACTS_MAX_REPOS_PER_TENANT": "2"})
+    with node.client() as admin:
+        other = admin.post("/v1/tokens", json={"tenant": "other"}).json()["token"]
+        create_repo(admin, "one")
+        create_repo(admin, "two")
+        for refused in (admin.post("/v1/repos", json={"name": "three"}),
+                        admin.post("/v1/repos/one/fork", json={"name": "four"})):
+            error = _error(refused, 429, "tenant_quota_exceeded")
+            assert refused.headers["retry-after"] == "60" and error["limit"] == 2
+        assert admin.get("/v1/repos/three").status_code == 404
+        with node.client(other) as c:  # another tenant has its own count
+            create_repo(c, "three")
+        assert admin.delete("/v1/repos/two").status_code == 204
+        create_repo(admin, "three")

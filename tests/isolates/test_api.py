@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
-from tests.isolates.conftest import error_code, hello_component
+from tests.isolates.conftest import error_code, hello_component, start_node
 from tests.support import NodeProcess
 
 
@@ -26,8 +28,10 @@ def test_invoke_passes_method_path_query_headers_and_body(admin: httpx.Client, k
 
 
 def test_the_callers_token_is_not_shown_to_the_guest(admin: httpx.Client, kitchen: str) -> None:
-    r = admin.get("/w/kitchen/echo", headers={"x-check": "1"})
-    assert "authorization" not in r.text.lower()
+    # The guest lists every header it got: the bearer token and the acting-for header are not among them.
+    names = admin.get("/w/kitchen/headers", headers={"x-check": "1", "x-edgenode-tenant": "default"}).json()
+    assert "x-check" in names and "host" in names
+    assert "authorization" not in names and "x-edgenode-tenant" not in names
 
 
 def test_handler_return_types(admin: httpx.Client, kitchen: str) -> None:
@@ -166,7 +170,40 @@ def test_usage_and_metrics_count_invocations(admin: httpx.Client, wnode: NodePro
     k = usage["kitchen"]
     assert k["requests"] >= 4 and k["errors"] >= 1 and k["cpu_ms"] > 0 and k["wall_ms"] >= k["cpu_ms"] * 0.5
     assert k["max_memory_limit_mb"] == 48
-    metrics = httpx.get(wnode.url + "/metrics").text
+    # Without the admin token, nothing names a tenant or a worker; with it, the series are labelled.
+    anonymous = httpx.get(wnode.url + "/metrics").text
+    assert 'edgenode_worker_invocations_total{outcome="ok"}' in anonymous
+    assert "tenant=" not in anonymous and "kitchen" not in anonymous
+    metrics = admin.get("/metrics").text
     assert 'edgenode_worker_invocations_total{outcome="ok",tenant="default",worker="kitchen"}' in metrics
     assert 'outcome="guest_exception"' in metrics
     assert "edgenode_worker_instantiate_seconds_bucket" in metrics
+
+
+def test_public_pages_cannot_act_on_the_nodes_origin(admin: httpx.Client, wnode: NodeProcess,
+                                                     kitchen_files: dict[str, str]) -> None:
+    r = admin.put("/v1/workers/open-page", json={"files": kitchen_files, "public": True})
+    assert r.status_code == 201, r.text
+    page = httpx.get(wnode.url + "/p/default/open-page/page")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html"
+    # Its HTML runs in an opaque origin (no script, no storage of the node's), and it sets no cookie.
+    assert page.headers.get_list("content-security-policy") == ["sandbox"]
+    assert "set-cookie" not in page.headers and page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-guest"] == "yes"
+    # Behind a token the same worker's headers pass as they are (that response is not a page of the node).
+    private = admin.get("/w/open-page/page")
+    assert private.headers["content-security-policy"] == "default-src *"
+
+
+def test_workers_per_tenant_are_capped(tmp_path: Path, worker_cache: Path) -> None:
+    node = start_node(tmp_path / "capped", worker_cache, EDGENODE_WORKERS_MAX_PER_TENANT="1")
+    try:
+        with node.client(timeout=120) as c:
+            wasm = {"content": hello_component(), "headers": {"content-type": "application/wasm"}}
+            assert c.put("/v1/workers/one", **wasm).status_code == 201
+            assert c.put("/v1/workers/one", **wasm).status_code == 201  # a new version of it is fine
+            refused = c.put("/v1/workers/two", **wasm)
+            assert refused.status_code == 429 and error_code(refused) == "tenant_quota_exceeded", refused.text
+            assert refused.headers["retry-after"] == "60"
+    finally:
+        node.stop()

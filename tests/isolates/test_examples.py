@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import httpx
+import pytest
 
+from tests.isolates.conftest import start_node
 from tests.support import NodeProcess
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def wnode(tmp_path_factory: pytest.TempPathFactory, worker_cache: Path) -> Iterator[NodeProcess]:
+    """A node as examples/run.py starts it: its fetch example calls the node itself, on loopback."""
+    proc = start_node(tmp_path_factory.mktemp("wnode"), worker_cache, EDGENODE_EGRESS_ALLOW_NETWORKS="127.0.0.0/8")
+    yield proc
+    proc.stop()
 
 
 def load_run_py() -> ModuleType:

@@ -181,10 +181,11 @@ def test_malformed_json_bodies(admin: httpx.Client, shared_sandbox: str) -> None
     [
         {"name": "Bad Name"},
         {"name": "sb_reserved"},
+        {"name": "box\n"},
         {"name": 5},
         {"network": "all"},
         {"network": {"allow": "example.org"}},
-        {"network": {"allow": ["http://example.org/"]}},
+        {"network": {"allow": ["ftp://example.org/"]}},
         {"limits": {"memory_mb": 10 ** 9}},
         {"limits": {"pids": "many"}},
         {"limits": {"unknown": 1}},

@@ -14,7 +14,26 @@ from tests.support import NodeProcess
 
 # 127.0.0.2 is loopback too, but not in the sandbox's no_proxy list (which keeps 127.0.0.1 for
 # servers the sandbox runs itself), so requests to it go through the proxy as a remote host would.
+# The module's node lets egress reach 127.0.0.2 only (an operator network); 127.0.0.1 stays refused.
 HOST = "127.0.0.2"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = NodeProcess(tmp_path_factory.mktemp("node"), env={"EDGENODE_EGRESS_ALLOW_NETWORKS": f"{HOST}/32"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def on_loopback() -> Iterator[int]:
+    """A server on 127.0.0.1, the address ``localhost`` resolves to, outside the operator network."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
 
 
 class _Hello(BaseHTTPRequestHandler):
@@ -60,8 +79,7 @@ def servers() -> Iterator[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def allowed_sandbox(admin: httpx.Client, servers: tuple[int, int]) -> Iterator[str]:
     allowed, _ = servers
-    created = admin.post("/v1/sandboxes", json={"network": {"allow": [f"{HOST}:{allowed}", "*.example.invalid",
-                                                                      f"localhost:{allowed}"]}})
+    created = admin.post("/v1/sandboxes", json={"network": {"allow": [f"{HOST}:{allowed}", "*.example.invalid"]}})
     assert created.status_code == 201, created.text
     assert created.json()["network"]["allow"][0] == f"{HOST}:{allowed}"
     yield created.json()["id"]
@@ -117,13 +135,54 @@ def test_direct_connections_bypassing_the_proxy_fail(admin: httpx.Client, allowe
     assert result["exit_code"] != 0 and "hello" not in result["stdout"]
 
 
-def test_names_resolving_to_loopback_are_refused(admin: httpx.Client, allowed_sandbox: str,
-                                                 servers: tuple[int, int]) -> None:
-    allowed, _ = servers
-    # "localhost:PORT" is allow-listed by name, but a name may not lead to the host's own services.
-    result = run(admin, allowed_sandbox, f"curl -s -o /dev/null -w '%{{http_code}}' --noproxy '' "
-                                         f"-x $http_proxy http://localhost:{allowed}/")
-    assert result["stdout"] == "502"
+def test_names_resolving_to_loopback_are_refused(admin: httpx.Client, on_loopback: int) -> None:
+    # "localhost:PORT" is allow-listed by name and a server listens where it resolves (127.0.0.1),
+    # but the address is outside the node's egress policy: the proxy refuses after resolving.
+    created = admin.post("/v1/sandboxes", json={"network": {"allow": [f"localhost:{on_loopback}",
+                                                                      f"127.0.0.1:{on_loopback}"]}}).json()
+    try:
+        for url in (f"http://localhost:{on_loopback}/", f"http://127.0.0.1:{on_loopback}/"):
+            result = run(admin, created["id"], f"curl -s -w ' %{{http_code}}' --noproxy '' -x $http_proxy {url}")
+            assert result["stdout"].endswith(" 502") and "egress policy" in result["stdout"], result
+            assert "hello" not in result["stdout"]
+        tunnel = run(admin, created["id"], f"curl -sS --proxytunnel http://localhost:{on_loopback}/")
+        assert tunnel["exit_code"] != 0 and "hello" not in tunnel["stdout"]
+    finally:
+        admin.delete(f"/v1/sandboxes/{created['id']}")
+
+
+_SMUGGLE = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(sys.argv[1].encode().decode("unicode_escape").encode("latin-1"))
+s.settimeout(30)
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode("latin-1"))
+"""
+
+
+@pytest.mark.parametrize("raw", [
+    # A second request hidden behind bare LF line ends: the node's parser would see two requests.
+    "GET http://edgenode.internal/healthz HTTP/1.1\\r\\nHost: edgenode.internal\\nContent-Length: 0\\n\\n"
+    "GET /v1/whoami HTTP/1.1\\nHost: x\\r\\n\\r\\n",
+    "GET http://edgenode.internal/healthz HTTP/1.1\\r\\nX: a\\rGET /metrics\\r\\n\\r\\n",
+    "GET http://edgenode.internal/healthz HTTP/1.1\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n",
+    "GET http://edgenode.internal/healthz HTTP/1.1\\r\\n Folded: x\\r\\n\\r\\n",
+])
+def test_smuggled_requests_are_refused(admin: httpx.Client, raw: str) -> None:
+    created = admin.post("/v1/sandboxes", json={"network": {"allow": ["node"]}}).json()
+    try:
+        result = run(admin, created["id"], ["python3", "-c", _SMUGGLE, raw])
+        assert result["stdout"].startswith("HTTP/1.1 400"), result
+        assert "tenant" not in result["stdout"] and "edgenode_" not in result["stdout"]
+        # The same grant still serves a well-formed request.
+        ok = run(admin, created["id"], ["python3", "-c", _SMUGGLE,
+                                        "GET http://edgenode.internal/healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"])
+        assert ok["stdout"].startswith("HTTP/1.1 200") and '"status":"ok"' in ok["stdout"], ok
+    finally:
+        admin.delete(f"/v1/sandboxes/{created['id']}")
 
 
 def test_node_grant_opens_only_git_and_healthz(admin: httpx.Client, node: NodeProcess) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import Any
 
 import httpx
 import pytest
@@ -146,13 +147,13 @@ def test_a_quota_stop_measures_from_after_the_kill(local: tuple[Node, TestClient
                          json={"cmd": "while true; do head -c 65536 /dev/zero >> f; sleep 0.01; done"})
     assert writer.status_code == 201, writer.text
     runtime = node.sandboxes.runtimes[box]
-    measured = runtime.disk_used()
+    measured = runtime.measure_disk()
     # The writer goes on after the walk: the interleaving a busy node sees by chance.
-    wait_for(lambda: runtime.disk_used() > measured + 256 * 1024, message="writes after the walk")
+    wait_for(lambda: runtime.disk_used() > measured.bytes + 256 * 1024, message="writes after the walk")
     baseline = client.portal.call(runtime.stop_for_disk, measured)
     proc = client.get(f"/v1/sandboxes/{box}/processes/{writer.json()['id']}").json()
     assert proc["state"] == "exited" and proc["stopped_by"] == "disk_quota"
-    assert baseline >= runtime.disk_used() > measured
+    assert baseline.bytes >= runtime.disk_used() > measured.bytes
 
 
 def test_a_supervisor_that_dies_is_logged_with_what_it_said(local: tuple[Node, TestClient],
@@ -173,3 +174,61 @@ def test_a_supervisor_that_dies_is_logged_with_what_it_said(local: tuple[Node, T
     with caplog.at_level(logging.WARNING, logger="edgenode.sandboxes.guest"):
         assert client.post(f"/v1/sandboxes/{box}/release").status_code == 204
     assert not [r for r in caplog.records if "unexpectedly" in r.getMessage()]
+
+
+_FILLER = ("i=0; while [ $i -lt 200 ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.02; done; "
+           "exec sleep 1000")
+
+
+def _filler_alive(admin: httpx.Client, box: str) -> bool:
+    # The bracket keeps the pattern from matching this check's own command line.
+    return run(admin, box, "pgrep -f 'sh fil[l].sh' >/dev/null && echo alive || echo gone")["stdout"] == "alive\n"
+
+
+def test_a_detached_disk_filler_is_stopped(admin: httpx.Client) -> None:
+    box = _make(admin, disk_mb=16)
+    try:
+        # The exec returns at once; the filler lives on, detached from every tracked command.
+        assert admin.put(f"/v1/sandboxes/{box}/files/fill.sh", content=_FILLER.encode()).status_code in (200, 201)
+        started = run(admin, box, "setsid sh fill.sh >/dev/null 2>&1 </dev/null & echo started")
+        assert started["stdout"] == "started\n"
+        # Watched without running any command (a command would be measured anyway).
+        wait_for(lambda: admin.get(f"/v1/sandboxes/{box}").json()["disk_quota_exceeded"], timeout=60,
+                 message="the sandbox is over its quota")
+        wait_for(lambda: not _filler_alive(admin, box), timeout=60, message="the detached filler is stopped")
+        info = admin.get(f"/v1/sandboxes/{box}").json()
+        assert info["disk_used_bytes"] < 100 * 1024 * 1024  # it would have written 200 MiB
+        assert run(admin, box, "rm -f f*; echo cleaned")["stdout"] == "cleaned\n"
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_background_logs_count_towards_the_quota(admin: httpx.Client) -> None:
+    box = _make(admin, disk_mb=8)
+    try:
+        procs = []
+        for _ in range(4):  # 4 logs of up to 4 MiB each (the node's log cap) exceed 8 MiB together
+            r = admin.post(f"/v1/sandboxes/{box}/processes", json={"cmd": "head -c 4194304 /dev/zero; sleep 1000"})
+            assert r.status_code == 201, r.text
+            procs.append(r.json()["id"])
+
+        def all_stopped() -> bool:
+            listed = admin.get(f"/v1/sandboxes/{box}/processes").json()["processes"]
+            return all(p["state"] == "exited" for p in listed)
+
+        wait_for(all_stopped, timeout=60, message="the processes are stopped")
+        listed = admin.get(f"/v1/sandboxes/{box}/processes").json()["processes"]
+        assert {p["stopped_by"] for p in listed} == {"disk_quota"}, listed
+        assert admin.get(f"/v1/sandboxes/{box}").json()["disk_used_bytes"] > 8 * 1024 * 1024
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
+
+
+def test_empty_files_count_towards_the_quota(make_node: Any) -> None:
+    node = make_node(env={"EDGENODE_SANDBOXES_MAX_FILES": "2000"})
+    with node.client(timeout=120) as c:
+        box = _make(c, disk_mb=1024)
+        # Empty files hold no block, only inodes: bytes alone would never stop this.
+        result = run(c, box, "i=0; while true; do : > e$i; i=$((i+1)); done", timeout_s=60)
+        assert result["stopped_by"] == "disk_quota" and result["timed_out"] is False, result
+        assert int(run(c, box, "ls | wc -l")["stdout"]) < 50_000

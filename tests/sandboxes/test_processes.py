@@ -143,7 +143,8 @@ def test_running_sandboxes_are_capped_least_recently_used_first(make_node) -> No
             assert run(c, sid, "echo hi")["stdout"] == "hi\n"
         states = [c.get(f"/v1/sandboxes/{sid}").json()["state"] for sid in ids]
         assert states == ["stopped", "running", "running"]  # the first, least recently used, made room
-        # With every running sandbox busy with an exec, another must wait: 503 with Retry-After.
+        # With every running sandbox busy with an exec, another must wait: this tenant holds them all,
+        # past its share of the node, so 429 with Retry-After.
         results: list[dict] = []
 
         def long_exec(sid: str) -> None:
@@ -156,9 +157,30 @@ def test_running_sandboxes_are_capped_least_recently_used_first(make_node) -> No
         for sid in ids[1:]:
             wait_for(lambda sid=sid: "sleep 4" in run(c, sid, "ps -eo args")["stdout"], message="the long execs")
         refused = c.post(f"/v1/sandboxes/{ids[0]}/exec", json={"cmd": "true"})
-        assert_error(refused, 503, "overloaded")
+        assert_error(refused, 429, "tenant_over_share")
         assert refused.headers["retry-after"] == "5"
         for t in threads:
             t.join()
         assert [r["exit_code"] for r in results] == [0, 0]
         assert run(c, ids[0], "echo back")["stdout"] == "back\n"
+
+
+def test_one_tenant_cannot_evict_anothers_sandboxes(make_node) -> None:
+    node = make_node("fair", env={"EDGENODE_SANDBOXES_MAX_RUNNING": "2", "EDGENODE_SANDBOXES_MAX_PER_TENANT": "3"})
+    with node.client() as admin:
+        tokens = {t: admin.post("/v1/tokens", json={"tenant": t}).json()["token"] for t in ("alice", "bob")}
+    with node.client(tokens["alice"]) as alice, node.client(tokens["bob"]) as bob:
+        mine = bob.post("/v1/sandboxes", json={}).json()["id"]
+        proc = _start(bob, mine, "sleep 1000")
+        theirs = [alice.post("/v1/sandboxes", json={}).json()["id"] for _ in range(3)]
+        for sid in theirs:  # each needs a slot; with the node full, alice makes room among her own
+            assert run(alice, sid, "echo hi")["stdout"] == "hi\n"
+        states = [alice.get(f"/v1/sandboxes/{sid}").json()["state"] for sid in theirs]
+        assert states == ["stopped", "stopped", "running"]
+        assert bob.get(f"/v1/sandboxes/{mine}").json()["state"] == "running"
+        assert bob.get(f"/v1/sandboxes/{mine}/processes/{proc['id']}").json()["state"] == "running"
+        # A tenant's number of sandboxes is capped too: 429 with Retry-After.
+        refused = alice.post("/v1/sandboxes", json={})
+        assert_error(refused, 429, "tenant_quota_exceeded")
+        assert refused.headers["retry-after"] == "60"
+        assert bob.post("/v1/sandboxes", json={}).status_code == 201

@@ -69,6 +69,10 @@ def test_compiled_filter_is_sock_filter_array() -> None:
         ("example.org:8443", "example.org", 443, False),
         ("127.0.0.1:9000", "127.0.0.1", 9000, True),
         ("[::1]:9000", "::1", 9000, True),
+        # The one grammar of edgenode.egress: a scheme narrows a tunnel to its default port.
+        ("https://example.org", "example.org", 443, True),
+        ("https://example.org", "example.org", 80, False),
+        ("*", "anything.example", 443, True),
     ],
 )
 def test_allow_entry_matching(entry: str, host: str, port: int, allowed: bool) -> None:
@@ -84,8 +88,8 @@ def test_policy_none_and_node() -> None:
     assert policy.as_json() == {"allow": ["node"]}
 
 
-@pytest.mark.parametrize("bad", ["", "*", "http://example.org", "exa mple.org", "*.org", "host:0", "host:99999",
-                                 "user@host", "*.127.0.0.1", "a/b"])
+@pytest.mark.parametrize("bad", ["", "ftp://example.org", "exa mple.org", "*.org", "host:0", "host:99999",
+                                 "user@host", "*.127.0.0.1", "a/b", "host\n", "[::1", "[example.org]"])
 def test_bad_allow_entries_are_refused(bad: str) -> None:
     with pytest.raises(ValidationFailed):
         parse_entry(bad)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from edgenode.errors import (
     VersionMismatch,
 )
 from edgenode.state import Limits, NamespaceDatabase, Replica
+from edgenode.state.guard import watchdog
 from edgenode.state.payload import parse_changes
 from edgenode.state.pool import NamespacePool
 
@@ -110,6 +113,8 @@ def test_sql_reads_and_writes(replica: Replica) -> None:
     "PRAGMA journal_mode = DELETE",
     "PRAGMA writable_schema = ON",
     "SELECT load_extension('libx')",
+    "SELECT hex(fts3_tokenizer('simple'))",
+    "SELECT fts3_tokenizer('x', zeroblob(8))",
     "BEGIN",
     "COMMIT",
     "SAVEPOINT s",
@@ -136,12 +141,61 @@ def test_sql_introspection_pragmas_are_allowed(replica: Replica) -> None:
     assert [r[1] for r in replica.sql("PRAGMA table_info(t)").rows] == ["id", "v"]
 
 
+def _bounded(fn: Callable[[], object], bound_s: float = 60.0) -> BaseException | None:
+    """What ``fn`` raised (None if nothing), run on a thread: a statement nothing stops fails the test.
+
+    (In the test's own thread, pytest-timeout's alarm could end the statement and pass for a limit.)
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    if not outcome:
+        pytest.fail(f"the statement was still running after {bound_s} s: no limit stopped it")
+    return outcome[0]
+
+
 def test_sql_time_and_result_limits(replica: Replica) -> None:
-    with pytest.raises(SqlTimeLimit):
-        replica.sql("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    error = _bounded(lambda: replica.sql(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"))
+    assert isinstance(error, SqlTimeLimit), error
     with pytest.raises(SqlResultTooLarge):
         replica.sql("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000) SELECT x FROM c")
     assert replica.sql("SELECT 1").rows == [[1]]
+
+
+def test_one_huge_step_is_refused_by_the_length_limit(replica: Replica) -> None:
+    # One VM step each: the progress handler would never see them, and each would take the memory.
+    for query in ("SELECT length(randomblob(200000000))", "SELECT length(zeroblob(200000000))"):
+        error = _bounded(lambda query=query: replica.sql(query))
+        assert isinstance(error, SqlError) and "too big" in error.message, (query, error)
+    # A huge printf is stopped too (by the length limit or, while it grows, by the watchdog).
+    error = _bounded(lambda: replica.sql("SELECT length(printf('%.*c', 200000000, 'x'))"))
+    assert isinstance(error, (SqlError, SqlTimeLimit)), error
+    assert replica.sql("SELECT length(zeroblob(1000000))").rows == [[1000000]]
+
+
+def test_the_watchdog_interrupts_a_statement_without_a_progress_handler(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "w.db", check_same_thread=False)
+
+    def run() -> None:
+        with watchdog.watch(conn, 100):
+            conn.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+                         ).fetchall()
+
+    error = _bounded(run)
+    assert isinstance(error, sqlite3.OperationalError) and "interrupt" in str(error), error
+    with watchdog.watch(conn, 10_000):  # a statement done in time is left alone
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]
+    conn.close()
 
 
 def test_sql_errors_and_bad_params(replica: Replica) -> None:

@@ -20,7 +20,7 @@ from edgenode.errors import BadModel, ValidationFailed
 if TYPE_CHECKING:
     from edgenode.agents.engine import Agents
 
-SPEC = re.compile(r"^([a-z][a-z0-9_-]{0,40}):(\S{1,200})$")
+SPEC = re.compile(r"^([a-z][a-z0-9_-]{0,40}):(\S{1,200})\Z")
 BUILTIN = ("openai", "anthropic", "scripted")
 
 

@@ -1,12 +1,14 @@
 // The agents page: lists runs and pending approvals, shows a run's journal, approves or rejects.
-// Every value goes into the page as text (never as HTML); the token stays in this tab's storage.
+// Every value goes into the page as text (never as HTML). The token lives in this page's memory only:
+// never in sessionStorage, localStorage or a cookie, which any other page of the node's origin could
+// read. A reload asks for it again (or takes it from a #token= link, which is removed from the address).
 "use strict";
 const $ = (id) => document.getElementById(id);
-let token = sessionStorage.getItem("edgenode-token") || "";
+let token = "";
 let selected = null;
 
 const hash = new URLSearchParams(location.hash.slice(1));
-if (hash.get("token")) { token = hash.get("token"); sessionStorage.setItem("edgenode-token", token); history.replaceState(null, "", location.pathname); }
+if (hash.get("token")) { token = hash.get("token"); history.replaceState(null, "", location.pathname); }
 
 async function api(method, path, body) {
   const response = await fetch(path, {method, headers: {"authorization": "Bearer " + token,
@@ -85,6 +87,6 @@ async function refresh() {
 }
 
 $("login").onsubmit = (ev) => { ev.preventDefault(); token = $("token").value.trim();
-  sessionStorage.setItem("edgenode-token", token); refresh(); };
+  $("token").value = ""; refresh(); };
 refresh();
 setInterval(refresh, 3000);

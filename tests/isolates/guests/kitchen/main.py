@@ -42,6 +42,17 @@ def status(request):
     return Response("teapot", status=418, headers={"X-Guest": "yes"})
 
 
+def header_names(request):
+    return sorted(request.headers)
+
+
+def page(request):
+    # HTML that would act on the node's origin if it ran there: a script, a cookie, its own policy.
+    return Response("<script>document.title = sessionStorage.getItem('token')</script>", headers={
+        "content-type": "text/html", "set-cookie": "edgenode_session=stolen; Path=/",
+        "content-security-policy": "default-src *", "x-guest": "yes"})
+
+
 def env_route(request):
     return {"greeting": env.get("GREETING"), "keys": sorted(env)}
 
@@ -144,6 +155,8 @@ def bad_status(request):
 
 
 ROUTES = {
+    "page": page,
+    "headers": header_names,
     "echo": echo,
     "text": text,
     "raw": raw,
