@@ -209,8 +209,9 @@ def test_a_tenant_cannot_reach_another_tenants_resources(node: NodeProcess, toke
                            ("sandbox_write_file", {"path": "x.txt", "text": "x"})):
             assert (await error_of(s, tool, sandbox=mine["box"], **args))["code"] == "sandbox_not_found"
         assert (await error_of(s, "repo_refs", repo="acme-private"))["code"] == "artifact_not_found"
-        assert (await error_of(s, "agent_run_status", run_id=mine["run"]))["code"] == "forbidden"
-        assert (await error_of(s, "agent_approve", run_id=mine["run"]))["code"] == "forbidden"
+        # Another tenant's run answers exactly like a missing one.
+        assert (await error_of(s, "agent_run_status", run_id=mine["run"]))["code"] == "run_not_found"
+        assert (await error_of(s, "agent_approve", run_id=mine["run"]))["code"] == "run_not_found"
 
     with_session(node, tenant_token(node, "rival"), pry)
 
