@@ -180,7 +180,10 @@ def main() -> int:
                 lines += [curl_line(url, token, substitute(step, names)) for step in spec.get("try", [])]
         print("\nedgenode is running at " + url + "  (Ctrl-C to stop)")
         where = "EDGENODE_ADMIN_TOKEN" if os.environ.get("EDGENODE_ADMIN_TOKEN") else str(data / "admin-token")
-        print(f"admin token: {where}    data: {data}\n")
+        print(f"admin token: {where}    data: {data}")
+        print(f"approvals page: {url}/v1/agents/ui/  (paste the admin token when it asks)")
+        print(f'the command line: export PATH="$PWD/.venv/bin:$PATH" EDGENODE_URL={url} '
+              f'EDGENODE_TOKEN=$(cat {data / "admin-token"})\n')
         print("\n".join(lines) + "\n", flush=True)
     except BaseException:
         if child.poll() is None:
