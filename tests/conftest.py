@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     directory = default_runtime_dir()
     PythonRuntime(engine, lambda: Linker(engine.engine), runtime_dir=directory, fallback_dir=directory,
                   cache_dir=directory).component()
+
+
+@pytest.fixture(scope="session")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``dist/edgenode.pyz`` as ``make package`` builds it, built once for the session's packaging tests."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("dist") / "edgenode.pyz"
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(root / "packaging" / "build-zipapp.sh"), str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -56,16 +56,6 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "notifyy" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "edgenode.pyz"
-    env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-zipapp.sh"), str(out)],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
-
-
 @pytest.mark.slow
 def test_zipapp_starts_a_node(zipapp: Path, tmp_path: Path) -> None:
     assert zipapp.read_bytes()[:2] == b"#!"
