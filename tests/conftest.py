@@ -25,15 +25,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     Done here, outside every test's timeout, because a first build takes a while on a loaded machine;
     every node of the session then loads it from the default runtime directory in milliseconds.
     """
-    from wasmtime.component import Linker
+    from edgenode.isolates.python import default_runtime_dir, prepare_runtime
 
-    from edgenode.isolates.engine import IsolateEngine
-    from edgenode.isolates.python import PythonRuntime, default_runtime_dir
-
-    engine = IsolateEngine()
-    directory = default_runtime_dir()
-    PythonRuntime(engine, lambda: Linker(engine.engine), runtime_dir=directory, fallback_dir=directory,
-                  cache_dir=directory).component()
+    prepare_runtime(default_runtime_dir())
 
 
 @pytest.fixture(scope="session")

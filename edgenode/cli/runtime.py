@@ -24,19 +24,13 @@ def runtime() -> None:
               help="Longest the build may take, in seconds.")
 def build(directory: Path | None, timeout_s: float) -> None:
     """Build and compile the runtime now, so no node waits for it at first start."""
-    from wasmtime.component import Linker
+    from edgenode.isolates.python import default_runtime_dir, prepare_runtime
 
-    from edgenode.isolates.engine import IsolateEngine
-    from edgenode.isolates.python import PythonRuntime, default_runtime_dir
-
-    engine = IsolateEngine()
     target = directory or default_runtime_dir()
-    python = PythonRuntime(engine, lambda: Linker(engine.engine), runtime_dir=target, fallback_dir=target,
-                           cache_dir=target, timeout_s=timeout_s)
     started = time.monotonic()
     click.echo(f"edgenode: preparing the Python runtime in {target} (a first build takes a minute or so)", err=True)
     try:
-        python.component()
+        python = prepare_runtime(target, timeout_s=timeout_s)
     except EdgenodeError as exc:
         raise click.ClickException(f"{exc.message}\n{getattr(exc, 'output', '')}".strip()) from None
     status = python.status()

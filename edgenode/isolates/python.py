@@ -95,10 +95,6 @@ class Program:
         """The program as ``program.load`` hands it over, and as the bytecode cache stores it (JSON)."""
         return json.dumps({"entry": self.entry, "files": [[f.path, f.compiled, f.content] for f in self.files]})
 
-    def to_json(self) -> str:
-        """The program as stored in the bytecode cache."""
-        return self.wire
-
     @classmethod
     def from_json(cls, text: str) -> Program:
         """A program read back from the bytecode cache."""
@@ -302,12 +298,14 @@ class PythonRuntime:
         return digest.hexdigest()
 
     def program(self, files: dict[str, str], entry: str, kind: str, *, budget: Budget,
-                memory_bytes: int) -> Program:
+                memory_bytes: int, key: str | None = None) -> Program:
         """The compiled program for ``files``: from memory, from disk, or compiled now in a fresh instance.
 
-        Raises BuildFailed (400) with the file, line and column of the first syntax error.
+        ``key`` is ``program_key(files, entry, kind)`` when the caller keeps it (hashing a deployment's
+        files on every request would cost more than finding its bytecode). Raises BuildFailed (400)
+        with the file, line and column of the first syntax error.
         """
-        key = self.program_key(files, entry, kind)
+        key = key or self.program_key(files, entry, kind)
         with self._programs_lock:
             found = self._programs.get(key)
             if found is not None:
@@ -328,7 +326,7 @@ class PythonRuntime:
             try:
                 self.programs_dir.mkdir(parents=True, exist_ok=True)
                 staged = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-                staged.write_text(program.to_json())
+                staged.write_text(program.wire)
                 os.replace(staged, path)
             except OSError as exc:  # a full disk costs a recompile later, not this request
                 log.warning("could not keep a deployment's bytecode", extra={"file": str(path), "error": str(exc)})
@@ -385,6 +383,16 @@ class PythonRuntime:
 @dataclass(frozen=True)
 class _CompileErr:
     error: Any
+
+
+def prepare_runtime(directory: Path, *, timeout_s: float = 600.0) -> PythonRuntime:
+    """Build (once per version) and compile the runtime in ``directory``, outside any node."""
+    engine = IsolateEngine()
+    # Building and compiling instantiate nothing, so no host function is ever linked.
+    python = PythonRuntime(engine, lambda: Linker(engine.engine), runtime_dir=directory, fallback_dir=directory,
+                           cache_dir=directory, timeout_s=timeout_s)
+    python.component()
+    return python
 
 
 def _touch(path: Path) -> None:

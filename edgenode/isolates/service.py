@@ -56,8 +56,9 @@ class Deployed:
     limits: Limits
     grants: Grants
     public: bool
-    #: The source of a Python version (compiled into its program on first use).
+    #: The source of a Python version (compiled into its program on first use) and its bytecode's cache key.
     source: dict[str, str] | None = None
+    program_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,8 @@ class Workers:
         limits = Limits(**s["limits"])
         grants = Grants(tenant, f"worker.{name}", AllowList.parse(s.get("allowed_hosts")), dict(s.get("env", {})),
                         max_subrequests=limits.subrequests, max_fetch_bytes=self.settings.max_response_bytes)
-        deployed = Deployed(version, limits, grants, bool(s.get("public", False)), version.source)
+        key = None if version.source is None else self.python.program_key(version.source, "main.py", "worker")
+        deployed = Deployed(version, limits, grants, bool(s.get("public", False)), version.source, key)
         self._deployed[(tenant, name)] = deployed
         return deployed
 
@@ -325,7 +327,8 @@ class Workers:
             def call() -> Outcome:
                 budget = Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S)
                 program = self.python.program(source, "main.py", "worker", budget=budget,
-                                              memory_bytes=self.settings.max_memory_mb << 20)
+                                              memory_bytes=self.settings.max_memory_mb << 20,
+                                              key=deployed.program_key)
                 invocation = Invocation(deployed.grants, name, _deadline(limits))
                 return self.runtime.invoke(self.python.component(), request, invocation, limits, program)
         else:
