@@ -110,6 +110,10 @@ class WorkerSettings:
     build_timeout_s: float = setting(600.0, "Longest the one-time build of the Python runtime may take, in seconds.")
     fetch_timeout_s: float = setting(30.0, "Timeout of one outbound fetch from a guest, in seconds.")
     max_wasi_output_bytes: int = setting(4 * 1024 * 1024, "Largest stdout, stderr or files returned by /v1/wasi/run.")
+    wasi_scratch_mb: int = setting(
+        64, "Disk a /v1/wasi/run module may fill in its scratch directory, in MiB (measured while it runs)."
+    )
+    wasi_scratch_files: int = setting(10_000, "Files and directories a /v1/wasi/run module may create.")
 
 
 @dataclass
@@ -323,6 +327,7 @@ _MINIMA: dict[str, float] = {
     "sandboxes.tenant_running": 0, "sandboxes.max_per_tenant": 0, "sandboxes.max_running": 1,
     "agents.max_active_runs": 1, "agents.tenant_active_runs": 0, "artifacts.max_repos_per_tenant": 0,
     "state.sql_max_length_bytes": 1024 * 1024, "egress.max_redirects": 0, "artifacts.import_timeout_s": 0.001,
+    "workers.wasi_scratch_mb": 1, "workers.wasi_scratch_files": 1,
 }
 
 

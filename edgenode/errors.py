@@ -594,6 +594,16 @@ class MemoryLimitExceeded(IsolateError):
         self.limit_mb = limit_mb
 
 
+class DiskLimitExceeded(IsolateError):
+    """The guest wrote more to its scratch directory than it may keep."""
+
+    code = "disk_limit"
+
+    def __init__(self, message: str, *, limit_mb: int, **details: Any) -> None:
+        super().__init__(message, limit_mb=limit_mb, **details)
+        self.limit_mb = limit_mb
+
+
 class IsolateTrap(IsolateError):
     """The guest trapped (unreachable, stack overflow, bad memory access, ...)."""
 

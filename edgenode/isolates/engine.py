@@ -16,6 +16,7 @@ import importlib.metadata
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,10 +120,12 @@ class Budget:
     wall_s: float
     started_wall: float = field(default_factory=time.monotonic)
     started_cpu: float = field(default_factory=time.thread_time)
-    #: Which budget ran out, once one has: "cpu_limit", "wall_limit" or "shutting_down".
+    #: Which budget ran out, once one has: "cpu_limit", "wall_limit", "disk_limit" or "shutting_down".
     exceeded: str | None = None
     #: Set when the node stops: the guest is interrupted at the next tick.
     cancelled: bool = False
+    #: Checked at ticks too, if set: true once the guest has written more than it may keep on disk.
+    over_disk: Callable[[], bool] | None = None
 
     def cpu_used(self) -> float:
         """Thread CPU seconds since the budget started (call on the invocation's thread)."""
@@ -140,6 +143,8 @@ class Budget:
             self.exceeded = "cpu_limit"
         elif self.wall_used() > self.wall_s:
             self.exceeded = "wall_limit"
+        elif self.over_disk is not None and self.over_disk():
+            self.exceeded = "disk_limit"
         return self.exceeded
 
 

@@ -110,7 +110,8 @@ class Workers:
                                     fallback_dir=node.data_dir / "workers" / "runtime", cache_dir=self.cache_dir,
                                     timeout_s=s.build_timeout_s)
         self._python_ready: asyncio.Future[Any] | None = None
-        self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes)
+        self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes,
+                               scratch_mb=s.wasi_scratch_mb, scratch_files=s.wasi_scratch_files)
         self.pool = IsolatePool(s.pool_size, s.queue_depth, tenant_threads=s.tenant_threads,
                                 tenant_queue_depth=s.tenant_queue_depth)
         self.db = node.database("workers.db", MIGRATIONS)

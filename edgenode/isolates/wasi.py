@@ -14,6 +14,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,7 @@ from wasmtime import ExitTrap, Linker, Module, WasmtimeError
 
 from edgenode.errors import (
     CpuLimitExceeded,
+    DiskLimitExceeded,
     EdgenodeError,
     InvalidComponent,
     IsolateTrap,
@@ -33,7 +35,7 @@ from edgenode.errors import (
     ValidationFailed,
     WallLimitExceeded,
 )
-from edgenode.isolates.engine import Budget, IsolateEngine, running
+from edgenode.isolates.engine import TICK_S, Budget, IsolateEngine, running
 from edgenode.isolates.limits import Limits
 
 _COMPONENT_LAYER = b"\x0d\x00\x01\x00"
@@ -102,11 +104,56 @@ def scratch_path(name: str) -> PurePosixPath:
     return path
 
 
+class ScratchMeter:
+    """What a module keeps in its scratch directory: bytes on disk and entries, against limits.
+
+    Called at the engine's ticks while the module runs (``Budget.over_disk``), so a module that
+    writes without end is stopped within a tick or so of its limit, however it writes (one file,
+    many, sparse ones count their allocated blocks). A walk that takes long (many entries) spaces
+    the next one out, so the meter costs the guest at most a few percent of its time.
+    """
+
+    def __init__(self, root: Path, *, max_bytes: int, max_entries: int) -> None:
+        self.root, self.max_bytes, self.max_entries = root, max_bytes, max_entries
+        self.used_bytes = self.entries = 0
+        self._skip = 0
+
+    def measure(self) -> None:
+        """Walk the directory now (does not follow symbolic links)."""
+        used = entries = 0
+        stack = [str(self.root)]
+        while stack and entries <= self.max_entries:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    st = entry.stat(follow_symlinks=False)
+                    used += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        self.used_bytes, self.entries = used, entries
+
+    def over(self) -> bool:
+        """True if the module holds more than it may (measured now)."""
+        self.measure()
+        return self.used_bytes > self.max_bytes or self.entries > self.max_entries
+
+    def __call__(self) -> bool:
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        began = time.perf_counter()
+        over = self.over()
+        self._skip = int((time.perf_counter() - began) * 20 / TICK_S)
+        return over
+
+
 class WasiRunner:
     """Compiles command modules (cached by hash) and runs them under limits."""
 
-    def __init__(self, engine: IsolateEngine, cache_dir: Path, *, max_output_bytes: int, capacity: int = 16) -> None:
+    def __init__(self, engine: IsolateEngine, cache_dir: Path, *, max_output_bytes: int, capacity: int = 16,
+                 scratch_mb: int = 64, scratch_files: int = 10_000) -> None:
         self.engine = engine
+        self.scratch_mb, self.scratch_files = scratch_mb, scratch_files
         self.cache_dir = cache_dir
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.max_output_bytes = max_output_bytes
@@ -180,7 +227,8 @@ class WasiRunner:
             # (C, Rust) resolves relative paths through either. Both name the same directory.
             config.preopen_dir(str(scratch), "/")
             config.preopen_dir(str(scratch), ".")
-            budget = Budget(cpu_s=limits.cpu_ms / 1000, wall_s=limits.wall_ms / 1000)
+            meter = ScratchMeter(scratch, max_bytes=self.scratch_mb << 20, max_entries=self.scratch_files)
+            budget = Budget(cpu_s=limits.cpu_ms / 1000, wall_s=limits.wall_ms / 1000, over_disk=meter)
             store = self.engine.store(budget, memory_bytes=limits.memory_mb << 20)
             store.set_wasi(config)
             exit_code = 0
@@ -193,9 +241,11 @@ class WasiRunner:
                 except ExitTrap as exc:
                     exit_code = exc.code
                 except (WasmtimeError, wasmtime.Trap) as exc:  # a core module's trap is not a WasmtimeError
-                    raise self._classify(exc, budget, limits, stderr.value()) from None
+                    raise self._classify(exc, budget, limits, stderr.value(), meter) from None
                 cpu_ms, wall_ms = budget.cpu_used() * 1000, budget.wall_used() * 1000
             del store
+            if meter.over():  # what it wrote after the last tick counts too
+                raise self._disk_error(meter)
             out_files, truncated = self._collect(scratch)
             return WasiResult(exit_code, stdout.value(), stderr.value(), out_files,
                               truncated or stdout.truncated or stderr.truncated, cpu_ms, wall_ms)
@@ -218,9 +268,15 @@ class WasiRunner:
                 out[path.relative_to(scratch).as_posix()] = path.read_bytes()
         return out, truncated
 
-    @staticmethod
-    def _classify(exc: WasmtimeError | wasmtime.Trap, budget: Budget, limits: Limits,
-                  stderr: bytes) -> EdgenodeError:
+    def _disk_error(self, meter: ScratchMeter) -> DiskLimitExceeded:
+        if meter.entries > meter.max_entries:
+            return DiskLimitExceeded(f"the module created more than {meter.max_entries} files and directories",
+                                     limit_mb=self.scratch_mb, limit_files=meter.max_entries)
+        return DiskLimitExceeded(f"the module wrote more than {self.scratch_mb} MiB to its scratch directory",
+                                 limit_mb=self.scratch_mb, limit_files=meter.max_entries)
+
+    def _classify(self, exc: WasmtimeError | wasmtime.Trap, budget: Budget, limits: Limits,
+                  stderr: bytes, meter: ScratchMeter) -> EdgenodeError:
         text = str(exc)
         # A panicking Rust program or an aborting C one says why on stderr just before it traps.
         output = stderr[-2000:].decode(errors="replace") or None
@@ -231,6 +287,8 @@ class WasiRunner:
                                     limit_ms=limits.cpu_ms)
         if budget.exceeded == "wall_limit":
             return WallLimitExceeded(f"the module ran longer than {limits.wall_ms} ms", limit_ms=limits.wall_ms)
+        if budget.exceeded == "disk_limit":
+            return self._disk_error(meter)
         lowered = text.lower()
         if "memory" in lowered and ("limit" in lowered or "exceeds" in lowered):
             return MemoryLimitExceeded(f"the module needs more than {limits.memory_mb} MiB of memory",
@@ -240,8 +298,12 @@ class WasiRunner:
                                     f"{text.strip().splitlines()[0]}")
         if "call stack exhausted" in lowered:
             return IsolateTrap("the module overflowed its stack", reason="stack_overflow", output=output)
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("wasm trap:")),
-                     text.strip().splitlines()[0] if text.strip() else "trap")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        # A host call's failure says why under "Caused by:" ("0: In func wasi_snapshot_preview1::...").
+        causes = [ln.split(": ", 1)[1] for ln in lines[lines.index("Caused by:") + 1:] if ": " in ln] \
+            if "Caused by:" in lines else []
+        first = next((ln for ln in lines if ln.startswith("wasm trap:")),
+                     causes[0] if causes else lines[0] if lines else "trap")
         return IsolateTrap(f"the module trapped: {first}", reason=first.removeprefix("wasm trap:").strip(),
                            output=output)
 

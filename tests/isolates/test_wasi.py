@@ -77,6 +77,27 @@ def test_cpu_limit_stops_a_spinning_module(admin: httpx.Client) -> None:
     assert (r.status_code, error_code(r)) == (422, "cpu_limit")
 
 
+def fill() -> str:
+    return b64(bytes(wasmtime.wat2wasm((DATA / "fill.wat").read_text())))
+
+
+def test_a_module_that_writes_without_end_is_stopped_at_its_disk_limit(admin: httpx.Client) -> None:
+    # 64 KiB a write, for as long as it may run: the node's 64 MiB scratch limit stops it long
+    # before its CPU limit would (which alone would let it write gigabytes to the host's disk).
+    r = admin.post("/v1/wasi/run", json={"module_b64": fill(), "args": ["fill", "bytes"],
+                                         "limits": {"cpu_ms": 10_000, "wall_ms": 60_000}})
+    assert (r.status_code, error_code(r)) == (422, "disk_limit"), r.text
+    assert r.json()["error"]["limit_mb"] == 64
+    assert admin.get("/healthz").status_code == 200
+
+
+def test_a_module_that_creates_files_without_end_is_stopped_at_its_file_limit(admin: httpx.Client) -> None:
+    r = admin.post("/v1/wasi/run", json={"module_b64": fill(), "args": ["fill", "files"],
+                                         "limits": {"cpu_ms": 10_000, "wall_ms": 60_000}})
+    assert (r.status_code, error_code(r)) == (422, "disk_limit"), r.text
+    assert "10000 files" in r.json()["error"]["message"]
+
+
 def test_bad_wasi_requests(admin: httpx.Client) -> None:
     component = b64(b"\0asm\x0d\x00\x01\x00")
     cases = [
