@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -10,7 +13,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-__all__ = ["CONTENT_TYPE_LATEST", "PRIVATE_LABELS", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "PRIVATE_LABELS", "LoopLag", "Metrics"]
 
 #: Labels that name what a tenant owns (or the tenant): shown only to admins.
 PRIVATE_LABELS = frozenset({"tenant", "worker", "namespace", "agent", "repo", "sandbox"})
@@ -35,6 +38,7 @@ class Metrics:
         )
         self.info = Gauge("edgenode_info", "Constant 1, labelled with node id and version.",
                           ["node", "version"], registry=self.registry)
+        self.loop_lag = LoopLag(self.registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one request and record its latency."""
@@ -48,6 +52,55 @@ class Metrics:
         anonymous = CollectorRegistry(auto_describe=False)
         anonymous.register(_WithoutPrivateLabels(self.registry))
         return generate_latest(anonymous)
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the time a blocking call holds every request up.
+
+    A task sleeps ``interval_s`` over and over and records how much later than asked it woke.
+    The figures go to a histogram (``edgenode_event_loop_lag_seconds``) and, for the last
+    ``window`` samples, to ``summary()`` (shown in ``/v1/status``).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, interval_s: float = 0.05, window: int = 1200) -> None:
+        self.interval_s = interval_s
+        self.samples: collections.deque[float] = collections.deque(maxlen=window)
+        self._histogram = Histogram(
+            "edgenode_event_loop_lag_seconds", "How much later than asked the event loop ran a timer.",
+            registry=registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start measuring on the running loop (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop-lag")
+
+    async def stop(self) -> None:
+        """Stop measuring."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            asked = time.perf_counter() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            lag = max(0.0, time.perf_counter() - asked)
+            self.samples.append(lag)
+            self._histogram.observe(lag)
+
+    def summary(self) -> dict[str, float | int]:
+        """p50, p99 and max lag over the recent window, in milliseconds."""
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"samples": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+        return {"samples": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0)}
 
 
 class _WithoutPrivateLabels(Collector):

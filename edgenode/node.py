@@ -155,11 +155,13 @@ class Node:
         self.ledger.record(db.path.name for db in self._databases)
         self._watchdog = asyncio.create_task(self.store.watch(max(1.0, self.config.store.stuck_write_s / 4)),
                                              name="store-watchdog")
+        self.metrics.loop_lag.start()
         self.started_at = time.time()
         log.info("node started", extra={"node": self.id, "version": self.version, "data": str(self.data_dir)})
 
     async def stop(self) -> None:
         """Stop capabilities in reverse order, then close the node database."""
+        await self.metrics.loop_lag.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -182,4 +184,5 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else None,
             "capabilities": {c.name: c.status() for c in self.capabilities},
             "store": self.store.health(public=True),
+            "event_loop_lag": self.metrics.loop_lag.summary(),
         }

@@ -130,6 +130,7 @@ def test_status_shows_config_to_admins_only(local: tuple[Node, TestClient]) -> N
     body = client.get("/v1/status").json()
     assert body["node"] == node.id and body["config"]["admin_token"] in ("", "<redacted>")
     assert str(node.data_dir) in str(body)
+    assert set(body["event_loop_lag"]) == {"samples", "p50_ms", "p99_ms", "max_ms"}
     token = client.post("/v1/tokens", json={"tenant": "acme"}).json()["token"]
     mine = client.get("/v1/status", headers={"authorization": f"Bearer {token}"}).json()
     assert "config" not in mine and str(node.data_dir) not in str(mine)
