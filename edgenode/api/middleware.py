@@ -30,6 +30,7 @@ from edgenode.auth import Auth
 from edgenode.errors import EdgenodeError
 from edgenode.logs import request_id_var
 from edgenode.metrics import Metrics
+from edgenode.store import run_blocking
 
 log = logging.getLogger("edgenode.access")
 
@@ -128,7 +129,10 @@ class EdgeMiddleware:
             path: str = scope["path"]
             if not self.is_public(path):
                 try:
-                    principal = self.auth.authenticate(_bearer(headers.get("authorization", "")))
+                    bearer = _bearer(headers.get("authorization", ""))
+                    # A token seen in the last second is checked in memory; any other read off the loop.
+                    found = self.auth.authenticate_cached(bearer)
+                    principal = found if found is not None else await run_blocking(self.auth.authenticate, bearer)
                     principal = principal.acting_for(headers.get(TENANT_HEADER) or None)
                 except EdgenodeError as exc:
                     await _send_error(send_wrapper, exc, request_id)

@@ -13,7 +13,9 @@ import hmac
 import re
 import secrets
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,13 @@ DEFAULT_TENANT = "default"
 
 #: The longest time to live a token may ask for (ten years, in seconds); without one it never expires.
 MAX_TOKEN_TTL_S = 10 * 365 * 86_400
+
+#: How long a token's row, once read, answers lookups without reading the node database again.
+#: A revocation made on this node takes effect at once; one that arrives by other means (a
+#: replicated row) within this time.
+LOOKUP_CACHE_S = 1.0
+#: Token rows kept for lookups without I/O (the most recently used).
+LOOKUP_CACHE_SIZE = 10_000
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})\Z")
@@ -116,30 +125,66 @@ class Auth:
         self.db = db
         self._admin_hash = hash_token(admin_token)
         self._now = now
+        # token hash -> (row, monotonic time read): lets the request path check a token without I/O.
+        self._rows: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._rows_lock = threading.Lock()
 
     # -- checking ----------------------------------------------------------
 
     def authenticate(self, token: str | None) -> Principal:
-        """The principal a bearer token stands for; raises Unauthorized otherwise."""
-        if not token:
-            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-        if hmac.compare_digest(hash_token(token), self._admin_hash):
-            return Principal(tenant=DEFAULT_TENANT, admin=True, token_id="admin")
-        match = _TOKEN.match(token)
-        if match is None:
-            raise Unauthorized("invalid token")
+        """The principal a bearer token stands for; raises Unauthorized otherwise.
+
+        May read the node database (call off the event loop, or try :meth:`authenticate_cached`).
+        """
+        found = self.authenticate_cached(token)
+        if found is not None:
+            return found
+        assert token is not None
+        match = _TOKEN.fullmatch(token)
+        assert match is not None
+        digest = hash_token(token)
         row = self.db.read_sync(
             lambda c: c.execute(
                 "SELECT tenant, hash, admin, expires_at, revoked_at FROM tokens WHERE id = ?", (match.group(1),)
             ).fetchone()
         )
-        if row is None or not hmac.compare_digest(row["hash"], hash_token(token)):
+        if row is None or not hmac.compare_digest(row["hash"], digest):
             raise Unauthorized("invalid token")
+        entry = dict(row)
+        with self._rows_lock:
+            self._rows[digest] = (entry, time.monotonic())
+            self._rows.move_to_end(digest)
+            while len(self._rows) > LOOKUP_CACHE_SIZE:
+                self._rows.popitem(last=False)
+        return self._principal(entry, match.group(1))
+
+    def authenticate_cached(self, token: str | None) -> Principal | None:
+        """:meth:`authenticate` without I/O: the principal, an error, or None if the database must be read."""
+        if not token:
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+        digest = hash_token(token)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return Principal(tenant=DEFAULT_TENANT, admin=True, token_id="admin")
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            raise Unauthorized("invalid token")
+        with self._rows_lock:
+            cached = self._rows.get(digest)
+        if cached is None or time.monotonic() - cached[1] > LOOKUP_CACHE_S:
+            return None
+        return self._principal(cached[0], match.group(1))
+
+    def _principal(self, row: dict[str, Any], token_id: str) -> Principal:
         if row["revoked_at"] is not None:
             raise TokenRevoked("this token has been revoked")
         if row["expires_at"] is not None and row["expires_at"] <= self._now():
             raise TokenExpired("this token has expired")
-        return Principal(tenant=row["tenant"], admin=bool(row["admin"]), token_id=match.group(1))
+        return Principal(tenant=row["tenant"], admin=bool(row["admin"]), token_id=token_id)
+
+    def forget_lookups(self) -> None:
+        """Drop every cached token row: the next lookups read the database (after a revocation)."""
+        with self._rows_lock:
+            self._rows.clear()
 
     # -- tenants -----------------------------------------------------------
 
@@ -184,7 +229,9 @@ class Auth:
             c.execute("UPDATE tokens SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL", (now, name))
             return c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount
 
-        if await self.db.write(delete) == 0:
+        deleted = await self.db.write(delete)
+        self.forget_lookups()
+        if deleted == 0:
             raise NotFound(f"no tenant named {name!r}")
 
     # -- tokens ------------------------------------------------------------
@@ -251,5 +298,7 @@ class Auth:
                 params += (tenant,)
             return c.execute(query, params).rowcount
 
-        if await self.db.write(revoke) == 0:
+        revoked = await self.db.write(revoke)
+        self.forget_lookups()
+        if revoked == 0:
             raise NotFound(f"no token with id {token_id!r}")

@@ -127,3 +127,26 @@ def test_ttl_must_be_finite_positive_and_bounded(auth: Auth, ttl: object) -> Non
 def test_longest_ttl_is_taken(auth: Auth, clock: Clock) -> None:
     issued = asyncio.run(auth.create_token("acme", ttl_s=10 * 365 * 86_400))
     assert issued.expires_at == clock.t + 10 * 365 * 86_400
+
+
+def test_a_token_seen_recently_is_checked_without_reading_the_database(auth: Auth) -> None:
+    issued = asyncio.run(auth.create_token("acme"))
+    assert auth.authenticate_cached(issued.token) is None  # never seen: the database must be read
+    auth.authenticate(issued.token)
+    auth.db.close()  # no I/O from here on
+    principal = auth.authenticate_cached(issued.token)
+    assert principal is not None and principal.tenant == "acme"
+    with pytest.raises(Unauthorized):
+        auth.authenticate_cached("edn_0123456789abcdef_" + "x" * 30 + "\n")
+
+
+def test_a_row_changed_underneath_takes_effect_once_the_lookup_cache_expires(
+        auth: Auth, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a revocation replicated from another node arrives: a row written without revoke_token().
+    issued = asyncio.run(auth.create_token("acme"))
+    auth.authenticate(issued.token)
+    asyncio.run(auth.db.write(lambda c: c.execute("UPDATE tokens SET revoked_at = 1 WHERE id = ?", (issued.id,))))
+    auth.authenticate(issued.token)  # still within the cache time
+    monkeypatch.setattr("edgenode.auth.tokens.LOOKUP_CACHE_S", 0.0)
+    with pytest.raises(TokenRevoked):
+        auth.authenticate(issued.token)
