@@ -13,6 +13,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from edgenode.threads import register_metrics
+
 __all__ = ["CONTENT_TYPE_LATEST", "PRIVATE_LABELS", "LoopLag", "Metrics"]
 
 #: Labels that name what a tenant owns (or the tenant): shown only to admins.
@@ -39,6 +41,7 @@ class Metrics:
         self.info = Gauge("edgenode_info", "Constant 1, labelled with node id and version.",
                           ["node", "version"], registry=self.registry)
         self.loop_lag = LoopLag(self.registry)
+        register_metrics(self.registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one request and record its latency."""

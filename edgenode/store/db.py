@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
-import functools
 import logging
 import queue
 import sqlite3
@@ -40,6 +38,7 @@ from edgenode.errors import (
     StoreTimeout,
 )
 from edgenode.store.faults import storage_fault
+from edgenode.threads import STORE
 
 if TYPE_CHECKING:
     from edgenode.store.health import StoreMonitor
@@ -52,16 +51,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 SQLITE_BUSY = 5
 
-#: Threads that run blocking store calls for event loops. They are the store's own, apart from the
-#: loop's default executor, so store calls never queue behind other blocking work (or it behind them).
-STORE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="store")
-
-
-async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking store call on :data:`STORE_THREADS`, with the caller's context (request id)."""
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    return await loop.run_in_executor(STORE_THREADS, functools.partial(ctx.run, fn, *args, **kwargs))
+#: Blocking store calls from event loops go to the store's bridge (``edgenode.threads.STORE``), apart
+#: from other blocking work, so store calls never queue behind it (or it behind them).
+run_blocking = STORE.run
 
 
 @dataclass(frozen=True)
