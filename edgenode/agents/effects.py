@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: Longest a sleep or wait may be, in seconds (a year, as Workflows and Inngest allow).
 MAX_WAIT_S = 366 * 86_400.0
+#: Most events and timers one ``wait_any`` may wait for.
+MAX_WAIT_ANY = 32
 #: Largest fetch response body kept, in bytes.
 MAX_FETCH_BYTES = 4 * 1024 * 1024
 #: Longest one fetch exchange may take, connect to last byte, in seconds.
@@ -49,6 +51,8 @@ class Effects:
             if until - now > MAX_WAIT_S:
                 raise ValidationFailed(f"a sleep may last at most {MAX_WAIT_S:.0f} s", field="seconds")
             return {"until": until}
+        if kind == "wait_any":
+            return _wait_any_spec(request, now)
         timeout = request.get("timeout")
         deadline = None if timeout is None else now + _seconds(timeout, "timeout")
         if kind == "event":
@@ -361,6 +365,37 @@ def _merge_request(event: dict[str, Any], repo: str) -> dict[str, Any]:
     """A merge request as the agent sees it: its ``mr`` id as ``id`` (the event's ``id`` is the log's row)."""
     out = {k: v for k, v in event.items() if k not in ("id", "mr", "kind")}
     return {"id": event["mr"], "repo": repo, **out}
+
+
+def _wait_any_spec(request: dict[str, Any], now: float) -> dict[str, Any]:
+    """``{"waits": [{"kind": "event", "type"} | {"kind": "timer", "seconds" | "until"}]}`` with absolute times."""
+    waits = request.get("waits")
+    if not isinstance(waits, list) or not 1 <= len(waits) <= MAX_WAIT_ANY:
+        raise ValidationFailed(f"wait_any takes 1 to {MAX_WAIT_ANY} events or timers", field="waits")
+    out: list[dict[str, Any]] = []
+    for wait in waits:
+        kind = wait.get("kind") if isinstance(wait, dict) else None
+        if kind == "event":
+            event_type = wait.get("type")
+            if not isinstance(event_type, str) or not event_type or len(event_type) > 200 \
+                    or event_type.startswith("edgenode."):
+                raise ValidationFailed("an event to wait for has a type (not starting with 'edgenode.')",
+                                       field="waits")
+            out.append({"kind": "event", "type": event_type})
+        elif kind == "timer":
+            if wait.get("until") is not None:
+                at = wait["until"]
+                if isinstance(at, bool) or not isinstance(at, (int, float)) or at - now > MAX_WAIT_S:
+                    raise ValidationFailed(f"a timer's until is a time at most {MAX_WAIT_S:.0f} s ahead",
+                                           field="waits")
+                until = float(at)
+            else:
+                until = now + _seconds(wait.get("seconds"), "seconds")
+            out.append({"kind": "timer", "until": until})
+        else:
+            raise ValidationFailed("each wait is {kind: 'event', type} or {kind: 'timer', seconds | until}",
+                                   field="waits")
+    return {"waits": out, "types": sorted({w["type"] for w in out if w["kind"] == "event"})}
 
 
 def _seconds(value: Any, field: str) -> float:
