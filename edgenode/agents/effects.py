@@ -146,9 +146,10 @@ class Effects:
     # -- models -----------------------------------------------------------------
 
     def _model_chat(self, act: Activation, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        feed, key, position = self.engine.feed, act.key, act.cursor
         reply: dict[str, Any] = self.engine.models.chat(
             act.run["tenant"], name, request.get("messages") or [], tools=request.get("tools") or None,
-            options=request.get("options") or {},
+            options=request.get("options") or {}, on_delta=lambda text: feed.delta(key, position, text),
         )
         return reply
 

@@ -12,10 +12,18 @@ Publishers are activation threads; followers are tasks on the node's event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edgenode.agents.store import TERMINAL, entry_dict, run_dict
+
+if TYPE_CHECKING:
+    from edgenode.agents.engine import Agents
 
 #: Deltas a follower may have queued before it is dropped (a client that stopped reading).
 MAX_QUEUED = 10_000
@@ -85,3 +93,78 @@ class RunFeed:
         """Whether anyone follows run ``key`` now (a model call streams deltas only then)."""
         with self._lock:
             return bool(self._followers.get(key))
+
+
+#: Log rows read per round trip to the database.
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of a run's stream: ``id`` (``seq``, or ``seq.n`` for a delta), ``kind`` and its data."""
+
+    id: str
+    kind: str  # "journal", "status", "delta" or "end"
+    data: dict[str, Any]
+
+
+def _read(conn: sqlite3.Connection, key: str, after: int) -> tuple[list[RunEvent], str, dict[str, Any]]:
+    """Log rows after ``after`` as events, the run's status now, and the run."""
+    events: list[RunEvent] = []
+    for row in conn.execute("SELECT * FROM run_log WHERE run_key = ? AND seq > ? ORDER BY seq LIMIT ?",
+                            (key, after, _BATCH)):
+        if row["kind"] == "journal":
+            entry = conn.execute("SELECT * FROM journal WHERE run_id = ? AND position = ?",
+                                 (key, row["position"])).fetchone()
+            if entry is None:
+                continue  # pruned, or a restart's copy that was never kept
+            events.append(RunEvent(str(row["seq"]), "journal", entry_dict(entry)))
+        else:
+            events.append(RunEvent(str(row["seq"]), "status", {"status": row["status"], "at": row["created_at"]}))
+    run = conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+    return events, (run["status"] if run is not None else "cancelled"), (run_dict(run) if run is not None else {})
+
+
+async def stream(engine: Agents, key: str, after: int, *, keepalive_s: float = 15.0) -> AsyncIterator[RunEvent | None]:
+    """A run's events from sequence ``after`` on, as they happen, until the run has finished.
+
+    Journal entries and status changes come from the run log, so a follower that left
+    resumes with ``after`` = the last id it saw and misses none. Token deltas are live
+    only. ``None`` is a keep-alive: nothing happened for ``keepalive_s``.
+    """
+    with engine.feed.follow(key) as follower:
+        sent = 0
+        idle = 0.0
+        while True:
+            follower.wake.clear()
+            pending: list[dict[str, Any]] = []
+            while not follower.deltas.empty():
+                pending.append(follower.deltas.get_nowait())
+            events, status, run = await engine.db.read(functools.partial(_read, key=key, after=after))
+            for event in events:
+                if event.kind == "journal":
+                    # A model call's deltas come before the entry that records its whole reply.
+                    here = [d for d in pending if d["position"] == event.data["position"]]
+                    pending = [d for d in pending if d["position"] != event.data["position"]]
+                    for delta in here:
+                        sent += 1
+                        yield RunEvent(f"{after}.{sent}", "delta", delta)
+                after = int(event.id)
+                yield event
+            for delta in pending:
+                sent += 1
+                yield RunEvent(f"{after}.{sent}", "delta", delta)
+            if len(events) >= _BATCH:
+                continue
+            if status in TERMINAL:
+                yield RunEvent(str(after), "end", {"status": status, "run": run})
+                return
+            try:
+                await asyncio.wait_for(follower.wake.wait(), 1.0)
+                idle = 0.0
+            except TimeoutError:
+                # Wakes are a shortcut; a change nobody announced is seen within a second.
+                idle += 1.0
+                if idle >= keepalive_s:
+                    idle = 0.0
+                    yield None
