@@ -173,6 +173,33 @@ class Effects:
         return {"status": reply.status, "headers": dict(reply.headers),
                 "body": reply.body.decode("utf-8", errors="replace")}
 
+    # -- MCP servers the deployment lists ----------------------------------------
+
+    def _mcp_list_tools(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        from edgenode.agents import mcp_client
+
+        url = mcp_client.server_url(act.config, name)
+        return self._bounded(mcp_client.call(self.engine.egress.addresses, name, url, "list_tools"))
+
+    def _mcp_call_tool(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        from edgenode.agents import mcp_client
+
+        url = mcp_client.server_url(act.config, name)
+        tool, arguments = request.get("tool"), request.get("arguments") or {}
+        if not isinstance(tool, str) or not tool or len(tool) > 200:
+            raise ValidationFailed("call_tool takes a tool name", field="tool")
+        if not isinstance(arguments, dict):
+            raise ValidationFailed("call_tool's arguments are an object", field="arguments")
+        return self._bounded(mcp_client.call(self.engine.egress.addresses, name, url, "call_tool", tool,
+                                             arguments))
+
+    def _bounded(self, result: Any) -> Any:
+        limit = self.engine.settings.max_result_bytes
+        if len(dumps(result)) > limit:
+            raise PayloadTooLarge(f"the MCP server's answer exceeds {limit} bytes (agents.max_result_bytes)",
+                                  limit=limit)
+        return result
+
     def _capability(self, name: str) -> Any:
         cap = getattr(self.engine.node, name, None)
         if cap is None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgenode.agents.effects import Effects
 from edgenode.agents.feed import RunFeed
+from edgenode.agents.mcp_client import validate_servers
 from edgenode.agents.models import ModelGateway
 from edgenode.agents.replay import Activation
 from edgenode.agents.runner import Runner, make_runner
@@ -347,7 +348,7 @@ class Agents:
     # -- deployments -----------------------------------------------------------
 
     async def deploy(self, tenant: str, name: str, files: Any, *, entry: str = "main.py",
-                     allowed_hosts: Any = None) -> dict[str, Any]:
+                     allowed_hosts: Any = None, mcp_servers: Any = None) -> dict[str, Any]:
         """Store a new version of an agent (or return the current one if the code is unchanged)."""
         validate_name(name)
         self.node.store.require_space("agent deployments")
@@ -373,7 +374,10 @@ class Agents:
                 raise BuildFailed(f"{path} does not compile: {exc}", output=str(exc)) from None
         hosts = allowed_hosts or []
         AllowList.parse(hosts)  # the node's one egress grammar; stored as given
-        config = {"entry": entry, "allowed_hosts": hosts}
+        servers = validate_servers(mcp_servers)
+        config: dict[str, Any] = {"entry": entry, "allowed_hosts": hosts}
+        if servers:
+            config["mcp_servers"] = servers  # absent when empty, so earlier deployments keep their hash
         prepare = getattr(self.runner, "prepare", None)
         if prepare is not None:
             await prepare(files, entry)  # a compile error rejects the deploy instead of failing every run

@@ -169,12 +169,13 @@ class RunStreamEvent(BaseModel):
 
 
 async def deploy(request: Request) -> Response:
-    """Deploy a version: ``{"files": {"main.py": ...}, "entry"?, "allowed_hosts"?}``."""
+    """Deploy a version: ``{"files": {"main.py": ...}, "entry"?, "allowed_hosts"?, "mcp_servers"?: {name: url}}``."""
     agents = _agents(request)
     data = await _body(request, agents.settings.max_code_bytes + _ENVELOPE)
     result = await agents.deploy(
         principal(request).tenant, request.path_params["name"], field(data, "files", dict, required=True),
         entry=field(data, "entry", str, "main.py"), allowed_hosts=field(data, "allowed_hosts", list, None),
+        mcp_servers=field(data, "mcp_servers", dict, None),
     )
     return json(result, status=201 if result["created"] else 200)
 
