@@ -6,8 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+from click.testing import CliRunner
 
 from edgenode.agents.store import MIGRATIONS, finish_run
+from edgenode.cli import cli
+from edgenode.client import Client
 from edgenode.store import Database
 from tests.agents.helpers import deploy, error_code, journal, run_of, start, wait_status
 from tests.support import NodeProcess, wait_for
@@ -300,3 +303,27 @@ def test_cancelling_a_parent_cancels_its_sub_agents(api: httpx.Client) -> None:
     assert run_of(api, f"{top['id']}.0.0")["error"]["message"] == f"run cancelled with its parent {top['id']}"
     assert run_of(api, sibling["id"])["status"] == "waiting"
     api.post(f"/v1/agents/runs/{sibling['id']}/terminate")
+
+
+def test_restart_through_the_sdk_and_the_cli(agent_node: NodeProcess, api: httpx.Client, tmp_path: Path) -> None:
+    log_file = tmp_path / "steps.log"
+    deploy(api, "once", """
+        def run(ctx, input):
+            def count():
+                with open(input, "a") as f:
+                    f.write("ran\\n")
+                return "ran"
+            return ctx.step("only", count)
+    """)
+    first = start(api, "once", str(log_file))
+    wait_status(api, first["id"], "completed")
+    with Client(agent_node.url, agent_node.admin_token) as sdk:
+        replayed = sdk.agents.run(first["id"]).restart(1).wait(60)
+        assert replayed.status == "completed" and replayed.info["restarted_from"] == {"run": first["id"], "step": 1}
+    assert log_file.read_text().split() == ["ran"]  # position 0 answered from the copy
+    result = CliRunner().invoke(cli, ["--url", agent_node.url, "--token", agent_node.admin_token,
+                                      "agent", "restart", first["id"], "--from-step", "0"])
+    assert result.exit_code == 0, result.output
+    again = wait_status(api, result.output.strip(), "completed")
+    assert again["restarted_from"] == {"run": first["id"], "step": 0}
+    assert log_file.read_text().split() == ["ran", "ran"]
