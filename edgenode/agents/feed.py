@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgenode.agents.store import TERMINAL, entry_dict, run_dict
+from edgenode.errors import Overloaded
 
 if TYPE_CHECKING:
     from edgenode.agents.engine import Agents
 
 #: Deltas a follower may have queued before it is dropped (a client that stopped reading).
 MAX_QUEUED = 10_000
+#: Followers one node serves at once (each is an open connection and a task).
+MAX_FOLLOWERS = 1_000
 
 
 class Follower:
@@ -51,13 +54,15 @@ class Follower:
 class RunFeed:
     """Followers by run key; ``changed`` and ``delta`` may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_followers: int = MAX_FOLLOWERS) -> None:
+        self.max_followers = max_followers
         self._followers: dict[str, set[Follower]] = {}
         self._lock = threading.Lock()
 
     @contextmanager
     def follow(self, key: str) -> Iterator[Follower]:
         """Follow run ``key`` for the duration of the block (call on the event loop)."""
+        self.check_capacity()
         follower = Follower(asyncio.get_running_loop())
         with self._lock:
             self._followers.setdefault(key, set()).add(follower)
@@ -88,6 +93,13 @@ class RunFeed:
         """A piece of a model reply being streamed at journal ``position``."""
         if text:
             self._publish(key, {"position": position, "text": text})
+
+    def check_capacity(self) -> None:
+        """Overloaded (503) when this node serves as many followers as it may."""
+        with self._lock:
+            if sum(map(len, self._followers.values())) >= self.max_followers:
+                raise Overloaded(f"this node already streams {self.max_followers} runs' events; try again later",
+                                 retry_after=5)
 
     def following(self, key: str) -> bool:
         """Whether anyone follows run ``key`` now (a model call streams deltas only then)."""

@@ -259,6 +259,7 @@ async def follow(request: Request) -> Response:
     who = principal(request)
     after = _after(request)
     await agents.get_run(who, _run_id(request))  # 404 now, not inside the stream
+    agents.feed.check_capacity()
 
     async def events() -> AsyncIterator[bytes]:
         async for event in feed.stream(agents, run_key(who.tenant, _run_id(request)), after):
