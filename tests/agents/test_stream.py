@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgenode.cli import cli
-from edgenode.client import Client, RunEvent
+from edgenode.client import AsyncClient, Client, RunEvent
 from tests.agents.helpers import FAST, deploy, error_code, journal, start, wait_status
 from tests.agents.model_servers import ModelServer
 from tests.support import NodeProcess
@@ -121,3 +122,20 @@ def test_cli_follow_prints_the_run(stream_node: NodeProcess, api: httpx.Client) 
                                       "agent", "follow", run["id"]])
     assert result.exit_code == 0, result.output
     assert "now" in result.output and 'follow-me completed: "followed"' in result.output
+
+
+def test_the_async_client_follows_and_restarts(stream_node: NodeProcess, api: httpx.Client) -> None:
+    deploy(api, "quick", "def run(ctx, input):\n    ctx.now()\n    return 'followed'\n")
+    run = start(api, "quick")
+    wait_status(api, run["id"], "completed")
+
+    async def scenario() -> None:
+        async with AsyncClient(stream_node.url, stream_node.admin_token) as client:
+            followed = await client.agents.run(run["id"])
+            kinds = [event.kind async for event in followed.events(timeout=60)]
+            assert kinds[-1] == "end" and "journal" in kinds and followed.status == "completed"
+            again = await followed.restart(1)
+            assert again.info["restarted_from"] == {"run": run["id"], "step": 1}
+            assert (await again.wait(60)).output == "followed"
+
+    asyncio.run(scenario())
