@@ -41,10 +41,18 @@ def agent() -> None:
 @click.argument("name")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--allow-host", "allowed_hosts", multiple=True, help="A host the agent may fetch; repeatable.")
+@click.option("--mcp-server", "mcp_servers", multiple=True, metavar="NAME=URL",
+              help="An MCP server the agent may call as ctx.mcp(NAME); repeatable.")
 @pass_client
-def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[str, ...]) -> None:
+def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[str, ...],
+           mcp_servers: tuple[str, ...]) -> None:
     """Deploy SOURCE (main.py, or a folder holding it) as agent NAME; prints the new version."""
-    body = {"files": _files(source), "allowed_hosts": list(allowed_hosts)}
+    body: dict[str, Any] = {"files": _files(source), "allowed_hosts": list(allowed_hosts)}
+    if mcp_servers:
+        pairs = [item.partition("=") for item in mcp_servers]
+        if any(not sep or not key or not url for key, sep, url in pairs):
+            raise click.BadParameter("each --mcp-server is NAME=URL", param_hint="--mcp-server")
+        body["mcp_servers"] = {key: url for key, _, url in pairs}
     result = client.request("PUT", f"/v1/agents/{name}", json=body, long=True)
     click.echo(f"{result['name']} version {result['version']}" + ("" if result["created"] else " (unchanged)"))
 

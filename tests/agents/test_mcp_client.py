@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from edgenode.agents import mcp_client
+from edgenode.cli import cli
 from edgenode.egress import AddressPolicy
 from edgenode.errors import EgressDenied
-from tests.agents.helpers import FAST, deploy, error_code, journal, start, wait_status
+from tests.agents.helpers import FAST, error_code, journal, start, wait_status
 from tests.support import NodeProcess, wait_for
 
 AGENT = """
@@ -60,7 +62,14 @@ def test_an_mcp_tool_call_is_journaled_once_across_a_node_restart(
                 r = api.put("/v1/agents/mcp-user", json={"files": {"main.py": AGENT}, "mcp_servers": servers})
                 assert r.status_code == 400 and error_code(r) == "validation_failed", (servers, r.text)
                 assert r.json()["error"]["field"] == "mcp_servers"
-            deploy(api, "mcp-user", AGENT, mcp_servers={"counter": url})
+            # Deployed with the command line's --mcp-server NAME=URL.
+            source = directory / "main.py"
+            source.write_text(AGENT)
+            runner = CliRunner()
+            base = ["--url", node.url, "--token", node.admin_token, "agent", "deploy", "mcp-user", str(source)]
+            assert runner.invoke(cli, [*base, "--mcp-server", "counter"]).exit_code != 0
+            result = runner.invoke(cli, [*base, "--mcp-server", f"counter={url}"])
+            assert result.exit_code == 0, result.output
             run = start(api, "mcp-user", "k1")
             wait_status(api, run["id"], "waiting")
         assert (directory / "calls").read_text().split() == ["k1"]
