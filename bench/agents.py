@@ -1,4 +1,4 @@
-"""Durable agents: journaled step cost, runs per second, parked runs, resume after restart.
+"""Durable agents: journaled step cost, runs per second, parked runs, resume after restart, time to first token.
 
 Baselines measured in the same run: a plain SQLite insert-and-commit per step with the
 same pragmas (WAL, synchronous=FULL: the floor of any durable step), and DBOS Transact
@@ -6,7 +6,12 @@ on SQLite with WAL doing the same empty steps, when the ``dbos`` package is inst
 The engine runs agents with the in-process runner here, so the figures are the
 journal's own cost; ``--runner process`` adds a fresh interpreter per activation.
 
-    python bench/agents.py [--steps 300] [--runs 50] [--parked 1000] [--runner inprocess]
+Time to first token: an OpenAI-compatible stand-in model server on loopback streams a
+reply; measured straight from it (an HTTP client reading the stream) and through a node
+process (an agent's model call, from sending the event that wakes the run to the first
+token delta on the run's event stream), median of ``--ttft-rounds`` each, in the same run.
+
+    python bench/agents.py [--steps 300] [--runs 50] [--parked 1000] [--runner inprocess] [--ttft-rounds 20]
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ async def engine_figures(data: Path, runner: str, steps: int, runs: int, parked:
     con = sqlite3.connect(agents.db.path)
     with con:
         now = time.time()
-        con.execute("INSERT INTO events (run_id, type, payload, sender, created_at) SELECT id, 'edgenode.approval', "
+        con.execute("INSERT INTO events (run_id, type, payload, sender, created_at) SELECT key, 'edgenode.approval', "
                     "'{\"approved\": true}', 'bench', ? FROM runs WHERE status = 'waiting'", (now,))
         con.execute("UPDATE runs SET status = 'pending', wake_at = ? WHERE status = 'waiting'", (now,))
     con.close()
@@ -122,6 +127,55 @@ async def engine_figures(data: Path, runner: str, steps: int, runs: int, parked:
     out["resume_all_s"] = time.perf_counter() - t0
     await node2.agents.stop()
     return out
+
+
+TALKER_AGENT = """
+def run(ctx, input):
+    ctx.wait_for_event("go")
+    return ctx.model("local:bench").chat([{"role": "user", "content": "say something"}]).text
+"""
+
+
+def ttft_figures(runner: str, rounds: int) -> dict[str, float]:
+    """Median seconds to the first token: straight from the stand-in, and through a node's run event stream."""
+    import httpx
+
+    from edgenode.client import Client
+    from tests.agents.model_servers import ModelServer
+    from tests.support import NodeProcess
+
+    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "say something"}]}
+    direct, through = [], []
+    with ModelServer() as models, tempfile.TemporaryDirectory(prefix="edgenode-bench-ttft-") as tmp:
+        for _ in range(rounds):
+            with httpx.Client() as http:
+                t0 = time.perf_counter()
+                with http.stream("POST", f"{models.url}/compat/v1/chat/completions", json=body) as response:
+                    for line in response.iter_lines():
+                        if '"content": "' in line and '"content": ""' not in line:
+                            direct.append(time.perf_counter() - t0)
+                            break
+        env = {"EDGENODE_AGENTS_RUNNER": runner, "EDGENODE_AGENTS_SCHEDULER_INTERVAL_S": "0.05",
+               "EDGENODE_AGENTS_MODEL_ENDPOINTS": f"local={models.url}/compat/v1"}
+        node = NodeProcess(Path(tmp), env=env).start()
+        try:
+            with Client(node.url, node.admin_token) as sdk:
+                sdk.agents.deploy("talker", {"main.py": TALKER_AGENT})
+                for i in range(rounds + 1):  # the first round warms the model client's import
+                    run = sdk.agents.start("talker")
+                    sent: float | None = None
+                    first: float | None = None
+                    for event in run.events(timeout=120):
+                        if event.kind == "status" and event.data["status"] == "waiting" and sent is None:
+                            sent = time.perf_counter()
+                            run.send_event("go")
+                        elif event.kind == "delta" and sent is not None and first is None:
+                            first = time.perf_counter()
+                    if i and sent is not None and first is not None:
+                        through.append(first - sent)
+        finally:
+            node.stop()
+    return {"direct_s": statistics.median(direct), "node_s": statistics.median(through)}
 
 
 def db_bytes(path: Path) -> int:
@@ -205,12 +259,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--parked", type=int, default=1000)
     parser.add_argument("--runner", default="inprocess", choices=["inprocess", "process"])
+    parser.add_argument("--ttft-rounds", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-agents-") as tmp:
         data = Path(tmp)
         figures = asyncio.run(engine_figures(data, args.runner, args.steps, args.runs, args.parked))
         plain = figures["plain_ms"]
         dbos = dbos_baseline(data, args.steps)
+    ttft = ttft_figures(args.runner, args.ttft_rounds)
     rows = [
         ("journaled step (edgenode)", f"{figures['step_ms']:.3f} ms"),
         ("plain SQLite insert+commit (WAL, FULL)", f"{plain:.3f} ms"),
@@ -221,6 +277,9 @@ def main() -> None:
         ("RSS per parked run", f"{figures['parked_rss_kib_per_run']:.2f} KiB"),
         ("database per parked run", f"{figures['parked_db_bytes_per_run'] / 1024:.2f} KiB"),
         (f"restart and finish all {args.parked} approved runs", f"{figures['resume_all_s']:.2f} s"),
+        ("time to first token, straight from the stand-in (p50)", f"{ttft['direct_s'] * 1000:.1f} ms"),
+        ("time to first token through the node (p50, event sent -> delta)", f"{ttft['node_s'] * 1000:.1f} ms"),
+        ("node's added time to first token", f"{(ttft['node_s'] - ttft['direct_s']) * 1000:.1f} ms"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"agents benchmark (runner: {args.runner})")

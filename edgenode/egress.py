@@ -392,6 +392,45 @@ class _PolicyTransport(httpx.HTTPTransport):
         )
 
 
+def mcp_http_client(policy: AddressPolicy, timeout_s: float) -> Any:
+    """An ``httpx2.AsyncClient`` (the HTTP library of the MCP SDK) that dials only what ``policy`` permits.
+
+    The same address checks as every other egress, by the checked address; no proxy from
+    the environment, no redirects (the MCP transport follows same-origin ones itself).
+    Imported on first use: only agents that call MCP servers pay for the library.
+    """
+    import anyio.to_thread
+    import httpcore2
+    import httpx2
+
+    class CheckedAsyncBackend(httpcore2.AsyncNetworkBackend):
+        def __init__(self) -> None:
+            self.inner = httpcore2.AnyIOBackend()
+
+        async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                              local_address: str | None = None, socket_options: Iterable[Any] | None = None) -> Any:
+            last: Exception | None = None
+            for address in await anyio.to_thread.run_sync(policy.addresses, host, port):
+                try:
+                    return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                except httpcore2.ConnectError as exc:
+                    last = exc
+            raise httpcore2.ConnectError(f"cannot connect to {host}:{port}") from last
+
+        async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                      socket_options: Iterable[Any] | None = None) -> Any:
+            raise httpcore2.ConnectError("egress never uses Unix sockets")
+
+        async def sleep(self, seconds: float) -> None:
+            await self.inner.sleep(seconds)
+
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport._pool = httpcore2.AsyncConnectionPool(ssl_context=httpx2.create_ssl_context(trust_env=False),
+                                                    max_connections=4, network_backend=CheckedAsyncBackend())
+    return httpx2.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
+                              timeout=httpx2.Timeout(timeout_s))
+
+
 def _no_cookies() -> CookieJar:
     # A jar whose policy accepts no cookie and returns none: nothing set by one response
     # is ever sent on another request, whoever made it.
@@ -487,4 +526,4 @@ _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
 
 
 __all__ = ["DEFAULT_PORTS", "AddressPolicy", "AllowList", "Egress", "HostPattern", "Reply", "Target", "deadline",
-           "normalise_host", "parse_networks", "system_resolver"]
+           "mcp_http_client", "normalise_host", "parse_networks", "system_resolver"]

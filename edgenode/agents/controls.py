@@ -12,8 +12,19 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from edgenode.agents.replay import APPROVAL_EVENT
-from edgenode.agents.store import TERMINAL, dumps, finish_run, get_run, loads, run_dict
-from edgenode.errors import PayloadTooLarge, RunFinished, RunStateConflict, ValidationFailed
+from edgenode.agents.store import (
+    TERMINAL,
+    descendants,
+    dumps,
+    finish_run,
+    get_run,
+    load_entries,
+    loads,
+    run_dict,
+    run_key,
+    write_entry,
+)
+from edgenode.errors import Conflict, PayloadTooLarge, RunFinished, RunStateConflict, ValidationFailed
 
 if TYPE_CHECKING:
     from edgenode.agents.engine import Agents
@@ -21,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def _checked(engine: Agents, conn: sqlite3.Connection, who: Principal, run_id: str) -> sqlite3.Row:
-    row = get_run(conn, run_id)
+    row = get_run(conn, run_key(who.tenant, run_id))
     engine._owned(who, row, run_id)
     assert row is not None
     return row
@@ -48,15 +59,18 @@ async def send_event(engine: Agents, who: Principal, run_id: str, type: str, pay
         row = _checked(engine, conn, who, run_id)
         _open(row, "send an event to")
         cur = conn.execute("INSERT INTO events (run_id, type, payload, sender, created_at) VALUES (?, ?, ?, ?, ?)",
-                           (run_id, type, text, who.tenant, now))
+                           (row["key"], type, text, who.tenant, now))
         waiting = loads(row["waiting"]) or {}
-        woke = row["status"] == "waiting" and waiting.get("kind") == "event" and waiting.get("type") == type
+        woke = row["status"] == "waiting" and (
+            (waiting.get("kind") == "event" and waiting.get("type") == type)
+            or (waiting.get("kind") == "wait_any" and type in (waiting.get("types") or [])))
         if woke:
-            conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE id = ?",
-                         (now, now, run_id))
+            conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE key = ?",
+                         (now, now, row["key"]))
         return {"id": cur.lastrowid, "run": run_id, "type": type, "delivered": woke}
 
     result = await engine.db.write(txn)
+    engine.feed.changed(run_key(who.tenant, run_id))
     engine.kick()
     return result
 
@@ -72,18 +86,19 @@ async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, co
         if row["status"] not in ("waiting", "paused") or waiting.get("kind") != "approval":
             raise RunStateConflict(f"run {run_id} is not waiting for an approval", status=row["status"])
         pending = conn.execute("SELECT 1 FROM events WHERE run_id = ? AND type = ? AND consumed_position IS NULL",
-                               (run_id, APPROVAL_EVENT)).fetchone()
+                               (row["key"], APPROVAL_EVENT)).fetchone()
         if pending is not None:
             raise RunStateConflict(f"run {run_id}'s approval has already been decided")
         conn.execute("INSERT INTO events (run_id, type, payload, sender, created_at) VALUES (?, ?, ?, ?, ?)",
-                     (run_id, APPROVAL_EVENT, dumps({"approved": bool(approved), "comment": comment}), who.tenant,
-                      now))
+                     (row["key"], APPROVAL_EVENT, dumps({"approved": bool(approved), "comment": comment}),
+                      who.tenant, now))
         if row["status"] == "waiting":
-            conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE id = ?",
-                         (now, now, run_id))
+            conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE key = ?",
+                         (now, now, row["key"]))
         return {"run": run_id, "approved": bool(approved), "position": waiting.get("position")}
 
     result = await engine.db.write(txn)
+    engine.feed.changed(run_key(who.tenant, run_id))
     engine.kick()
     return result
 
@@ -111,11 +126,12 @@ async def pause(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
         _open(row, "pause")
         if row["status"] == "paused":
             return run_dict(row)
-        conn.execute("UPDATE runs SET status = 'paused', updated_at = ? WHERE id = ?", (engine.now(), run_id))
-        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+        conn.execute("UPDATE runs SET status = 'paused', updated_at = ? WHERE key = ?", (engine.now(), row["key"]))
+        return run_dict(get_run(conn, row["key"]))  # type: ignore[arg-type]
 
     run = await engine.db.write(txn)
-    act = engine.active.get(run_id)
+    engine.feed.changed(run_key(who.tenant, run_id))
+    act = engine.active.get(run_key(who.tenant, run_id))
     if act is not None:
         act.stop_reason = "paused"
     return run
@@ -130,32 +146,43 @@ async def resume(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
         _open(row, "resume")
         if row["status"] not in ("paused", "blocked"):
             raise RunStateConflict(f"run {run_id} is {row['status']}, not paused or blocked", status=row["status"])
-        conn.execute("UPDATE runs SET status = 'pending', error = NULL, wake_at = ?, updated_at = ? WHERE id = ?",
-                     (now, now, run_id))
-        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+        conn.execute("UPDATE runs SET status = 'pending', error = NULL, wake_at = ?, updated_at = ? WHERE key = ?",
+                     (now, now, row["key"]))
+        return run_dict(get_run(conn, row["key"]))  # type: ignore[arg-type]
 
     run = await engine.db.write(txn)
+    engine.feed.changed(run_key(who.tenant, run_id))
     engine.kick()
     return run
 
 
 async def stop(engine: Agents, who: Principal, run_id: str, *, terminate: bool) -> dict[str, Any]:
-    """Cancel (stop at the next host call) or terminate (kill now) a run; its outcome is final."""
+    """Cancel (stop at the next host call) or terminate (kill now) a run; its outcome is final.
+
+    The run's unfinished sub-agent runs, at any depth, get the same outcome in the same
+    transaction: a parent that will never read their results leaves none running.
+    """
     status = "terminated" if terminate else "cancelled"
 
-    def txn(conn: sqlite3.Connection) -> dict[str, Any]:
+    def txn(conn: sqlite3.Connection) -> tuple[dict[str, Any], list[str]]:
         row = _checked(engine, conn, who, run_id)
         _open(row, "cancel" if not terminate else "terminate")
-        finish_run(conn, run_id, status, engine.now(), error={"code": status, "message": f"run {status} by "
-                                                               f"{who.tenant}"})
-        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+        now = engine.now()
+        children = descendants(conn, who.tenant, run_id)
+        finish_run(conn, row["key"], status, now, error={"code": status, "message": f"run {status} by {who.tenant}"})
+        for child in children:
+            finish_run(conn, child["key"], status, now, error={
+                "code": status, "message": f"run {status} with its parent {run_id}"})
+        return run_dict(get_run(conn, row["key"])), [row["key"], *(c["key"] for c in children)]  # type: ignore[arg-type]
 
-    run = await engine.db.write(txn)
-    act = engine.active.get(run_id)
-    if act is not None:
-        act.stop_reason = status
-        if terminate:
-            engine.runner.kill(act.handle)
+    run, keys = await engine.db.write(txn)
+    for key in keys:
+        engine.feed.changed(key)
+        act = engine.active.get(key)
+        if act is not None:
+            act.stop_reason = status
+            if terminate:
+                engine.runner.kill(act.handle)
     engine.kick()
     return run
 
@@ -180,16 +207,69 @@ async def move(engine: Agents, who: Principal, run_id: str, version: Any) -> dic
                         (row["tenant"], row["agent"], version)).fetchone() is None:
             raise ValidationFailed(f"agent {row['agent']} has no version {version}", field="version")
         if row["status"] == "paused":
-            conn.execute("UPDATE runs SET version = ?, updated_at = ? WHERE id = ?", (version, now, run_id))
+            conn.execute("UPDATE runs SET version = ?, updated_at = ? WHERE key = ?", (version, now, row["key"]))
         else:
             # Replay at once against the new code, so a mismatch shows now, not when the wait ends.
             conn.execute("UPDATE runs SET version = ?, status = 'pending', error = NULL, wake_at = ?, "
-                         "updated_at = ? WHERE id = ?", (version, now, now, run_id))
-        return run_dict(get_run(conn, run_id))  # type: ignore[arg-type]
+                         "updated_at = ? WHERE key = ?", (version, now, now, row["key"]))
+        return run_dict(get_run(conn, row["key"]))  # type: ignore[arg-type]
 
     run = await engine.db.write(txn)
+    engine.feed.changed(run_key(who.tenant, run_id))
     engine.kick()
     return run
+
+
+async def restart(engine: Agents, who: Principal, run_id: str, from_step: int, *, new_id: str | None = None,
+                  version: int | None = None) -> tuple[dict[str, Any], bool]:
+    """Start a new run of a finished run's agent that replays its journal up to ``from_step``.
+
+    Journal positions ``0 .. from_step - 1`` are copied into the new run, which answers them
+    from the copy and executes everything from ``from_step`` on (Temporal's reset, DBOS's
+    fork). The old run and its history stay as they are; the new run names it in
+    ``restarted_from``. It runs the agent's current version unless ``version`` is given, so
+    a fix deployed after a failure is what the restart runs. With ``new_id``, restarting
+    again with the same id and step returns the first restart (created False).
+    """
+    if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+        raise ValidationFailed("from_step must be a journal position (an integer >= 0)", field="from_step")
+
+    def txn(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
+        row = _checked(engine, conn, who, run_id)
+        if row["status"] not in TERMINAL:
+            raise RunStateConflict(f"run {run_id} is {row['status']}; only a finished run can be restarted "
+                                   "(cancel it first)", status=row["status"])
+        if new_id is not None:
+            existing = get_run(conn, run_key(who.tenant, new_id))
+            if existing is not None:
+                if (existing["restarted_from"], existing["restart_step"]) == (run_id, from_step):
+                    return run_dict(existing), False
+                raise Conflict(f"run id {new_id!r} is already used by another run")
+        if row["journal_pruned"]:
+            raise RunStateConflict(f"run {run_id}'s journal has been pruned (agents.retention_days); "
+                                   "it cannot be restarted", status=row["status"])
+        entries = load_entries(conn, row["key"])
+        if from_step > len(entries):
+            raise ValidationFailed(f"from_step must be between 0 and {len(entries)} (the run's journal has "
+                                   f"{len(entries)} entries)", field="from_step")
+        kept = entries[:from_step]
+        for entry in kept:
+            if entry["status"] not in ("ok", "error"):
+                raise ValidationFailed(f"the journal entry at position {entry['position']} never finished "
+                                       f"({entry['status']}); restart from position {entry['position']} at the "
+                                       "latest", field="from_step")
+        run, _ = engine.create_run_txn(conn, tenant=who.tenant, agent=row["agent"], input=loads(row["input"]),
+                                       run_id=new_id, version=version, restarted_from=(run_id, from_step))
+        now = engine.now()
+        key = run_key(who.tenant, run["id"])
+        for entry in kept:
+            write_entry(conn, key, entry["position"], entry["kind"], entry["name"], dumps(entry["request"]),
+                        dumps(entry["result"]), entry["status"], entry["attempts"], now)
+        return run, True
+
+    result = await engine.db.write(txn)
+    engine.kick()
+    return result
 
 
 async def set_secret(engine: Agents, tenant: str, name: str, value: Any) -> None:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: Longest a sleep or wait may be, in seconds (a year, as Workflows and Inngest allow).
 MAX_WAIT_S = 366 * 86_400.0
+#: Most events and timers one ``wait_any`` may wait for.
+MAX_WAIT_ANY = 32
 #: Largest fetch response body kept, in bytes.
 MAX_FETCH_BYTES = 4 * 1024 * 1024
 #: Longest one fetch exchange may take, connect to last byte, in seconds.
@@ -49,6 +51,8 @@ class Effects:
             if until - now > MAX_WAIT_S:
                 raise ValidationFailed(f"a sleep may last at most {MAX_WAIT_S:.0f} s", field="seconds")
             return {"until": until}
+        if kind == "wait_any":
+            return _wait_any_spec(request, now)
         timeout = request.get("timeout")
         deadline = None if timeout is None else now + _seconds(timeout, "timeout")
         if kind == "event":
@@ -142,9 +146,10 @@ class Effects:
     # -- models -----------------------------------------------------------------
 
     def _model_chat(self, act: Activation, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        feed, key, position = self.engine.feed, act.key, act.cursor
         reply: dict[str, Any] = self.engine.models.chat(
             act.run["tenant"], name, request.get("messages") or [], tools=request.get("tools") or None,
-            options=request.get("options") or {},
+            options=request.get("options") or {}, on_delta=lambda text: feed.delta(key, position, text),
         )
         return reply
 
@@ -167,6 +172,33 @@ class Effects:
                                             headers=list(headers.items()), body=body)
         return {"status": reply.status, "headers": dict(reply.headers),
                 "body": reply.body.decode("utf-8", errors="replace")}
+
+    # -- MCP servers the deployment lists ----------------------------------------
+
+    def _mcp_list_tools(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        from edgenode.agents import mcp_client
+
+        url = mcp_client.server_url(act.config, name)
+        return self._bounded(mcp_client.call(self.engine.egress.addresses, name, url, "list_tools"))
+
+    def _mcp_call_tool(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
+        from edgenode.agents import mcp_client
+
+        url = mcp_client.server_url(act.config, name)
+        tool, arguments = request.get("tool"), request.get("arguments") or {}
+        if not isinstance(tool, str) or not tool or len(tool) > 200:
+            raise ValidationFailed("call_tool takes a tool name", field="tool")
+        if not isinstance(arguments, dict):
+            raise ValidationFailed("call_tool's arguments are an object", field="arguments")
+        return self._bounded(mcp_client.call(self.engine.egress.addresses, name, url, "call_tool", tool,
+                                             arguments))
+
+    def _bounded(self, result: Any) -> Any:
+        limit = self.engine.settings.max_result_bytes
+        if len(dumps(result)) > limit:
+            raise PayloadTooLarge(f"the MCP server's answer exceeds {limit} bytes (agents.max_result_bytes)",
+                                  limit=limit)
+        return result
 
     def _capability(self, name: str) -> Any:
         cap = getattr(self.engine.node, name, None)
@@ -361,6 +393,37 @@ def _merge_request(event: dict[str, Any], repo: str) -> dict[str, Any]:
     """A merge request as the agent sees it: its ``mr`` id as ``id`` (the event's ``id`` is the log's row)."""
     out = {k: v for k, v in event.items() if k not in ("id", "mr", "kind")}
     return {"id": event["mr"], "repo": repo, **out}
+
+
+def _wait_any_spec(request: dict[str, Any], now: float) -> dict[str, Any]:
+    """``{"waits": [{"kind": "event", "type"} | {"kind": "timer", "seconds" | "until"}]}`` with absolute times."""
+    waits = request.get("waits")
+    if not isinstance(waits, list) or not 1 <= len(waits) <= MAX_WAIT_ANY:
+        raise ValidationFailed(f"wait_any takes 1 to {MAX_WAIT_ANY} events or timers", field="waits")
+    out: list[dict[str, Any]] = []
+    for wait in waits:
+        kind = wait.get("kind") if isinstance(wait, dict) else None
+        if kind == "event":
+            event_type = wait.get("type")
+            if not isinstance(event_type, str) or not event_type or len(event_type) > 200 \
+                    or event_type.startswith("edgenode."):
+                raise ValidationFailed("an event to wait for has a type (not starting with 'edgenode.')",
+                                       field="waits")
+            out.append({"kind": "event", "type": event_type})
+        elif kind == "timer":
+            if wait.get("until") is not None:
+                at = wait["until"]
+                if isinstance(at, bool) or not isinstance(at, (int, float)) or at - now > MAX_WAIT_S:
+                    raise ValidationFailed(f"a timer's until is a time at most {MAX_WAIT_S:.0f} s ahead",
+                                           field="waits")
+                until = float(at)
+            else:
+                until = now + _seconds(wait.get("seconds"), "seconds")
+            out.append({"kind": "timer", "until": until})
+        else:
+            raise ValidationFailed("each wait is {kind: 'event', type} or {kind: 'timer', seconds | until}",
+                                   field="waits")
+    return {"waits": out, "types": sorted({w["type"] for w in out if w["kind"] == "event"})}
 
 
 def _seconds(value: Any, field: str) -> float:

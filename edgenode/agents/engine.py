@@ -22,11 +22,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgenode.agents.effects import Effects
+from edgenode.agents.feed import RunFeed
+from edgenode.agents.mcp_client import validate_servers
 from edgenode.agents.models import ModelGateway
 from edgenode.agents.replay import Activation
 from edgenode.agents.runner import Runner, make_runner
 from edgenode.agents.schedules import Schedules
-from edgenode.agents.store import MIGRATIONS, TERMINAL, dumps, entry_dict, finish_run, get_run, loads, run_dict
+from edgenode.agents.store import (
+    MIGRATIONS,
+    TERMINAL,
+    dumps,
+    finish_run,
+    get_run,
+    load_entries,
+    loads,
+    run_dict,
+    run_key,
+)
 from edgenode.egress import AllowList, Egress
 from edgenode.errors import (
     AgentNotFound,
@@ -90,7 +102,9 @@ class Agents:
         self.effects = Effects(self)
         self.models = ModelGateway(self)
         self.schedules = Schedules(self)
+        #: Running activations by run key.
         self.active: dict[str, Activation] = {}
+        self.feed = RunFeed()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,9 +160,10 @@ class Agents:
                 self.runner.kill(act.handle)
 
         def purge(c: sqlite3.Connection) -> None:
-            runs = "SELECT id FROM runs WHERE tenant = ?"
+            runs = "SELECT key FROM runs WHERE tenant = ?"
             c.execute(f"DELETE FROM journal WHERE run_id IN ({runs})", (tenant,))
             c.execute(f"DELETE FROM events WHERE run_id IN ({runs})", (tenant,))
+            c.execute(f"DELETE FROM run_log WHERE run_key IN ({runs})", (tenant,))
             for table in ("runs", "agents", "agent_versions", "schedules", "secrets", "usage"):
                 c.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
 
@@ -217,11 +232,11 @@ class Agents:
 
         def claim(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             marks = ",".join("?" * len(busy))
-            exclude = f"AND id NOT IN ({marks})" if busy else ""
+            exclude = f"AND key NOT IN ({marks})" if busy else ""
             # Due runs taken tenant by tenant in turn (each tenant's oldest first), and no tenant
             # past its share of the activation slots: one tenant's backlog cannot hold them all.
             due = conn.execute(
-                f"""SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY wake_at, id) AS turn
+                f"""SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY wake_at, key) AS turn
                                    FROM runs WHERE (status = 'pending' OR (status = 'waiting' AND wake_at <= ?))
                                    {exclude})
                     WHERE turn <= ? ORDER BY turn, wake_at LIMIT ?""",
@@ -235,15 +250,16 @@ class Agents:
                 rows.append(row)
             for row in rows:
                 conn.execute("UPDATE runs SET status = 'running', activations = activations + 1, updated_at = ? "
-                             "WHERE id = ?", (now, row["id"]))
+                             "WHERE key = ?", (now, row["key"]))
             return rows
 
         for row in await self.db.write(claim):
-            run = run_dict(row)
+            run = {**run_dict(row), "key": row["key"]}
             act = self._prepare(run)
             if act is None:
                 continue
-            self.active[run["id"]] = act
+            self.active[act.key] = act
+            self.feed.changed(act.key)
             assert self._pool is not None
             self._pool.submit(self._activate, act)
 
@@ -257,11 +273,10 @@ class Agents:
             (run["tenant"], run["agent"], run["version"]),
         ).fetchone())
         if version is None:
-            self.db.write_sync(lambda c: finish_run(c, run["id"], "failed", self.now(), error={
+            self.db.write_sync(lambda c: finish_run(c, run["key"], "failed", self.now(), error={
                 "code": "agent_not_found", "message": f"agent {run['agent']} v{run['version']} no longer exists"}))
             return None
-        entries = self.db.read_sync(lambda c: [entry_dict(r) for r in c.execute(
-            "SELECT * FROM journal WHERE run_id = ? ORDER BY position", (run["id"],))])
+        entries = self.db.read_sync(lambda c: load_entries(c, run["key"]))
         return Activation(self, run, entries, loads(version["config"]), loads(version["files"]))
 
     def _activate(self, act: Activation) -> None:
@@ -281,7 +296,8 @@ class Agents:
         except Exception:
             log.exception("could not record an activation's outcome", extra={"run": act.run_id})
         finally:
-            self.active.pop(act.run_id, None)
+            self.active.pop(act.key, None)
+            self.feed.changed(act.key)
             self.kick()
 
     def _settle(self, act: Activation, outcome: dict[str, Any]) -> None:
@@ -306,33 +322,33 @@ class Agents:
             error = {"code": exc.code, "message": exc.message, **exc.details}
             self.db.write_sync(lambda c: c.execute(
                 "UPDATE runs SET status = 'blocked', error = ?, waiting = NULL, wake_at = NULL, updated_at = ? "
-                "WHERE id = ? AND status = 'running'", (dumps(error), now, act.run_id)))
+                "WHERE key = ? AND status = 'running'", (dumps(error), now, act.key)))
             log.warning("agent replay mismatch", extra={"run": act.run_id, **m})
             return
         if act.stop_reason == "journal_full":
             limit = self.settings.max_journal_entries
             error = {"code": "journal_full", "message": f"the run made more than {limit} journaled calls "
                      "(agents.max_journal_entries)"}
-            self.db.write_sync(lambda c: finish_run(c, act.run_id, "failed", now, error=error,
+            self.db.write_sync(lambda c: finish_run(c, act.key, "failed", now, error=error,
                                                     only_from=("running",)))
         elif status == "completed":
-            self.db.write_sync(lambda c: finish_run(c, act.run_id, "completed", now, output=outcome.get("output"),
+            self.db.write_sync(lambda c: finish_run(c, act.key, "completed", now, output=outcome.get("output"),
                                                     only_from=("running",)))
         elif status in ("failed", "crashed") and act.stop_reason is None:
             error = {"code": "agent_error", **(outcome.get("error") or {})}
-            self.db.write_sync(lambda c: finish_run(c, act.run_id, "failed", now, error=error,
+            self.db.write_sync(lambda c: finish_run(c, act.key, "failed", now, error=error,
                                                     only_from=("running",)))
         else:
             # Suspended (already waiting), or stopped: a run still marked running is retried later.
             retry_at = now + (1.0 if act.stop_reason in ("host_error", "shutdown") else 0.0)
             self.db.write_sync(lambda c: c.execute(
-                "UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE id = ? AND status = 'running'",
-                (retry_at, now, act.run_id)))
+                "UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE key = ? AND status = 'running'",
+                (retry_at, now, act.key)))
 
     # -- deployments -----------------------------------------------------------
 
     async def deploy(self, tenant: str, name: str, files: Any, *, entry: str = "main.py",
-                     allowed_hosts: Any = None) -> dict[str, Any]:
+                     allowed_hosts: Any = None, mcp_servers: Any = None) -> dict[str, Any]:
         """Store a new version of an agent (or return the current one if the code is unchanged)."""
         validate_name(name)
         self.node.store.require_space("agent deployments")
@@ -358,7 +374,10 @@ class Agents:
                 raise BuildFailed(f"{path} does not compile: {exc}", output=str(exc)) from None
         hosts = allowed_hosts or []
         AllowList.parse(hosts)  # the node's one egress grammar; stored as given
-        config = {"entry": entry, "allowed_hosts": hosts}
+        servers = validate_servers(mcp_servers)
+        config: dict[str, Any] = {"entry": entry, "allowed_hosts": hosts}
+        if servers:
+            config["mcp_servers"] = servers  # absent when empty, so earlier deployments keep their hash
         prepare = getattr(self.runner, "prepare", None)
         if prepare is not None:
             await prepare(files, entry)  # a compile error rejects the deploy instead of failing every run
@@ -409,13 +428,14 @@ class Agents:
 
     def create_run_txn(self, conn: sqlite3.Connection, *, tenant: str, agent: str, input: Any,
                        run_id: str | None = None, version: int | None = None, parent_id: str | None = None,
-                       schedule: str | None = None) -> tuple[dict[str, Any], bool]:
+                       schedule: str | None = None, restarted_from: tuple[str, int] | None = None,
+                       ) -> tuple[dict[str, Any], bool]:
         """Create a run (or find the one with this id: idempotent start); returns (run, created)."""
         if run_id is not None:
-            existing = get_run(conn, run_id)
+            existing = get_run(conn, run_key(tenant, run_id))
             if existing is not None:
-                if existing["tenant"] != tenant or existing["agent"] != agent:
-                    raise Conflict(f"run id {run_id!r} is already used by another agent or tenant")
+                if existing["agent"] != agent:
+                    raise Conflict(f"run id {run_id!r} is already used by a run of agent {existing['agent']!r}")
                 return run_dict(existing), False
         agent_row = conn.execute("SELECT current_version FROM agents WHERE tenant = ? AND name = ?",
                                  (tenant, agent)).fetchone()
@@ -432,10 +452,13 @@ class Agents:
         now = self.now()
         run_id = run_id or "run_" + secrets.token_hex(8)
         conn.execute(
-            "INSERT INTO runs (id, tenant, agent, version, status, input, wake_at, parent_id, schedule, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-            (run_id, tenant, agent, version, text, now, parent_id, schedule, now, now))
-        row = get_run(conn, run_id)
+            "INSERT INTO runs (key, id, tenant, agent, version, status, input, wake_at, parent_id, schedule, "
+            "restarted_from, restart_step, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_key(tenant, run_id), run_id, tenant, agent, version, text, now, parent_id, schedule,
+             None if restarted_from is None else restarted_from[0],
+             None if restarted_from is None else restarted_from[1], now, now))
+        row = get_run(conn, run_key(tenant, run_id))
         assert row is not None
         return run_dict(row), True
 
@@ -451,13 +474,14 @@ class Agents:
 
     async def get_run(self, who: Principal, run_id: str) -> dict[str, Any]:
         """A run the caller may see."""
-        row = await self.db.read(lambda c: get_run(c, run_id))
+        row = await self.db.read(lambda c: get_run(c, run_key(who.tenant, run_id)))
         return self._owned(who, row, run_id)
 
     @staticmethod
     def _owned(who: Principal, row: sqlite3.Row | None, run_id: str) -> dict[str, Any]:
-        # Another tenant's run answers exactly as a missing one: its id's existence is not told.
-        if row is None or (row["tenant"] != who.tenant and not who.admin):
+        # Ids are per tenant, so another tenant's run with this id is simply not found: it is
+        # looked up under the caller's tenant (an admin acts for one tenant at a time).
+        if row is None or row["tenant"] != who.tenant:
             raise RunNotFound(f"no run with id {run_id!r}")
         return run_dict(row)
 
@@ -475,13 +499,13 @@ class Agents:
     async def history(self, who: Principal, run_id: str) -> dict[str, Any]:
         """The run with its journal and its events, oldest first."""
         run = await self.get_run(who, run_id)
+        key = run_key(who.tenant, run_id)
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
-            entries = [entry_dict(r) for r in conn.execute(
-                "SELECT * FROM journal WHERE run_id = ? ORDER BY position", (run_id,))]
+            entries = load_entries(conn, key)
             events = [{"id": r["id"], "type": r["type"], "payload": loads(r["payload"]), "sender": r["sender"],
                        "created_at": r["created_at"], "consumed_position": r["consumed_position"]}
-                      for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,))]
+                      for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY id", (key,))]
             return {"run": run, "journal": entries, "events": events}
         return await self.db.read(read)
 
@@ -490,14 +514,15 @@ class Agents:
         cutoff = (now or self.now()) - self.settings.retention_days * 86_400
 
         def txn(conn: sqlite3.Connection) -> int:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ? AND journal_pruned = 0 "
+            keys = [r[0] for r in conn.execute(
+                "SELECT key FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ? AND journal_pruned = 0 "
                 "LIMIT 1000", (cutoff,))]
-            for run_id in ids:
-                conn.execute("DELETE FROM journal WHERE run_id = ?", (run_id,))
-                conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
-                conn.execute("UPDATE runs SET journal_pruned = 1 WHERE id = ?", (run_id,))
-            return len(ids)
+            for key in keys:
+                conn.execute("DELETE FROM journal WHERE run_id = ?", (key,))
+                conn.execute("DELETE FROM events WHERE run_id = ?", (key,))
+                conn.execute("DELETE FROM run_log WHERE run_key = ?", (key,))
+                conn.execute("UPDATE runs SET journal_pruned = 1 WHERE key = ?", (key,))
+            return len(keys)
 
         pruned = await self.db.write(txn)
         if pruned:

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgenode.agents.store import TERMINAL, dumps, loads
+from edgenode.agents.store import TERMINAL, dumps, loads, run_key, write_entry
 from edgenode.errors import EdgenodeError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Host calls that wait for something outside the run.
-WAITS = frozenset({"sleep", "event", "approval", "agent.call"})
+WAITS = frozenset({"sleep", "event", "approval", "agent.call", "wait_any"})
 #: The event type approvals are delivered as (not accepted from clients).
 APPROVAL_EVENT = "edgenode.approval"
 #: Longest step back-off, in seconds.
@@ -48,6 +48,8 @@ class Activation:
         self.engine = engine
         self.run = run
         self.run_id: str = run["id"]
+        #: Where the run is stored: ``tenant/id`` (journal and events refer to it).
+        self.key: str = run.get("key") or run_key(run["tenant"], run["id"])
         self.config = config
         #: The agent version's source files.
         self.files: dict[str, str] = files or {}
@@ -221,27 +223,21 @@ class Activation:
             now = engine.now()
             if entry is None:
                 engine.effects.begin_wait(conn, self, position, kind, spec)
-                conn.execute(
-                    """INSERT OR REPLACE INTO journal (run_id, position, kind, name, request, result, status,
-                       attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, NULL, 'waiting', 1, ?, ?)""",
-                    (self.run_id, position, kind, name, dumps(spec), now, now),
-                )
-            resolved, result = _resolve(conn, self.run_id, position, kind, name, spec, now)
+                write_entry(conn, self.key, position, kind, name, dumps(spec), None, "waiting", 1, now)
+            resolved, result = _resolve(conn, self.run["tenant"], self.key, position, kind, name, spec, now)
             if resolved:
-                conn.execute(
-                    "UPDATE journal SET status = 'ok', result = ?, updated_at = ? WHERE run_id = ? AND position = ?",
-                    (dumps(result), now, self.run_id, position),
-                )
+                write_entry(conn, self.key, position, kind, name, dumps(spec), dumps(result), "ok", 1, now)
                 return "ok", result
             waiting = {"kind": kind, "name": name, "position": position, **_public_spec(spec)}
             conn.execute(
                 "UPDATE runs SET status = 'waiting', waiting = ?, wake_at = ?, updated_at = ? "
-                "WHERE id = ? AND status = 'running'",
-                (dumps(waiting), spec.get("until") or spec.get("deadline"), now, self.run_id),
+                "WHERE key = ? AND status = 'running'",
+                (dumps(waiting), _wake_at(kind, spec), now, self.key),
             )
             return "wait", None
 
         outcome, result = engine.db.write_sync(txn)
+        engine.feed.changed(self.key)
         self.entries[position] = {"position": position, "kind": kind, "name": name, "request": spec,
                                   "result": result, "status": "ok" if outcome == "ok" else "waiting", "attempts": 1}
         if outcome == "ok":
@@ -253,9 +249,10 @@ class Activation:
         now = self.engine.now()
         self.engine.db.write_sync(lambda c: c.execute(
             "UPDATE runs SET status = 'waiting', waiting = ?, wake_at = ?, updated_at = ? "
-            "WHERE id = ? AND status = 'running'",
-            (dumps({**waiting, "position": position, "until": until}), until, now, self.run_id),
+            "WHERE key = ? AND status = 'running'",
+            (dumps({**waiting, "position": position, "until": until}), until, now, self.key),
         ))
+        self.engine.feed.changed(self.key)
         return {"suspend": waiting["kind"]}
 
     # -- journal writes -------------------------------------------------------
@@ -264,38 +261,70 @@ class Activation:
                attempts: int) -> None:
         now = self.engine.now()
         req, res = dumps(request), dumps(result)
-        self.engine.db.write_sync(lambda c: c.execute(
-            """INSERT OR REPLACE INTO journal (run_id, position, kind, name, request, result, status, attempts,
-               created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (self.run_id, position, kind, name, req, res, status, attempts, now, now),
-        ))
+        self.engine.db.write_sync(lambda c: write_entry(c, self.key, position, kind, name, req, res, status,
+                                                        attempts, now))
+        self.engine.feed.changed(self.key)
         self.entries[position] = {"position": position, "kind": kind, "name": name, "request": json.loads(req),
                                   "result": json.loads(res), "status": status, "attempts": attempts}
 
 
 def _public_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k in ("until", "deadline", "type", "prompt", "data", "child")}
+    return {k: v for k, v in spec.items()
+            if k in ("until", "deadline", "type", "prompt", "data", "child", "waits", "types")}
 
 
-def _resolve(conn: sqlite3.Connection, run_id: str, position: int, kind: str, name: str, spec: dict[str, Any],
-             now: float) -> tuple[bool, Any]:
+def _wake_at(kind: str, spec: dict[str, Any]) -> float | None:
+    """When the scheduler must look at a waiting run again without being told (its earliest timer)."""
+    if kind == "wait_any":
+        timers = [float(w["until"]) for w in spec["waits"] if w["kind"] == "timer"]
+        return min(timers) if timers else None
+    at = spec.get("until") or spec.get("deadline")
+    return None if at is None else float(at)
+
+
+def _take_event(conn: sqlite3.Connection, key: str, types: list[str], position: int) -> sqlite3.Row | None:
+    """The oldest unconsumed event of any of ``types``, marked consumed by the wait at ``position``."""
+    marks = ",".join("?" * len(types))
+    event: sqlite3.Row | None = conn.execute(
+        f"SELECT id, type, payload, sender FROM events WHERE run_id = ? AND type IN ({marks}) "
+        "AND consumed_position IS NULL ORDER BY id LIMIT 1", (key, *types)).fetchone()
+    if event is not None:
+        conn.execute("UPDATE events SET consumed_position = ? WHERE id = ?", (position, event["id"]))
+    return event
+
+
+def _resolve_any(conn: sqlite3.Connection, key: str, position: int, spec: dict[str, Any],
+                 now: float) -> tuple[bool, Any]:
+    """The first of several events or timers: an event already sent wins over a timer that is due."""
+    waits: list[dict[str, Any]] = spec["waits"]
+    types = [w["type"] for w in waits if w["kind"] == "event"]
+    event = _take_event(conn, key, types, position) if types else None
+    if event is not None:
+        index = next(i for i, w in enumerate(waits) if w["kind"] == "event" and w["type"] == event["type"])
+        return True, {"index": index, "kind": "event", "type": event["type"], "payload": loads(event["payload"]),
+                      "sender": event["sender"]}
+    due = [(float(w["until"]), i) for i, w in enumerate(waits) if w["kind"] == "timer" and now >= float(w["until"])]
+    if due:
+        until, index = min(due)
+        return True, {"index": index, "kind": "timer", "until": until}
+    return False, None
+
+
+def _resolve(conn: sqlite3.Connection, tenant: str, key: str, position: int, kind: str, name: str,
+             spec: dict[str, Any], now: float) -> tuple[bool, Any]:
     """Whether a wait is over, and its result."""
     if kind == "sleep":
         return (now >= float(spec["until"]), None)
+    if kind == "wait_any":
+        return _resolve_any(conn, key, position, spec, now)
     if kind == "agent.call":
-        child = conn.execute("SELECT * FROM runs WHERE id = ?", (spec["child"],)).fetchone()
+        child = conn.execute("SELECT * FROM runs WHERE key = ?", (run_key(tenant, spec["child"]),)).fetchone()
         if child is None or child["status"] not in TERMINAL:
             return False, None
         return True, {"id": child["id"], "status": child["status"], "output": loads(child["output"]),
                       "error": loads(child["error"])}
-    event_type = APPROVAL_EVENT if kind == "approval" else name
-    event = conn.execute(
-        "SELECT id, payload, sender FROM events WHERE run_id = ? AND type = ? AND consumed_position IS NULL "
-        "ORDER BY id LIMIT 1",
-        (run_id, event_type),
-    ).fetchone()
+    event = _take_event(conn, key, [APPROVAL_EVENT if kind == "approval" else name], position)
     if event is not None:
-        conn.execute("UPDATE events SET consumed_position = ? WHERE id = ?", (position, event["id"]))
         payload = loads(event["payload"])
         if kind == "approval":
             return True, {**payload, "by": event["sender"]}

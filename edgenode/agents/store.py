@@ -128,7 +128,95 @@ def _create_tables(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [Migration("agents-0001-tables", _create_tables)]
+def _tenant_run_ids(conn: sqlite3.Connection) -> None:
+    """Run ids become per tenant: a run's ``key`` is ``tenant/id``; journal and events refer to the key.
+
+    Also adds what a restart records (``restarted_from``, ``restart_step``) and the run log that
+    ``GET .../events`` streams: one row per journal entry written and per status change, kept
+    by triggers so every writer is covered.
+    """
+    conn.execute("ALTER TABLE runs RENAME TO runs_0001")
+    for index in ("runs_due", "runs_agent", "runs_finished"):
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
+    conn.execute(
+        """CREATE TABLE runs (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            input TEXT NOT NULL DEFAULT 'null',
+            output TEXT,
+            error TEXT,
+            waiting TEXT,
+            wake_at REAL,
+            parent_id TEXT,
+            schedule TEXT,
+            activations INTEGER NOT NULL DEFAULT 0,
+            journal_pruned INTEGER NOT NULL DEFAULT 0,
+            restarted_from TEXT,
+            restart_step INTEGER,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            UNIQUE (tenant, id)
+        )"""
+    )
+    columns = ("id, tenant, agent, version, status, input, output, error, waiting, wake_at, parent_id, schedule, "
+               "activations, journal_pruned, created_at, updated_at, finished_at")
+    conn.execute(f"INSERT INTO runs (key, {columns}) SELECT tenant || '/' || id, {columns} FROM runs_0001")
+    for table in ("journal", "events"):
+        conn.execute(f"UPDATE {table} SET run_id = (SELECT r.tenant || '/' || r.id FROM runs_0001 r "
+                     f"WHERE r.id = {table}.run_id) WHERE run_id IN (SELECT id FROM runs_0001)")
+    conn.execute("DROP TABLE runs_0001")
+    conn.execute("CREATE INDEX runs_due ON runs(status, wake_at)")
+    conn.execute("CREATE INDEX runs_agent ON runs(tenant, agent, created_at)")
+    conn.execute("CREATE INDEX runs_finished ON runs(finished_at) WHERE finished_at IS NOT NULL")
+    conn.execute("CREATE INDEX runs_parent ON runs(tenant, parent_id) WHERE parent_id IS NOT NULL")
+    # AUTOINCREMENT: a sequence number is never handed out twice, even after pruning, so a
+    # client resuming from Last-Event-ID never skips or repeats an entry.
+    conn.execute(
+        """CREATE TABLE run_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            position INTEGER,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX run_log_run ON run_log(run_key, seq)")
+    conn.execute(
+        """CREATE TRIGGER run_log_journal_insert AFTER INSERT ON journal BEGIN
+            INSERT INTO run_log (run_key, kind, position, status, created_at)
+            VALUES (new.run_id, 'journal', new.position, new.status, new.updated_at); END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER run_log_journal_update AFTER UPDATE ON journal
+            WHEN old.status IS NOT new.status OR old.result IS NOT new.result OR old.attempts IS NOT new.attempts
+            BEGIN INSERT INTO run_log (run_key, kind, position, status, created_at)
+            VALUES (new.run_id, 'journal', new.position, new.status, new.updated_at); END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER run_log_run_insert AFTER INSERT ON runs BEGIN
+            INSERT INTO run_log (run_key, kind, position, status, created_at)
+            VALUES (new.key, 'status', NULL, new.status, new.updated_at); END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER run_log_run_status AFTER UPDATE OF status ON runs WHEN old.status IS NOT new.status
+            BEGIN INSERT INTO run_log (run_key, kind, position, status, created_at)
+            VALUES (new.key, 'status', NULL, new.status, new.updated_at); END"""
+    )
+
+
+MIGRATIONS = [Migration("agents-0001-tables", _create_tables),
+              Migration("agents-0002-tenant-run-ids", _tenant_run_ids)]
+
+
+def run_key(tenant: str, run_id: str) -> str:
+    """The key a run is stored under: its id is unique only within its tenant."""
+    return f"{tenant}/{run_id}"
 
 
 def dumps(value: Any) -> str:
@@ -158,6 +246,8 @@ def run_dict(row: sqlite3.Row) -> dict[str, Any]:
         "schedule": row["schedule"],
         "activations": row["activations"],
         "journal_pruned": bool(row["journal_pruned"]),
+        "restarted_from": (None if row["restarted_from"] is None
+                           else {"run": row["restarted_from"], "step": row["restart_step"]}),
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "finished_at": row["finished_at"],
@@ -179,37 +269,77 @@ def entry_dict(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def get_run(conn: sqlite3.Connection, run_id: str) -> sqlite3.Row | None:
-    """The run row, or None."""
-    row: sqlite3.Row | None = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+def load_entries(conn: sqlite3.Connection, key: str) -> list[dict[str, Any]]:
+    """A run's journal, by position."""
+    return [entry_dict(r) for r in conn.execute("SELECT * FROM journal WHERE run_id = ? ORDER BY position", (key,))]
+
+
+def write_entry(conn: sqlite3.Connection, key: str, position: int, kind: str, name: str, request: str,
+                result: str | None, status: str, attempts: int, now: float) -> None:
+    """Record the journal entry at ``position`` (new, or a waiting or retrying one settled).
+
+    Every journal write goes through here. A replicated journal would append the entry
+    to the run's stream with the run's last sequence as the expected one (and the owner's
+    lease as the fence) at this one place, instead of writing the local row.
+    """
+    conn.execute(
+        """INSERT INTO journal (run_id, position, kind, name, request, result, status, attempts, created_at,
+           updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (run_id, position) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+           request = excluded.request, result = excluded.result, status = excluded.status,
+           attempts = excluded.attempts, updated_at = excluded.updated_at""",
+        (key, position, kind, name, request, result, status, attempts, now, now),
+    )
+
+
+def get_run(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    """The run row stored under ``key`` (``run_key(tenant, id)``), or None."""
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
     return row
 
 
-def finish_run(conn: sqlite3.Connection, run_id: str, status: str, now: float, *, output: Any = None,
+def finish_run(conn: sqlite3.Connection, key: str, status: str, now: float, *, output: Any = None,
                error: Any = None, only_from: tuple[str, ...] | None = None) -> bool:
-    """Record a run's outcome once: a run already finished is never changed (returns False)."""
+    """Record a run's outcome once: a run already finished is never changed (returns False).
+
+    The status check in the UPDATE is the exactly-once guard: a cancel and a completing
+    activation may race, and whichever commits second changes nothing.
+    """
     allowed = only_from or tuple(s for s in ("pending", "running", "waiting", "paused", "blocked"))
     marks = ",".join("?" * len(allowed))
     cur = conn.execute(
         f"""UPDATE runs SET status = ?, output = ?, error = ?, waiting = NULL, wake_at = NULL,
-            updated_at = ?, finished_at = ? WHERE id = ? AND status IN ({marks})""",
+            updated_at = ?, finished_at = ? WHERE key = ? AND status IN ({marks})""",
         (status, dumps(output) if output is not None else None, dumps(error) if error is not None else None,
-         now, now, run_id, *allowed),
+         now, now, key, *allowed),
     )
     if cur.rowcount and status in TERMINAL:
-        _wake_parent(conn, run_id, now)
+        _wake_parent(conn, key, now)
     return bool(cur.rowcount)
 
 
-def _wake_parent(conn: sqlite3.Connection, run_id: str, now: float) -> None:
+def _wake_parent(conn: sqlite3.Connection, key: str, now: float) -> None:
     """A finished child makes its waiting parent runnable again."""
-    row = conn.execute("SELECT parent_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+    row = conn.execute("SELECT tenant, parent_id FROM runs WHERE key = ?", (key,)).fetchone()
     if row is None or row["parent_id"] is None:
         return
     conn.execute(
-        "UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE id = ? AND status = 'waiting'",
-        (now, now, row["parent_id"]),
+        "UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE key = ? AND status = 'waiting'",
+        (now, now, run_key(row["tenant"], row["parent_id"])),
     )
+
+
+def descendants(conn: sqlite3.Connection, tenant: str, run_id: str) -> list[sqlite3.Row]:
+    """Every unfinished sub-agent run below ``run_id``, at any depth (children before their children)."""
+    marks = ",".join("?" * len(TERMINAL))
+    rows: list[sqlite3.Row] = conn.execute(
+        f"""WITH RECURSIVE below(id, depth) AS (
+               SELECT id, 1 FROM runs WHERE tenant = ? AND parent_id = ?
+               UNION SELECT r.id, below.depth + 1 FROM runs r JOIN below ON r.tenant = ? AND r.parent_id = below.id)
+            SELECT runs.* FROM below JOIN runs ON runs.tenant = ? AND runs.id = below.id
+            WHERE runs.status NOT IN ({marks}) ORDER BY below.depth""",
+        (tenant, run_id, tenant, tenant, *TERMINAL)).fetchall()
+    return rows
 
 
 def record_usage(conn: sqlite3.Connection, tenant: str, provider: str, model: str, usage: dict[str, Any]) -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from edgenode.agents import controls
-from edgenode.agents.engine import Agents
+from edgenode.agents import controls, feed
+from edgenode.agents.engine import Agents, validate_run_id
+from edgenode.agents.store import run_key
 from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, INT_MIN, query_int, query_str
+from edgenode.api.parsing import INT_MAX, INT_MIN, dumps, query_int, query_str
 from edgenode.errors import NotFound, Unavailable, ValidationFailed
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
@@ -62,16 +66,116 @@ def _run_id(request: Request) -> str:
     return run_id
 
 
+# -- typed bodies of the routes added with restart and streamed events -----------------
+#
+# The handlers parse with ``api.parsing`` (the node's one error shape); these models
+# describe the same bodies for the API's typed description.
+
+
+class RestartRunRequest(BaseModel):
+    """``POST /v1/agents/runs/{id}/restart``: the journal position to execute again from."""
+
+    from_step: int = Field(ge=0, le=INT_MAX, description="Journal position to run again from; earlier entries "
+                                                         "are copied and replayed")
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+                           description="Id of the new run (restarting again with it returns that run)")
+    version: int | None = Field(None, ge=1, description="Agent version to run; the current one if left out")
+
+
+class RestartedFrom(BaseModel):
+    """Where a restarted run came from."""
+
+    run: str
+    step: int
+
+
+class RunResponse(BaseModel):
+    """A run as the API shows it."""
+
+    id: str
+    tenant: str
+    agent: str
+    version: int
+    status: str
+    input: Any = None
+    output: Any = None
+    error: Any = None
+    waiting: dict[str, Any] | None = None
+    wake_at: float | None = None
+    parent_id: str | None = None
+    schedule: str | None = None
+    activations: int
+    journal_pruned: bool
+    restarted_from: RestartedFrom | None = None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+
+
+class RestartRunResponse(RunResponse):
+    """The new run a restart started (``created`` false: the restart with this id already existed)."""
+
+    created: bool
+
+
+class JournalEntry(BaseModel):
+    """A journal entry (``event: journal``), as it stands when sent."""
+
+    position: int
+    kind: str
+    name: str
+    request: Any = None
+    result: Any = None
+    status: str
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+class StatusChange(BaseModel):
+    """``event: status``: the run moved to ``status`` at ``at``."""
+
+    status: str
+    at: float
+
+
+class TokenDelta(BaseModel):
+    """``event: delta``: a piece of the reply of the model call at journal ``position``, live only."""
+
+    position: int
+    text: str
+
+
+class StreamEnd(BaseModel):
+    """``event: end``: the run has finished; the stream closes."""
+
+    status: str
+    run: RunResponse
+
+
+class RunStreamEvent(BaseModel):
+    """One server-sent event of ``GET /v1/agents/runs/{id}/events``: ``id:``, ``event:`` and ``data:``.
+
+    Ids are the run log's sequence numbers (``seq``, or ``seq.n`` for deltas); send the last
+    one seen as ``Last-Event-ID`` (or ``?after=``) to resume.
+    """
+
+    id: str
+    event: Literal["journal", "status", "delta", "end"]
+    data: JournalEntry | StatusChange | TokenDelta | StreamEnd
+
+
 # -- agents ------------------------------------------------------------------------
 
 
 async def deploy(request: Request) -> Response:
-    """Deploy a version: ``{"files": {"main.py": ...}, "entry"?, "allowed_hosts"?}``."""
+    """Deploy a version: ``{"files": {"main.py": ...}, "entry"?, "allowed_hosts"?, "mcp_servers"?: {name: url}}``."""
     agents = _agents(request)
     data = await _body(request, agents.settings.max_code_bytes + _ENVELOPE)
     result = await agents.deploy(
         principal(request).tenant, request.path_params["name"], field(data, "files", dict, required=True),
         entry=field(data, "entry", str, "main.py"), allowed_hosts=field(data, "allowed_hosts", list, None),
+        mcp_servers=field(data, "mcp_servers", dict, None),
     )
     return json(result, status=201 if result["created"] else 200)
 
@@ -116,6 +220,56 @@ async def get_run(request: Request) -> Response:
 async def history(request: Request) -> Response:
     """The run's journal and events."""
     return json(await _agents(request).history(principal(request), _run_id(request)))
+
+
+async def restart(request: Request) -> Response:
+    """Restart a finished run from a journal position: ``{"from_step", "id"?, "version"?}``; 201, the new run."""
+    data = await _body(request)
+    new_id = field(data, "id", str, None)
+    if new_id is not None:
+        validate_run_id(new_id)
+    run, created = await controls.restart(_agents(request), principal(request), _run_id(request),
+                                          field(data, "from_step", int, required=True, lo=0, hi=INT_MAX),
+                                          new_id=new_id, version=field(data, "version", int, None, lo=1))
+    return json({**run, "created": created}, status=201 if created else 200)
+
+
+_EVENT_ID = re.compile(r"^([0-9]{1,18})(?:\.[0-9]{1,18})?\Z")
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def _after(request: Request) -> int:
+    """The sequence to resume after: ``Last-Event-ID`` (as sent by an event source), else ``?after=``."""
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        raw = query_str(request, "after", "0", max_len=40)
+        name = "after"
+    else:
+        name = "Last-Event-ID"
+    match = _EVENT_ID.match(raw.strip() if raw else "")
+    if match is None:
+        raise ValidationFailed(f"{name} must be an event id this stream sent (digits, or digits.digits)",
+                               field=name)
+    return int(match.group(1))
+
+
+async def follow(request: Request) -> Response:
+    """The run's journal entries, status changes and model token deltas as server-sent events."""
+    agents = _agents(request)
+    who = principal(request)
+    after = _after(request)
+    await agents.get_run(who, _run_id(request))  # 404 now, not inside the stream
+    agents.feed.check_capacity()
+
+    async def events() -> AsyncIterator[bytes]:
+        async for event in feed.stream(agents, run_key(who.tenant, _run_id(request)), after):
+            if event is None:
+                yield b": keep-alive\n\n"
+            else:
+                yield (b"id: " + event.id.encode() + b"\nevent: " + event.kind.encode() + b"\ndata: "
+                       + dumps(event.data) + b"\n\n")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 async def send_event(request: Request) -> Response:
@@ -240,6 +394,8 @@ routes = [
     Route("/v1/agents/runs/{run_id}", get_run, methods=["GET"]),
     Route("/v1/agents/runs/{run_id}/history", history, methods=["GET"]),
     Route("/v1/agents/runs/{run_id}/events", send_event, methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/events", follow, methods=["GET"]),
+    Route("/v1/agents/runs/{run_id}/restart", restart, methods=["POST"]),
     Route("/v1/agents/runs/{run_id}/approve", approve, methods=["POST"]),
     Route("/v1/agents/runs/{run_id}/reject", reject, methods=["POST"]),
     Route("/v1/agents/runs/{run_id}/pause", pause, methods=["POST"]),

@@ -41,10 +41,18 @@ def agent() -> None:
 @click.argument("name")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--allow-host", "allowed_hosts", multiple=True, help="A host the agent may fetch; repeatable.")
+@click.option("--mcp-server", "mcp_servers", multiple=True, metavar="NAME=URL",
+              help="An MCP server the agent may call as ctx.mcp(NAME); repeatable.")
 @pass_client
-def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[str, ...]) -> None:
+def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[str, ...],
+           mcp_servers: tuple[str, ...]) -> None:
     """Deploy SOURCE (main.py, or a folder holding it) as agent NAME; prints the new version."""
-    body = {"files": _files(source), "allowed_hosts": list(allowed_hosts)}
+    body: dict[str, Any] = {"files": _files(source), "allowed_hosts": list(allowed_hosts)}
+    if mcp_servers:
+        pairs = [item.partition("=") for item in mcp_servers]
+        if any(not sep or not key or not url for key, sep, url in pairs):
+            raise click.BadParameter("each --mcp-server is NAME=URL", param_hint="--mcp-server")
+        body["mcp_servers"] = {key: url for key, _, url in pairs}
     result = client.request("PUT", f"/v1/agents/{name}", json=body, long=True)
     click.echo(f"{result['name']} version {result['version']}" + ("" if result["created"] else " (unchanged)"))
 
@@ -187,6 +195,50 @@ def move(client: ClientContext, run_id: str, version: int) -> None:
     """Move a run to VERSION of its agent (it replays its journal against that code)."""
     run = client.request("POST", f"/v1/agents/runs/{run_id}/move", json={"version": version})
     click.echo(f"{run['id']} now on version {run['version']} ({run['status']})")
+
+
+@agent.command("restart")
+@click.argument("run_id")
+@click.option("--from-step", "from_step", type=click.IntRange(min=0), required=True,
+              help="Journal position to run again from (see 'agent history'); earlier entries are replayed.")
+@click.option("--id", "new_id", help="Id of the new run.")
+@click.option("--version", type=int, help="Run this version instead of the current one.")
+@pass_client
+def restart(client: ClientContext, run_id: str, from_step: int, new_id: str | None, version: int | None) -> None:
+    """Restart finished run RUN_ID from a journal position as a new run; prints the new run's id."""
+    body: dict[str, Any] = {"from_step": from_step}
+    if new_id:
+        body["id"] = new_id
+    if version is not None:
+        body["version"] = version
+    run = client.request("POST", f"/v1/agents/runs/{run_id}/restart", json=body)
+    click.echo(run["id"])
+
+
+@agent.command("follow")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON line.")
+@pass_client
+def follow(client: ClientContext, run_id: str, as_json: bool) -> None:
+    """Follow a run as it happens: journal entries, status changes and model text, until it finishes."""
+    from edgenode.client import Client
+
+    with Client(client.base_url(), client.bearer(), timeout=client.timeout_s or 30.0) as sdk:
+        for event in sdk.agents.run(run_id).events():
+            if as_json:
+                click.echo(json.dumps({"id": event.id, "event": event.kind, "data": event.data}, default=str))
+            elif event.kind == "delta":
+                click.echo(event.data["text"], nl=False)
+            elif event.kind == "journal":
+                e = event.data
+                click.echo(f"\n{e['position']:>4}  {e['status']:<8} {e['kind']:<12} {e['name'][:40]:<40} "
+                           f"{json.dumps(e['result'], default=str)[:80]}")
+            elif event.kind == "status":
+                click.echo(f"\nstatus {event.data['status']}")
+            else:
+                run = event.data["run"]
+                click.echo(f"\n{run['id']} {run['status']}: "
+                           f"{json.dumps(run.get('output') if run['status'] == 'completed' else run.get('error'))}")
 
 
 @agent.group("schedule")

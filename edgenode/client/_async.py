@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar, overload
 import httpx
 
 from edgenode.client import _calls as calls
-from edgenode.client.errors import raise_for_error, transport_error
+from edgenode.client.errors import NodeUnreachable, raise_for_error, transport_error
 from edgenode.client.results import FINAL_STATUSES, ExecEvent, ExecResult, RunEvent, RunResult, SqlResult
 
 T = TypeVar("T")
@@ -436,27 +436,39 @@ class AsyncRun:
         """Poll until the run waits for an approval (or has finished)."""
         return await self.wait(timeout, until=lambda run: run.awaiting_approval or run.finished)
 
-    async def events(self, timeout: float | None = None) -> AsyncIterator[RunEvent]:
-        """Journal entries and status changes as they happen, until the run finishes.
+    async def events(self, timeout: float | None = None, *, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """Journal entries, status changes and model token deltas as they happen, until the run finishes.
 
-        The node has no streamed events route yet, so this polls the run's history
-        (50 ms doubling to 1 s while nothing changes).
+        As :meth:`edgenode.client.Run.events`: server-sent events, resumed after a dropped connection.
         """
-        watcher = calls.RunWatcher()
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0
+        failures = 0
         while True:
-            history = await self._client.send(calls.run_history(self.id))
-            self.info = history["run"]
-            news = watcher.update(history)
-            for event in news:
-                yield event
-            if self.finished:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {self.id} is still {self.status} after {timeout}s")
-            delay = 0.0 if news else calls.next_delay(delay)
-            await asyncio.sleep(delay or 0.05)
+            call = calls.run_events(self.id, after)
+            try:
+                response = await self._client.open_stream(call)
+                parser = calls.RunEventParser()
+                try:
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise TimeoutError(f"run {self.id} is still running after {timeout}s")
+                        if event is None:
+                            continue
+                        failures = 0
+                        after = event.id or after
+                        if event.kind == "end":
+                            self.info = event.data["run"]
+                        yield event
+                        if event.kind == "end":
+                            return
+                finally:
+                    await response.aclose()
+            except (httpx.TransportError, NodeUnreachable):
+                failures += 1
+                if failures > 3:
+                    raise
+                await asyncio.sleep(calls.next_delay(0.05 * 2 ** failures))
 
     async def approve(self, comment: str = "") -> dict[str, Any]:
         """Approve the approval the run waits for."""
@@ -473,3 +485,8 @@ class AsyncRun:
     async def cancel(self) -> dict[str, Any]:
         """Cancel the run at its next host call."""
         return await self._client.send(calls.run_control(self.id, "cancel"))
+
+
+    async def restart(self, from_step: int, *, id: str | None = None, version: int | None = None) -> AsyncRun:
+        """A new run that replays this finished run's journal before position ``from_step`` and goes on from there."""
+        return AsyncRun(self._client, await self._client.send(calls.run_restart(self.id, from_step, id, version)))

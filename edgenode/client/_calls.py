@@ -409,34 +409,51 @@ def run_history(run_id: str) -> Call[dict[str, Any]]:
     return Call("GET", f"/v1/agents/runs/{seg(run_id)}/history", _dict)
 
 
+def run_events(run_id: str, after: str | None) -> Call[None]:
+    """``GET /v1/agents/runs/{id}/events``: server-sent events, resumed after event id ``after``."""
+    headers = {"accept": "text/event-stream", **({"last-event-id": after} if after else {})}
+    return Call("GET", f"/v1/agents/runs/{seg(run_id)}/events", lambda r: None, headers=headers, node_bounded=True)
+
+
+def run_restart(run_id: str, from_step: int, new_id: str | None, version: int | None) -> Call[dict[str, Any]]:
+    """``POST /v1/agents/runs/{id}/restart``: a new run replaying the journal before ``from_step``."""
+    body = {"from_step": from_step, **compact({"id": new_id, "version": version})}
+    return Call("POST", f"/v1/agents/runs/{seg(run_id)}/restart", _dict, json=body)
+
+
+class RunEventParser:
+    """A run's server-sent events from lines: ``feed`` each line, get a ``RunEvent`` when one is complete."""
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.event = "message"
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> RunEvent | None:
+        """Take one line (without its end); the event it completes, if any (comments are keep-alives)."""
+        if line == "":
+            if not self.data:
+                return None
+            event = RunEvent(self.event, _json.loads("\n".join(self.data)), self.id)
+            self.event, self.data = "message", []
+            return event
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "id":
+            self.id = value
+        elif name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        return None
+
+
 def run_control(run_id: str, action: str, body: dict[str, Any] | None = None) -> Call[dict[str, Any]]:
     """``POST /v1/agents/runs/{id}/{approve|reject|pause|resume|cancel|terminate|events}``."""
     return Call("POST", f"/v1/agents/runs/{seg(run_id)}/{action}", _dict, json=body or {})
 
 
 __all__ = ["Call", "SseParser", "deploy_files", "files_from_path"]
-
-
-class RunWatcher:
-    """Turns successive run histories into the events that happened between them."""
-
-    def __init__(self) -> None:
-        self.entries: dict[int, tuple[Any, ...]] = {}
-        self.status: str | None = None
-
-    def update(self, history: dict[str, Any]) -> list[RunEvent]:
-        """The journal entries that appeared or changed, then the status if it changed."""
-        events = []
-        for entry in history.get("journal") or []:
-            mark = (entry.get("status"), entry.get("attempts"), entry.get("updated_at"))
-            if self.entries.get(entry["position"]) != mark:
-                self.entries[entry["position"]] = mark
-                events.append(RunEvent("journal", entry))
-        run = history["run"]
-        if run["status"] != self.status:
-            self.status = run["status"]
-            events.append(RunEvent("status", run))
-        return events
 
 
 def next_delay(delay: float) -> float:

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar, overload
 import httpx
 
 from edgenode.client import _calls as calls
-from edgenode.client.errors import raise_for_error, transport_error
+from edgenode.client.errors import NodeUnreachable, raise_for_error, transport_error
 from edgenode.client.results import FINAL_STATUSES, ExecEvent, ExecResult, RunEvent, RunResult, SqlResult
 
 T = TypeVar("T")
@@ -431,26 +431,41 @@ class Run:
         """Poll until the run waits for an approval (or has finished)."""
         return self.wait(timeout, until=lambda run: run.awaiting_approval or run.finished)
 
-    def events(self, timeout: float | None = None) -> Iterator[RunEvent]:
-        """Journal entries and status changes as they happen, until the run finishes.
+    def events(self, timeout: float | None = None, *, after: str | None = None) -> Iterator[RunEvent]:
+        """Journal entries, status changes and model token deltas as they happen, until the run finishes.
 
-        The node has no streamed events route yet, so this polls the run's history
-        (50 ms doubling to 1 s while nothing changes).
+        Streamed by the node as server-sent events; the last event (``end``) carries the
+        finished run, also kept in ``info``. A dropped connection is resumed from the last
+        event seen (``after`` starts from a given event id). TimeoutError after ``timeout`` seconds.
         """
-        watcher = calls.RunWatcher()
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0
+        failures = 0
         while True:
-            history = self._client.send(calls.run_history(self.id))
-            self.info = history["run"]
-            news = watcher.update(history)
-            yield from news
-            if self.finished:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {self.id} is still {self.status} after {timeout}s")
-            delay = 0.0 if news else calls.next_delay(delay)
-            time.sleep(delay or 0.05)
+            call = calls.run_events(self.id, after)
+            try:
+                response = self._client.open_stream(call)
+                parser = calls.RunEventParser()
+                try:
+                    for line in response.iter_lines():
+                        event = parser.feed(line)
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise TimeoutError(f"run {self.id} is still running after {timeout}s")
+                        if event is None:
+                            continue
+                        failures = 0
+                        after = event.id or after
+                        if event.kind == "end":
+                            self.info = event.data["run"]
+                        yield event
+                        if event.kind == "end":
+                            return
+                finally:
+                    response.close()
+            except (httpx.TransportError, NodeUnreachable):
+                failures += 1
+                if failures > 3:
+                    raise
+                time.sleep(calls.next_delay(0.05 * 2 ** failures))
 
     def approve(self, comment: str = "") -> dict[str, Any]:
         """Approve the approval the run waits for."""
@@ -467,3 +482,7 @@ class Run:
     def cancel(self) -> dict[str, Any]:
         """Cancel the run at its next host call."""
         return self._client.send(calls.run_control(self.id, "cancel"))
+
+    def restart(self, from_step: int, *, id: str | None = None, version: int | None = None) -> Run:
+        """A new run that replays this finished run's journal before position ``from_step`` and goes on from there."""
+        return Run(self._client, self._client.send(calls.run_restart(self.id, from_step, id, version)))

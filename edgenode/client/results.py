@@ -100,5 +100,7 @@ class SqlResult:
 class RunEvent:
     """Something that happened in an agent run: a journal entry appearing or changing, or a new status."""
 
-    kind: str  # "journal" or "status"
+    kind: str  # "journal", "status", "delta" (model reply text as it streams) or "end"
     data: dict[str, Any]
+    #: The stream's event id (resume after it with ``Run.events(after=...)``).
+    id: str = ""

@@ -4,7 +4,9 @@ They stand in for hosted model APIs, which tests cannot reach. Replies are
 deterministic: with tools and no tool result yet, the model calls the first tool
 with ``{"city": "Paris"}``; otherwise it answers ``echo: <last user text>``
 (plus ``[tool: <result>]`` when a tool result is present). A model named
-``broken`` answers 500; ``flaky`` answers 503 on every other request.
+``broken`` answers 500; ``flaky`` answers 503 on every other request. A streamed reply of
+the model ``gated`` stops after its first half until the test sets ``gate``, so a test can
+see what arrives while a reply is incomplete; ``finished`` counts streamed replies sent whole.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class ModelServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self._flaky = 0
+        self.gate = threading.Event()
+        self.finished = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,10 +86,14 @@ class ModelServer:
                 self.send_header("cache-control", "no-cache")
                 self.end_headers()
                 for name, data in events:
+                    if name == "gate":
+                        server.gate.wait(120)  # bounded: a failing test must not hang the server
+                        continue
                     chunk = (f"event: {name}\n" if name else "") + "data: " + (
                         data if isinstance(data, str) else json.dumps(data)) + "\n\n"
                     self.wfile.write(chunk.encode())
                     self.wfile.flush()
+                server.finished += 1
                 self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -132,7 +140,9 @@ class ModelServer:
             events.append((None, {**base, "choices": [{"index": 0, "delta": {"tool_calls": [
                 {"index": 0, "function": {"arguments": '"Paris"}'}}]}, "finish_reason": None}]}))
         else:
-            for piece in (text[: len(text) // 2], text[len(text) // 2:]):
+            for i, piece in enumerate((text[: len(text) // 2], text[len(text) // 2:])):
+                if i == 1 and model == "gated":
+                    events.append(("gate", None))
                 events.append((None, {**base, "choices": [{"index": 0, "delta": {"content": piece},
                                                            "finish_reason": None}]}))
         events.append((None, {**base, "choices": [{"index": 0, "delta": {},

@@ -59,9 +59,10 @@ def test_prune_keeps_unfinished_runs(tmp_path: Path) -> None:
             live, _ = await agents.start_run("t1", "a", run_id="live")
             await agents.db.write(lambda c: [c.execute(
                 "INSERT INTO journal (run_id, position, kind, name, request, result, status, created_at, "
-                "updated_at) VALUES (?, 0, 'now', 'now', '{}', '1', 'ok', 0, 0)", (rid,)) for rid in ("done", "live")])
+                "updated_at) VALUES (?, 0, 'now', 'now', '{}', '1', 'ok', 0, 0)", (key,))
+                for key in ("t1/done", "t1/live")])
             await agents.db.write(lambda c: c.execute(
-                "UPDATE runs SET status = 'completed', finished_at = ? WHERE id = 'done'", (clock[0],)))
+                "UPDATE runs SET status = 'completed', finished_at = ? WHERE key = 't1/done'", (clock[0],)))
             assert await agents.prune(clock[0] + 86_400) == 0  # within the 7-day retention
             assert await agents.prune(clock[0] + 8 * 86_400) == 1
             who = Principal("t1")

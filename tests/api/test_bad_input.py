@@ -244,6 +244,11 @@ class Prober:
                 conn.putheader("content-length", str(len(body)))
             conn.endheaders(body)
             response = conn.getresponse()
+            if response.status == 200 and response.getheader("content-type", "").startswith("text/event-stream"):
+                # A live stream (a run's events) does not end: its answer is the status and type.
+                conn.close()
+                self.sent += 1
+                return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, b"")
             data = response.read()
         except (http.client.HTTPException, OSError) as exc:
             raise AssertionError(f"{label}: the connection broke: {exc!r}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgenode.agents.models import scripted
@@ -83,8 +84,11 @@ class ModelGateway:
             return client
 
     def chat(self, tenant: str, spec: str, messages: Any, *, tools: Any = None,
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One chat turn; the reply in normal form (see ``providers``). Blocking."""
+             options: dict[str, Any] | None = None, on_delta: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """One chat turn; the reply in normal form (see ``providers``). Blocking.
+
+        ``on_delta`` gets each piece of the reply's text as the provider streams it.
+        """
         provider, model = parse_spec(spec)
         options = dict(options or {})
         _check_messages(messages)
@@ -96,24 +100,26 @@ class ModelGateway:
             from edgenode.agents.models import providers
         if provider == "scripted":
             reply = scripted.chat(model, messages, tools, options)
+            if on_delta is not None and reply["text"]:
+                on_delta(reply["text"])
         elif provider == "openai":
             key = self._secret(tenant, "OPENAI_API_KEY") or self.settings.openai_api_key
             if not key:
                 raise BadModel("no key for openai: set the tenant secret OPENAI_API_KEY or agents.openai_api_key",
                                field="model")
             client = self._client("openai", self.settings.openai_base_url, key)
-            reply = providers.openai_chat(client, model, messages, tools, options)
+            reply = providers.openai_chat(client, model, messages, tools, options, on_delta)
         elif provider == "anthropic":
             key = self._secret(tenant, "ANTHROPIC_API_KEY") or self.settings.anthropic_api_key
             if not key:
                 raise BadModel("no key for anthropic: set the tenant secret ANTHROPIC_API_KEY or "
                                "agents.anthropic_api_key", field="model")
             client = self._client("anthropic", self.settings.anthropic_base_url, key)
-            reply = providers.anthropic_chat(client, model, messages, tools, options)
+            reply = providers.anthropic_chat(client, model, messages, tools, options, on_delta)
         elif provider in endpoints:
             key = self._secret(tenant, f"{provider.upper().replace('-', '_')}_API_KEY") or "none"
             client = self._client("openai", endpoints[provider], key)
-            reply = providers.openai_chat(client, model, messages, tools, options)
+            reply = providers.openai_chat(client, model, messages, tools, options, on_delta)
         else:
             raise BadModel(f"unknown model provider {provider!r}; known here: {', '.join(self.providers())}",
                            field="model")

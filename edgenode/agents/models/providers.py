@@ -15,12 +15,16 @@ assembled here; retries and timeouts are the client libraries'.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import openai
 
 from edgenode.errors import ModelError
+
+#: Called with each piece of reply text as it streams in.
+OnDelta = Callable[[str], None]
 
 #: Options passed through to the provider as they are.
 PASSTHROUGH = ("temperature", "top_p", "max_tokens", "stop", "seed")
@@ -56,7 +60,8 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def openai_chat(client: Any, model: str, messages: list[dict[str, Any]],
-                tools: list[dict[str, Any]] | None, options: dict[str, Any]) -> dict[str, Any]:
+                tools: list[dict[str, Any]] | None, options: dict[str, Any],
+                on_delta: OnDelta | None = None) -> dict[str, Any]:
     """One chat completion, streamed unless ``options["stream"]`` is false."""
     kwargs: dict[str, Any] = {k: options[k] for k in PASSTHROUGH if k in options}
     if tools:
@@ -65,7 +70,7 @@ def openai_chat(client: Any, model: str, messages: list[dict[str, Any]],
             "parameters": t.get("parameters") or {"type": "object", "properties": {}}}} for t in tools]
     try:
         if options.get("stream", True):
-            return _openai_stream(client, model, _openai_messages(messages), kwargs)
+            return _openai_stream(client, model, _openai_messages(messages), kwargs, on_delta)
         response = client.chat.completions.create(model=model, messages=_openai_messages(messages), **kwargs)
     except openai.APIError as exc:
         raise ModelError(f"openai-protocol model {model} failed: {exc}", provider_status=getattr(
@@ -83,7 +88,7 @@ def openai_chat(client: Any, model: str, messages: list[dict[str, Any]],
 
 
 def _openai_stream(client: Any, model: str, messages: list[dict[str, Any]],
-                   kwargs: dict[str, Any]) -> dict[str, Any]:
+                   kwargs: dict[str, Any], on_delta: OnDelta | None) -> dict[str, Any]:
     text: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     usage = {"input_tokens": 0, "output_tokens": 0}
@@ -100,6 +105,8 @@ def _openai_stream(client: Any, model: str, messages: list[dict[str, Any]],
             delta = choice.delta
             if delta.content:
                 text.append(delta.content)
+                if on_delta is not None:
+                    on_delta(delta.content)
             for call in delta.tool_calls or []:
                 slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
                 slot["id"] = call.id or slot["id"]
@@ -139,7 +146,8 @@ def _anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[
 
 
 def anthropic_chat(client: Any, model: str, messages: list[dict[str, Any]],
-                   tools: list[dict[str, Any]] | None, options: dict[str, Any]) -> dict[str, Any]:
+                   tools: list[dict[str, Any]] | None, options: dict[str, Any],
+                   on_delta: OnDelta | None = None) -> dict[str, Any]:
     """One Messages API call, streamed unless ``options["stream"]`` is false."""
     system, converted = _anthropic_messages(messages)
     kwargs: dict[str, Any] = {k: options[k] for k in ("temperature", "top_p") if k in options}
@@ -156,6 +164,9 @@ def anthropic_chat(client: Any, model: str, messages: list[dict[str, Any]],
         if options.get("stream", True):
             with client.messages.stream(model=model, max_tokens=max_tokens, messages=converted,
                                         **kwargs) as stream:
+                if on_delta is not None:
+                    for piece in stream.text_stream:
+                        on_delta(piece)
                 message = stream.get_final_message()
         else:
             message = client.messages.create(model=model, max_tokens=max_tokens, messages=converted,

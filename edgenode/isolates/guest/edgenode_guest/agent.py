@@ -113,6 +113,40 @@ class Model:
         return ChatResult(self._ctx._effect("model.chat", self.spec, request))
 
 
+class Waited:
+    """Which of :meth:`Context.wait_any`'s waits came first: ``index``, ``kind`` and, for an event, its data."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self.index: int = int(value["index"])
+        self.kind: str = value["kind"]
+        self.type: str | None = value.get("type")
+        self.payload: Any = value.get("payload")
+        self.sender: str | None = value.get("sender")
+
+    def __repr__(self) -> str:
+        return f"Waited(index={self.index}, kind={self.kind!r}, type={self.type!r}, payload={self.payload!r})"
+
+
+class McpServer:
+    """An MCP server the deployment lists (``mcp_servers``); each call is one journaled effect."""
+
+    def __init__(self, ctx: Context, name: str) -> None:
+        self._ctx = ctx
+        self.name = name
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        """The server's tools: ``[{"name", "description", "input_schema"}]``."""
+        return cast("list[dict[str, Any]]", self._ctx._effect("mcp.list_tools", self.name, {}))
+
+    def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call tool ``name``: ``{"content": [...], "text", "structured", "is_error"}``.
+
+        Journaled: on replay the recorded result is returned and the server is not called again.
+        """
+        return cast("dict[str, Any]", self._ctx._effect("mcp.call_tool", self.name,
+                                                        {"tool": name, "arguments": arguments or {}}))
+
+
 class KV:
     """The agent's key-value namespace (``agent.<name>``); values are strings or bytes."""
 
@@ -231,6 +265,29 @@ class Context:
         """Ask a human to approve or reject; waits (durably) for the decision."""
         return Approval(self._effect("approval", prompt, {"data": data, "timeout": timeout}))
 
+    @staticmethod
+    def on_event(type: str) -> dict[str, Any]:
+        """An event of ``type``, to pass to :meth:`wait_any`."""
+        return {"kind": "event", "type": type}
+
+    @staticmethod
+    def timer(seconds: float | None = None, *, until: float | None = None) -> dict[str, Any]:
+        """A timer of ``seconds`` from now (or firing at ``until``), to pass to :meth:`wait_any`."""
+        if until is not None:
+            return {"kind": "timer", "until": float(until)}
+        return {"kind": "timer", "seconds": float(seconds or 0.0)}
+
+    def wait_any(self, *waits: dict[str, Any]) -> Waited:
+        """Wait (durably) for the first of several events and timers, e.g.
+        ``ctx.wait_any(ctx.on_event("paid"), ctx.on_event("cancelled"), ctx.timer(3600))``.
+
+        An event sent before the wait began counts; when an event and a timer are both
+        there, the event wins. Which came first is journaled, so a replay gets the same answer.
+        """
+        name = "|".join(w.get("kind", "?") + (":" + str(w.get("type")) if w.get("kind") == "event" else "")
+                        for w in waits)
+        return Waited(self._effect("wait_any", name, {"waits": list(waits)}))
+
     # -- state -------------------------------------------------------------
 
     @property
@@ -251,6 +308,10 @@ class Context:
     def model(self, spec: str) -> Model:
         """A model by ``provider:model`` string, e.g. ``openai:gpt-4o`` or ``scripted:demo``."""
         return Model(self, spec)
+
+    def mcp(self, server: str) -> McpServer:
+        """An MCP server by the name the deployment gave it (``mcp_servers: {name: url}``)."""
+        return McpServer(self, server)
 
     def fetch(
         self, url: str, method: str = "GET", headers: dict[str, Any] | None = None, body: str | None = None
