@@ -1,0 +1,119 @@
+"""A namespace that cannot merge a peer's changes blocks only itself, and is reported. In-process nodes, real files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from edgenode.api import build_app
+from edgenode.cluster import RangeSet
+from edgenode.cluster.hlc import physical_ms
+from edgenode.config import Config
+from edgenode.node import Node
+from edgenode.state import Changes
+
+HOUR_MS = 3_600_000
+
+
+class Running:
+    """A node served in-process, and a client holding its admin token."""
+
+    def __init__(self, root: Path, **overrides: Any) -> None:
+        self.node = Node(Config.load(env={}, overrides={"data_dir": root, **overrides}))
+        self.client = TestClient(build_app(self.node), headers={"authorization": f"Bearer {self.node.admin_token}"})
+        self.client.__enter__()
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+    def everything(self, namespace: str) -> Changes:
+        changes = self.node.state.read_changes("default", namespace, {self.node.id: RangeSet([(1, 1 << 40)])}, 10**6)
+        assert changes is not None
+        return changes
+
+    def metric(self, name: str) -> float:
+        line = next(x for x in self.client.get("/metrics").text.splitlines() if x.startswith(name + " "))
+        return float(line.split()[-1])
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Running, Running]]:
+    root = tmp_path_factory.mktemp("blocked")
+    peer = Running(root / "peer", **{"cluster.sync_batch_rows": 5})
+    here = Running(root / "here")
+    fast = Running(root / "fast", **{"cluster.clock_offset_ms": HOUR_MS})
+    try:
+        yield peer, here, fast
+    finally:
+        for r in (peer, here, fast):
+            r.close()
+
+
+def sql(r: Running, namespace: str, query: str, params: Any = None) -> Any:
+    response = r.client.post(f"/v1/sql/{namespace}", json={"sql": query, "params": params or []})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_diverged_namespace_blocks_only_itself(nodes: tuple[Running, Running, Running]) -> None:
+    peer, here, _ = nodes
+    # During a partition, both defined the table differently ("diverged" sorts before "fine").
+    sql(peer, "diverged", "CREATE TABLE t (id TEXT PRIMARY KEY, v)")
+    sql(here, "diverged", "CREATE TABLE t (id TEXT PRIMARY KEY, w)")
+    for i in range(20):  # more rows than the peer sends in one sync answer
+        sql(peer, "diverged", "INSERT INTO t VALUES (?, ?)", [f"r{i}", i])
+        assert peer.client.put(f"/v1/kv/fine/k{i}", content=b"v").status_code == 200
+
+    # Pushed together: the diverged one is refused, the other is applied.
+    push = asyncio.run(here.node.state.replicator.receive_push(  # type: ignore[union-attr]
+        peer.node.id, {"namespaces": [peer.everything("diverged").to_json(), peer.everything("fine").to_json()]}))
+    assert push["applied"] == 20
+    assert here.client.get("/v1/kv/fine/k19").content == b"v"
+    blocked = here.client.get("/v1/cluster").json()["blocked_namespaces"]
+    assert [(b["tenant"], b["namespace"], b["peer"], b["code"]) for b in blocked] == [
+        ("default", "diverged", peer.node.id, "malformed_changes")]
+    assert "lacks here" in blocked[0]["reason"] or "columns" in blocked[0]["reason"]
+    assert here.metric("edgenode_state_blocked_namespaces") == 1
+    assert here.client.get("/v1/status").json()["capabilities"]["state"]["blocked"] == 1
+    assert sql(here, "diverged", "SELECT count(*) FROM t")["rows"] == [[0]]
+
+    # Pulled: the diverged namespace, first in order and bigger than a sync answer, must not crowd out the rest.
+    assert peer.client.put("/v1/kv/fine/later", content=b"pulled").status_code == 200
+    replicator = here.node.state.replicator
+    assert replicator is not None
+    answer = asyncio.run(peer.node.state.replicator.answer_sync(  # type: ignore[union-attr]
+        here.node.id, replicator._wanted_body()))
+    assert [n["namespace"] for n in answer["namespaces"]] == ["fine"]
+    asyncio.run(replicator._apply_all(peer.node.id, replicator._parse_namespaces(peer.node.id, answer)))
+    assert here.client.get("/v1/kv/fine/later").content == b"pulled"
+
+
+def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
+        nodes: tuple[Running, Running, Running]) -> None:
+    _, here, fast = nodes
+    assert fast.client.put("/v1/kv/clocks/k", content=b"from the future").status_code == 200
+    assert here.client.put("/v1/kv/clocks/mine", content=b"here").status_code == 200
+    assert here.node.state.merge(fast.node.id, fast.everything("clocks")) is None
+    assert here.client.get("/v1/kv/clocks/k").status_code == 404
+    state = here.client.get("/v1/status").json()["capabilities"]["state"]
+    assert state["clock_refusals"] == 1
+    assert here.metric("edgenode_state_clock_refusals_total") == 1
+    entry = next(b for b in here.node.state.blocked_namespaces() if b["namespace"] == "clocks")
+    assert entry["code"] == "clock_offset_exceeded" and entry["peer"] == fast.node.id
+    # This node's next stamp is its own time, not an hour ahead.
+    version = here.client.put("/v1/kv/clocks/next", content=b"x").json()["version"]
+    assert physical_ms(int(version.split(".")[0])) < physical_ms(fast.node.state.hlc.peek()) - HOUR_MS // 2
+
+    # Once the batch fits (here: the bound is raised), it applies and the namespace is cleared.
+    here.node.state.hlc.max_offset_ms = 2 * HOUR_MS
+    try:
+        assert here.node.state.merge(fast.node.id, fast.everything("clocks")) == 1
+    finally:
+        here.node.state.hlc.max_offset_ms = 500
+    assert here.client.get("/v1/kv/clocks/k").content == b"from the future"
+    assert all(b["namespace"] != "clocks" for b in here.node.state.blocked_namespaces())
