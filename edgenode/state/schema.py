@@ -18,10 +18,12 @@ rule, is refused here with ``sql_not_replicable`` before anything is written:
   unique value; the merge would have to drop one), AUTOINCREMENT (its only job is
   to assign keys), and a primary key column with a collation other than BINARY
   (``'A'`` and ``'a'`` are one row to SQLite but two keys to the clock);
-* at INSERT, by one more edgenode trigger per table: a primary key SQLite would
-  assign itself (an ``INTEGER PRIMARY KEY`` given no value, NULL or -1, which is
-  what SQLite shows a trigger for all three), and a NULL in a primary key column
-  (rowid tables allow it, and every such row would share one clock entry).
+* at INSERT (and UPDATE), by one more edgenode trigger per table: a primary key
+  SQLite would assign itself (an ``INTEGER PRIMARY KEY`` given no value, NULL or
+  -1, which is what SQLite shows a trigger for all three), a NULL in a primary
+  key column (rowid tables allow it, and every such row would share one clock
+  entry), and a key value the clock's JSON cannot hold exactly (a REAL past 15
+  digits: the row would be recorded under another key and never sent).
 
 Tables without a primary key never replicate, so none of this applies to them.
 ALTER TABLE is refused outright (see :mod:`edgenode.state.guard`).
@@ -154,6 +156,10 @@ def key_refusal(exc: sqlite3.Error) -> SqlNotReplicable | None:
                         "on each node alone: two nodes would give different rows the same key and one would be "
                         "lost. Give the key explicitly (e.g. a random 63-bit integer), or use a TEXT key such "
                         "as a UUID (-1 is taken for a missing key too)")
+    if kind == "inexact":
+        return _refusal(table, column, "this primary key value does not survive as JSON (a REAL with more than 15 "
+                        "significant digits): replication names rows by their key as JSON, so it would lose "
+                        "the row; use an integer or text key")
     return _refusal(table, column, "a primary key cannot be NULL in a replicated table: every such row "
                     "would share one identity across the fleet")
 
@@ -168,9 +174,13 @@ def _key_guards(conn: sqlite3.Connection, table: str, pk: list[str]) -> None:
     alias = rowid_alias(conn, table, pk)
     checks = []
     for col in pk:
-        # SQLite shows a BEFORE INSERT trigger -1 for a rowid it is about to assign (no value, or NULL).
-        cond = f"NEW.{quote(col)} = -1" if alias else f"NEW.{quote(col)} IS NULL"
-        checks.append(f"{raise_('auto' if alias else 'null', col)} WHERE {cond};")
+        new = f"NEW.{quote(col)}"
+        if alias:  # SQLite shows a BEFORE INSERT trigger -1 for a rowid it is about to assign (no value, or NULL)
+            checks.append(f"{raise_('auto', col)} WHERE {new} = -1;")
+            continue
+        checks.append(f"{raise_('null', col)} WHERE {new} IS NULL;")
+        # The clock names a row by its key as JSON, which keeps a REAL to 15 digits only.
+        checks.append(f"{raise_('inexact', col)} WHERE json_extract(json_array({new}), '$[0]') IS NOT {new};")
     conn.execute(
         f"CREATE TRIGGER IF NOT EXISTS {quote('_crdt_' + table + '_key')} BEFORE INSERT ON {q} "
         f"WHEN crdt_capturing() BEGIN {' '.join(checks)} END"

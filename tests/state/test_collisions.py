@@ -248,3 +248,15 @@ def test_same_key_with_equal_timestamps_resolves_the_same_everywhere(tmp_path: P
     finally:
         a.db.close()
         b.db.close()
+
+
+def test_a_key_the_clock_cannot_hold_exactly_is_refused(pair: tuple[Replica, Replica]) -> None:
+    a, b = pair
+    a.sql("CREATE TABLE m (k REAL PRIMARY KEY, v)")
+    a.sql("INSERT INTO m VALUES (1.5, 'exact')")
+    # 0.1 + 0.2 is 0.30000000000000004, which the clock would record as 0.3: the row would never be sent.
+    with pytest.raises(SqlNotReplicable) as info:
+        a.sql("INSERT INTO m VALUES (0.1 + 0.2, 'inexact')")
+    assert (info.value.table, info.value.column) == ("m", "k")
+    b.apply(a.changes(everything()))
+    assert b.sql("SELECT k, v FROM m").rows == a.sql("SELECT k, v FROM m").rows == [[1.5, "exact"]]
