@@ -196,9 +196,11 @@ def _apply_row(conn: sqlite3.Connection, row: Row, pk_cols: list[str]) -> bool:
                 f"ON CONFLICT ({', '.join(schema.quote(c) for c in pk_cols)}) {action}",
                 [row.values[c] for c in cols])
     except sqlite3.IntegrityError as exc:
+        what = ("collides with a different row here on a UNIQUE column" if "UNIQUE" in str(exc)
+                else "breaks a constraint of the table here (it is defined differently on the two nodes)")
         raise MalformedChanges(
-            f"change for {row.tbl!r} key {row.pk} from {row.origin} collides with a different row here ({exc}); "
-            "the namespace cannot merge until one of the rows is changed", table=row.tbl, pk=row.pk) from exc
+            f"change for {row.tbl!r} key {row.pk} from {row.origin} {what} ({exc}); the namespace cannot merge "
+            "until one of the rows is changed", table=row.tbl, pk=row.pk) from exc
     except sqlite3.Error as exc:
         raise MalformedChanges(f"change for {row.tbl!r} does not fit the local table: {exc}") from exc
     conn.execute(

@@ -260,3 +260,13 @@ def test_a_key_the_clock_cannot_hold_exactly_is_refused(pair: tuple[Replica, Rep
     assert (info.value.table, info.value.column) == ("m", "k")
     b.apply(a.changes(everything()))
     assert b.sql("SELECT k, v FROM m").rows == a.sql("SELECT k, v FROM m").rows == [[1.5, "exact"]]
+
+
+def test_a_peer_row_breaking_a_local_constraint_is_refused_visibly(pair: tuple[Replica, Replica]) -> None:
+    a, b = pair
+    a.sql("CREATE TABLE t (id TEXT PRIMARY KEY, v)")
+    b.sql("CREATE TABLE t (id TEXT PRIMARY KEY, v CHECK (v > 0))")  # same columns, defined differently
+    a.sql("INSERT INTO t VALUES ('x', -1)")
+    with pytest.raises(MalformedChanges) as info:
+        b.apply(a.changes(everything()))
+    assert "constraint" in info.value.message and "defined differently" in info.value.message
