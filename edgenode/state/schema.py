@@ -180,7 +180,8 @@ def _key_guards(conn: sqlite3.Connection, table: str, pk: list[str]) -> None:
             continue
         checks.append(f"{raise_('null', col)} WHERE {new} IS NULL;")
         # The clock names a row by its key as JSON, which keeps a REAL to 15 digits only.
-        checks.append(f"{raise_('inexact', col)} WHERE json_extract(json_array({new}), '$[0]') IS NOT {new};")
+        checks.append(f"{raise_('inexact', col)} WHERE typeof({new}) = 'real' "
+                      f"AND json_extract(json_array({new}), '$[0]') IS NOT {new};")
     conn.execute(
         f"CREATE TRIGGER IF NOT EXISTS {quote('_crdt_' + table + '_key')} BEFORE INSERT ON {q} "
         f"WHEN crdt_capturing() BEGIN {' '.join(checks)} END"
