@@ -378,6 +378,8 @@ class State:
         NamespaceDamaged propagates (the namespace's health reports it).
         """
         try:
+            if changes.rows:  # before the namespace is opened: a refused batch creates no file
+                self.hlc.observe_remote(changes.max_hlc())
             self.check(changes)
             applied = self.apply(changes)
         except MalformedChanges as exc:

@@ -97,12 +97,15 @@ def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
         nodes: tuple[Running, Running, Running]) -> None:
     _, here, fast = nodes
     assert fast.client.put("/v1/kv/clocks/k", content=b"from the future").status_code == 200
+    assert fast.client.put("/v1/kv/elsewhere/k", content=b"from the future").status_code == 200
     assert here.client.put("/v1/kv/clocks/mine", content=b"here").status_code == 200
     assert here.node.state.merge(fast.node.id, fast.everything("clocks")) is None
     assert here.client.get("/v1/kv/clocks/k").status_code == 404
+    assert here.node.state.merge(fast.node.id, fast.everything("elsewhere")) is None
+    assert not here.node.state.path("default", "elsewhere").exists()  # a refused batch leaves no file
     state = here.client.get("/v1/status").json()["capabilities"]["state"]
-    assert state["clock_refusals"] == 1
-    assert here.metric("edgenode_state_clock_refusals_total") == 1
+    assert state["clock_refusals"] == 2
+    assert here.metric("edgenode_state_clock_refusals_total") == 2
     entry = next(b for b in here.node.state.blocked_namespaces() if b["namespace"] == "clocks")
     assert entry["code"] == "clock_offset_exceeded" and entry["peer"] == fast.node.id
     # This node's next stamp is its own time, not an hour ahead.
