@@ -16,6 +16,7 @@ from edgenode.cluster.hlc import physical_ms
 from edgenode.config import Config
 from edgenode.node import Node
 from edgenode.state import Changes
+from tests.support import NodeProcess, wait_for
 
 HOUR_MS = 3_600_000
 
@@ -120,3 +121,40 @@ def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
         here.node.state.hlc.max_offset_ms = 500
     assert here.client.get("/v1/kv/clocks/k").content == b"from the future"
     assert all(b["namespace"] != "clocks" for b in here.node.state.blocked_namespaces())
+
+
+def test_real_nodes_refuse_a_peer_an_hour_fast_and_say_so(tmp_path: Path) -> None:
+    env = {"EDGENODE_FLEET_SECRET": "clock-test", "EDGENODE_CLUSTER_HEARTBEAT_INTERVAL_S": "0.2",
+           "EDGENODE_CLUSTER_SYNC_INTERVAL_S": "0.3"}
+    here = NodeProcess(tmp_path / "here", env=env).start()
+    fast = NodeProcess(tmp_path / "fast", env={**env, "EDGENODE_CLUSTER_CLOCK_OFFSET_MS": str(HOUR_MS)},
+                       args=["--peer", here.url]).start()
+    try:
+        with here.client() as ch, fast.client() as cf:
+            assert cf.put("/v1/kv/from-fast/k", content=b"an hour ahead").status_code == 200
+            assert ch.put("/v1/kv/from-here/k", content=b"on time").status_code == 200
+
+            def reported() -> Any:
+                blocked = ch.get("/v1/cluster").json()["blocked_namespaces"]
+                return [b for b in blocked if b["code"] == "clock_offset_exceeded"] or None
+
+            entry = wait_for(reported, timeout=20, message="the fast peer's batch refused and listed")[0]
+            assert (entry["namespace"], entry["peer"]) == ("from-fast", fast.node_id)
+            assert ch.get("/v1/status").json()["capabilities"]["state"]["clock_refusals"] >= 1
+            assert "edgenode_state_clock_refusals_total" in ch.get("/metrics").text
+            assert ch.get("/v1/kv/from-fast/k").status_code == 404
+            # Its own writes are stamped with its own time, not the fast peer's.
+            version = ch.put("/v1/kv/from-here/later", content=b"x").json()["version"]
+            assert physical_ms(int(version.split(".")[0])) < fast_ms(cf) - HOUR_MS // 2
+            # The other way round nothing is refused: the fast node takes writes stamped behind it.
+            wait_for(lambda: cf.get("/v1/kv/from-here/later").status_code == 200, timeout=20,
+                     message="the on-time node's writes reach the fast one")
+    finally:
+        fast.stop()
+        here.stop()
+
+
+def fast_ms(client: Any) -> int:
+    """The physical part of a fresh stamp on a node."""
+    version = client.put("/v1/kv/probe/k", content=b"x").json()["version"]
+    return physical_ms(int(version.split(".")[0]))
