@@ -10,6 +10,7 @@ before that, a member still holding the older live row would hand it back.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ from edgenode.errors import MalformedChanges
 from edgenode.state import schema
 from edgenode.state.guard import Guard
 from edgenode.state.payload import Changes, Row
+
+log = logging.getLogger(__name__)
 
 _CREATE = re.compile(r"^\s*CREATE\s+(TABLE|UNIQUE\s+INDEX|INDEX|VIEW)\s", re.IGNORECASE)
 
@@ -141,9 +144,41 @@ def ensure_object(conn: sqlite3.Connection, name: str, sql: str) -> None:
         schema.install_triggers(conn, name, pk)
 
 
-def apply_changes(conn: sqlite3.Connection, changes: Changes) -> int:
-    """Apply a peer's changes on the writer (inside its transaction); returns how many rows won."""
+def _restamp_lost_versions(conn: sqlite3.Connection, changes: Changes, origin: str) -> None:
+    """Give this node's rows fresh versions if the peer has seen versions of this node that this file lacks.
+
+    Peers learn this node's versions from this node only, so a peer ahead of the file's own
+    head means the file lost its history: restored from a backup, or deleted and started
+    empty. Writes made since then reused version numbers the fleet has already seen, for
+    other writes: neither side would ever ask the other for them. So this node's rows move
+    to one new version, past what the peer has seen, and go out again (their clocks are
+    unchanged, so last-writer-wins decides as before, and a peer holding the same write
+    skips it); and the versions of this node the file claimed are forgotten, so it asks the
+    fleet for what they held.
+    """
+    theirs = changes.seen.get(origin)
+    head = conn.execute("SELECT coalesce(max(hi), 0) FROM _crdt_book WHERE origin = ?", (origin,)).fetchone()[0]
+    if theirs is None or theirs.head() <= head:
+        return
+    version = theirs.head() + 1
+    conn.execute("DELETE FROM _crdt_book WHERE origin = ?", (origin,))
+    moved = conn.execute("UPDATE _crdt_clock SET version = ? WHERE origin = ?", (version, origin)).rowcount
+    schema.book_add(conn, origin, version, version)
+    log.warning("this namespace had lost versions of this node (restored from a backup, deleted and started "
+                "again, or another node uses this node's id); its rows were stamped again so they replicate",
+                extra={"tenant": changes.tenant, "namespace": changes.namespace, "own_head": head,
+                       "peer_head": version - 1, "rows": moved})
+
+
+def apply_changes(conn: sqlite3.Connection, changes: Changes, local_origin: str | None = None) -> int:
+    """Apply a peer's changes on the writer (inside its transaction); returns how many rows won.
+
+    ``local_origin`` is this node's id: if the peer has seen versions of it that this
+    namespace lacks, this node's rows get a fresh version first (added to ``changes.seen``).
+    """
     check_changes(changes, conn)
+    if local_origin is not None:
+        _restamp_lost_versions(conn, changes, local_origin)
     for name, sql in sorted(changes.schema.items()):
         ensure_object(conn, name, sql)
     # Schema rows first (tables before indexes), so every row finds its table.

@@ -438,13 +438,13 @@ class Replica:
         """
         if changes.rows:
             self.hlc.observe_remote(changes.max_hlc())
-        return self.db.write_sync(lambda conn: merge.apply_changes(conn, changes))
+        return self.db.write_sync(lambda conn: merge.apply_changes(conn, changes, self.origin))
 
     async def aapply(self, changes: Changes) -> int:
         """Awaitable :meth:`apply`."""
         if changes.rows:
             self.hlc.observe_remote(changes.max_hlc())
-        return await self.db.write(lambda conn: merge.apply_changes(conn, changes))
+        return await self.db.write(lambda conn: merge.apply_changes(conn, changes, self.origin))
 
     # -- async twins of the rest ---------------------------------------------------
 

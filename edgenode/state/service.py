@@ -366,7 +366,11 @@ class State:
         """Apply a peer's changes to one namespace (created if new); returns rows that won."""
         def run(r: Replica) -> int:
             applied = r.apply(changes)
-            self.merge_seen(changes.tenant, changes.namespace, changes.seen)
+            if self.origin in changes.seen:  # rare: it may have dropped lost versions of ours (merge)
+                with self._books_lock:
+                    self._books[(changes.tenant, changes.namespace)] = r.book()
+            else:
+                self.merge_seen(changes.tenant, changes.namespace, changes.seen)
             return applied
         return self._with(changes.tenant, changes.namespace, run)
 

@@ -1,4 +1,5 @@
-"""Tombstones go once every member has seen them, and not before. Real SQLite files."""
+"""Bookkeeping over a namespace's life: tombstones go once every member has seen them; a namespace that lost its
+history (restored, or deleted and started again) loses no write made since. Real SQLite files."""
 
 from __future__ import annotations
 
@@ -73,3 +74,26 @@ def test_a_tombstone_goes_once_every_member_has_seen_it(fleet: list[Replica]) ->
                 sync(src, dst)
     assert [r.kv_list("") for r in fleet] == [[], [], []]
     assert a.collect_tombstones(acknowledged_by_all(r.book() for r in fleet)) == 1 and tombstones(a) == []
+
+
+def test_a_namespace_that_lost_its_history_sends_its_new_writes_again(tmp_path: Path, fleet: list[Replica]) -> None:
+    a, b, _ = fleet  # a's file is about to be lost; "fresh" is the same node starting it again
+    for i in range(3):
+        a.kv_put(f"old-{i}", b"1")  # n-a:1..3, seen by b
+    sync(a, b)
+    # a's file is deleted (the damaged-namespace advice: "start it empty, peers fill it again") ...
+    fresh = Replica(NamespaceDatabase(tmp_path / "fresh.db", readers=1, synchronous="OFF").open(),
+                    "default", "ns", "n-a", Hlc())
+    try:
+        _, commit = fresh.kv_put("new", b"written before the peers filled it")
+        assert commit.version == 1  # a version b has already seen, for another write
+        sync(fresh, b)  # nothing: b's book already covers n-a:1, so b would never ask for it
+        assert b.kv_get("new") is None
+        sync(b, fresh)  # the peer fills it again: it learns the fleet is ahead of it ...
+        sync(b, fresh)  # ... and asks again for n-a:1, which it had claimed for its own new write
+        sync(fresh, b)
+        assert b.kv_get("new") is not None, "a write of the restarted namespace never reached the peer"
+        assert {k: b.kv_get(k) for k in b.kv_list("")} == {k: fresh.kv_get(k) for k in fresh.kv_list("")}
+        assert fresh.kv_put("next", b"x")[1].version == 5  # past everything the fleet has seen of n-a
+    finally:
+        fresh.db.close()
