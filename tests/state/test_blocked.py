@@ -94,6 +94,23 @@ def test_a_diverged_namespace_blocks_only_itself(nodes: tuple[Running, Running, 
     assert here.client.get("/v1/kv/fine/later").content == b"pulled"
 
 
+def test_a_namespace_started_again_forgets_the_versions_it_reused(nodes: tuple[Running, Running, Running]) -> None:
+    peer, here, _ = nodes
+    me = here.node.id
+    for i in range(3):
+        here.node.state.kv_put("restart", "ns", f"old-{i}", b"1")  # versions 1..3 of this node
+    changes = here.node.state.read_changes("restart", "ns", {me: RangeSet([(1, 3)])}, 100)
+    assert changes is not None and peer.node.state.merge(me, changes) == 3
+    asyncio.run(here.node.state.purge_tenant("restart"))  # the files are gone: the namespace starts again
+    here.node.state.kv_put("restart", "ns", "new", b"after")  # version 1 again, for another write
+    assert here.node.state.book("restart", "ns") == {me: RangeSet([(1, 1)])}
+    theirs = peer.node.state.book("restart", "ns")[me].minus(RangeSet([(1, 1)]))
+    back = peer.node.state.read_changes("restart", "ns", {me: theirs}, 100)
+    assert back is not None and here.node.state.merge(peer.node.id, back) == 2
+    # The node's rows moved past what the fleet has seen (4), and version 1 is asked for again.
+    assert here.node.state.book("restart", "ns") == {me: RangeSet([(2, 4)])}
+
+
 def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
         nodes: tuple[Running, Running, Running]) -> None:
     _, here, fast = nodes
@@ -113,7 +130,8 @@ def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
     version = here.client.put("/v1/kv/clocks/next", content=b"x").json()["version"]
     assert physical_ms(int(version.split(".")[0])) < physical_ms(fast.node.state.hlc.peek()) - HOUR_MS // 2
 
-    # Once the batch fits (here: the bound is raised), it applies and the namespace is cleared.
+    # Once the batch fits (here: the bound is raised), it applies and the namespace is cleared. (This node's
+    # clock follows it an hour ahead: this test runs last of those sharing the nodes.)
     here.node.state.hlc.max_offset_ms = 2 * HOUR_MS
     try:
         assert here.node.state.merge(fast.node.id, fast.everything("clocks")) == 1
