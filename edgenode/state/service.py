@@ -366,9 +366,15 @@ class State:
         """Apply a peer's changes to one namespace (created if new); returns rows that won."""
         def run(r: Replica) -> int:
             applied = r.apply(changes)
-            if self.origin in changes.seen:  # rare: it may have dropped lost versions of ours (merge)
+            if self.origin in changes.seen:  # rare: it may have re-stamped our rows (merge._restamp_lost_versions)
+                key = (changes.tenant, changes.namespace)
+                book = r.book()
                 with self._books_lock:
-                    self._books[(changes.tenant, changes.namespace)] = r.book()
+                    before = self._books.get(key, {}).get(self.origin, RangeSet()).head()
+                    self._books[key] = book
+                head = book.get(self.origin, RangeSet()).head()
+                if head > before:  # the re-stamped rows are a new version of ours: send it like a commit
+                    self.on_commit(changes.tenant, changes.namespace, head)
             else:
                 self.merge_seen(changes.tenant, changes.namespace, changes.seen)
             return applied

@@ -106,9 +106,16 @@ def test_a_namespace_started_again_forgets_the_versions_it_reused(nodes: tuple[R
     assert here.node.state.book("restart", "ns") == {me: RangeSet([(1, 1)])}
     theirs = peer.node.state.book("restart", "ns")[me].minus(RangeSet([(1, 1)]))
     back = peer.node.state.read_changes("restart", "ns", {me: theirs}, 100)
-    assert back is not None and here.node.state.merge(peer.node.id, back) == 2
-    # The node's rows moved past what the fleet has seen (4), and version 1 is asked for again.
+    assert back is not None
+    sent: list[tuple[str, str, int]] = []
+    on_commit, here.node.state.on_commit = here.node.state.on_commit, lambda *args: sent.append(args)
+    try:
+        assert here.node.state.merge(peer.node.id, back) == 2
+    finally:
+        here.node.state.on_commit = on_commit
+    # The node's rows moved past what the fleet has seen (4), sent like a commit; version 1 is asked for again.
     assert here.node.state.book("restart", "ns") == {me: RangeSet([(2, 4)])}
+    assert sent == [("restart", "ns", 4)]
 
 
 def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
