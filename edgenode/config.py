@@ -175,6 +175,10 @@ class ClusterSettings:
     clock_offset_ms: int = setting(
         0, "Shift this node's clock for replication timestamps, in ms (a test and drill knob for clock skew)."
     )
+    max_clock_offset_ms: int = setting(
+        500, "How far ahead of this node's clock a peer's change may be stamped, in ms; changes stamped further "
+        "ahead are refused (counted, logged, shown in status) instead of pulling this node's clock forward."
+    )
     snapshot_threshold_versions: int = setting(
         5000, "A peer missing more versions of a namespace than this gets a snapshot instead of the change tail."
     )
@@ -328,6 +332,12 @@ _MINIMA: dict[str, float] = {
     "agents.max_active_runs": 1, "agents.tenant_active_runs": 0, "artifacts.max_repos_per_tenant": 0,
     "state.sql_max_length_bytes": 1024 * 1024, "egress.max_redirects": 0, "artifacts.import_timeout_s": 0.001,
     "workers.wasi_scratch_mb": 1, "workers.wasi_scratch_files": 1,
+    "cluster.max_clock_offset_ms": 1,
+}
+#: Settings with an upper bound (inclusive).
+_MAXIMA: dict[str, float] = {
+    # Past a minute, a bad clock stamps writes that win over honest ones for longer than anyone would notice.
+    "cluster.max_clock_offset_ms": 60_000,
 }
 
 
@@ -337,6 +347,11 @@ def _check_ranges(config: Config) -> None:
         value = getattr(target, name)
         if value < minimum:
             raise ValidationFailed(f"setting {dotted} must be at least {minimum:g}, not {value!r}", field=dotted)
+    for dotted, maximum in _MAXIMA.items():
+        target, name = _resolve(config, dotted)
+        value = getattr(target, name)
+        if value > maximum:
+            raise ValidationFailed(f"setting {dotted} must be at most {maximum:g}, not {value!r}", field=dotted)
     for entry in config.egress.allow_networks:
         try:
             ipaddress.ip_network(entry, strict=False)

@@ -427,6 +427,28 @@ class MalformedChanges(BadRequest):
     code = "malformed_changes"
 
 
+class SqlNotReplicable(BadRequest):
+    """A statement would let rows of a replicated table collide unseen across nodes (UNIQUE, auto-assigned keys)."""
+
+    code = "sql_not_replicable"
+
+    def __init__(self, message: str, *, table: str, column: str) -> None:
+        super().__init__(message, table=table, column=column)
+        self.table = table
+        self.column = column
+
+
+class ClockOffsetExceeded(MalformedChanges):
+    """A peer's changes are stamped further ahead of this node's clock than ``cluster.max_clock_offset_ms``."""
+
+    code = "clock_offset_exceeded"
+
+    def __init__(self, message: str, *, ahead_ms: int, max_offset_ms: int) -> None:
+        super().__init__(message, ahead_ms=ahead_ms, max_offset_ms=max_offset_ms)
+        self.ahead_ms = ahead_ms
+        self.max_offset_ms = max_offset_ms
+
+
 # -- agents ----------------------------------------------------------------
 
 

@@ -30,7 +30,8 @@ def _parse(body: bytes) -> Any:
 async def cluster(request: Request) -> Response:
     """This node, its peers, their health and replication lag (admin: peer URLs are fleet-internal)."""
     admin(request)
-    return json(node_of(request).cluster.describe())
+    node = node_of(request)
+    return json({**node.cluster.describe(), "blocked_namespaces": node.state.blocked_namespaces()})
 
 
 async def hello(request: Request) -> Response:

@@ -45,6 +45,8 @@ PUSH_PATH = "/v1/peer/state/push"
 SYNC_PATH = "/v1/peer/state/sync"
 #: Sync rounds in a row with one peer while it says there is more.
 MAX_ROUNDS = 50
+#: A namespace that refused a peer's changes is left out of pulls this long, so it cannot crowd out the others.
+BLOCKED_RETRY_S = 30.0
 
 
 def _ns_key(tenant: str, namespace: str) -> str:
@@ -197,28 +199,20 @@ class Replicator:
             "reason": exc.message})
 
     async def _apply_all(self, sender: str, all_changes: list[Changes], *, measure_lag: bool = False) -> int:
-        damaged: set[tuple[str, str]] = set()
-        for changes in all_changes:  # check everything before applying anything
-            try:
-                await asyncio.to_thread(self.state.check, changes)
-            except NamespaceDamaged:
-                # One damaged namespace here must not stop the others from converging.
-                damaged.add((changes.tenant, changes.namespace))
-            except EdgenodeError as exc:
-                self._refused(sender, changes, exc)
-                raise
         applied = 0
         now_ms = time.time() * 1000
         for changes in all_changes:
-            if (changes.tenant, changes.namespace) in damaged:
-                continue
             try:
-                applied += await asyncio.to_thread(self.state.apply, changes)
+                # A namespace that cannot merge (or is damaged) blocks only itself; state records why.
+                won = await asyncio.to_thread(self.state.merge, sender, changes)
             except NamespaceDamaged:
-                continue  # found damaged while applying: it refuses its writes, the rest go on
+                continue  # it refuses its writes, the rest go on
             except EdgenodeError as exc:
                 self._refused(sender, changes, exc)
                 raise
+            if won is None:
+                continue
+            applied += won
             for row in changes.rows if measure_lag else ():
                 # Lag is measured on the wall clock; a node's clock_offset_ms skews it, as it should.
                 lag = max(0.0, (now_ms - physical_ms(row.hlc)) / 1000)
@@ -234,15 +228,19 @@ class Replicator:
     def _wanted_body(self) -> dict[str, Any]:
         books = self.state.books()
         return {"books": {_ns_key(t, ns): {o: rs.to_json() for o, rs in book.items()}
-                          for (t, ns), book in books.items()}}
+                          for (t, ns), book in books.items()},
+                "blocked": sorted(_ns_key(t, ns) for t, ns in self.state.blocked.recent(BLOCKED_RETRY_S))}
 
     async def answer_sync(self, sender: str, data: Any) -> dict[str, Any]:
         """What the asking peer lacks: for each namespace, the missing tail or a snapshot."""
         theirs = self._parse_books(sender, data)
+        skip = data.get("blocked") if isinstance(data.get("blocked"), list) else []
         budget = self.settings.sync_batch_rows
         out: list[dict[str, Any]] = []
         more = False
         for (tenant, namespace), mine in sorted(self.state.books().items()):
+            if _ns_key(tenant, namespace) in skip:
+                continue  # it refused what it got last time: it must not eat the budget of the others
             if budget <= 0:
                 more = True
                 break

@@ -107,7 +107,9 @@ class Guard:
             return None
         if action in _WRITE_ACTIONS:
             target = arg2 if action in (sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_DROP_INDEX) else arg1
-            if action in _CREATES and arg1 and is_internal(arg1) and not arg1.startswith("sqlite_autoindex_"):
+            # sqlite_sequence comes with AUTOINCREMENT, which the replicated schema refuses with its own reason.
+            if (action in _CREATES and arg1 and is_internal(arg1) and not arg1.startswith("sqlite_autoindex_")
+                    and arg1 != "sqlite_sequence"):
                 return f"names starting with {arg1[:6]!r}... are reserved for edgenode"
             if target and target.lower() in _SCHEMA_TABLES:  # SQLite's own bookkeeping for CREATE
                 return "write" if self.read_only else None

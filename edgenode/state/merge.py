@@ -3,13 +3,17 @@
 Reading runs on a reader connection, applying on the writer; both take the
 connection they run on. Applying is last-writer-wins per row on (HLC, origin),
 with tombstones, so the result does not depend on the order changes arrive in.
+A tombstone may go once every member has seen it (:func:`collect_tombstones`):
+before that, a member still holding the older live row would hand it back.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
+from collections.abc import Iterable, Mapping
 
 from edgenode.cluster.ranges import RangeSet
 from edgenode.errors import MalformedChanges
@@ -17,22 +21,27 @@ from edgenode.state import schema
 from edgenode.state.guard import Guard
 from edgenode.state.payload import Changes, Row
 
+log = logging.getLogger(__name__)
+
 _CREATE = re.compile(r"^\s*CREATE\s+(TABLE|UNIQUE\s+INDEX|INDEX|VIEW)\s", re.IGNORECASE)
 
 
 def _load_values(conn: sqlite3.Connection, rows: list[Row], pks: dict[str, list[str]]) -> list[Row]:
     out: list[Row] = []
+    stored: dict[str, list[str]] = {}
     for row in rows:
         if not row.deleted:
             cols = pks.get(row.tbl)
             if cols is None:
                 continue
+            # Stored columns only: a generated column is computed again on the receiver, and cannot be inserted.
+            names = stored.get(row.tbl) or stored.setdefault(row.tbl, schema.columns(conn, row.tbl))
             where = " AND ".join(f"{schema.quote(c)} IS ?" for c in cols)
-            found = conn.execute(f"SELECT * FROM {schema.quote(row.tbl)} WHERE {where}",
-                                 json.loads(row.pk)).fetchone()
+            found = conn.execute(f"SELECT {', '.join(schema.quote(c) for c in names)} FROM {schema.quote(row.tbl)} "
+                                 f"WHERE {where}", json.loads(row.pk)).fetchone()
             if found is None:
                 continue  # cannot happen while triggers hold; never send a live row without values
-            row.values = dict(zip(found.keys(), found, strict=True))
+            row.values = dict(zip(names, found, strict=True))
         out.append(row)
     return out
 
@@ -135,9 +144,41 @@ def ensure_object(conn: sqlite3.Connection, name: str, sql: str) -> None:
         schema.install_triggers(conn, name, pk)
 
 
-def apply_changes(conn: sqlite3.Connection, changes: Changes) -> int:
-    """Apply a peer's changes on the writer (inside its transaction); returns how many rows won."""
+def _restamp_lost_versions(conn: sqlite3.Connection, changes: Changes, origin: str) -> None:
+    """Give this node's rows fresh versions if the peer has seen versions of this node that this file lacks.
+
+    Peers learn this node's versions from this node only, so a peer ahead of the file's own
+    head means the file lost its history: restored from a backup, or deleted and started
+    empty. Writes made since then reused version numbers the fleet has already seen, for
+    other writes: neither side would ever ask the other for them. So this node's rows move
+    to one new version, past what the peer has seen, and go out again (their clocks are
+    unchanged, so last-writer-wins decides as before, and a peer holding the same write
+    skips it); and the versions of this node the file claimed are forgotten, so it asks the
+    fleet for what they held.
+    """
+    theirs = changes.seen.get(origin)
+    head = conn.execute("SELECT coalesce(max(hi), 0) FROM _crdt_book WHERE origin = ?", (origin,)).fetchone()[0]
+    if theirs is None or theirs.head() <= head:
+        return
+    version = theirs.head() + 1
+    conn.execute("DELETE FROM _crdt_book WHERE origin = ?", (origin,))
+    moved = conn.execute("UPDATE _crdt_clock SET version = ? WHERE origin = ?", (version, origin)).rowcount
+    schema.book_add(conn, origin, version, version)
+    log.warning("this namespace had lost versions of this node (restored from a backup, deleted and started "
+                "again, or another node uses this node's id); its rows were stamped again so they replicate",
+                extra={"tenant": changes.tenant, "namespace": changes.namespace, "own_head": head,
+                       "peer_head": version - 1, "rows": moved})
+
+
+def apply_changes(conn: sqlite3.Connection, changes: Changes, local_origin: str | None = None) -> int:
+    """Apply a peer's changes on the writer (inside its transaction); returns how many rows won.
+
+    ``local_origin`` is this node's id: if the peer has seen versions of it that this
+    namespace lacks, this node's rows get a fresh version first (added to ``changes.seen``).
+    """
     check_changes(changes, conn)
+    if local_origin is not None:
+        _restamp_lost_versions(conn, changes, local_origin)
     for name, sql in sorted(changes.schema.items()):
         ensure_object(conn, name, sql)
     # Schema rows first (tables before indexes), so every row finds its table.
@@ -179,9 +220,22 @@ def _apply_row(conn: sqlite3.Connection, row: Row, pk_cols: list[str]) -> bool:
             if [row.values.get(c) for c in pk_cols] != pk_values:
                 raise MalformedChanges(f"change for {row.tbl!r} has values that disagree with its key")
             cols = list(row.values)
+            # An upsert on the primary key, not INSERT OR REPLACE: REPLACE would also delete any *other*
+            # row the new one collides with on a UNIQUE column, here only and without a tombstone.
+            others = [c for c in cols if c not in pk_cols]
+            action = ("DO UPDATE SET " + ", ".join(f"{schema.quote(c)} = excluded.{schema.quote(c)}" for c in others)
+                      if others else "DO NOTHING")
             conn.execute(
-                f"INSERT OR REPLACE INTO {table} ({', '.join(schema.quote(c) for c in cols)}) "
-                f"VALUES ({', '.join('?' for _ in cols)})", [row.values[c] for c in cols])
+                f"INSERT INTO {table} ({', '.join(schema.quote(c) for c in cols)}) "
+                f"VALUES ({', '.join('?' for _ in cols)}) "
+                f"ON CONFLICT ({', '.join(schema.quote(c) for c in pk_cols)}) {action}",
+                [row.values[c] for c in cols])
+    except sqlite3.IntegrityError as exc:
+        what = ("collides with a different row here on a UNIQUE column" if "UNIQUE" in str(exc)
+                else "breaks a constraint of the table here (it is defined differently on the two nodes)")
+        raise MalformedChanges(
+            f"change for {row.tbl!r} key {row.pk} from {row.origin} {what} ({exc}); the namespace cannot merge "
+            "until one of the rows is changed", table=row.tbl, pk=row.pk) from exc
     except sqlite3.Error as exc:
         raise MalformedChanges(f"change for {row.tbl!r} does not fit the local table: {exc}") from exc
     conn.execute(
@@ -238,5 +292,38 @@ def check_changes(changes: Changes, conn: sqlite3.Connection | None) -> None:
                 unknown = set(row.values) - known_columns[row.tbl]
                 if unknown:
                     raise MalformedChanges(f"change for {row.tbl!r} names columns it lacks here: {sorted(unknown)}")
+                lacking = known_columns[row.tbl] - set(row.values)
+                if lacking:  # the table is defined differently there: applying would mix two rows' columns
+                    raise MalformedChanges(f"change for {row.tbl!r} lacks columns it has here: {sorted(lacking)}")
     finally:
         scratch.close()
+
+
+def acknowledged_by_all(books: Iterable[Mapping[str, RangeSet]]) -> dict[str, int]:
+    """Per origin, the highest version every one of ``books`` has seen with nothing missing below it.
+
+    ``books`` are the members' seen versions of one namespace (this node's included); an
+    origin some member has not seen at all is left out, so none of its tombstones go.
+    """
+    out: dict[str, int] | None = None
+    for book in books:
+        heads = {}
+        for origin, ranges in book.items():
+            first = next(iter(ranges), None)
+            if first is not None and first[0] == 1:
+                heads[origin] = first[1]
+        out = heads if out is None else {o: min(v, heads[o]) for o, v in out.items() if o in heads}
+    return out or {}
+
+
+def collect_tombstones(conn: sqlite3.Connection, acknowledged: Mapping[str, int]) -> int:
+    """Delete tombstones written by ``origin`` at versions up to ``acknowledged[origin]``; returns how many went.
+
+    Call it only with versions every member has seen (:func:`acknowledged_by_all`): a member
+    that has not yet applied a delete would otherwise send the deleted row back for good.
+    """
+    gone = 0
+    for origin, upto in acknowledged.items():
+        gone += conn.execute("DELETE FROM _crdt_clock WHERE origin = ? AND version <= ? AND deleted = 1",
+                             (origin, upto)).rowcount
+    return gone

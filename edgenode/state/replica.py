@@ -306,6 +306,9 @@ class Replica:
                 raise fault from exc
             if guard.refusal:
                 raise guard.refused() from exc
+            key_refusal = schema.key_refusal(exc)
+            if key_refusal is not None:
+                raise key_refusal from exc
             if timed_out(exc):
                 raise time_limit_error(limit_ms) from exc
             raise SqlError(f"{type(exc).__name__}: {exc}") from exc
@@ -420,21 +423,28 @@ class Replica:
         """Every origin's seen versions, as stored."""
         return self.db.read_sync(schema.read_book)
 
+    def collect_tombstones(self, acknowledged: dict[str, int]) -> int:
+        """Delete tombstones of versions every member has seen (per origin, up to the version given)."""
+        return self.db.write_sync(lambda conn: merge.collect_tombstones(conn, acknowledged))
+
     def check(self, changes: Changes) -> None:
         """Refuse changes this namespace could not apply whole (MalformedChanges), without writing."""
         self.db.read_sync(lambda conn: merge.check_changes(changes, conn))
 
     def apply(self, changes: Changes) -> int:
-        """Apply a peer's changes last-writer-wins; all or nothing. Returns how many rows won."""
+        """Apply a peer's changes last-writer-wins; all or nothing. Returns how many rows won.
+
+        ClockOffsetExceeded, applying nothing, if they are stamped too far ahead of this node's clock.
+        """
         if changes.rows:
-            self.hlc.observe(changes.max_hlc())
-        return self.db.write_sync(lambda conn: merge.apply_changes(conn, changes))
+            self.hlc.observe_remote(changes.max_hlc())
+        return self.db.write_sync(lambda conn: merge.apply_changes(conn, changes, self.origin))
 
     async def aapply(self, changes: Changes) -> int:
         """Awaitable :meth:`apply`."""
         if changes.rows:
-            self.hlc.observe(changes.max_hlc())
-        return await self.db.write(lambda conn: merge.apply_changes(conn, changes))
+            self.hlc.observe_remote(changes.max_hlc())
+        return await self.db.write(lambda conn: merge.apply_changes(conn, changes, self.origin))
 
     # -- async twins of the rest ---------------------------------------------------
 

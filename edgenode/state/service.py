@@ -20,7 +20,8 @@ from prometheus_client import Counter, Gauge
 from edgenode.auth import validate_tenant
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
-from edgenode.errors import DatabaseDamaged, DatabaseRefused, ValidationFailed
+from edgenode.errors import DatabaseDamaged, DatabaseRefused, MalformedChanges, ValidationFailed
+from edgenode.state.blocked import BlockedNamespaces
 from edgenode.state.health import NamespaceHealth
 from edgenode.state.merge import check_changes
 from edgenode.state.names import namespace_path, validate_key, validate_namespace
@@ -61,7 +62,8 @@ class State:
         self.settings = node.config.state
         self.root = node.data_dir / "state"
         self.origin = node.id
-        self.hlc = Hlc(offset_ms=node.config.cluster.clock_offset_ms)
+        self.hlc = Hlc(offset_ms=node.config.cluster.clock_offset_ms,
+                       max_offset_ms=node.config.cluster.max_clock_offset_ms)
         self.limits = Limits(
             max_value_bytes=self.settings.max_value_bytes,
             sql_time_limit_ms=self.settings.sql_time_limit_ms,
@@ -76,6 +78,8 @@ class State:
         self.on_commit: Callable[[str, str, int], None] = lambda tenant, namespace, version: None
         self.replicator: Replicator | None = None
         registry = node.metrics.registry
+        #: Namespaces a peer's changes could not be merged into (each blocks only itself).
+        self.blocked = BlockedNamespaces(registry)
         self._m_writes = Counter("edgenode_state_writes", "Local writes that changed rows.", ["kind"],
                                  registry=registry)
         self._m_open = Gauge("edgenode_state_open_namespaces", "Namespace databases open now.",
@@ -142,6 +146,7 @@ class State:
             with self._books_lock:
                 for key in [k for k in self._books if k[0] == tenant]:
                     del self._books[key]
+            self.blocked.forget_tenant(tenant)
             shutil.rmtree(self.root / tenant, ignore_errors=True)
 
         await run_blocking(purge)
@@ -361,9 +366,49 @@ class State:
         """Apply a peer's changes to one namespace (created if new); returns rows that won."""
         def run(r: Replica) -> int:
             applied = r.apply(changes)
-            self.merge_seen(changes.tenant, changes.namespace, changes.seen)
+            if self.origin in changes.seen:  # rare: it may have re-stamped our rows (merge._restamp_lost_versions)
+                key = (changes.tenant, changes.namespace)
+                book = r.book()
+                with self._books_lock:
+                    before = self._books.get(key, {}).get(self.origin, RangeSet()).head()
+                    self._books[key] = book
+                head = book.get(self.origin, RangeSet()).head()
+                if head > before:  # the re-stamped rows are a new version of ours: send it like a commit
+                    self.on_commit(changes.tenant, changes.namespace, head)
+            else:
+                self.merge_seen(changes.tenant, changes.namespace, changes.seen)
             return applied
         return self._with(changes.tenant, changes.namespace, run)
+
+    def merge(self, sender: str, changes: Changes) -> int | None:
+        """Check and apply a peer's changes to one namespace; rows that won, or None if it refused them.
+
+        A refusal (MalformedChanges, ClockOffsetExceeded) applies nothing, is recorded in
+        :attr:`blocked` and blocks only this namespace; the caller goes on with the others.
+        NamespaceDamaged propagates (the namespace's health reports it).
+        """
+        try:
+            if changes.rows:  # before the namespace is opened: a refused batch creates no file
+                self.hlc.observe_remote(changes.max_hlc())
+            self.check(changes)
+            applied = self.apply(changes)
+        except MalformedChanges as exc:
+            self.blocked.record(changes.tenant, changes.namespace, sender, exc)
+            return None
+        self.blocked.clear(changes.tenant, changes.namespace)
+        return applied
+
+    def blocked_namespaces(self) -> list[dict[str, Any]]:
+        """Namespaces a peer's changes could not be merged into, with why (for ``GET /v1/cluster``)."""
+        return self.blocked.listing()
+
+    def collect_tombstones(self, tenant: str, namespace: str, acknowledged: dict[str, int]) -> int:
+        """Delete a namespace's tombstones every member has seen: per origin, versions up to ``acknowledged``.
+
+        ``acknowledged`` is what every member has seen of the namespace (``merge.acknowledged_by_all``
+        over their books); returns how many tombstones went (0 if the namespace does not exist).
+        """
+        return self._with(tenant, namespace, lambda r: r.collect_tombstones(acknowledged), create=False, default=0)
 
     def check(self, changes: Changes) -> None:
         """Refuse (MalformedChanges) changes that could not be applied whole, writing nothing."""
@@ -387,4 +432,5 @@ class State:
         with self._books_lock:
             count = len(self._books)
         return {"namespaces": count, "open": self.pool.open_count(), "hlc": self.hlc.peek(),
-                "damaged": len(self.health.damaged())}
+                "damaged": len(self.health.damaged()), "blocked": len(self.blocked),
+                "clock_refusals": self.blocked.clock_refusals}

@@ -97,7 +97,6 @@ def test_signed_push_applies(node: NodeProcess) -> None:
     (push_body("m1", r3="bad origin!"), "/v1/peer/state/push"),
     (push_body("m2", r4=7), "/v1/peer/state/push"),           # a version the sender does not vouch for
     (push_body("m3", r2=-1), "/v1/peer/state/push"),
-    (push_body("m4", r0="no_such_table"), "/v1/peer/state/push"),
     (b"{not json", "/v1/peer/state/push"),
     ({"books": {"default/ok": {"n-x": [[5, 1]]}}}, "/v1/peer/state/sync"),
     ({"books": "x"}, "/v1/peer/state/sync"),
@@ -117,6 +116,21 @@ def test_malformed_changes_are_refused_logged_and_not_applied(node: NodeProcess,
         assert admin.get("/v1/kv/bystander/innocent-bystander").status_code == 404
         assert admin.get("/healthz").status_code == 200
     assert "refused" in node.log()
+
+
+def test_a_namespace_that_cannot_merge_blocks_only_itself(node: NodeProcess) -> None:
+    body = push_body("m4", r0="no_such_table")  # well formed, but names a table this node lacks
+    good = push_body("applied-bystander")["namespaces"][0]
+    good["namespace"] = "bystander-2"
+    body["namespaces"].insert(0, good)
+    r = signed_post(node, "/v1/peer/state/push", body)
+    assert r.status_code == 200 and r.json() == {"applied": 1}, r.text
+    with node.client() as admin:
+        assert admin.get("/v1/kv/bystander-2/applied-bystander").status_code == 200
+        assert admin.get("/v1/kv/auth/m4").status_code == 404
+        blocked = admin.get("/v1/cluster").json()["blocked_namespaces"]
+        assert [(b["namespace"], b["peer"], b["code"]) for b in blocked] == [("auth", "n-peer", "malformed_changes")]
+        assert "no_such_table" in blocked[0]["reason"]
 
 
 def test_signed_hello_is_answered(node: NodeProcess) -> None:

@@ -27,7 +27,7 @@ def make_replicas(root: Path, clock: Clock, skews_ms: list[int]) -> list[Replica
     replicas = []
     for origin, skew in zip(ORIGINS, skews_ms, strict=True):
         db = NamespaceDatabase(root / f"{origin}.db", readers=1, synchronous="OFF").open()
-        hlc = Hlc(now=lambda: clock.t, offset_ms=skew)
+        hlc = Hlc(now=lambda: clock.t, offset_ms=skew, max_offset_ms=5000)  # skews here reach 2 s apart
         replica = Replica(db, "default", "ns", origin, hlc)
         replica.sql("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
         replicas.append(replica)

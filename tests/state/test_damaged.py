@@ -31,7 +31,7 @@ def _assert_damaged_but_others_served(node: NodeProcess, namespace: str, reason:
         error = r.json()["error"]
         assert error["code"] == "namespace_damaged" and reason in error["reason"], error
         assert namespace in error["message"]
-        r = c.post(f"/v1/sql/{namespace}", json={"sql": "INSERT INTO t (v) VALUES ('x')"})
+        r = c.post(f"/v1/sql/{namespace}", json={"sql": "INSERT INTO t (id, v) VALUES (1, 'x')"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "namespace_damaged", r.text
         assert c.put("/v1/kv/healthy/k", content=b"fine").status_code == 200
         assert c.get("/v1/kv/healthy/k").content == b"fine"
@@ -99,7 +99,8 @@ def test_a_stuck_namespace_does_not_hold_up_reads_of_others(tmp_path: Path) -> N
         pool = concurrent.futures.ThreadPoolExecutor(40)
         with node.client(timeout=600) as slow:
             def insert(i: int) -> int:
-                r = slow.post("/v1/sql/stuck", json={"sql": "INSERT INTO t (v) VALUES (?)", "params": [str(i)]})
+                r = slow.post("/v1/sql/stuck", json={"sql": "INSERT INTO t (id, v) VALUES (?, ?)",
+                                                   "params": [i, str(i)]})
                 return r.status_code
             waiting = [pool.submit(insert, i) for i in range(40)]
             with node.client(timeout=30) as c:

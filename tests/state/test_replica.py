@@ -275,12 +275,13 @@ def test_equal_clocks_break_ties_by_origin(tmp_path: Path) -> None:
 
 
 def test_a_write_after_seeing_a_future_clock_wins(tmp_path: Path) -> None:
-    ahead = open_replica(tmp_path / "a.db", "n-a", Hlc(offset_ms=3_600_000))
-    behind = open_replica(tmp_path / "b.db", "n-b", Hlc(offset_ms=-3_600_000))
+    # 400 ms apart: within cluster.max_clock_offset_ms (500 ms by default), so the clock is followed.
+    ahead = open_replica(tmp_path / "a.db", "n-a", Hlc(offset_ms=200))
+    behind = open_replica(tmp_path / "b.db", "n-b", Hlc(offset_ms=-200))
     try:
         ahead.kv_put("k", b"first")
         behind.apply(ahead.changes(everything(ahead)))
-        behind.kv_put("k", b"second")  # later in real time, on a clock two hours behind
+        behind.kv_put("k", b"second")  # later in real time, on a clock 400 ms behind
         ahead.apply(behind.changes(everything(behind)))
         assert ahead.kv_get("k")[0] == behind.kv_get("k")[0] == b"second"  # type: ignore[index]
     finally:

@@ -19,7 +19,7 @@ def _writes(c: httpx.Client, box: str) -> dict[str, Callable[[str], httpx.Respon
         "kv put (namespace)": lambda n: c.put(f"/v1/kv/app/key-{n}", content=os.urandom(64 * 1024)),
         "kv put (new namespace)": lambda n: c.put(f"/v1/kv/ns-{n}/k", content=b"v"),
         "sql insert (namespace)": lambda n: c.post("/v1/sql/app", json={
-            "sql": "INSERT INTO notes (body) VALUES (?)", "params": [f"note {n} " + "x" * 30_000]}),
+            "sql": "INSERT INTO notes (id, body) VALUES (?, ?)", "params": [n, f"note {n} " + "x" * 30_000]}),
         "new token (node.db)": lambda n: c.post("/v1/tokens", json={"tenant": "acme", "name": f"t{n}"}),
         "new repo (artifacts.db)": lambda n: c.post("/v1/repos", json={"name": f"repo-{n}"}),
         "new sandbox (sandboxes.db)": lambda n: c.post("/v1/sandboxes", json={"name": f"box-{n}"}),
@@ -33,7 +33,7 @@ def test_full_disk_answers_507_and_the_same_process_writes_again_once_space_is_f
             with node.client(timeout=60) as c:
                 assert c.post("/v1/tenants", json={"name": "acme"}).status_code == 201
                 assert c.post("/v1/sql/app", json={
-                    "sql": "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"}).status_code == 200
+                    "sql": "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)"}).status_code == 200
                 box = c.post("/v1/sandboxes", json={"name": "files"}).json()["id"]
                 for name, write in _writes(c, box).items():
                     r = write("first")

@@ -79,9 +79,9 @@ def kv_route(request):
 
 def sql_route(request):
     try:
-        sql("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT)")
+        sql("CREATE TABLE IF NOT EXISTS notes (body TEXT)")  # no primary key: a table of this node only
         sql("INSERT INTO notes (body) VALUES (?)", [request.text() or "note"])
-        return sql("SELECT body FROM notes ORDER BY id")
+        return sql("SELECT body FROM notes ORDER BY rowid")
     except HostError as exc:
         return Response.json({"host_error": str(exc)}, status=500)
 
