@@ -74,6 +74,14 @@ def wants_json(argv: Sequence[str]) -> bool:
 class Root(click.Group):
     """The ``edgenode`` group: SDK exceptions become ``CliError``; every error printed in one format."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        """The root context, kept so a failure can tell whether ``--json`` was given."""
+        self._root_ctx: click.Context | None = None
+        ctx = super().make_context(info_name, args, parent, **extra)
+        self._root_ctx = ctx
+        return ctx
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand, translating the SDK's exceptions."""
         try:
@@ -94,7 +102,10 @@ class Root(click.Group):
             if not standalone_mode:
                 raise
             error = as_cli_error(exc)
-            if wants_json(argv):
+            root = getattr(self, "_root_ctx", None)
+            # --json as parsed; for a failure while parsing, as written (before any --).
+            given = bool(root is not None and root.meta.get("edgenode.json"))
+            if given or (isinstance(exc, click.UsageError) and wants_json(argv)):
                 click.echo(json.dumps(error.wire()), err=True)
             else:
                 error.show() if isinstance(exc, CliError) else exc.show()

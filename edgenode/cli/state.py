@@ -33,7 +33,7 @@ def kv() -> None:
 @kv.command("get")
 @click.argument("namespace")
 @click.argument("key")
-@click.option("--version", "show_version", is_flag=True, help="Print the key's version to stderr.")
+@click.option("--show-version", "show_version", is_flag=True, help="Print the key's version to stderr.")
 @pass_client
 def kv_get(client: ClientContext, namespace: str, key: str, show_version: bool) -> None:
     """Print the value of KEY in NAMESPACE to stdout, as is."""
@@ -74,7 +74,7 @@ def kv_put(client: ClientContext, namespace: str, key: str, value: str | None, s
 @kv.command("ls")
 @click.argument("namespace")
 @click.option("--prefix", default="", help="Only keys starting with this.")
-@click.option("--limit", default=1000, show_default=True, help="Keys per page.")
+@click.option("--page-size", "limit", default=1000, show_default=True, help="Keys per request.")
 @click.option("--all", "everything", is_flag=True, help="Follow cursors to list every key.")
 @pass_client
 def kv_ls(client: ClientContext, namespace: str, prefix: str, limit: int, everything: bool) -> None:
