@@ -118,7 +118,7 @@ def test_one_name_per_flag() -> None:
     """An option name means one kind of thing everywhere: a flag, a value, or a repeatable value."""
     add_json_options(cli)
     kinds: dict[str, set[str]] = {}
-    for path, command in _commands(cli):
+    for _path, command in _commands(cli):
         for param in command.params:
             if isinstance(param, click.Option) and command is not cli:  # `edgenode --version` is the program's
                 kind = "flag" if param.is_flag else "repeat" if param.multiple else "value"
