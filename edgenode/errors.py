@@ -76,6 +76,12 @@ class NotFound(EdgenodeError):
     status = 404
 
 
+class JobNotFound(NotFound):
+    """No background job by that id for this tenant (or it ended long ago and was forgotten)."""
+
+    code = "job_not_found"
+
+
 class MethodNotAllowed(EdgenodeError):
     """The route exists but not with this method."""
 

@@ -19,6 +19,7 @@ from edgenode.auth import Auth
 from edgenode.cluster import Cluster
 from edgenode.config import Config
 from edgenode.isolates import Workers
+from edgenode.jobs import Jobs
 from edgenode.metrics import Metrics
 from edgenode.sandboxes import Sandboxes
 from edgenode.state import State
@@ -103,6 +104,8 @@ class Node:
         self.db = self.database("node.db", AUTH_MIGRATIONS)
         self.auth = Auth(self.db, self.admin_token)
         self.capabilities: list[Capability] = []
+        #: Background work routes answer 202 for (an import), followed at /v1/jobs/{id}.
+        self.jobs = Jobs()
         # Capabilities are wired here, in start order; each also registers its routes in
         # edgenode.api.app and its commands in edgenode.cli.
         self.cluster = self.add(Cluster(self))
@@ -162,6 +165,7 @@ class Node:
     async def stop(self) -> None:
         """Stop capabilities in reverse order, then close the node database."""
         await self.metrics.loop_lag.stop()
+        await self.jobs.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

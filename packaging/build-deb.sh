@@ -9,10 +9,14 @@ PYZ=${1:-dist/edgenode.pyz}
 OUTDIR=${2:-dist}
 [ -f "$PYZ" ] || bash packaging/build-zipapp.sh "$PYZ"
 VERSION=$("$PY" -c 'import edgenode; print(edgenode.__version__)')
-ARCH=$(dpkg --print-architecture)
-# The single file carries compiled extensions for the Python it was built with: depend on that minor version.
-PYMINOR=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-PYNEXT=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1] + 1}")')
+# The architecture and the binary interface come from the single file itself: the machine its
+# ELF files are for, the one CPython minor its extensions are built for, and the newest glibc
+# any of its manylinux wheels needs (packaging/abi.py, standard library only).
+ARCH=$(python3 packaging/abi.py "$PYZ" --arch)
+ABI_DEPENDS=$(python3 packaging/abi.py "$PYZ" --depends)
+# The changelog's newest entry must be this version.
+head -1 packaging/changelog | grep -q "^edgenode ($VERSION) " \
+  || { echo "packaging/changelog does not start with version $VERSION" >&2; exit 1; }
 ROOT=$(mktemp -d)
 chmod 0755 "$ROOT"
 trap 'rm -rf "$ROOT"' EXIT
@@ -28,6 +32,9 @@ chmod 0755 "$ROOT/usr/bin/edgenode"
 install -D -m 0644 systemd/edgenode.service "$ROOT/lib/systemd/system/edgenode.service"
 install -D -m 0644 packaging/edgenode.toml "$ROOT/etc/edgenode/edgenode.toml"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/edgenode/README.md"
+install -D -m 0644 packaging/copyright "$ROOT/usr/share/doc/edgenode/copyright"
+gzip -9n < packaging/changelog > "$ROOT/usr/share/doc/edgenode/changelog.Debian.gz"
+chmod 0644 "$ROOT/usr/share/doc/edgenode/changelog.Debian.gz"
 
 install -d "$ROOT/DEBIAN"
 cat > "$ROOT/DEBIAN/control" <<CONTROL
@@ -35,7 +42,7 @@ Package: edgenode
 Version: $VERSION
 Architecture: $ARCH
 Maintainer: edgenode developers <edgenode@localhost>
-Depends: python3 (>= $PYMINOR), python3 (<< $PYNEXT), adduser, git, bubblewrap
+Depends: $ABI_DEPENDS, adduser, git, bubblewrap
 Section: net
 Priority: optional
 Description: self-hosted agent cloud node for edge machines
@@ -80,5 +87,6 @@ SH
 chmod 0755 "$ROOT/DEBIAN/postinst" "$ROOT/DEBIAN/prerm" "$ROOT/DEBIAN/postrm"
 mkdir -p "$OUTDIR"
 OUT="$OUTDIR/edgenode_${VERSION}_${ARCH}.deb"
-fakeroot dpkg-deb --build -Zxz "$ROOT" "$OUT" >/dev/null
+# The single file is already compressed: xz would spend minutes to save well under 1%.
+fakeroot dpkg-deb --build -Zgzip "$ROOT" "$OUT" >/dev/null
 echo "built $OUT"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,6 +18,17 @@ from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edgenode.service"
+
+
+def _load_abi():  # noqa: ANN202 (a module loaded from its file: packaging/ is not a package)
+    spec = importlib.util.spec_from_file_location("packaging_abi", ROOT / "packaging" / "abi.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+abi = _load_abi()
 
 
 def _unit_settings() -> dict[str, str]:
@@ -106,9 +120,15 @@ def test_deb_package(zipapp: Path, tmp_path: Path) -> None:
     assert "Package: edgenode" in info and "bubblewrap" in info
     minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert f"python3 (>= {minor}), python3 (<< {sys.version_info[0]}.{sys.version_info[1] + 1})" in info
+    # The glibc floor of the bundled manylinux wheels (pydantic-core, wasmtime, ... say which they need).
+    floor = abi.glibc_floor(abi.wheel_tags(zipapp))
+    assert floor is not None and f"libc6 (>= {floor[0]}.{floor[1]})" in info
+    fields = dict(line.strip().split(": ", 1) for line in info.splitlines() if ": " in line and line[0] != " ")
+    assert set(abi.elf_machines(zipapp).values()) == {fields["Architecture"]}  # the machine its native code is for
     contents = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True).stdout
     for path in ("./usr/bin/edgenode", "./usr/lib/edgenode/edgenode.pyz", "./lib/systemd/system/edgenode.service",
-                 "./etc/edgenode/edgenode.toml"):
+                 "./etc/edgenode/edgenode.toml", "./usr/share/doc/edgenode/copyright",
+                 "./usr/share/doc/edgenode/changelog.Debian.gz"):
         assert path in contents, path
     extracted = tmp_path / "root"
     subprocess.run(["dpkg-deb", "--raw-extract", str(deb), str(extracted)], check=True)
@@ -118,3 +138,35 @@ def test_deb_package(zipapp: Path, tmp_path: Path) -> None:
         assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
     assert "adduser --system" in (extracted / "DEBIAN" / "postinst").read_text()
     assert (extracted / "usr/lib/edgenode/edgenode.pyz").read_bytes() == zipapp.read_bytes()
+    copyright_text = (extracted / "usr/share/doc/edgenode/copyright").read_text()
+    assert copyright_text.startswith("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    changelog = gzip.decompress((extracted / "usr/share/doc/edgenode/changelog.Debian.gz").read_bytes()).decode()
+    assert changelog.startswith(f"edgenode ({fields['Version']}) ")
+
+
+#: Where the arm64 single file is kept between runs, keyed by what decides its native parts.
+ARM64_CACHE = ROOT / "build" / "test-arm64"
+
+
+def test_the_arm64_single_file_holds_only_arm64_code_for_one_python() -> None:
+    """Built with pip's platform options (it cannot run here): every ELF file is aarch64, for one CPython."""
+    pins = subprocess.run([sys.executable, str(ROOT / "packaging" / "pins.py")], capture_output=True, text=True,
+                          check=True).stdout
+    key = hashlib.sha256((pins + (ROOT / "packaging" / "build-zipapp.sh").read_text()
+                          + f"{sys.version_info[:2]}").encode()).hexdigest()[:16]
+    pyz = ARM64_CACHE / key / "edgenode-arm64.pyz"
+    if not pyz.exists():  # the first run fetches the wheels and builds (about half a minute); later runs reuse it
+        env = {**os.environ, "PYTHON": sys.executable, "ARCH": "arm64"}
+        built = subprocess.run(["bash", str(ROOT / "packaging" / "build-zipapp.sh"), str(pyz)], capture_output=True,
+                               text=True, env=env, timeout=600)
+        assert built.returncode == 0, built.stdout + built.stderr[-3000:]
+    machines = abi.elf_machines(pyz)
+    assert len(machines) >= 5 and set(machines.values()) == {"arm64"}, machines
+    assert any("pydantic_core" in name for name in machines) and any("wasmtime" in name for name in machines)
+    tags = abi.wheel_tags(pyz)
+    assert abi.cpython_abis(tags) == {sys.version_info[:2]}
+    platforms = {tag.split("-")[-1] for dist in tags.values() for tag in dist} - {"any"}
+    assert platforms and all(p.endswith("aarch64") for p in platforms), platforms
+    depends = abi.depends(pyz)
+    assert depends.startswith(f"python3 (>= {sys.version_info[0]}.{sys.version_info[1]}), ")
+    assert "libc6 (>= 2." in depends

@@ -1,6 +1,7 @@
-"""packaging/rollout.py against a local fleet: three hosts on loopback addresses, each a
+"""`edgenode rollout` against a local fleet: three hosts on loopback addresses, each a
 directory holding the installed edgenode.pyz and a `restart` script that plays its
-service manager, with the copy/run templates pointed at them instead of scp/ssh."""
+service manager, with the copy/run templates pointed at them instead of scp/ssh. The gate
+runs the installed single file's `selftest` on each host (a canary worker, a sandbox command)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ fi
 SHIV_ROOT={shiv} {python} -I edgenode.pyz serve --data data --listen {host}:{port} >>node.log 2>&1 </dev/null &
 echo $! > node.pid
 """
+
+
+#: The gate on a test host: the installed single file checks its own node (URL and token from its data directory).
+SELFTEST = f"{shlex.quote(sys.executable)} -I edgenode.pyz --data data selftest --expect-version {{version}}"
 
 
 def _env(shiv: Path) -> dict[str, str]:
@@ -152,7 +157,7 @@ class Fleet:
 
     def rollout(self, package: Path, *args: str,
                 installs: tuple[str, ...] = ("install -m 0755 {remote} edgenode.pyz", "./restart"),
-                ) -> subprocess.CompletedProcess[str]:
+                gate: tuple[str, ...] = (SELFTEST,)) -> subprocess.CompletedProcess[str]:
         """Run packaging/rollout.py with templates that reach this fleet's directories, not ssh."""
         root = shlex.quote(str(self.root))
         templates = [
@@ -161,6 +166,7 @@ class Fleet:
             "--run", f"env -C {root}/{{host}} sh -c {{command}}",
             *(arg for step in installs for arg in ("--install", step)),
             "--health", f"http://{{address}}:{self.port}/healthz",
+            *(arg for step in gate for arg in ("--gate", step)),
         ]
         return subprocess.run([sys.executable, str(ROLLOUT), str(package), *templates, *args],
                               capture_output=True, text=True, env=self.env, timeout=180)
@@ -292,6 +298,22 @@ def test_a_host_still_on_the_old_version_is_not_upgraded(fleet: Fleet, packages:
     assert {k: fleet.state(canary)[k] for k in ("pid", "pyz")} == {k: before[canary][k] for k in ("pid", "pyz")}
 
 
+def test_a_failing_gate_stops_the_rollout_and_rolls_the_canary_back(fleet: Fleet, packages: dict[str, Any]) -> None:
+    # Healthy on the new version, but the gate fails there (it passes on the old one, for the rollback).
+    canary, *others = HOSTS
+    before = {h: fleet.state(h) for h in HOSTS}
+    refuse_new = f"test {{version}} != {packages['new_version']}"
+    result = fleet.rollout(packages["new"], *HOSTS, "--health-timeout", "60", "--rollback-package",
+                           str(packages["old"]), gate=(SELFTEST, refuse_new))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _table(result.stdout) == {canary: "rolled back", others[0]: "not touched", others[1]: "not touched"}
+    assert "gate failed: env exited with 1" in result.stdout
+    assert f"[{canary}] gate passed on version {fleet.health(canary)['version']}" in result.stdout
+    assert fleet.state(canary)["pyz"] == before[canary]["pyz"]
+    for host in others:
+        assert fleet.state(host) == before[host]
+
+
 def test_good_package_rolls_through_the_fleet_canary_first(fleet: Fleet, packages: dict[str, Any]) -> None:
     canary, *others = HOSTS
     before = {h: fleet.state(h) for h in HOSTS}
@@ -302,6 +324,10 @@ def test_good_package_rolls_through_the_fleet_canary_first(fleet: Fleet, package
     # the canary was healthy on the new version before any other host was touched
     out = result.stdout
     assert out.index(f"[{canary}] healthy") < min(out.index(f"[{h}] $ cp") for h in others)
+    # ... and had passed the gate (a canary worker and a sandbox command on the new version) before that too
+    assert out.index(f"[{canary}] gate passed on version {packages['new_version']}") < \
+        min(out.index(f"[{h}] $ cp") for h in others)
+    assert all(f"[{h}] gate passed" in out for h in HOSTS) and "selftest --expect-version" in out
     new = fleet.restarts()[len(restarts):]
     assert new[0] == canary and sorted(new[1:]) == sorted(others)
     new_hash = hashlib.sha256(packages["new"].read_bytes()).hexdigest()
@@ -319,11 +345,14 @@ def test_dry_run_of_a_deb_with_the_default_ssh_templates(packages: dict[str, Any
     assert build.returncode == 0, build.stderr
     deb = next(tmp_path.glob("edgenode_*.deb"))
     version = deb.name.split("_")[1]
-    result = subprocess.run([sys.executable, str(ROLLOUT), str(deb), "ops@node1.example", "10.0.0.7", "--dry-run"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "edgenode", "rollout", str(deb), "ops@node1.example", "10.0.0.7",
+                             "--dry-run"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"(version {version})" in result.stdout  # read with dpkg-deb --field
     assert f"$ scp -q {deb} ops@node1.example:/var/tmp/{deb.name}" in result.stdout
     assert f"$ ssh -o BatchMode=yes ops@node1.example 'sudo dpkg -i /var/tmp/{deb.name}'" in result.stdout
-    assert f"wait for http://node1.example:8787/healthz to report ok, version {version}" in result.stdout
+    # The shipped config listens on the host's loopback: health is checked there, by the gate, not from here.
+    assert "wait for http" not in result.stdout
+    assert (f"$ ssh -o BatchMode=yes ops@node1.example 'sudo edgenode --data /var/lib/edgenode selftest "
+            f"--expect-version {version} --health-timeout 120'") in result.stdout
     assert "== canary: ops@node1.example" in result.stdout and "== batch 1: 10.0.0.7" in result.stdout

@@ -75,8 +75,9 @@ async def send_event(engine: Agents, who: Principal, run_id: str, type: str, pay
     return result
 
 
-async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, comment: str = "") -> dict[str, Any]:
-    """Approve or reject the approval a run is waiting for."""
+async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, comment: str = "",
+                 approver: str | None = None) -> dict[str, Any]:
+    """Approve or reject the approval a run is waiting for; ``approver`` (a token's name) is recorded as its sender."""
     now = engine.now()
 
     def txn(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -91,11 +92,12 @@ async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, co
             raise RunStateConflict(f"run {run_id}'s approval has already been decided")
         conn.execute("INSERT INTO events (run_id, type, payload, sender, created_at) VALUES (?, ?, ?, ?, ?)",
                      (row["key"], APPROVAL_EVENT, dumps({"approved": bool(approved), "comment": comment}),
-                      who.tenant, now))
+                      approver or who.tenant, now))
         if row["status"] == "waiting":
             conn.execute("UPDATE runs SET status = 'pending', wake_at = ?, updated_at = ? WHERE key = ?",
                          (now, now, row["key"]))
-        return {"run": run_id, "approved": bool(approved), "position": waiting.get("position")}
+        return {"run": run_id, "approved": bool(approved), "position": waiting.get("position"),
+                "by": approver or who.tenant}
 
     result = await engine.db.write(txn)
     engine.feed.changed(run_key(who.tenant, run_id))

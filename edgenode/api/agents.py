@@ -18,6 +18,7 @@ from edgenode.agents.engine import Agents, validate_run_id
 from edgenode.agents.store import run_key
 from edgenode.api.common import field, json, node_of, principal, read_json
 from edgenode.api.parsing import INT_MAX, INT_MIN, dumps, query_int, query_str
+from edgenode.auth import Principal
 from edgenode.errors import NotFound, Unavailable, ValidationFailed
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
@@ -284,9 +285,19 @@ async def send_event(request: Request) -> Response:
 async def _decision(request: Request, approved: bool) -> Response:
     agents = _agents(request)
     data = await read_json(request, agents.settings.max_event_bytes + 4096, optional=True)
-    result = await controls.decide(agents, principal(request), _run_id(request), approved,
-                                   field(data, "comment", str, ""))
+    who = principal(request)
+    result = await controls.decide(agents, who, _run_id(request), approved, field(data, "comment", str, ""),
+                                   approver=await _token_name(request, who))
     return json(result)
+
+
+async def _token_name(request: Request, who: Principal) -> str:
+    """Who decides, as people know them: the name of the token (its id if unnamed; "admin" for the admin token)."""
+    if who.token_id is None or who.token_id == "admin":
+        return who.token_id or who.tenant
+    tokens = await node_of(request).auth.list_tokens(who.tenant)
+    name = next((t["name"] for t in tokens if t["id"] == who.token_id), "")
+    return f"{name} ({who.token_id})" if name else who.token_id
 
 
 async def approve(request: Request) -> Response:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from edgenode.api import agents, artifacts, cluster, core, sandboxes, state, workers
+from edgenode.api import agents, artifacts, cluster, core, jobs, sandboxes, state, workers
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
 from edgenode.api.middleware import EdgeMiddleware
 from edgenode.api.parsing import guard_params
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: bearer auth because they check their own credentials). Capabilities add theirs here.
 #: Path prefixes of the routes matched first (no other route starts with them).
 HOT_PREFIXES = ("/w/", "/p/")
-ROUTE_MODULES: list[ModuleType] = [core, cluster, artifacts, agents, sandboxes, state, workers]
+ROUTE_MODULES: list[ModuleType] = [core, jobs, cluster, artifacts, agents, sandboxes, state, workers]
 
 
 def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from edgenode.api.common import field, json, node_of, principal, read_json
+from edgenode.api.jobs import accepted, wants_job
 from edgenode.api.parsing import query_int, query_str
 from edgenode.artifacts import Artifacts, GitAccess, history
 from edgenode.artifacts.repos import validate_repo_name
@@ -30,6 +31,7 @@ from edgenode.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from edgenode.jobs import Job
 
 #: Git smart HTTP and peer gossip check their own credentials.
 public = ("/git/", "/v1/peer/artifacts/")
@@ -56,11 +58,20 @@ async def create_repo(request: Request) -> Response:
     arts = _artifacts(request)
     source = field(data, "import", dict, None)
     if source is not None:
-        info = await arts.import_url(tenant, name, field(source, "url", str, required=True),
-                                     branch=field(source, "branch", str, None),
-                                     depth=field(source, "depth", int, None, lo=1, hi=2**31 - 1))
-    else:
-        info = await arts.create(tenant, name, default_branch=field(data, "default_branch", str, "main"))
+        url = field(source, "url", str, required=True)
+        branch = field(source, "branch", str, None)
+        depth = field(source, "depth", int, None, lo=1, hi=2**31 - 1)
+
+        async def run_import(job: Job | None = None) -> tuple[int, Any]:
+            progress = None if job is None else (lambda received: job.report(bytes_received=received))
+            info = await arts.import_url(tenant, name, url, branch=branch, depth=depth, progress=progress)
+            return 201, await arts.describe(tenant, info.name)
+
+        if wants_job(request):  # an import may take minutes: answer at once, the caller follows the job
+            return accepted(node_of(request).jobs.start(tenant, "repo_import", run_import))
+        status, body = await run_import()
+        return json(body, status=status)
+    info = await arts.create(tenant, name, default_branch=field(data, "default_branch", str, "main"))
     return json(await arts.describe(tenant, info.name), status=201)
 
 

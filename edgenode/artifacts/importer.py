@@ -74,9 +74,13 @@ class _Budget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.left = limit
+        #: Told the bytes received so far after each read (a job's progress), if set.
+        self.progress: Callable[[int], None] | None = None
 
     def spend(self, count: int) -> None:
         self.left -= count
+        if self.progress is not None:
+            self.progress(self.limit - self.left)
         if self.left < 0:
             raise ImportFailed(f"the repository is larger than {self.limit} bytes", limit=self.limit)
 

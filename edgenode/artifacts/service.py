@@ -192,9 +192,13 @@ class Artifacts:
                                        for table in ("repo_tokens", "repo_events")])
 
     async def import_url(
-        self, tenant: str, name: str, url: str, *, branch: str | None = None, depth: int | None = None
+        self, tenant: str, name: str, url: str, *, branch: str | None = None, depth: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> RepoInfo:
-        """A new repository holding the branches and tags of the Git repository at ``url``."""
+        """A new repository holding the branches and tags of the Git repository at ``url``.
+
+        ``progress`` is told the bytes received so far as the fetch goes (from a worker thread).
+        """
         self.node.store.require_space("git repositories")
         if not isinstance(url, str) or not url.startswith(_IMPORT_SCHEMES) or len(url) > 2000:
             raise ValidationFailed("url must be an http(s):// Git URL", field="url")
@@ -206,6 +210,7 @@ class Artifacts:
         client, path = importer.client_for(url, egress=self.egress, tenant=tenant, until=until,
                                            max_redirects=self.node.config.egress.max_redirects,
                                            max_bytes=self.settings.max_pack_bytes)
+        client.budget.progress = progress
         info = await asyncio.to_thread(self.repos.create_sync, tenant, name, cap=self.settings.max_repos_per_tenant)
         try:
             imported = await asyncio.to_thread(self._import_sync, info, client, path, url, branch, depth)

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from edgenode.cli.client import ClientContext, echo_json, echo_table, pass_client
+from edgenode.cli.client import ClientContext, pass_client
+from edgenode.cli.output import ago, echo_table, emit, progress
 
 RUN_COLUMNS = ["id", "agent", "version", "status", "activations", "created_at", "finished_at"]
 
@@ -40,7 +41,8 @@ def agent() -> None:
 @agent.command("deploy")
 @click.argument("name")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--allow-host", "allowed_hosts", multiple=True, help="A host the agent may fetch; repeatable.")
+@click.option("--allow", "allowed_hosts", multiple=True,
+              help="Host the agent may fetch (scheme://host:port, *.domain); repeat for several.")
 @click.option("--mcp-server", "mcp_servers", multiple=True, metavar="NAME=URL",
               help="An MCP server the agent may call as ctx.mcp(NAME); repeatable.")
 @pass_client
@@ -53,17 +55,17 @@ def deploy(client: ClientContext, name: str, source: Path, allowed_hosts: tuple[
         if any(not sep or not key or not url for key, sep, url in pairs):
             raise click.BadParameter("each --mcp-server is NAME=URL", param_hint="--mcp-server")
         body["mcp_servers"] = {key: url for key, _, url in pairs}
-    result = client.request("PUT", f"/v1/agents/{name}", json=body, long=True)
-    click.echo(f"{result['name']} version {result['version']}" + ("" if result["created"] else " (unchanged)"))
+    with progress(f"deploying agent {name}"):
+        result = client.request("PUT", f"/v1/agents/{name}", json=body, long=True)
+    emit(result, lambda r: click.echo(f"{r['name']} version {r['version']}" + ("" if r["created"] else " (unchanged)")))
 
 
 @agent.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def list_agents(client: ClientContext, as_json: bool) -> None:
+def list_agents(client: ClientContext) -> None:
     """List deployed agents."""
     data = client.request("GET", "/v1/agents")
-    echo_json(data) if as_json else echo_table(data["agents"], ["name", "version", "updated_at"])
+    emit(data, lambda d: echo_table(d["agents"], ["name", "version", "updated_at"]))
 
 
 @agent.command("show")
@@ -71,7 +73,7 @@ def list_agents(client: ClientContext, as_json: bool) -> None:
 @pass_client
 def show(client: ClientContext, name: str) -> None:
     """Show an agent: versions and state."""
-    echo_json(client.request("GET", f"/v1/agents/{name}"))
+    emit(client.request("GET", f"/v1/agents/{name}"))
 
 
 @agent.command("start")
@@ -79,28 +81,49 @@ def show(client: ClientContext, name: str) -> None:
 @click.option("--input", "input_json", help="The run's input, as JSON.")
 @click.option("--id", "run_id", help="Run id; starting twice with one id starts one run.")
 @click.option("--version", type=int, help="Run this version instead of the current one.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the run finishes or waits for an approval, showing its status; print the run.")
 @pass_client
-def start(client: ClientContext, name: str, input_json: str | None, run_id: str | None, version: int | None) -> None:
-    """Start a run of agent NAME; prints its id."""
-    body: dict[str, Any] = {"input": _json_arg(input_json, "--input")}
-    if run_id:
-        body["id"] = run_id
-    if version is not None:
-        body["version"] = version
-    run = client.request("POST", f"/v1/agents/{name}/runs", json=body)
-    click.echo(run["id"])
+def start(client: ClientContext, name: str, input_json: str | None, run_id: str | None, version: int | None,
+          wait: bool) -> None:
+    """Start a run of agent NAME; prints its id (with --wait: how it ended)."""
+    run = client.sdk().agents.start(name, _json_arg(input_json, "--input"), id=run_id, version=version)
+    if not wait:
+        emit(run.info, lambda info: click.echo(info["id"]))
+        return
+    with progress(f"run {run.id}") as show:
+        def settled(current: Any) -> bool:
+            show(current.status)
+            return bool(current.finished or current.awaiting_approval)
+        run.wait(client.timeout_s if client.timeout_s is not None else float("inf"), until=settled)
+    emit(run.info, _print_run)
+    if run.status in ("failed", "cancelled", "terminated"):
+        raise SystemExit(1)
+
+
+def _print_run(info: dict[str, Any]) -> None:
+    """A run for people: id and status, then its output, error or what it waits for."""
+    started = f"  started {ago(info['created_at'])}" if info.get("created_at") else ""
+    click.echo(f"{info['id']}  {info['status']}{started}")
+    if info.get("status") == "completed":
+        click.echo(json.dumps(info.get("output"), indent=2, default=str))
+    elif info.get("error"):
+        click.echo(f"error: {json.dumps(info['error'], default=str)}", err=True)
+    waiting = info.get("waiting") or {}
+    if waiting:
+        what = waiting.get("prompt") or waiting.get("type") or waiting.get("kind")
+        click.echo(f"waiting for {waiting.get('kind')}: {what}")
 
 
 @agent.command("runs")
 @click.option("--agent", "agent_name", help="Only runs of this agent.")
 @click.option("--status", help="Only runs in this status.")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def runs(client: ClientContext, agent_name: str | None, status: str | None, as_json: bool) -> None:
+def runs(client: ClientContext, agent_name: str | None, status: str | None) -> None:
     """List runs, newest first."""
     params = {k: v for k, v in {"agent": agent_name, "status": status}.items() if v}
     data = client.request("GET", "/v1/agents/runs", params=params)
-    echo_json(data) if as_json else echo_table(data["runs"], RUN_COLUMNS)
+    emit(data, lambda d: echo_table(d["runs"], RUN_COLUMNS))
 
 
 @agent.command("status")
@@ -108,23 +131,18 @@ def runs(client: ClientContext, agent_name: str | None, status: str | None, as_j
 @pass_client
 def status(client: ClientContext, run_id: str) -> None:
     """Show a run: status, output or error, what it waits for."""
-    echo_json(client.request("GET", f"/v1/agents/runs/{run_id}"))
+    emit(client.request("GET", f"/v1/agents/runs/{run_id}"), _print_run)
 
 
 @agent.command("history")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def history(client: ClientContext, run_id: str, as_json: bool) -> None:
+def history(client: ClientContext, run_id: str) -> None:
     """Show a run's journal, one line per journaled call."""
     data = client.request("GET", f"/v1/agents/runs/{run_id}/history")
-    if as_json:
-        echo_json(data)
-        return
-    for e in data["journal"]:
-        result = json.dumps(e["result"], default=str)
-        click.echo(f"{e['position']:>4}  {e['status']:<8} {e['kind']:<12} {e['name'][:40]:<40} "
-                   f"{result[:80]}")
+    rows = [{"position": e["position"], "status": e["status"], "kind": e["kind"], "name": e["name"][:40],
+             "result": json.dumps(e["result"], default=str)[:80]} for e in data["journal"]]
+    emit(data, lambda _: echo_table(rows, ["position", "status", "kind", "name", "result"]))
 
 
 @agent.command("event")
@@ -136,19 +154,20 @@ def event(client: ClientContext, run_id: str, event_type: str, payload: str | No
     """Send an event of EVENT_TYPE to a run."""
     result = client.request("POST", f"/v1/agents/runs/{run_id}/events",
                             json={"type": event_type, "payload": _json_arg(payload, "--payload")})
-    click.echo("delivered" if result["delivered"] else "queued until the run waits for it")
+    emit(result, lambda r: click.echo("delivered" if r["delivered"] else "queued until the run waits for it"))
 
 
 @agent.command("approvals")
 @pass_client
 def approvals(client: ClientContext) -> None:
     """List runs waiting for a human decision."""
-    echo_table(client.request("GET", "/v1/agents/approvals")["approvals"], ["run", "agent", "prompt", "since"])
+    data = client.request("GET", "/v1/agents/approvals")
+    emit(data, lambda d: echo_table(d["approvals"], ["run", "agent", "prompt", "since"]))
 
 
 def _decide(client: ClientContext, run_id: str, verdict: str, comment: str) -> None:
-    client.request("POST", f"/v1/agents/runs/{run_id}/{verdict}", json={"comment": comment})
-    click.echo(f"{verdict}d {run_id}")
+    run = client.request("POST", f"/v1/agents/runs/{run_id}/{verdict}", json={"comment": comment})
+    emit(run, lambda _: click.echo(f"{verdict}d {run_id}"))
 
 
 @agent.command("approve")
@@ -174,7 +193,7 @@ def _control(action: str, doc: str) -> click.Command:
     @pass_client
     def command(client: ClientContext, run_id: str) -> None:
         run = client.request("POST", f"/v1/agents/runs/{run_id}/{action}")
-        click.echo(f"{run['id']} {run['status']}")
+        emit(run, lambda r: click.echo(f"{r['id']} {r['status']}"))
 
     command.__doc__ = doc
     return click.command(action)(command)
@@ -194,7 +213,7 @@ for _action, _doc in (("pause", "Pause a run (an executing one stops at its next
 def move(client: ClientContext, run_id: str, version: int) -> None:
     """Move a run to VERSION of its agent (it replays its journal against that code)."""
     run = client.request("POST", f"/v1/agents/runs/{run_id}/move", json={"version": version})
-    click.echo(f"{run['id']} now on version {run['version']} ({run['status']})")
+    emit(run, lambda r: click.echo(f"{r['id']} now on version {r['version']} ({r['status']})"))
 
 
 @agent.command("restart")
@@ -212,7 +231,7 @@ def restart(client: ClientContext, run_id: str, from_step: int, new_id: str | No
     if version is not None:
         body["version"] = version
     run = client.request("POST", f"/v1/agents/runs/{run_id}/restart", json=body)
-    click.echo(run["id"])
+    emit(run, lambda r: click.echo(r["id"]))
 
 
 @agent.command("follow")
@@ -256,15 +275,16 @@ def schedule_add(client: ClientContext, name: str, agent_name: str, cron: str, i
     """Start AGENT_NAME on CRON (five fields, UTC) under schedule NAME."""
     result = client.request("POST", "/v1/agents/schedules", json={
         "name": name, "agent": agent_name, "cron": cron, "input": _json_arg(input_json, "--input")})
-    click.echo(f"{result['name']} next at {result['next_at']}")
+    emit(result, lambda r: click.echo(f"{r['name']} next {ago(r['next_at'])}" if isinstance(r["next_at"], float | int)
+                                      else f"{r['name']} next at {r['next_at']}"))
 
 
 @schedule.command("list")
 @pass_client
 def schedule_list(client: ClientContext) -> None:
     """List schedules."""
-    echo_table(client.request("GET", "/v1/agents/schedules")["schedules"],
-               ["name", "agent", "cron", "next_at", "last_run_id"])
+    data = client.request("GET", "/v1/agents/schedules")
+    emit(data, lambda d: echo_table(d["schedules"], ["name", "agent", "cron", "next_at", "last_run_id"]))
 
 
 @schedule.command("rm")
@@ -273,7 +293,7 @@ def schedule_list(client: ClientContext) -> None:
 def schedule_rm(client: ClientContext, name: str) -> None:
     """Delete a schedule."""
     client.request("DELETE", f"/v1/agents/schedules/{name}")
-    click.echo(f"deleted {name}")
+    emit({"deleted": name}, lambda _: click.echo(f"deleted {name}"))
 
 
 @agent.command("chat")
@@ -282,19 +302,23 @@ def schedule_rm(client: ClientContext, name: str) -> None:
 @pass_client
 def chat(client: ClientContext, model: str, message: str) -> None:
     """Send MESSAGE to MODEL (provider:model) through the node's gateway."""
-    reply = client.request("POST", "/v1/agents/models/chat",
-                           json={"model": model, "messages": [{"role": "user", "content": message}]}, long=True)
-    click.echo(reply["text"])
-    for call in reply["tool_calls"]:
-        click.echo(f"tool call: {call['name']}({json.dumps(call['arguments'])})")
+    with progress(f"asking {model}"):
+        reply = client.request("POST", "/v1/agents/models/chat",
+                               json={"model": model, "messages": [{"role": "user", "content": message}]}, long=True)
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(r["text"])
+        for call in r["tool_calls"]:
+            click.echo(f"tool call: {call['name']}({json.dumps(call['arguments'])})")
+    emit(reply, human)
 
 
 @agent.command("usage")
 @pass_client
 def usage(client: ClientContext) -> None:
     """Model calls and tokens of this tenant."""
-    echo_table(client.request("GET", "/v1/agents/usage")["usage"],
-               ["provider", "model", "calls", "input_tokens", "output_tokens"])
+    data = client.request("GET", "/v1/agents/usage")
+    emit(data, lambda d: echo_table(d["usage"], ["provider", "model", "calls", "input_tokens", "output_tokens"]))
 
 
 @agent.command("secret")
@@ -304,7 +328,7 @@ def usage(client: ClientContext) -> None:
 def secret(client: ClientContext, name: str, value: str) -> None:
     """Set a tenant secret such as OPENAI_API_KEY (used by the model gateway)."""
     client.request("PUT", f"/v1/agents/secrets/{name}", json={"value": value})
-    click.echo(f"set {name}")
+    emit({"set": name}, lambda _: click.echo(f"set {name}"))
 
 
 __all__ = ["agent"]

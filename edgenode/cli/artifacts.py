@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgenode.cli.client import ClientContext, echo_json, echo_table, pass_client
+from edgenode.cli.client import ClientContext, describe_progress, pass_client
+from edgenode.cli.output import echo_table, emit, progress
 
 
 @click.group("repo")
@@ -15,55 +16,43 @@ def repo() -> None:
 @repo.command("create")
 @click.argument("name")
 @click.option("--default-branch", default="main", show_default=True, help="Branch HEAD points at.")
-@click.option("--import", "import_url", help="Import the branches and tags of this Git URL.")
+@click.option("--import", "import_url", help="Import the branches and tags of this Git URL (followed as a job).")
 @click.option("--fork", "fork_of", help="Fork this repository of yours instead (shares its objects).")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
 def repo_create(client: ClientContext, name: str, default_branch: str, import_url: str | None,
-                fork_of: str | None, as_json: bool) -> None:
+                fork_of: str | None) -> None:
     """Create repository NAME (empty, imported, or a fork)."""
+    sdk = client.sdk()
     if fork_of:
         data = client.request("POST", f"/v1/repos/{fork_of}/fork", json={"name": name})
     elif import_url:
-        data = client.request("POST", "/v1/repos", json={"name": name, "import": {"url": import_url}}, long=True)
+        with progress(f"importing {name}") as show:
+            data = sdk.repos.import_url(name, import_url, timeout=client.timeout_s,
+                                        on_progress=lambda job: show(describe_progress(job.get("progress"))))
     else:
-        data = client.request("POST", "/v1/repos", json={"name": name, "default_branch": default_branch})
-    if as_json:
-        echo_json(data)
-    else:
-        click.echo(f"created {data['tenant']}/{data['name']} ({len(data['refs'])} refs)")
+        data = sdk.repos.create(name, default_branch=default_branch)
+    emit(data, lambda d: click.echo(f"created {d['tenant']}/{d['name']} ({len(d['refs'])} refs)"))
 
 
 @repo.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def repo_ls(client: ClientContext, as_json: bool) -> None:
+def repo_ls(client: ClientContext) -> None:
     """List your repositories."""
-    data = client.request("GET", "/v1/repos")
-    if as_json:
-        echo_json(data)
-    else:
-        echo_table(data["repos"], ["name", "default_branch", "fork_of", "created_at"])
+    repos = client.sdk().repos.list()
+    emit({"repos": repos}, lambda _: echo_table(repos, ["name", "default_branch", "fork_of", "created_at"]))
 
 
 @repo.command("log")
 @click.argument("name")
 @click.option("--ref", help="Branch, tag or commit (default: the default branch).")
-@click.option("-n", "--limit", default=20, show_default=True, help="Commits to show.")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
+@click.option("-n", "--max-count", "limit", default=20, show_default=True, help="Commits to show.")
 @pass_client
-def repo_log(client: ClientContext, name: str, ref: str | None, limit: int, as_json: bool) -> None:
+def repo_log(client: ClientContext, name: str, ref: str | None, limit: int) -> None:
     """Show the history of repository NAME, newest first."""
-    params: dict[str, str | int] = {"limit": limit}
-    if ref:
-        params["ref"] = ref
-    data = client.request("GET", f"/v1/repos/{name}/log", params=params)
-    if as_json:
-        echo_json(data)
-        return
-    for c in data["commits"]:
-        subject = c["message"].splitlines()[0] if c["message"] else ""
-        click.echo(f"{c['commit'][:12]}  {c['author']}  {subject}")
+    commits = client.sdk().repos.log(name, ref=ref, limit=limit)
+    rows = [{"commit": c["commit"][:12], "author": c["author"], "committed_at": c.get("time") or c.get("timestamp"),
+             "subject": c["message"].splitlines()[0] if c["message"] else ""} for c in commits]
+    emit({"commits": commits}, lambda _: echo_table(rows, ["commit", "author", "committed_at", "subject"]))
 
 
 @repo.command("clone-url")
@@ -82,7 +71,8 @@ def repo_clone_url(client: ClientContext, name: str, access: str, ttl_s: float, 
         token = client.request("POST", f"/v1/repos/{name}/tokens", json={"access": access, "ttl_s": ttl_s})["token"]
         scheme, _, rest = base.partition("://")
         base = f"{scheme}://git:{token}@{rest}"
-    click.echo(f"{base}/git/{tenant}/{name}.git")
+    url = f"{base}/git/{tenant}/{name}.git"
+    emit({"url": url}, lambda _: click.echo(url))
 
 
 __all__ = ["repo"]

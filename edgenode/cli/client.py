@@ -1,9 +1,15 @@
-"""The client side of the command line: an HTTP client for a running node."""
+"""The client side of the command line: the Python SDK's client, set up from the group's options.
+
+Commands reach the node through ``ClientContext.sdk()`` (an ``edgenode.client.Client``), or
+through ``ClientContext.request(method, path, ...)`` for a route the SDK has no method for;
+both send through the same SDK client, so there is one client, one set of timeouts and one
+error mapping. Failures raise the SDK's exceptions; the root command prints them (as JSON
+under ``--json``).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +18,18 @@ from typing import Any
 import click
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8787"
+from edgenode.cli.output import echo_json, echo_table, emit, progress
+from edgenode.client import Client
+from edgenode.client import _calls as calls
+from edgenode.client.errors import raise_for_error, transport_error
+
+DEFAULT_URL = calls.DEFAULT_URL
 #: How long an ordinary call may wait for the node's answer, in seconds (``--timeout`` overrides).
 DEFAULT_TIMEOUT_S = 60.0
 #: How long connecting to the node may take, in seconds.
 CONNECT_TIMEOUT_S = 10.0
+#: Every status, so a ``send`` hands back the node's errors instead of raising them.
+_ANY_STATUS = frozenset(range(400, 600))
 
 
 @dataclass
@@ -28,7 +41,7 @@ class ClientContext:
     data_dir: Path | None
     #: ``--timeout``: a bound on waiting for any answer, long calls included; None for the defaults.
     timeout_s: float | None = None
-    _client: httpx.Client | None = field(default=None, repr=False)
+    _sdk: Client | None = field(default=None, repr=False)
 
     def base_url(self) -> str:
         """The node's URL: ``--url``, else the URL a local node in ``--data`` wrote, else the default."""
@@ -50,65 +63,83 @@ class ClientContext:
                 return token_file.read_text().strip()
         return None
 
+    def sdk(self) -> Client:
+        """The SDK client every command uses (made on first use, closed with the command)."""
+        if self._sdk is None:
+            url = self.base_url()
+            headers = calls.auth_headers(self.bearer(), None)
+            headers["user-agent"] = headers["user-agent"].replace("edgenode-client", "edgenode-cli")
+            http = httpx.Client(base_url=url, headers=headers, timeout=self.timeout())
+            self._sdk = Client(url, http=http)
+        return self._sdk
+
     def client(self) -> httpx.Client:
-        """A shared httpx client with the base URL and bearer token set."""
-        if self._client is None:
-            headers = {"user-agent": "edgenode-cli"}
-            token = self.bearer()
-            if token:
-                headers["authorization"] = f"Bearer {token}"
-            self._client = httpx.Client(base_url=self.base_url(), headers=headers, timeout=self.timeout())
-        return self._client
+        """The SDK client's httpx client (for a command that streams a route itself)."""
+        return self.sdk().http
 
     def timeout(self, *, long: bool = False) -> httpx.Timeout:
-        """Timeouts for a call; a ``long`` one (a build, a run, an import, a model call, an exec stream)
-        waits for as long as the node works on it, which the node bounds itself, unless ``--timeout``."""
+        """Timeouts for a call; a ``long`` one (a build, a run, a model call, an exec stream) waits for as
+        long as the node works on it, which the node bounds itself, unless ``--timeout`` is given."""
         read = self.timeout_s if self.timeout_s is not None else (None if long else DEFAULT_TIMEOUT_S)
         return httpx.Timeout(read, connect=min(CONNECT_TIMEOUT_S, read or CONNECT_TIMEOUT_S))
 
     @contextlib.contextmanager
     def reaching(self, what: str, timeout: httpx.Timeout) -> Iterator[None]:
-        """Turn transport failures while doing ``what`` into a message: unreachable, or no answer in time."""
+        """Turn transport failures while doing ``what`` into the SDK's exceptions (unreachable, or no answer)."""
         try:
             yield
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-                raise click.ClickException(f"cannot reach the node at {self.base_url()}: {exc}") from exc
-            raise click.ClickException(
-                f"the node at {self.base_url()} did not answer {what} within {timeout.read:g} s; it may still be "
-                "working on it (give more time with --timeout)") from exc
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach the node at {self.base_url()}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise transport_error(self.base_url(), exc, what, timeout.read) from exc
 
     def close(self) -> None:
         """Close the HTTP client, if one was opened."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._sdk is not None:
+            self._sdk.close()
+            self._sdk = None
+
+    def call(self, method: str, path: str, *, long: bool = False, accept: frozenset[int] = frozenset(),
+             **kwargs: Any) -> calls.Call[httpx.Response]:
+        """A request as the SDK's ``Call``: ``long`` ones are bounded by the node (unless ``--timeout``)."""
+        return calls.Call(method, path, lambda r: r, json=kwargs.pop("json", None), content=kwargs.pop("content", None),
+                          params=kwargs.pop("params", None), headers=dict(kwargs.pop("headers", None) or {}),
+                          accept=accept, node_bounded=long and self.timeout_s is None)
 
     def request(self, method: str, path: str, *, long: bool = False, **kwargs: Any) -> Any:
-        """Send a request; print the node's JSON error and exit 1 on failure; return parsed JSON.
+        """Send a request; the parsed JSON (or text) reply; the node's error raised as the SDK's exception.
 
-        ``long``: the node's work may take minutes (see :meth:`timeout`).
+        ``long``: the node's work may take minutes (see :meth:`timeout`). A ``202`` job is followed to its
+        end, with progress on a terminal, and its result returned.
         """
-        return check(self.send(method, path, long=long, **kwargs))
+        reply = parse(self.sdk().send(self.call(method, path, long=long, **kwargs)))
+        if calls.is_job(reply):
+            return self.follow(reply, f"{method} {path}")
+        return reply
 
     def send(self, method: str, path: str, *, long: bool = False, **kwargs: Any) -> httpx.Response:
         """Send a request and return the response as it is, errors included."""
-        timeout = self.timeout(long=long)
-        with self.reaching(f"{method} {path}", timeout):
-            return self.client().request(method, path, timeout=timeout, **kwargs)
+        return self.sdk().send(self.call(method, path, long=long, accept=_ANY_STATUS, **kwargs))
+
+    def follow(self, job: dict[str, Any], what: str) -> Any:
+        """Follow a job the node answered ``202`` for, showing its progress; its result."""
+        with progress(what) as show:
+            def seen(info: dict[str, Any]) -> None:
+                show(describe_progress(info.get("progress")))
+            return self.sdk().jobs.wait(job, timeout=self.timeout_s, on_progress=seen)
 
 
-def check(response: httpx.Response) -> Any:
-    """The response's JSON (or text) if it succeeded; a ClickException naming the error otherwise."""
-    if response.is_error:
-        try:
-            error = response.json()["error"]
-            message = f"{response.status_code} {error['code']}: {error['message']} (request {error['id']})"
-        except (ValueError, KeyError, TypeError):
-            message = f"{response.status_code}: {response.text[:500]}"
-        raise click.ClickException(message)
+def describe_progress(state: dict[str, Any] | None) -> str:
+    """A job's progress in words ("1.2 MiB received")."""
+    from edgenode.cli.output import byte_size
+
+    if not state:
+        return ""
+    parts = [f"{byte_size(state['bytes_received'])} received"] if "bytes_received" in state else []
+    parts += [f"{k} {v}" for k, v in state.items() if k != "bytes_received"]
+    return ", ".join(parts)
+
+
+def parse(response: httpx.Response) -> Any:
+    """A successful response's JSON (or text); None when it has no body."""
     if response.status_code == 204 or not response.content:
         return None
     if response.headers.get("content-type", "").startswith("application/json"):
@@ -116,32 +147,12 @@ def check(response: httpx.Response) -> Any:
     return response.text
 
 
-def echo_json(data: Any) -> None:
-    """Print ``data`` as indented JSON."""
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
-
-
-def echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Print rows as a plain aligned table (nothing when empty, to stderr a note)."""
-    if not rows:
-        click.echo("(none)", err=True)
-        return
-    widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in columns}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        click.echo("  ".join(_cell(row.get(c)).ljust(widths[c]) for c in columns).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and value > 1e9:  # a timestamp
-        import datetime
-
-        return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    return str(value)
+def check(response: httpx.Response) -> Any:
+    """The response's JSON (or text) if it succeeded; the node's error raised as the SDK's exception otherwise."""
+    raise_for_error(response)
+    return parse(response)
 
 
 pass_client = click.make_pass_decorator(ClientContext)
 
-__all__ = ["ClientContext", "check", "echo_json", "echo_table", "pass_client"]
+__all__ = ["ClientContext", "check", "echo_json", "echo_table", "emit", "pass_client", "progress"]

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from edgenode.cli.client import ClientContext, echo_json, echo_table, pass_client
+from edgenode.cli.client import ClientContext, pass_client
+from edgenode.cli.output import duration, echo_table, emit, json_mode
 from edgenode.config import Config, describe
 from edgenode.errors import EdgenodeError
 
@@ -104,28 +105,34 @@ def init(data_dir: Path | None, config_file: Path | None) -> None:
 
     asyncio.run(once())
     token_file = node.data_dir / "admin-token"
-    click.echo(f"data directory: {node.data_dir}")
-    click.echo(f"node id:        {node.id}")
-    click.echo(f"admin token:    {token_file if token_file.exists() else '(from config or EDGENODE_ADMIN_TOKEN)'}")
+    where = str(token_file) if token_file.exists() else "(from config or EDGENODE_ADMIN_TOKEN)"
+
+    def human(_: Any) -> None:
+        click.echo(f"data directory: {node.data_dir}")
+        click.echo(f"node id:        {node.id}")
+        click.echo(f"admin token:    {where}")
+    emit({"data_dir": str(node.data_dir), "node_id": node.id, "admin_token_file": where}, human)
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON status.")
 @pass_client
-def status(client: ClientContext, as_json: bool) -> None:
+def status(client: ClientContext) -> None:
     """Show a running node's health, identity and capabilities."""
     health = client.request("GET", "/healthz")
     detail = client.request("GET", "/v1/status") if client.bearer() else None
-    if as_json:
-        echo_json({"health": health, "status": detail})
-        return
-    click.echo(f"node     {health['node']}  (edgenode {health['version']})  {health['status']}")
-    click.echo(f"url      {client.base_url()}")
+    emit({"health": health, "status": detail}, lambda _: _print_status(client, health, detail))
+
+
+def _print_status(client: ClientContext, health: dict[str, Any], detail: dict[str, Any] | None) -> None:
+    lines = [("node", f"{health['node']}  (edgenode {health['version']})  {health['status']}"),
+             ("url", client.base_url())]
     if detail:
         if detail.get("uptime_s") is not None:
-            click.echo(f"uptime   {detail['uptime_s']:.0f} s")
-        for name, summary in detail.get("capabilities", {}).items():
-            click.echo(f"{name:<9}{_summary(summary)}")
+            lines.append(("uptime", duration(detail["uptime_s"])))
+        lines += [(name, _summary(summary)) for name, summary in detail.get("capabilities", {}).items()]
+    width = max(len(name) for name, _ in lines) + 2
+    for name, text in lines:
+        click.echo(f"{name:<{width}}{text}")
 
 
 def _summary(summary: dict[str, Any]) -> str:
@@ -147,21 +154,21 @@ def token_create(client: ClientContext, tenant: str, name: str, ttl_s: float | N
     """Issue a token for TENANT (created if new); the secret is printed once."""
     issued = client.request("POST", "/v1/tokens", json={"tenant": tenant, "name": name, "ttl_s": ttl_s,
                                                         "admin": admin})
-    click.echo(issued["token"])
-    click.echo(f"id {issued['id']} for tenant {issued['tenant']}", err=True)
+
+    def human(i: dict[str, Any]) -> None:
+        click.echo(i["token"])
+        click.echo(f"id {i['id']} for tenant {i['tenant']}", err=True)
+    emit(issued, human)
 
 
 @token.command("list")
 @click.option("--tenant", help="Only this tenant's tokens.")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def token_list(client: ClientContext, tenant: str | None, as_json: bool) -> None:
+def token_list(client: ClientContext, tenant: str | None) -> None:
     """List tokens (never their secrets)."""
     data = client.request("GET", "/v1/tokens", params={"tenant": tenant} if tenant else None)
-    if as_json:
-        echo_json(data)
-    else:
-        echo_table(data["tokens"], ["id", "tenant", "name", "admin", "state", "created_at", "expires_at"])
+    emit(data, lambda d: echo_table(d["tokens"], ["id", "tenant", "name", "admin", "state", "created_at",
+                                                   "expires_at"]))
 
 
 @token.command("revoke")
@@ -170,7 +177,7 @@ def token_list(client: ClientContext, tenant: str | None, as_json: bool) -> None
 def token_revoke(client: ClientContext, token_id: str) -> None:
     """Revoke the token with id TOKEN_ID; it stops working at once."""
     client.request("DELETE", f"/v1/tokens/{token_id}")
-    click.echo(f"revoked {token_id}")
+    emit({"revoked": token_id}, lambda _: click.echo(f"revoked {token_id}"))
 
 
 @click.command()
@@ -178,6 +185,9 @@ def token_revoke(client: ClientContext, token_id: str) -> None:
 def settings(as_toml: bool) -> None:
     """List every setting with its environment variable, default and help."""
     rows = describe()
+    if json_mode():
+        emit([{"setting": d, "env": e, "default": v, "help": h} for d, e, v, h in rows])
+        return
     if not as_toml:
         for dotted, env, default, help_text in rows:
             click.echo(f"{dotted}\n    {env} (default: {default!r})\n    {help_text}")

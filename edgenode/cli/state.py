@@ -10,7 +10,8 @@ from urllib.parse import quote
 import click
 import httpx
 
-from edgenode.cli.client import ClientContext, check, echo_json, echo_table, pass_client
+from edgenode.cli.client import ClientContext, check, pass_client
+from edgenode.cli.output import echo_table, emit, json_mode
 
 
 def _raw(client: ClientContext, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -32,11 +33,15 @@ def kv() -> None:
 @kv.command("get")
 @click.argument("namespace")
 @click.argument("key")
-@click.option("--version", "show_version", is_flag=True, help="Print the key's version to stderr.")
+@click.option("--show-version", "show_version", is_flag=True, help="Print the key's version to stderr.")
 @pass_client
 def kv_get(client: ClientContext, namespace: str, key: str, show_version: bool) -> None:
     """Print the value of KEY in NAMESPACE to stdout, as is."""
     response = _raw(client, "GET", _kv_path(namespace, key))
+    if json_mode():
+        emit({"key": key, "version": response.headers.get("etag", "").strip('"'),
+              "value": response.content.decode(errors="replace")})
+        return
     if show_version:
         click.echo(response.headers.get("etag", "").strip('"'), err=True)
     sys.stdout.buffer.write(response.content)
@@ -63,28 +68,33 @@ def kv_put(client: ClientContext, namespace: str, key: str, value: str | None, s
     if create_only:
         headers["if-none-match"] = "*"
     response = _raw(client, "PUT", _kv_path(namespace, key), content=body, headers=headers)
-    click.echo(response.json()["version"])
+    emit(response.json(), lambda r: click.echo(r["version"]))
 
 
 @kv.command("ls")
 @click.argument("namespace")
 @click.option("--prefix", default="", help="Only keys starting with this.")
-@click.option("--limit", default=1000, show_default=True, help="Keys per page.")
+@click.option("--page-size", "limit", default=1000, show_default=True, help="Keys per request.")
 @click.option("--all", "everything", is_flag=True, help="Follow cursors to list every key.")
 @pass_client
 def kv_ls(client: ClientContext, namespace: str, prefix: str, limit: int, everything: bool) -> None:
     """List keys of NAMESPACE in order."""
     cursor: str | None = None
+    keys: list[str] = []
     while True:
         params = {"prefix": prefix, "limit": str(limit)}
         if cursor:
             params["cursor"] = cursor
         page = client.request("GET", f"/v1/kv/{quote(namespace, safe='')}", params=params)
-        for key in page["keys"]:
-            click.echo(key)
+        keys += page["keys"]
+        if not json_mode():
+            for key in page["keys"]:
+                click.echo(key)
         cursor = page.get("cursor")
         if not everything or not cursor:
             break
+    if json_mode():
+        emit({"keys": keys, "cursor": cursor})
 
 
 @kv.command("rm")
@@ -96,15 +106,15 @@ def kv_rm(client: ClientContext, namespace: str, key: str, if_version: str | Non
     """Delete KEY from NAMESPACE."""
     headers = {"if-match": f'"{if_version}"'} if if_version else {}
     _raw(client, "DELETE", _kv_path(namespace, key), headers=headers)
+    emit({"deleted": key}, lambda _: None)
 
 
 @click.command()
 @click.argument("namespace")
 @click.argument("query")
 @click.option("-p", "--param", "params", multiple=True, help="A positional parameter (JSON, else a string).")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON result.")
 @pass_client
-def sql(client: ClientContext, namespace: str, query: str, params: tuple[str, ...], as_json: bool) -> None:
+def sql(client: ClientContext, namespace: str, query: str, params: tuple[str, ...]) -> None:
     """Run QUERY in NAMESPACE's own SQLite database."""
     values: list[Any] = []
     for p in params:
@@ -113,8 +123,8 @@ def sql(client: ClientContext, namespace: str, query: str, params: tuple[str, ..
         except ValueError:
             values.append(p)
     result = client.request("POST", f"/v1/sql/{quote(namespace, safe='')}", json={"sql": query, "params": values})
-    if as_json:
-        echo_json(result)
+    if json_mode():
+        emit(result)
     elif result["columns"]:
         echo_table([dict(zip(result["columns"], row, strict=True)) for row in result["rows"]], result["columns"])
     else:
@@ -122,14 +132,14 @@ def sql(client: ClientContext, namespace: str, query: str, params: tuple[str, ..
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @pass_client
-def cluster(client: ClientContext, as_json: bool) -> None:
+def cluster(client: ClientContext) -> None:
     """Show this node's peers, their health and replication lag."""
     data = client.request("GET", "/v1/cluster")
-    if as_json:
-        echo_json(data)
-        return
+    emit(data, _print_cluster)
+
+
+def _print_cluster(data: dict[str, Any]) -> None:
     click.echo(f"node {data['node_id']}  {data['url']}  fleet={'on' if data['fleet_enabled'] else 'off'}")
     echo_table(data["peers"], ["node_id", "url", "healthy", "behind_versions", "lag_s", "last_seen", "last_error"])
 

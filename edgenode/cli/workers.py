@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from edgenode.cli.client import ClientContext, echo_json, echo_table, pass_client
+from edgenode.cli.client import ClientContext, pass_client
+from edgenode.cli.output import echo_json, echo_table, emit, progress
 
 #: Directories never uploaded with a worker's files.
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache"}
@@ -73,9 +74,14 @@ def deploy(client: ClientContext, name: str, source: Path, cpu_ms: int | None, m
         import base64
 
         body["component_b64"] = base64.b64encode(source.read_bytes()).decode()
-    reply = client.request("PUT", f"/v1/workers/{name}", json=body, long=True)
-    click.echo(f"deployed {reply['name']} version {reply['version']} ({reply['kind']}, {reply['hash'][:12]})")
-    click.echo(f"invoke: curl -H 'Authorization: Bearer $TOKEN' {client.base_url()}/w/{reply['name']}/", err=True)
+    with progress(f"deploying {name}"):
+        reply = client.request("PUT", f"/v1/workers/{name}", json=body, long=True)
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"deployed {r['name']} version {r['version']} ({r['kind']}, {r['hash'][:12]})")
+        click.echo(f"invoke: curl -H \"Authorization: Bearer $EDGENODE_TOKEN\" {client.base_url()}/w/{r['name']}/",
+                   err=True)
+    emit(reply, human)
 
 
 @click.command()
@@ -85,10 +91,9 @@ def deploy(client: ClientContext, name: str, source: Path, cpu_ms: int | None, m
 @_memory
 @_wall
 @_allow
-@click.option("--json", "as_json", is_flag=True, help="Print the whole JSON reply.")
 @pass_client
 def run(client: ClientContext, file: Path, input_json: str | None, cpu_ms: int | None, memory_mb: int | None,
-        wall_ms: int | None, allowed_hosts: tuple[str, ...], as_json: bool) -> None:
+        wall_ms: int | None, allowed_hosts: tuple[str, ...]) -> None:
     """Run a Python FILE once in an isolate (it defines main(input) or handle(request)); nothing is kept."""
     body: dict[str, Any] = {"code": file.read_text(), "limits": _limits(cpu_ms, memory_mb, wall_ms),
                             "allowed_hosts": list(allowed_hosts)}
@@ -98,10 +103,12 @@ def run(client: ClientContext, file: Path, input_json: str | None, cpu_ms: int |
             body["input"] = json.loads(text)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
-    reply = client.request("POST", "/v1/run", json=body, long=True)
-    if as_json:
-        echo_json(reply)
-        return
+    with progress(f"running {file.name}"):
+        reply = client.request("POST", "/v1/run", json=body, long=True)
+    emit(reply, _print_run)
+
+
+def _print_run(reply: dict[str, Any]) -> None:
     for line in reply.get("logs", []):
         click.echo(f"[{line['level']}] {line['message']}", err=True)
     if reply.get("output"):
@@ -121,15 +128,11 @@ def workers(ctx: click.Context) -> None:
 
 
 @workers.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def workers_list(client: ClientContext, as_json: bool = False) -> None:
+def workers_list(client: ClientContext) -> None:
     """List this tenant's workers."""
     data = client.request("GET", "/v1/workers")
-    if as_json:
-        echo_json(data)
-    else:
-        echo_table(data["workers"], ["name", "version", "kind", "public", "updated_at"])
+    emit(data, lambda d: echo_table(d["workers"], ["name", "version", "kind", "public", "updated_at"]))
 
 
 @workers.command("show")
@@ -137,7 +140,7 @@ def workers_list(client: ClientContext, as_json: bool = False) -> None:
 @pass_client
 def workers_show(client: ClientContext, name: str) -> None:
     """Show a worker's current version, settings and history."""
-    echo_json(client.request("GET", f"/v1/workers/{name}"))
+    emit(client.request("GET", f"/v1/workers/{name}"))
 
 
 @workers.command("rm")
@@ -146,7 +149,7 @@ def workers_show(client: ClientContext, name: str) -> None:
 def workers_rm(client: ClientContext, name: str) -> None:
     """Delete a worker and all its versions."""
     client.request("DELETE", f"/v1/workers/{name}")
-    click.echo(f"deleted {name}")
+    emit({"deleted": name}, lambda _: click.echo(f"deleted {name}"))
 
 
 @workers.command("rollback")
@@ -156,20 +159,16 @@ def workers_rm(client: ClientContext, name: str) -> None:
 def workers_rollback(client: ClientContext, name: str, version: int | None) -> None:
     """Make an earlier version of a worker current again."""
     reply = client.request("POST", f"/v1/workers/{name}/rollback", json={"version": version})
-    click.echo(f"{name} is at version {reply['version']}")
+    emit(reply, lambda r: click.echo(f"{name} is at version {r['version']}"))
 
 
 @workers.command("usage")
-@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @pass_client
-def workers_usage(client: ClientContext, as_json: bool) -> None:
+def workers_usage(client: ClientContext) -> None:
     """Requests, errors, CPU and wall time per worker."""
     data = client.request("GET", "/v1/usage")
-    if as_json:
-        echo_json(data)
-        return
     rows = [{**u, "cpu_ms": round(u["cpu_ms"], 1), "wall_ms": round(u["wall_ms"], 1)} for u in data["usage"]]
-    echo_table(rows, ["worker", "requests", "errors", "cpu_ms", "wall_ms", "subrequests"])
+    emit(data, lambda _: echo_table(rows, ["worker", "requests", "errors", "cpu_ms", "wall_ms", "subrequests"]))
 
 
 __all__ = ["deploy", "run", "workers"]

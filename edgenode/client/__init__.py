@@ -12,8 +12,9 @@ Every failure the node reports raises the exception for its code (``edgenode.cli
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from edgenode.client import errors
-from edgenode.client._async import AsyncClient, AsyncRun, AsyncSandbox
 from edgenode.client._sync import KV, Client, Process, Run, Sandbox
 from edgenode.client.errors import (
     BadRequest,
@@ -31,6 +32,20 @@ from edgenode.client.errors import (
     ValidationFailed,
 )
 from edgenode.client.results import ExecEvent, ExecResult, RunEvent, RunResult, SqlResult
+
+if TYPE_CHECKING:
+    from edgenode.client._async import AsyncClient, AsyncRun, AsyncSandbox
+
+_ASYNC = ("AsyncClient", "AsyncRun", "AsyncSandbox")
+
+
+def __getattr__(name: str) -> Any:
+    # The async client is imported on first use: the command line (a short process) never needs it.
+    if name in _ASYNC:
+        from edgenode.client import _async
+
+        return getattr(_async, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "KV",

@@ -35,13 +35,14 @@ class AsyncClient:
         self.workers = AsyncWorkers(self)
         self.repos = AsyncRepos(self)
         self.agents = AsyncAgents(self)
+        self.jobs = AsyncJobs(self)
 
     async def send(self, call: calls.Call[T]) -> T:
         """Send one request; its parsed reply, or the node's error raised as its exception."""
         try:
             response = await self.http.request(call.method, call.path, **call.request_kwargs(self.http.timeout))
         except httpx.TransportError as exc:
-            raise transport_error(self.url, exc) from exc
+            raise call.failure(self.url, exc, self.http.timeout) from exc
         call.check(response)
         return call.parse(response)
 
@@ -51,7 +52,7 @@ class AsyncClient:
         try:
             response = await self.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise transport_error(self.url, exc) from exc
+            raise call.failure(self.url, exc, self.http.timeout) from exc
         if response.is_error:
             await response.aread()
             await response.aclose()
@@ -276,6 +277,36 @@ class AsyncWorkers:
 # -- repositories ----------------------------------------------------------------
 
 
+class AsyncJobs:
+    """``client.jobs``: background work the node answered ``202`` for (an import)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """A job as it is now: ``status``, ``progress``, and ``result`` or ``error`` once finished."""
+        return await self._client.send(calls.job_get(job_id))
+
+    async def wait(self, job: str | dict[str, Any], *, timeout: float | None = None,
+                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Follow a job to its end: its result, or its error raised; ``on_progress(job)`` after each look."""
+        info = job if isinstance(job, dict) else await self.get(job)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while info["status"] == "running":
+            if on_progress is not None:
+                on_progress(info)
+            wait = calls.JOB_WAIT_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"job {info['id']} is still running after {timeout}s")
+                wait = max(1, min(wait, int(left)))
+            info = await self._client.send(calls.job_get(info["id"], wait))
+        if on_progress is not None:
+            on_progress(info)
+        return calls.job_outcome(info)
+
+
 class AsyncRepos:
     """``client.repos``: Git repositories for output."""
 
@@ -289,6 +320,14 @@ class AsyncRepos:
     async def get(self, name: str) -> dict[str, Any]:
         """A repository with its refs."""
         return await self._client.send(calls.repo_get(name))
+
+    async def import_url(self, name: str, url: str, *, branch: str | None = None, depth: int | None = None,
+                         timeout: float | None = None,
+                         on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """A new repository with the branches and tags of the Git repository at ``url`` (http or https)."""
+        job = await self._client.send(calls.repo_import(name, url, branch, depth))
+        result: dict[str, Any] = await self._client.jobs.wait(job, timeout=timeout, on_progress=on_progress)
+        return result
 
     async def delete(self, name: str) -> None:
         """Delete a repository."""

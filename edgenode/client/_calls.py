@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from edgenode.client.errors import node_error, raise_for_error
+from edgenode.client.errors import NodeUnreachable, error_for, node_error, raise_for_error, transport_error
 from edgenode.client.results import ExecEvent, ExecResult, RunEvent, RunResult, SqlResult
 
 T = TypeVar("T")
@@ -59,6 +59,10 @@ class Call(Generic[T]):
         exc = node_error(response)
         if exc is not None:
             raise exc
+
+    def failure(self, url: str, exc: httpx.TransportError, default: httpx.Timeout) -> NodeUnreachable:
+        """The exception for this call getting no answer (``default``: the client's timeout)."""
+        return transport_error(url, exc, f"{self.method} {self.path}", self.timeout(default).read)
 
     def request_kwargs(self, default: httpx.Timeout) -> dict[str, Any]:
         """Keyword arguments for ``httpx.Client.request`` (``default``: the client's timeout)."""
@@ -339,6 +343,43 @@ def repo_refs(name: str) -> Call[dict[str, Any]]:
 def repo_log(name: str, ref: str | None, limit: int) -> Call[list[dict[str, Any]]]:
     """``GET /v1/repos/{name}/log``."""
     return Call("GET", f"/v1/repos/{seg(name)}/log", _key("commits"), params=compact({"ref": ref, "limit": limit}))
+
+
+def repo_import(name: str, url: str, branch: str | None, depth: int | None) -> Call[dict[str, Any]]:
+    """``POST /v1/repos`` with ``import``, asked to answer with a job (``Prefer: respond-async``)."""
+    source = compact({"url": url, "branch": branch, "depth": depth})
+    return Call("POST", "/v1/repos", _dict, json={"name": name, "import": source}, headers=dict(PREFER_JOB))
+
+
+# -- jobs ------------------------------------------------------------------------
+
+#: The header that asks a long route to answer 202 with a job instead of holding the request.
+PREFER_JOB = {"prefer": "respond-async"}
+#: How long one ``GET /v1/jobs/{id}?wait=`` holds, in seconds (the node allows up to 30).
+JOB_WAIT_S = 10
+
+
+def job_get(job_id: str, wait_s: int = 0) -> Call[dict[str, Any]]:
+    """``GET /v1/jobs/{id}?wait=S``: the job, once finished or after S seconds."""
+    return Call("GET", f"/v1/jobs/{seg(job_id)}", _dict, params={"wait": wait_s} if wait_s else None,
+                node_bounded=wait_s > 0)
+
+
+def job_outcome(job: dict[str, Any]) -> Any:
+    """A finished job's result, or its error raised as the exception for its code."""
+    if job["status"] == "succeeded":
+        return job["result"]
+    error = job.get("error") or {}
+    code, status = str(error.get("code") or "internal"), int(job.get("result_status") or 500)
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    raise error_for(code, status)(str(error.get("message") or "the job failed"), code=code, status=status,
+                                  request_id=job["id"], details=details)
+
+
+def is_job(response_json: Any) -> bool:
+    """Whether a reply is a job to follow (a 202 body)."""
+    return isinstance(response_json, dict) and str(response_json.get("id", "")).startswith("job_") \
+        and "status" in response_json
 
 
 # -- state -----------------------------------------------------------------------

@@ -34,13 +34,14 @@ class Client:
         self.workers = Workers(self)
         self.repos = Repos(self)
         self.agents = Agents(self)
+        self.jobs = Jobs(self)
 
     def send(self, call: calls.Call[T]) -> T:
         """Send one request; its parsed reply, or the node's error raised as its exception."""
         try:
             response = self.http.request(call.method, call.path, **call.request_kwargs(self.http.timeout))
         except httpx.TransportError as exc:
-            raise transport_error(self.url, exc) from exc
+            raise call.failure(self.url, exc, self.http.timeout) from exc
         call.check(response)
         return call.parse(response)
 
@@ -50,7 +51,7 @@ class Client:
         try:
             response = self.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise transport_error(self.url, exc) from exc
+            raise call.failure(self.url, exc, self.http.timeout) from exc
         if response.is_error:
             response.read()
             response.close()
@@ -84,6 +85,42 @@ class Client:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+# -- jobs ------------------------------------------------------------------------
+
+
+class Jobs:
+    """``client.jobs``: background work the node answered ``202`` for (an import)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """A job as it is now: ``status``, ``progress``, and ``result`` or ``error`` once finished."""
+        return self._client.send(calls.job_get(job_id))
+
+    def wait(self, job: str | dict[str, Any], *, timeout: float | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Follow a job to its end: its result, or its error raised; ``on_progress(job)`` after each look.
+
+        ``TimeoutError`` after ``timeout`` seconds (None: as long as the job runs).
+        """
+        info = job if isinstance(job, dict) else self.get(job)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while info["status"] == "running":
+            if on_progress is not None:
+                on_progress(info)
+            wait = calls.JOB_WAIT_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"job {info['id']} is still running after {timeout}s")
+                wait = max(1, min(wait, int(left)))
+            info = self._client.send(calls.job_get(info["id"], wait))
+        if on_progress is not None:
+            on_progress(info)
+        return calls.job_outcome(info)
 
 
 # -- sandboxes -------------------------------------------------------------------
@@ -285,6 +322,17 @@ class Repos:
     def get(self, name: str) -> dict[str, Any]:
         """A repository with its refs."""
         return self._client.send(calls.repo_get(name))
+
+    def import_url(self, name: str, url: str, *, branch: str | None = None, depth: int | None = None,
+                   timeout: float | None = None,
+                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """A new repository with the branches and tags of the Git repository at ``url`` (http or https).
+
+        The node imports in the background; this follows its job (``on_progress(job)`` as it goes).
+        """
+        job = self._client.send(calls.repo_import(name, url, branch, depth))
+        result: dict[str, Any] = self._client.jobs.wait(job, timeout=timeout, on_progress=on_progress)
+        return result
 
     def delete(self, name: str) -> None:
         """Delete a repository."""

@@ -64,10 +64,19 @@ class NodeTimeout(NodeUnreachable):
     code = "client_timeout"
 
 
-def transport_error(url: str, exc: httpx.TransportError) -> NodeUnreachable:
-    """The client's exception for a request that got no answer from the node at ``url``."""
+def transport_error(url: str, exc: httpx.TransportError, what: str | None = None,
+                    timeout: float | None = None) -> NodeUnreachable:
+    """The client's exception for a request (``what``, such as ``PUT /v1/workers/w``) that got no answer.
+
+    A connection that never opened is ``NodeUnreachable``; an answer that did not come within the
+    read ``timeout`` is ``NodeTimeout``, which says the node may still be working on the request.
+    """
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return NodeUnreachable(f"cannot reach the node at {url}: no connection in time ({type(exc).__name__})")
     if isinstance(exc, httpx.TimeoutException):
-        return NodeTimeout(f"no answer from the node at {url} in time ({type(exc).__name__})")
+        within = f" within {timeout:g} s" if timeout is not None else " in time"
+        return NodeTimeout(f"the node at {url} did not answer {what or 'the request'}{within}; it may still be "
+                           "working on it (give more time with a longer timeout)")
     return NodeUnreachable(f"cannot reach the node at {url}: {exc}")
 
 

@@ -169,7 +169,8 @@ def test_approval_flow_over_http(api: httpx.Client) -> None:
     assert again.status_code == 409
     done = wait_status(api, run["id"], "completed", "failed")
     assert done["output"] == {"approved": True, "comment": "ship it"}
-    assert api.get("/v1/agents/approver").json()["state"] == {"published": "hello world", "by": "default"}
+    # decision.by: the approving token's name (the admin token's is "admin")
+    assert api.get("/v1/agents/approver").json()["state"] == {"published": "hello world", "by": "admin"}
     r = api.post(f"/v1/agents/runs/{run['id']}/reject")
     assert r.status_code == 409 and error_code(r) == "run_finished"
 

@@ -50,7 +50,7 @@ def test_page_lists_runs_and_approves(api: httpx.Client, agent_node: NodeProcess
     # Approve one and reject the other with the buttons.
     browser.eval(f"document.querySelector('#approvals tr[data-run=\"{first['id']}\"] button.approve').click()")
     browser.eval(f"""(() => {{ const row = document.querySelector('#approvals tr[data-run="{second['id']}"]');
-        row.querySelector('input.comment').value = 'not now'; row.querySelector('button.reject').click(); }})()""")
+        row.querySelector('.comment').value = 'not now'; row.querySelector('button.reject').click(); }})()""")
     assert wait_status(api, first["id"], "completed")["output"] is True
     assert wait_status(api, second["id"], "completed")["output"] is False
     events = api.get(f"/v1/agents/runs/{second['id']}/history").json()["events"]
