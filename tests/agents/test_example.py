@@ -30,4 +30,4 @@ def test_approval_agent_example(api: httpx.Client) -> None:
     tree = api.get("/v1/repos/releases/tree/main/RELEASE.md")
     assert tree.status_code == 200 and "2 changes" in tree.text
     state = api.get("/v1/agents/approval-agent").json()["state"]
-    assert state["last"] == "published" and state["approved_by"] == "default"
+    assert state["last"] == "published" and state["approved_by"] == "admin"  # the token that approved, by name
