@@ -64,6 +64,10 @@ for command in (deploy, run, workers):
 from edgenode.cli.runtime import runtime  # noqa: E402
 
 cli.add_command(runtime)
+from edgenode.cli.backup import backup, restore  # noqa: E402
+
+for command in (backup, restore):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -96,7 +96,8 @@ class State:
             db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
                                    busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
                                    purpose=f"namespace {namespace}", monitor=self.node.store,
-                                   max_length=self.settings.sql_max_length_bytes)
+                                   max_length=self.settings.sql_max_length_bytes,
+                                   wal_autocheckpoint=self.node.wal_autocheckpoint)
             db.on_damaged = lambda error: self._damaged(tenant, namespace, path, error)
             return db
 
