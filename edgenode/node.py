@@ -169,6 +169,7 @@ class Node:
                                          store.replica_url, sync_s=store.replica_sync_s,
                                          retention_h=store.replica_retention_h)
             await self.litestream.start()
+            self.store.replication = self.litestream.status
         self._watchdog = asyncio.create_task(self.store.watch(max(1.0, self.config.store.stuck_write_s / 4)),
                                              name="store-watchdog")
         self.started_at = time.time()
@@ -199,6 +200,5 @@ class Node:
             "data_dir": str(self.data_dir),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else None,
             "capabilities": {c.name: c.status() for c in self.capabilities},
-            "store": {**self.store.health(public=True),
-                      "replication": self.litestream.status() if self.litestream is not None else None},
+            "store": self.store.health(public=True),
         }

