@@ -36,6 +36,7 @@ from edgenode.errors import (
     Unavailable,
     ValidationFailed,
 )
+from edgenode.store.faults import insufficient, nearly_full, storage_fault
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -422,8 +423,13 @@ class Artifacts:
                     git=self.git_tools)
             except GitProtocolError as exc:
                 raise BadRequest(f"git protocol error: {exc}") from exc
+        except OSError as exc:  # spooling the pack
+            raise (storage_fault(exc, info.path, "git repositories") or exc) from exc
         finally:
             spool.close()
+        if not outcome.updated and not outcome.refused and nearly_full(info.path):
+            # git reports a full disk in the push's status ("unpack failed"); answer like every other write.
+            raise insufficient(info.path, "git repositories")
         if outcome.updated:
             self.spawn(self.gossip.announce(info, outcome.updated))
         items: list[tuple[str, dict[str, Any]]] = []
