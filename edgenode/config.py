@@ -70,8 +70,8 @@ class StoreSettings:
     replica_url: str = setting(
         "", "Continuous replication of every SQLite database for point-in-time restore, by a Litestream child "
         "process: a directory, a file:// URL or an S3-compatible s3://BUCKET/PATH URL (credentials from "
-        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; ?endpoint=HOST:PORT for other stores). Empty: off. Needs "
-        "the replication extra (pip install 'edgenode[replication]').",
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; Litestream URL parameters for stores other than AWS). "
+        "Empty: off. Needs the replication extra (pip install 'edgenode[replication]').",
     )
     replica_sync_s: float = setting(1.0, "How often Litestream ships new commits to the replica, in seconds "
                                     "(the most a point-in-time restore can miss).", minimum=0.1)

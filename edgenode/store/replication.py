@@ -104,9 +104,13 @@ class Litestream:
         self._stopping = False
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        # Its log lines go to the node's stderr; -no-expand-env: a $ in a path is a $.
-        return subprocess.Popen([str(self.binary), "replicate", "-config", str(self.config_path), "-no-expand-env"],
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its log lines go to the node's stderr; -no-expand-env: a $ in a path is a $. It stays in the
+        # node's process group, and dies with the node even when the node is killed alone (setpriv).
+        argv = [str(self.binary), "replicate", "-config", str(self.config_path), "-no-expand-env"]
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            argv = [setpriv, "--pdeathsig", "TERM", *argv]
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
     async def start(self) -> None:
         """Start the child and the task that restarts it when it exits."""
