@@ -158,11 +158,14 @@ class StoreMonitor:
         databases are named.
         """
         stuck, damaged = self.stuck(), self.damaged()
+        replication = self.replication() if self.replication is not None else None
         if public:
             stuck = [_public(d) for d in stuck]
             damaged = [_public(d) for d in damaged]
+            if replication is not None:  # not where the replica is
+                replication = {k: v for k, v in replication.items() if k != "replica"}
         return {"ok": not stuck, "stuck_writers": stuck, "damaged": damaged, "space": self.space(),
-                "replication": self.replication() if self.replication is not None else None}
+                "replication": replication}
 
     def sweep(self) -> list[dict[str, Any]]:
         """Log writers that became stuck, and those that recovered, once each; returns the stuck ones."""

@@ -148,6 +148,7 @@ def test_restore_refuses_a_non_empty_directory_without_force_and_moves_it_aside_
 
 
 def test_bad_backup_sources_and_targets_are_refused(live: NodeProcess, tmp_path: Path) -> None:
+    assert edgenode("backup", str(tmp_path / "b3"), "--data", str(live.data_dir)).returncode == 0
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     for args, words in [
@@ -156,6 +157,7 @@ def test_bad_backup_sources_and_targets_are_refused(live: NodeProcess, tmp_path:
         (("backup", str(tmp_path / "b2"), "--data", str(tmp_path / "full")), "not a node's data directory"),
         (("restore", str(tmp_path / "full"), str(tmp_path / "new")), "not a backup"),
         (("restore", str(tmp_path / "full"), str(tmp_path / "new"), "--timestamp", "yesterday"), "ISO 8601"),
+        (("restore", str(tmp_path / "b3"), str(tmp_path / "new"), "--only", "nope.db"), "holds no database nope.db"),
     ]:
         done = edgenode(*args)
         assert done.returncode != 0 and words in done.stderr, (args, done.stderr)

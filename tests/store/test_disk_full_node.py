@@ -44,6 +44,8 @@ def _writes(c: httpx.Client, box: str, push: Pusher) -> dict[str, Callable[[str]
         "git push": push,
         "worker deploy": lambda n: c.put(f"/v1/workers/w-{n}", json={"files": {
             "main.py": f"def handle(request):\n    return {n!r}\n"}}),
+        "agent deploy": lambda n: c.put(f"/v1/agents/a-{n}", json={"files": {
+            "main.py": f"def run(ctx, input):\n    return {n!r}\n"}}),
         "sandbox file": lambda n: c.put(f"/v1/sandboxes/{box}/files/f-{n}", content=os.urandom(256 * 1024)),
         "kv put (namespace)": lambda n: c.put(f"/v1/kv/app/key-{n}", content=os.urandom(64 * 1024)),
         "kv put (new namespace)": lambda n: c.put(f"/v1/kv/ns-{n}/k", content=b"v"),

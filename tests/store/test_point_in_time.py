@@ -66,7 +66,8 @@ def test_a_deleted_key_comes_back_with_a_restore_to_the_moment_before(tmp_path: 
             assert c.put("/v1/kv/app/later", content=b"x").status_code == 200
             _wait_replica(replica, tmp_path / "probe.db", lambda kv: "precious" not in kv and "later" in kv)
             status = c.get("/v1/status").json()["store"]["replication"]
-            assert status["running"] is True and status["restarts"] == 0
+            assert status == {"replica": str(replica), "running": True, "restarts": 0}
+            assert "replica" not in c.get("/healthz").json()["store"]["replication"]  # no token: not where
     finally:
         assert node.stop() == 0
 
