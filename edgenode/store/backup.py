@@ -114,7 +114,7 @@ def _plan(data_dir: Path) -> _Plan:
         for name in sorted(dirnames):
             sub = here / name
             sub_rel = rel / name
-            if name.endswith("-litestream") or name.startswith(".") and name.endswith((".partial", ".restoring")):
+            if name.endswith("-litestream") or (name.startswith(".") and name.endswith((".partial", ".restoring"))):
                 continue
             if rel == Path("workers") and name != _WORKERS_KEPT:
                 continue
@@ -185,8 +185,17 @@ def _copy_tree_files(src: Path, dst: Path, *, skip: tuple[str, ...] = (), git: b
     for root, dirnames, filenames in os.walk(src):
         here = Path(root)
         rel = here.relative_to(src)
-        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(skip)] if skip else sorted(dirnames)
         (dst / rel).mkdir(parents=True, exist_ok=True)
+        keep = []
+        for name in sorted(dirnames):
+            if skip and name.startswith(skip):
+                continue
+            if (here / name).is_symlink():  # a link to a directory is copied as the link
+                _copy_file(here / name, dst / rel / name)
+                files += 1
+                continue
+            keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if git and (name.startswith("tmp_") or name.endswith(".lock")):
                 continue  # a pack or ref being written now: not part of the repository yet

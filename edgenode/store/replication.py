@@ -163,7 +163,7 @@ def parse_time(text: str) -> dt.datetime:
     """A moment from ISO 8601 (a missing zone is UTC) or seconds since the epoch."""
     try:
         return dt.datetime.fromtimestamp(float(text), tz=dt.UTC)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # not a number, or none a clock can show (nan, 1e300)
         pass
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

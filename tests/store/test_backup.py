@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -75,6 +76,11 @@ def test_a_backup_under_write_load_restores_every_acknowledged_write(live: NodeP
         create_repo(c, "site")
         box = c.post("/v1/sandboxes", json={"name": "work"}).json()["id"]
         assert c.put(f"/v1/sandboxes/{box}/files/notes.txt", content=b"kept").status_code == 201
+    workspace = live.data_dir / "sandboxes" / box / "workspace"
+    (workspace / "sub").mkdir()
+    (workspace / "sub" / "inner.txt").write_bytes(b"in")
+    (workspace / "link-to-sub").symlink_to("sub")  # as a command in the sandbox would make them
+    (workspace / "link-to-notes").symlink_to("notes.txt")
     work = tmp_path / "work"
     work.mkdir()
     git("init", "-q", "-b", "main", cwd=work)
@@ -114,6 +120,10 @@ def test_a_backup_under_write_load_restores_every_acknowledged_write(live: NodeP
             ids = {row[0] for row in c.post("/v1/sql/load", json={"sql": "SELECT id FROM rows"}).json()["rows"]}
             assert set(rows) <= ids, sorted(set(rows) - ids)[:5]
             assert c.get(f"/v1/sandboxes/{box}/files/notes.txt").content == b"kept"
+        restored_ws = data / "sandboxes" / box / "workspace"
+        assert os.readlink(restored_ws / "link-to-sub") == "sub" and os.readlink(restored_ws / "link-to-notes") == \
+            "notes.txt"
+        assert (restored_ws / "sub" / "inner.txt").read_bytes() == b"in"
         for repo in ("site", "site-fork"):
             clone = tmp_path / f"clone-{repo}"
             git("clone", "-q", git_url(node, repo, node.admin_token), str(clone), cwd=tmp_path)
@@ -157,6 +167,7 @@ def test_bad_backup_sources_and_targets_are_refused(live: NodeProcess, tmp_path:
         (("backup", str(tmp_path / "b2"), "--data", str(tmp_path / "full")), "not a node's data directory"),
         (("restore", str(tmp_path / "full"), str(tmp_path / "new")), "not a backup"),
         (("restore", str(tmp_path / "full"), str(tmp_path / "new"), "--timestamp", "yesterday"), "ISO 8601"),
+        (("restore", str(tmp_path / "full"), str(tmp_path / "new"), "--timestamp", "nan"), "ISO 8601"),
         (("restore", str(tmp_path / "b3"), str(tmp_path / "new"), "--only", "nope.db"), "holds no database nope.db"),
     ]:
         done = edgenode(*args)
