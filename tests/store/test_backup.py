@@ -61,6 +61,27 @@ class Load:
                 self.progress.wait(1)
 
 
+class Pushes:
+    """A thread pushing one new commit after another to a branch, recording each one the node took."""
+
+    def __init__(self, node: NodeProcess, work: Path, repo: str) -> None:
+        self.url = git_url(node, repo, node.admin_token)
+        self.work = work
+        self.pushed: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            (self.work / f"page-{n}.html").write_bytes(os.urandom(2048))
+            git("add", ".", cwd=self.work)
+            git("commit", "-q", "-m", f"page {n}", cwd=self.work)
+            if git("push", "-q", self.url, "HEAD:refs/heads/load", cwd=self.work, check=False).returncode == 0:
+                self.pushed.append(git("rev-parse", "HEAD", cwd=self.work).stdout.strip())
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     node = NodeProcess(tmp_path_factory.mktemp("live") / "data").start()
@@ -93,16 +114,25 @@ def test_a_backup_under_write_load_restores_every_acknowledged_write(live: NodeP
         assert c.post("/v1/repos/site/fork", json={"name": "site-fork"}).status_code == 201
 
     load = Load(live)
+    pushes = Pushes(live, work, "site")
     load.thread.start()
+    pushes.thread.start()
     try:
         load.wait_for(20)
-        keys, rows = list(load.keys), list(load.rows)  # acknowledged before the backup began
+        deadline = time.monotonic() + MIN_WAIT_S
+        while not pushes.pushed:
+            assert time.monotonic() < deadline and pushes.thread.is_alive(), "no push went through"
+            time.sleep(0.05)
+        # Acknowledged before the backup began:
+        keys, rows, commits = list(load.keys), list(load.rows), list(pushes.pushed)
         done = edgenode("backup", str(tmp_path / "backup"), "--data", str(live.data_dir))
         assert done.returncode == 0, done.stderr
         load.wait_for(len(rows) + 5)  # the node kept taking writes during and after the backup
     finally:
         load.stop.set()
+        pushes.stop.set()
         load.thread.join(MIN_WAIT_S)
+        pushes.thread.join(MIN_WAIT_S)
     assert not load.errors, load.errors[:3]
     report = json.loads(done.stdout)
     assert "state/default/load.db" in report["databases"] and "node.db" in report["databases"]
@@ -129,6 +159,11 @@ def test_a_backup_under_write_load_restores_every_acknowledged_write(live: NodeP
             git("clone", "-q", git_url(node, repo, node.admin_token), str(clone), cwd=tmp_path)
             assert git("rev-parse", "HEAD", cwd=clone).stdout.strip() == head
             git("fsck", "--full", cwd=clone)
+        # Every push taken before the backup is there, and the copy of a repository pushed to meanwhile is whole.
+        site = data / "artifacts/default/site.git"
+        for sha in commits:
+            git("cat-file", "-e", f"{sha}^{{commit}}", cwd=site)
+        git("fsck", "--full", "--no-dangling", cwd=site)
         # The fork borrows its parent's objects from the restored directory, not the live one.
         alternates = (data / "artifacts/default/site-fork.git/objects/info/alternates").read_text()
         assert str(data) in alternates and str(live.data_dir) not in alternates
