@@ -212,7 +212,7 @@ def restore_to(src: str, data_dir: Path, moment: dt.datetime, *, force: bool = F
         if data_dir.exists() and any(data_dir.iterdir()):
             # Keep everything that is not a replicated database (identity, repositories, workspaces).
             shutil.copytree(data_dir, staged, symlinks=True, ignore=_ignore_databases(data_dir, names))
-        staged.mkdir(parents=True, exist_ok=True)
+        staged.mkdir(parents=True, exist_ok=True, mode=0o700)
         for name in names:
             target = staged / name
             target.parent.mkdir(parents=True, exist_ok=True)
