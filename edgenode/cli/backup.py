@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgenode.cli.client import echo_json
 from edgenode.errors import EdgenodeError
+
+if TYPE_CHECKING:
+    from edgenode.store.backup import BackupReport
 
 _DEFAULT_DATA = Path(".edgenode")
 
@@ -18,6 +22,12 @@ def _data_dir(ctx: click.Context, data_dir: Path | None) -> Path:
         return data_dir
     parent = getattr(ctx.obj, "data_dir", None)
     return parent if isinstance(parent, Path) else _DEFAULT_DATA
+
+
+def _echo(report: BackupReport) -> None:
+    for name, why in sorted(report.left_out.items()):
+        click.echo(f"warning: {name} was left out: it {why}", err=True)
+    echo_json(report.as_dict())
 
 
 @click.command()
@@ -37,9 +47,7 @@ def backup(ctx: click.Context, dest: Path, data_dir: Path | None) -> None:
         report = make_backup(_data_dir(ctx, data_dir), dest)
     except EdgenodeError as exc:
         raise click.ClickException(exc.message) from exc
-    if report.damaged:
-        click.echo(f"warning: damaged databases were left out: {', '.join(sorted(report.damaged))}", err=True)
-    echo_json(report.as_dict())
+    _echo(report)
 
 
 @click.command()
@@ -74,7 +82,7 @@ def restore(src: str, data_dir: Path, force: bool, only: tuple[str, ...], timest
             report = backups.restore(Path(src), data_dir, force=force)
     except EdgenodeError as exc:
         raise click.ClickException(exc.message) from exc
-    echo_json(report.as_dict())
+    _echo(report)
 
 
 __all__ = ["backup", "restore"]

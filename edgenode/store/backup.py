@@ -67,13 +67,13 @@ class BackupReport:
     bytes: int = 0
     seconds: float = 0.0
     moved_aside: Path | None = None
-    #: Databases left out because their file is damaged, with what is wrong with each.
-    damaged: dict[str, str] = field(default_factory=dict)
+    #: Databases left out, each with why (a damaged file; a namespace younger than a restored moment).
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON for the command line."""
         return {"path": str(self.path), "node": self.node, "databases": self.databases,
-                "repositories": self.repositories, "damaged": self.damaged, "files": self.files, "bytes": self.bytes,
+                "repositories": self.repositories, "left_out": self.left_out, "files": self.files, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3),
                 "moved_aside": str(self.moved_aside) if self.moved_aside else None}
 
@@ -271,7 +271,7 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
                 report.databases.append(str(rel))
             else:  # one damaged namespace must not make the node impossible to back up
                 (staged / rel).unlink(missing_ok=True)
-                report.damaged[str(rel)] = problem
+                report.left_out[str(rel)] = problem
                 log.warning("a damaged database was left out of the backup", extra={"db": str(rel), "problem": problem})
         for rel in plan.repositories:
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +285,7 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
         manifest = {"format": FORMAT, "edgenode": __version__, "node": node, "data_dir": str(data_dir),
                     "began_at": round(began, 3), "finished_at": round(time.time(), 3),
                     "databases": report.databases, "repositories": report.repositories,
-                    "damaged": report.damaged}
+                    "left_out": report.left_out}
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if dest.exists():
             dest.rmdir()

@@ -216,8 +216,16 @@ def restore_to(src: str, data_dir: Path, moment: dt.datetime, *, force: bool = F
         for name in names:
             target = staged / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run([litestream, "restore", "-timestamp", stamp, "-o", str(target),
-                                   _join(base, name)], capture_output=True, text=True, timeout=600)
+            url = _join(base, name)
+            # Litestream knows moments only between the first and the last change it shipped of a database.
+            first, last = _time_bounds(litestream, url)
+            if first is not None and moment < first and Path(name).parts[0] == STATE_DIR:
+                # A namespace whose replica begins after the moment did not exist then.
+                report.left_out[name] = f"did not exist yet at {stamp} (its replica begins at {first.isoformat()})"
+                continue
+            # No change shipped since the last one: at any later moment the database is as it was then.
+            at = None if last is not None and moment > last else stamp
+            done = _litestream_restore(litestream, url, target, at)
             if done.returncode != 0:
                 raise BackupFailed(f"litestream could not restore {name} to {stamp}: "
                                    f"{(done.stderr or done.stdout).strip()[-500:]}", path=name)
@@ -233,6 +241,33 @@ def restore_to(src: str, data_dir: Path, moment: dt.datetime, *, force: bool = F
     report.seconds = time.monotonic() - started
     log.info("restored databases to a point in time", extra={"at": stamp, "databases": len(report.databases)})
     return report
+
+
+def _time_bounds(litestream: str, url: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """When the replica at ``url`` begins and when it last changed, from its LTX files.
+
+    A file replica's LTX files carry their creation time as modification time (to the millisecond);
+    other replicas are asked with ``litestream ltx``, which lists it to the second.
+    """
+    parts = urlsplit(url)
+    stamps: list[dt.datetime] = []
+    if parts.scheme == "file":
+        for ltx in Path(parts.path).glob("ltx/*/*.ltx"):
+            with contextlib.suppress(OSError):
+                stamps.append(dt.datetime.fromtimestamp(ltx.stat().st_mtime, tz=dt.UTC))
+    else:
+        done = subprocess.run([litestream, "ltx", "-level", "all", url], capture_output=True, text=True,
+                              timeout=120)
+        for line in done.stdout.splitlines()[1:] if done.returncode == 0 else []:
+            with contextlib.suppress(ValueError, IndexError):
+                stamps.append(dt.datetime.fromisoformat(line.split()[-1].replace("Z", "+00:00")))
+    return (min(stamps), max(stamps)) if stamps else (None, None)
+
+
+def _litestream_restore(litestream: str, url: str, target: Path, stamp: str | None) -> subprocess.CompletedProcess[str]:
+    at = ["-timestamp", stamp] if stamp else []
+    return subprocess.run([litestream, "restore", *at, "-o", str(target), url], capture_output=True, text=True,
+                          timeout=600)
 
 
 def _ignore_databases(data_dir: Path, names: list[str]) -> Any:

