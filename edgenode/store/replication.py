@@ -219,7 +219,10 @@ def restore_to(src: str, data_dir: Path, moment: dt.datetime, *, force: bool = F
             url = _join(base, name)
             # Litestream knows moments only between the first and the last change it shipped of a database.
             first, last = _time_bounds(litestream, url)
-            if first is not None and moment < first and Path(name).parts[0] == STATE_DIR:
+            if first is not None and moment < first:
+                if Path(name).parts[0] != STATE_DIR:
+                    raise BackupFailed(f"the replica of {name} begins at {first.isoformat()}, after {stamp}: "
+                                       "replication was not on yet at that moment", path=name)
                 # A namespace whose replica begins after the moment did not exist then.
                 report.left_out[name] = f"did not exist yet at {stamp} (its replica begins at {first.isoformat()})"
                 continue

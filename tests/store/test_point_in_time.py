@@ -110,6 +110,11 @@ def test_a_deleted_key_comes_back_with_a_restore_to_the_moment_before(tmp_path: 
     finally:
         restored.stop()
 
+    # A moment before replication began cannot be restored, and nothing is left half-made.
+    done = edgenode("restore", "--timestamp", "2000-01-01T00:00:00Z", str(replica), str(tmp_path / "old"))
+    assert done.returncode != 0 and "replication was not on yet" in done.stderr, done.stderr
+    assert not (tmp_path / "old").exists() and not list(tmp_path.glob(".old*"))
+
     # In place, the node stopped: its identity stays, what it held is moved aside.
     node_id = node.node_id
     done = edgenode("restore", "--timestamp", moment.isoformat(), str(replica), str(node.data_dir))
