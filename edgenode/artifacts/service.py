@@ -279,7 +279,10 @@ class Artifacts:
                 return history.commit_files(repo, branch=branch, message=message, author=author_bytes,
                                             changes=changes, parent=parent, now=self._now())
 
-        sha, old = await asyncio.to_thread(run)
+        try:
+            sha, old = await asyncio.to_thread(run)
+        except OSError as exc:
+            raise (storage_fault(exc, info.path, "git repositories") or exc) from exc
         ref = f"refs/heads/{branch}"
         await self.events.record(tenant, name, "commit", ref=ref, old=_hex(old), new=sha.decode())
         self.spawn(self.gossip.announce(info, [(ref, _hex(old), sha.decode())]))
