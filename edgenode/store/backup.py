@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from edgenode import __version__
-from edgenode.errors import BackupFailed, EdgenodeError
+from edgenode.errors import BackupFailed, EdgenodeError, InsufficientStorage, StorageIOFailed
 from edgenode.store.faults import storage_fault
 from edgenode.store.ledger import inspect
 
@@ -234,7 +234,9 @@ def _node_id(data_dir: Path) -> str | None:
 
 
 def _fault(exc: OSError, path: Path, purpose: str) -> EdgenodeError:
-    return storage_fault(exc, path, purpose) or BackupFailed(f"cannot write {path}: {exc}", path=str(path))
+    where = exc.filename or path
+    return storage_fault(exc, path, purpose) or BackupFailed(f"copying failed at {where}: {exc.strerror or exc}; "
+                                                             "nothing was replaced", path=str(where))
 
 
 def backup(data_dir: Path, dest: Path) -> BackupReport:
@@ -262,9 +264,14 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
             report.files += 1
         began = time.time()
         for rel in plan.databases:
+            if not (data_dir / rel).exists():
+                continue  # deleted meanwhile (a purged tenant's namespace)
             try:
                 problem = _copy_database(data_dir / rel, staged / rel)
             except sqlite3.Error as exc:
+                fault = storage_fault(exc, dest.parent, "backup")
+                if isinstance(fault, (InsufficientStorage, StorageIOFailed)):
+                    raise fault from exc  # the backup's disk, not the database
                 problem = f"cannot be read as a SQLite database ({exc})"
             if problem is None:
                 report.bytes += (staged / rel).stat().st_size
@@ -275,7 +282,13 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
                 log.warning("a damaged database was left out of the backup", extra={"db": str(rel), "problem": problem})
         for rel in plan.repositories:
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-            files, size = _copy_repository(data_dir / rel, staged / rel)
+            try:
+                files, size = _copy_repository(data_dir / rel, staged / rel)
+            except FileNotFoundError:
+                if (data_dir / rel).exists():
+                    raise
+                shutil.rmtree(staged / rel, ignore_errors=True)  # deleted meanwhile
+                continue
             report.files, report.bytes = report.files + files, report.bytes + size
             report.repositories.append(str(rel))
         for rel in plan.files:

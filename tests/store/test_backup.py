@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.artifacts.gitutil import create_repo, git, git_url
+from tests.store.disk import small_disk
 from tests.support import MIN_WAIT_S, NodeProcess
 
 
@@ -220,3 +221,14 @@ def test_the_backup_holds_no_log_sidecars_and_is_private(live: NodeProcess, tmp_
     assert not [p for p in dest.rglob("*") if p.name.endswith(("-wal", "-shm"))]
     assert dest.stat().st_mode & 0o077 == 0
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_backup_to_a_full_disk_says_so_and_leaves_nothing(live: NodeProcess, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "small", 1) as small:
+        with live.client() as c:  # more than the small disk holds
+            for i in range(8):
+                assert c.put(f"/v1/kv/bulk/k{i}", content=os.urandom(256 * 1024)).status_code == 200
+        done = edgenode("backup", str(small / "b"), "--data", str(live.data_dir))
+        assert done.returncode != 0 and "no space left on the disk holding the backup" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert list(small.iterdir()) == []
