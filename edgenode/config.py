@@ -67,6 +67,16 @@ class StoreSettings:
     )
     min_free_percent: float = setting(2.0, "Free space kept back from large writes, as a percentage of the disk.",
                                       minimum=0)
+    replica_url: str = setting(
+        "", "Continuous replication of every SQLite database for point-in-time restore, by a Litestream child "
+        "process: a directory, a file:// URL or an S3-compatible s3://BUCKET/PATH URL (credentials from "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; Litestream URL parameters for stores other than AWS). "
+        "Empty: off. Needs the replication extra (pip install 'edgenode[replication]').",
+    )
+    replica_sync_s: float = setting(1.0, "How often Litestream ships new commits to the replica, in seconds "
+                                    "(the most a point-in-time restore can miss).", minimum=0.1)
+    replica_retention_h: float = setting(720.0, "How far back a point-in-time restore can go, in hours "
+                                         "(older replica files are removed).", minimum=1)
     accept_fresh_db: list[str] = setting(
         [], "Databases (node.db, agents.db, ...) the node may start afresh although it created them before and "
         "they are now missing, empty or damaged; a damaged file is moved aside, never deleted. An operator's "

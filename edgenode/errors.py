@@ -304,6 +304,16 @@ class DatabaseRefused(StoreError):
         self.reason = reason
 
 
+class BackupFailed(StoreError):
+    """A backup or restore could not be made (bad source or target, or a copy that failed); nothing was replaced."""
+
+    code = "backup_failed"
+
+    def __init__(self, message: str, *, path: str, **details: Any) -> None:
+        super().__init__(message, path=path, **details)
+        self.path = path
+
+
 # -- auth ------------------------------------------------------------------
 
 

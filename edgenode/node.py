@@ -18,6 +18,7 @@ from edgenode.auth import MIGRATIONS as AUTH_MIGRATIONS
 from edgenode.auth import Auth
 from edgenode.cluster import Cluster
 from edgenode.config import Config
+from edgenode.errors import ValidationFailed
 from edgenode.isolates import Workers
 from edgenode.jobs import Jobs
 from edgenode.metrics import Metrics
@@ -26,6 +27,7 @@ from edgenode.state import State
 from edgenode.store import Database
 from edgenode.store.health import StoreMonitor
 from edgenode.store.ledger import DatabaseLedger
+from edgenode.store.replication import INSTALL_HINT, Litestream, find_litestream
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,14 @@ class Node:
         self.store = StoreMonitor(self.data_dir, stuck_after_s=store.stuck_write_s, min_free_mb=store.min_free_mb,
                                   min_free_percent=store.min_free_percent, registry=self.metrics.registry)
         self.ledger = DatabaseLedger(self.data_dir, self.id, accept_fresh=store.accept_fresh_db)
+        if store.replica_url and find_litestream() is None:
+            raise ValidationFailed(f"store.replica_url is set but no litestream binary was found; {INSTALL_HINT}",
+                                   field="store.replica_url")
+        #: Litestream must be the only checkpointer of the databases it replicates.
+        self.wal_autocheckpoint = 0 if store.replica_url else 1000
         self._databases: list[Database] = []
+        #: The Litestream child replicating the databases (store.replica_url), once started.
+        self.litestream: Litestream | None = None
         self._databases_checked = False
         self._watchdog: asyncio.Task[None] | None = None
         self.db = self.database("node.db", AUTH_MIGRATIONS)
@@ -127,6 +136,7 @@ class Node:
             write_timeout_s=settings.write_timeout_s,
             purpose=PURPOSES.get(name, f"database {name}"),
             monitor=self.store,
+            wal_autocheckpoint=self.wal_autocheckpoint,
         )
         self._databases.append(db)
         return db
@@ -156,6 +166,13 @@ class Node:
             self.start_error = exc
             raise
         self.ledger.record(db.path.name for db in self._databases)
+        store = self.config.store
+        if store.replica_url:
+            self.litestream = Litestream(self.data_dir, [db.path.name for db in self._databases],
+                                         store.replica_url, sync_s=store.replica_sync_s,
+                                         retention_h=store.replica_retention_h)
+            await self.litestream.start()
+            self.store.replication = self.litestream.status
         self._watchdog = asyncio.create_task(self.store.watch(max(1.0, self.config.store.stuck_write_s / 4)),
                                              name="store-watchdog")
         self.metrics.loop_lag.start()
@@ -176,6 +193,8 @@ class Node:
             except Exception:
                 log.exception("capability failed to stop", extra={"capability": capability.name})
         self.db.close()
+        if self.litestream is not None:  # after the databases closed: Litestream ships their last commits
+            await self.litestream.stop()
         log.info("node stopped", extra={"node": self.id})
 
     def status(self) -> dict[str, Any]:

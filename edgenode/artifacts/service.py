@@ -36,6 +36,7 @@ from edgenode.errors import (
     Unavailable,
     ValidationFailed,
 )
+from edgenode.store.faults import insufficient, nearly_full, storage_fault
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -283,7 +284,10 @@ class Artifacts:
                 return history.commit_files(repo, branch=branch, message=message, author=author_bytes,
                                             changes=changes, parent=parent, now=self._now())
 
-        sha, old = await asyncio.to_thread(run)
+        try:
+            sha, old = await asyncio.to_thread(run)
+        except OSError as exc:
+            raise (storage_fault(exc, info.path, "git repositories") or exc) from exc
         ref = f"refs/heads/{branch}"
         await self.events.record(tenant, name, "commit", ref=ref, old=_hex(old), new=sha.decode())
         self.spawn(self.gossip.announce(info, [(ref, _hex(old), sha.decode())]))
@@ -427,8 +431,13 @@ class Artifacts:
                     git=self.git_tools)
             except GitProtocolError as exc:
                 raise BadRequest(f"git protocol error: {exc}") from exc
+        except OSError as exc:  # spooling the pack
+            raise (storage_fault(exc, info.path, "git repositories") or exc) from exc
         finally:
             spool.close()
+        if not outcome.updated and not outcome.refused and nearly_full(info.path):
+            # git reports a full disk in the push's status ("unpack failed"); answer like every other write.
+            raise insufficient(info.path, "git repositories")
         if outcome.updated:
             self.spawn(self.gossip.announce(info, outcome.updated))
         items: list[tuple[str, dict[str, Any]]] = []

@@ -39,6 +39,7 @@ from edgenode import __version__
 from edgenode.errors import BuildFailed, EdgenodeError, InvalidComponent, Unavailable
 from edgenode.isolates.builder import GUEST_DIR, WIT_DIR, componentize, componentize_py_version, tree_digest
 from edgenode.isolates.engine import Budget, IsolateEngine, running
+from edgenode.store.faults import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -325,10 +326,8 @@ class PythonRuntime:
             self.compiled_programs += 1
             try:
                 self.programs_dir.mkdir(parents=True, exist_ok=True)
-                staged = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-                staged.write_text(program.wire)
-                os.replace(staged, path)
-            except OSError as exc:  # a full disk costs a recompile later, not this request
+                write_atomic(path, program.wire, "bytecode cache")
+            except (OSError, EdgenodeError) as exc:  # a full disk costs a recompile later, not this request
                 log.warning("could not keep a deployment's bytecode", extra={"file": str(path), "error": str(exc)})
         with self._programs_lock:
             if key not in self._programs:

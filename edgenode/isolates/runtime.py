@@ -9,7 +9,6 @@ maps the code back in milliseconds instead of recompiling for seconds.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +38,7 @@ from edgenode.isolates.engine import Budget, IsolateEngine, running
 from edgenode.isolates.limits import Limits
 from edgenode.isolates.python import Program, binding
 from edgenode.isolates.python import define as define_runtime_imports
+from edgenode.store.faults import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,10 @@ class CompiledCache:
         except WasmtimeError as exc:
             raise InvalidComponent(f"not a valid WebAssembly component: {_first_line(str(exc))}") from None
         self.compiles += 1
-        staged = cached.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-        staged.write_bytes(component.serialize())
-        os.replace(staged, cached)
+        try:
+            write_atomic(cached, component.serialize(), "compiled-code cache")
+        except EdgenodeError as exc:  # a full disk costs a compile later, not this request
+            log.warning("could not keep compiled code", extra={"key": key, "error": exc.message})
         return component
 
     def forget(self, key: str) -> None:

@@ -32,6 +32,7 @@ from edgenode.isolates.python import Program, PythonRuntime
 from edgenode.isolates.registry import MIGRATIONS, Registry, Version, validate_name
 from edgenode.isolates.runtime import CompiledCache, GuestRequest, Outcome, Runtime, Usage
 from edgenode.isolates.wasi import WasiResult, WasiRunner, parse_request, wasm_kind
+from edgenode.store.faults import storage_fault, write_atomic
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -230,7 +231,11 @@ class Workers:
 
     def _compile_upload(self, key: str, path: Path, data: bytes) -> Any:
         staged = path.with_suffix(f".upload{os.getpid()}")
-        staged.write_bytes(data)
+        try:
+            staged.write_bytes(data)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise (storage_fault(exc, path.parent, "worker deployments") or exc) from exc
         try:
             return self.cache.get(key, staged)
         finally:
@@ -425,6 +430,4 @@ def _deadline(limits: Limits) -> float:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    staged = path.with_suffix(f".tmp{os.getpid()}")
-    staged.write_bytes(data)
-    os.replace(staged, path)
+    write_atomic(path, data, "worker deployments")

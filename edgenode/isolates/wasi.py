@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -37,6 +38,9 @@ from edgenode.errors import (
 )
 from edgenode.isolates.engine import TICK_S, Budget, IsolateEngine, running
 from edgenode.isolates.limits import Limits
+from edgenode.store.faults import write_atomic
+
+log = logging.getLogger(__name__)
 
 _COMPONENT_LAYER = b"\x0d\x00\x01\x00"
 _MODULE_LAYER = b"\x01\x00\x00\x00"
@@ -186,9 +190,10 @@ class WasiRunner:
                 raise InvalidComponent(f"not a valid WebAssembly module: {str(exc).strip().splitlines()[0]}") from None
             if not any(e.name == "_start" for e in module.exports):
                 raise InvalidComponent("the module exports no _start: it is not a WASI command")
-            staged = cached.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-            staged.write_bytes(module.serialize())
-            os.replace(staged, cached)
+            try:
+                write_atomic(cached, module.serialize(), "compiled-code cache")
+            except EdgenodeError as exc:  # a full disk costs a compile later, not this request
+                log.warning("could not keep compiled code", extra={"key": key, "error": exc.message})
         with self._lock:
             self._modules[key] = module
             while len(self._modules) > self.capacity:

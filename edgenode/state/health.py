@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenode.errors import NamespaceDamaged
-from edgenode.store.ledger import inspect, wal_lost
+from edgenode.store.ledger import inspect, restore_command, wal_lost
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ def marker_path(path: Path) -> Path:
 
 
 def _error(namespace: str, path: Path, reason: str) -> NamespaceDamaged:
+    data_dir = path.parent.parent.parent
     return NamespaceDamaged(
-        f"namespace {namespace} is damaged: its database {reason}. It refuses writes until it is restored: "
-        f"stop the node and restore {path.name} from a backup, or delete the file and its {MARKER_SUFFIX} marker "
-        "to start the namespace empty (in a fleet, peers then fill it again).",
+        f"namespace {namespace} is damaged: its database {path} {reason}. It refuses writes until it is "
+        f"restored: stop the node, then {restore_command(data_dir, str(path.relative_to(data_dir)))}; or delete "
+        f"the file and its {MARKER_SUFFIX} marker to start the namespace empty (in a fleet, peers then fill it "
+        "again).",
         database=f"{path.parent.name}/{path.name}", reason=reason, namespace=namespace,
     )
 
@@ -87,7 +89,8 @@ class NamespaceHealth:
             self._damaged[(tenant, namespace)] = reason
         if first:
             log.error("namespace database is damaged; refusing its writes",
-                      extra={"tenant": tenant, "namespace": namespace, "path": str(path), "reason": reason})
+                      extra={"tenant": tenant, "namespace": namespace, "path": str(path), "reason": reason,
+                             "how_to_restore": _error(namespace, path, reason).message})
         try:
             marker_path(path).write_text(json.dumps({"reason": reason, "marked_at": round(time.time(), 3)}) + "\n")
         except OSError as exc:

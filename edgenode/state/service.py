@@ -7,6 +7,8 @@ namespace's single writer thread, so there is one implementation.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 import sqlite3
@@ -77,6 +79,8 @@ class State:
         #: Called after every local commit that changed rows (the replicator pushes it).
         self.on_commit: Callable[[str, str, int], None] = lambda tenant, namespace, version: None
         self.replicator: Replicator | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._stop_checks = threading.Event()
         registry = node.metrics.registry
         #: Namespaces a peer's changes could not be merged into (each blocks only itself).
         self.blocked = BlockedNamespaces(registry)
@@ -100,7 +104,8 @@ class State:
             db = NamespaceDatabase(path, readers=self.settings.namespace_readers, synchronous=store.synchronous,
                                    busy_timeout_ms=store.busy_timeout_ms, write_timeout_s=store.write_timeout_s,
                                    purpose=f"namespace {namespace}", monitor=self.node.store,
-                                   max_length=self.settings.sql_max_length_bytes)
+                                   max_length=self.settings.sql_max_length_bytes,
+                                   wal_autocheckpoint=self.node.wal_autocheckpoint)
             db.on_damaged = lambda error: self._damaged(tenant, namespace, path, error)
             return db
 
@@ -130,9 +135,24 @@ class State:
         self.replicator = Replicator(self, self.node.cluster)
         self.node.cluster.progress = self.progress
         await self.replicator.start()
+        self._checker = asyncio.create_task(run_blocking(self._check_all), name="namespace-check")
+
+    def _check_all(self) -> None:
+        """Check every namespace file in full once after start, so damage is reported now, not at first use."""
+        if not self.root.exists():
+            return
+        for tenant_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for path in sorted(tenant_dir.glob("*.db")):
+                if self._stop_checks.is_set():
+                    return
+                self.health.check(tenant_dir.name, path.stem, path)
 
     async def stop(self) -> None:
         """Stop replication and close every namespace database."""
+        self._stop_checks.set()
+        if self._checker is not None:
+            with contextlib.suppress(Exception):
+                await self._checker  # at most the one file being checked
         if self.replicator is not None:
             await self.replicator.stop()
         await run_blocking(self.pool.close_all)

@@ -73,8 +73,13 @@ class _Job:
 _STOP = object()
 
 
-def connect(path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    """Open a connection with edgenode's pragmas; transactions are explicit."""
+def connect(path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000,
+            wal_autocheckpoint: int = 1000) -> sqlite3.Connection:
+    """Open a connection with edgenode's pragmas; transactions are explicit.
+
+    ``wal_autocheckpoint`` 0 leaves every checkpoint to another process (Litestream must be the
+    only checkpointer of the databases it replicates).
+    """
     conn = sqlite3.connect(
         str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
     )
@@ -82,6 +87,7 @@ def connect(path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {int(wal_autocheckpoint)}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -111,6 +117,7 @@ class Database:
         write_timeout_s: float = 30.0,
         purpose: str = "",
         monitor: StoreMonitor | None = None,
+        wal_autocheckpoint: int = 1000,
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -128,6 +135,7 @@ class Database:
         self._max_readers = readers
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
+        self._wal_autocheckpoint = wal_autocheckpoint
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._reader_count = 0
@@ -231,7 +239,8 @@ class Database:
         self.close()
 
     def _connect(self) -> sqlite3.Connection:
-        return connect(self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms)
+        return connect(self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms,
+                       wal_autocheckpoint=self._wal_autocheckpoint)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")

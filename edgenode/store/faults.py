@@ -9,9 +9,11 @@ the error a client should see, or returns None for every other failure.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,27 @@ def storage_fault(exc: BaseException, path: Path | str, purpose: str, *, databas
             return StorageIOFailed(f"the disk failed a read or write of the {purpose}: {exc.strerror}",
                                    purpose=purpose, **extra)
     return None
+
+
+def nearly_full(path: Path | str) -> bool:
+    """Whether the disk holding ``path`` has under :data:`NEARLY_FULL_BYTES` free (an error there is likely ENOSPC)."""
+    return free_bytes(path) < NEARLY_FULL_BYTES
+
+
+def write_atomic(path: Path, data: bytes | bytearray | str, purpose: str) -> None:
+    """Write ``data`` to ``path`` through a staged file renamed into place.
+
+    On a disk fault the staged file is removed (a full disk keeps no half-written leftovers) and the
+    fault is raised as its client-facing error (507, or 503 for an I/O error).
+    """
+    staged = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        if isinstance(data, str):
+            staged.write_text(data)
+        else:
+            staged.write_bytes(data)
+        os.replace(staged, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        raise (storage_fault(exc, path.parent, purpose) or exc) from exc

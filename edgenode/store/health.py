@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,8 @@ class StoreMonitor:
         self._dbs: weakref.WeakSet[Database] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._reported: set[str] = set()
+        #: The state of continuous replication (store.replica_url), when the node runs it.
+        self.replication: Callable[[], dict[str, Any]] | None = None
         self.faults = Counter("edgenode_store_faults", "Disk faults met by reads and writes, by kind "
                               "(full, io, damaged).", ["kind"], registry=registry)
         for kind in ("full", "io", "damaged"):
@@ -155,10 +158,14 @@ class StoreMonitor:
         databases are named.
         """
         stuck, damaged = self.stuck(), self.damaged()
+        replication = self.replication() if self.replication is not None else None
         if public:
             stuck = [_public(d) for d in stuck]
             damaged = [_public(d) for d in damaged]
-        return {"ok": not stuck, "stuck_writers": stuck, "damaged": damaged, "space": self.space()}
+            if replication is not None:  # not where the replica is
+                replication = {k: v for k, v in replication.items() if k != "replica"}
+        return {"ok": not stuck, "stuck_writers": stuck, "damaged": damaged, "space": self.space(),
+                "replication": replication}
 
     def sweep(self) -> list[dict[str, Any]]:
         """Log writers that became stuck, and those that recovered, once each; returns the stuck ones."""

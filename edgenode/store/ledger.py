@@ -87,6 +87,13 @@ def move_aside(path: Path) -> Path | None:
     return target
 
 
+def restore_command(data_dir: Path, name: str) -> str:
+    """How an operator puts one database file back, from a backup or from a replica, while the node is stopped."""
+    return (f"`edgenode restore BACKUP {data_dir} --only {name}` puts it back from a backup made by edgenode "
+            f"backup (the file in place is moved aside), or `edgenode restore --timestamp TIME REPLICA {data_dir} "
+            f"--force --only {name}` from the node's replica (store.replica_url)")
+
+
 class DatabaseLedger:
     """The databases recorded in the node's identity file, checked at start."""
 
@@ -142,10 +149,9 @@ class DatabaseLedger:
             what = (purposes or {}).get(name, "database")
             raise DatabaseRefused(
                 f"edgenode will not start: its {what} {path} {problem}. Starting with a new, empty one would "
-                "silently lose what it held. Stop here and restore the file "
-                f"from a backup (copy it back into {self.data_dir} while the node is stopped), or, to start with "
-                f"an empty {name} knowingly, run the node once with --accept-fresh-db {name} (or "
-                f"EDGENODE_STORE_ACCEPT_FRESH_DB={name}); a damaged file is then moved aside as "
+                f"silently lose what it held. Stop here and restore the file: {restore_command(self.data_dir, name)}"
+                f"; or, to start with an empty {name} knowingly, run the node once with --accept-fresh-db {name} "
+                f"(or EDGENODE_STORE_ACCEPT_FRESH_DB={name}); a damaged file is then moved aside as "
                 f"{name}.damaged-<time>, not deleted.", path=str(path), reason=problem,
             )
 
