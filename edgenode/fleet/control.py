@@ -1,4 +1,4 @@
-"""The fleet-wide control plane: one JetStream key-value bucket of signed records.
+"""The fleet-wide control plane: one bucket (a JetStream stream, one message per key) of signed records.
 
 Every replicated record (a tenant, a token's hash, a deployment, a sealed secret) is one key,
 ``<kind>.<part>...``, whose value is a signed envelope ``{key, stamp, origin, record}``; a deleted
@@ -28,19 +28,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import nats.errors
-import nats.js.errors
 from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.errors import APIError
 
 from edgenode.artifacts.gossip import sign, verify
 from edgenode.cluster.hlc import Hlc
+from edgenode.fleet.buckets import Bucket, Entry
 from edgenode.fleet.changes import ChangeFeed
 from edgenode.store import Database, Migration
 
 log = logging.getLogger(__name__)
 
 SIGNING_DOMAIN = "edgenode-control-record-v1"
+#: JetStream's answer to a compare-and-set that lost (wrong last sequence).
+_WRONG_LAST_SEQUENCE = 10071
 Record = dict[str, Any]
 
 
@@ -97,28 +98,29 @@ class ControlPlane:
 
     name = "control"
 
-    def __init__(self, js: JetStreamContext, *, prefix: str, node_id: str, fleet_secret: bytes, db: Database,
-                 kinds: Sequence[Kind] = (), replicas: int = 1, hlc: Hlc | None = None,
-                 publish_timeout_s: float = 5.0, retry_interval_s: float = 1.0) -> None:
+    def __init__(self, js: JetStreamContext, bucket: Bucket, *, node_id: str, fleet_secret: bytes, db: Database,
+                 kinds: Sequence[Kind] = (), hlc: Hlc | None = None, publish_timeout_s: float = 5.0,
+                 retry_interval_s: float = 1.0, catch_up_timeout_s: float = 30.0) -> None:
         if not fleet_secret:
             raise ValueError("the control plane needs the fleet secret")
         self.js = js
-        self.bucket = f"{prefix}-control"
+        self.bucket = bucket
         self.node_id = node_id
         self.db = db
-        self.replicas = replicas
+        self.catch_up_timeout_s = catch_up_timeout_s
         self.hlc = hlc or Hlc()
         self.publish_timeout_s = publish_timeout_s
         self.retry_interval_s = retry_interval_s
         self._secret = fleet_secret
         self._kinds: dict[str, Kind] = {k.name: k for k in kinds}
-        self._kv: KeyValue | None = None
+        self._started = False
+        self._queue: asyncio.Queue[Entry] = asyncio.Queue()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._watcher: Any = None
+        self._subscription: Any = None
         self._wake = asyncio.Event()
         self._feeds: list[ChangeFeed] = []
-        self._pending: dict[str, Any] = {}
+        self._pending: dict[str, Entry] = {}
         #: Set once the bucket's existing records have been applied (after a start).
         self.caught_up = asyncio.Event()
         self.counters = {"published": 0, "applied": 0, "skipped": 0, "rejected": 0, "pending": 0,
@@ -129,6 +131,9 @@ class ControlPlane:
     def add(self, kind: Kind) -> None:
         """Replicate records of ``kind`` (before :meth:`start`)."""
         self._kinds[kind.name] = kind
+        bind = getattr(kind, "bind", None)
+        if bind is not None:
+            bind(self)
 
     def follow(self, feed: ChangeFeed) -> None:
         """Publish every change ``feed`` announces."""
@@ -141,14 +146,17 @@ class ControlPlane:
             start = getattr(kind, "start", None)
             if start is not None:
                 await start()
+        # Every key's last message is delivered, so the stream's last one marks the end of the replay.
+        last = int((await self.js.stream_info(self.bucket.stream)).state.last_seq or 0)
+        self._tasks.append(asyncio.create_task(self._watch(last), name="control-watch"))
+        if last == 0:
+            self.caught_up.set()
+        self._subscription = await self.bucket.watch(self._queue.put_nowait)
+        self._started = True
         try:
-            self._kv = await self.js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            self._kv = await self.js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas,
-                                                      description="edgenode control plane")
-        self._watcher = await self._kv.watchall()
-        self._tasks.append(asyncio.create_task(self._watch(), name="control-watch"))
-        await self.caught_up.wait()
+            await asyncio.wait_for(self.caught_up.wait(), self.catch_up_timeout_s)
+        except TimeoutError:
+            log.warning("the control bucket's replay did not end in time; going on", extra={"last": last})
         await self._export()
         self._tasks.append(asyncio.create_task(self._retry_loop(), name="control-retry"))
 
@@ -157,9 +165,11 @@ class ControlPlane:
         for feed in self._feeds:
             feed.unsubscribe(self._on_change)
         self._feeds.clear()
-        if self._watcher is not None:
+        if self._subscription is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()
+                await self._subscription.unsubscribe()
+            self._subscription = None
+        self._started = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -167,7 +177,7 @@ class ControlPlane:
 
     def status(self) -> dict[str, Any]:
         """Counters and whether the bucket has been caught up with."""
-        return {"bucket": self.bucket, "caught_up": self.caught_up.is_set(), **self.counters}
+        return {"stream": self.bucket.stream, "caught_up": self.caught_up.is_set(), **self.counters}
 
     # -- publishing ------------------------------------------------------------------
 
@@ -187,30 +197,27 @@ class ControlPlane:
 
     async def publish(self, key: str) -> None:
         """Write the local state of ``key`` to the bucket (merged over what it holds), then mark it clean."""
-        kv = self._require_kv()
+        if not self._started:
+            raise RuntimeError("the control plane is not started")
         kind, parts = self._split(key)
         async with self._lock(key):
             dirty = await self.db.read(lambda c: (c.execute(
                 "SELECT dirty FROM control_applied WHERE key = ?", (key,)).fetchone() or [0])[0])
             record = await kind.snapshot(parts)
             for _ in range(20):
-                try:
-                    entry = await kv.get(key)
-                    revision: int | None = entry.revision
-                    current = self._open(entry.value or b"", key)
-                except nats.js.errors.KeyNotFoundError:
-                    revision, current = None, None
+                entry = await self.bucket.get(key)
+                revision = entry.revision if entry is not None else 0
+                current = self._current(entry, key)
                 merged = kind.merge(current.record if current else None, record)
                 stamp = max(self.hlc.tick(), (current.stamp if current else 0) + 1)
                 envelope = sign(self._secret, {"v": 1, "key": key, "stamp": stamp, "origin": self.node_id,
                                                "record": merged}, SIGNING_DOMAIN)
                 data = json.dumps(envelope, separators=(",", ":")).encode()
                 try:
-                    if revision is None:
-                        await kv.create(key, data)
-                    else:
-                        await kv.update(key, data, last=revision)
-                except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                    await self.bucket.update(key, data, last=revision)
+                except APIError as exc:
+                    if exc.err_code != _WRONG_LAST_SEQUENCE:
+                        raise
                     continue  # someone wrote in between: merge over theirs
                 break
             else:
@@ -261,25 +268,24 @@ class ControlPlane:
 
     # -- applying --------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:  # the marker after the bucket's existing records
+    async def _watch(self, last: int) -> None:
+        while True:
+            entry = await self._queue.get()
+            if entry.value:
+                try:
+                    await self._receive(entry)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.counters["apply_errors"] += 1
+                    log.exception("could not apply a control record", extra={"key": entry.key})
+            if entry.revision >= last:
                 self.caught_up.set()
-                continue
-            if entry.operation in ("DEL", "PURGE"):
-                continue
-            try:
-                await self._receive(entry)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["apply_errors"] += 1
-                log.exception("could not apply a control record", extra={"key": entry.key})
 
-    async def _receive(self, entry: Any) -> None:
-        key: str = entry.key
+    async def _receive(self, entry: Entry) -> None:
+        key = entry.key
         try:
-            envelope = self._open(entry.value or b"", key)
+            envelope = self._open(entry.value, key)
             kind, parts = self._split(key)
         except ValueError as exc:
             self.counters["rejected"] += 1
@@ -319,6 +325,15 @@ class ControlPlane:
 
     # -- helpers ---------------------------------------------------------------------
 
+    def _current(self, entry: Entry | None, key: str) -> Envelope | None:
+        if entry is None:
+            return None
+        try:
+            return self._open(entry.value, key)
+        except ValueError:  # not the fleet's: written over
+            self.counters["rejected"] += 1
+            return None
+
     def _open(self, data: bytes, key: str) -> Envelope:
         try:
             payload = json.loads(data)
@@ -345,11 +360,6 @@ class ControlPlane:
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         return lock
-
-    def _require_kv(self) -> KeyValue:
-        if self._kv is None:
-            raise nats.errors.ConnectionClosedError()
-        return self._kv
 
 
 def make_key(kind: str, parts: Sequence[str]) -> str:

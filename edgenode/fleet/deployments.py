@@ -1,8 +1,8 @@
-"""Worker and agent deployments as control records, their code content-addressed in an object store.
+"""Worker and agent deployments as control records, their code content-addressed in a blob bucket.
 
 A deployment record names the current version (its number, kind, settings) and the SHA-256 of
 its code; the code itself (a Python deployment's files as canonical JSON, a component's bytes) is
-an object of that name in the fleet's object store, written before the record, so any node can
+a blob of that name in the fleet's blob bucket, written before the record, so any node can
 install the version without a build: Python source compiles to bytecode in the shared runtime at
 its first request. A record whose code has not arrived yet is retried. Environment values (which
 may hold secrets) travel sealed.
@@ -11,15 +11,11 @@ may hold secrets) travel sealed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-import nats.js.errors
-from nats.js.client import JetStreamContext
-from nats.js.object_store import ObjectStore
-
 from edgenode.errors import WorkerNotFound
+from edgenode.fleet.buckets import BlobStore
 from edgenode.fleet.control import ApplyPending, Record
 from edgenode.fleet.secrets import SecretBox
 from edgenode.isolates.registry import Version
@@ -34,67 +30,15 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class Blobs:
-    """Content-addressed objects: the name of each is the SHA-256 of its bytes."""
-
-    def __init__(self, js: JetStreamContext, *, prefix: str, replicas: int = 1) -> None:
-        self.js = js
-        self.bucket = f"{prefix}-blobs"
-        self.replicas = replicas
-        self._store: ObjectStore | None = None
-
-    async def start(self) -> None:
-        """Open (or create) the object store."""
-        if self._store is not None:
-            return
-        try:
-            self._store = await self.js.object_store(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            self._store = await self.js.create_object_store(self.bucket, replicas=self.replicas,
-                                                            description="edgenode deployment code")
-
-    def _require(self) -> ObjectStore:
-        if self._store is None:
-            raise RuntimeError("the blob store is not started")
-        return self._store
-
-    async def put(self, data: bytes) -> str:
-        """Store ``data`` (once) and return its name."""
-        store = self._require()
-        digest = hashlib.sha256(data).hexdigest()
-        try:
-            info = await store.get_info(digest)
-            if info.size == len(data) and not info.deleted:
-                return digest
-        except nats.js.errors.ObjectNotFoundError:
-            pass
-        await store.put(digest, data)
-        return digest
-
-    async def get(self, digest: str) -> bytes:
-        """The bytes named ``digest``; ApplyPending while they are not there (or do not match)."""
-        try:
-            result = await self._require().get(digest)
-        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError) as exc:
-            raise ApplyPending(f"object {digest} is not in the store yet") from exc
-        data = result.data or b""
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise ApplyPending(f"object {digest} does not match its name")
-        return data
-
-
 class WorkerDeployments:
     """The current version of each worker, replicated with its code."""
 
     name = "worker"
 
-    def __init__(self, workers: Workers, blobs: Blobs, box: SecretBox) -> None:
+    def __init__(self, workers: Workers, blobs: BlobStore, box: SecretBox) -> None:
         self.workers = workers
         self.blobs = blobs
         self.box = box
-
-    async def start(self) -> None:
-        await self.blobs.start()
 
     async def snapshot(self, parts: tuple[str, ...]) -> Record | None:
         tenant, name = parts
@@ -120,7 +64,7 @@ class WorkerDeployments:
             return
         settings = dict(record["settings"])
         settings["env"] = json.loads(self.box.open(settings.pop("env_sealed"), f"worker.{tenant}.{name}"))
-        code = await self.blobs.get(str(record["code"]))
+        code = await _code(self.blobs, record)
         kind = str(record["kind"])
         source = json.loads(code) if kind == "python" else None
         version = Version(tenant, name, int(record["version"]), kind, str(record["hash"]), settings,
@@ -139,12 +83,9 @@ class AgentDeployments:
 
     name = "agent"
 
-    def __init__(self, agents: Agents, blobs: Blobs) -> None:
+    def __init__(self, agents: Agents, blobs: BlobStore) -> None:
         self.agents = agents
         self.blobs = blobs
-
-    async def start(self) -> None:
-        await self.blobs.start()
 
     async def snapshot(self, parts: tuple[str, ...]) -> Record | None:
         tenant, name = parts
@@ -167,7 +108,7 @@ class AgentDeployments:
 
             await self.agents.db.write(remove)
             return
-        files = json.loads(await self.blobs.get(str(record["code"])))
+        files = json.loads(await _code(self.blobs, record))
         await self.agents.install_version(tenant, name, int(record["version"]), hash=str(record["hash"]),
                                           files=files, config=dict(record["config"]),
                                           created_at=float(record["created_at"]))
@@ -180,4 +121,11 @@ class AgentDeployments:
         return new
 
 
-__all__ = ["AgentDeployments", "Blobs", "WorkerDeployments", "canonical"]
+async def _code(blobs: BlobStore, record: Record) -> bytes:
+    data = await blobs.get(str(record["code"]))
+    if data is None:
+        raise ApplyPending(f"the code {record['code']} has not arrived yet")
+    return data
+
+
+__all__ = ["AgentDeployments", "WorkerDeployments", "canonical"]

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 from nats.js.client import JetStreamContext
 
 from edgenode.fleet.access import RepoTokenRecords, Tenants, Tokens
+from edgenode.fleet.buckets import BlobStore, Bucket, StreamBucket
 from edgenode.fleet.control import ControlPlane
-from edgenode.fleet.deployments import AgentDeployments, Blobs, WorkerDeployments
+from edgenode.fleet.deployments import AgentDeployments, WorkerDeployments
 from edgenode.fleet.secrets import SecretBox, TenantSecrets
 from edgenode.store import Database
 
@@ -20,35 +21,46 @@ if TYPE_CHECKING:
     from edgenode.isolates import Workers
 
 
-def build_control_plane(js: JetStreamContext, *, prefix: str, node_id: str, fleet_secret: bytes, db: Database,
-                        auth: Auth, purge_tenant: Callable[[str], Awaitable[None]] | None = None,
+async def open_buckets(js: JetStreamContext, *, subject_prefix: str, stream_prefix: str,
+                       replicas: int = 1) -> tuple[StreamBucket, StreamBucket]:
+    """The control and blob buckets (``<stream_prefix>_CONTROL`` on ``<subject_prefix>.control.>``, and blobs)."""
+    control = await StreamBucket.open(js, stream=f"{stream_prefix}_CONTROL".upper(),
+                                      subject=f"{subject_prefix}.control", replicas=replicas)
+    blobs = await StreamBucket.open(js, stream=f"{stream_prefix}_BLOBS".upper(),
+                                    subject=f"{subject_prefix}.blobs", replicas=replicas)
+    return control, blobs
+
+
+def build_control_plane(js: JetStreamContext, control: Bucket, blobs: Bucket, *, node_id: str,
+                        fleet_secret: bytes, db: Database, auth: Auth,
+                        purge_tenant: Callable[[str], Awaitable[None]] | None = None,
                         repo_tokens: RepoTokens | None = None, workers: Workers | None = None,
-                        agents: Agents | None = None, replicas: int = 1) -> ControlPlane:
+                        agents: Agents | None = None) -> ControlPlane:
     """A control plane replicating tenants and tokens, plus whichever of the other services are given.
 
-    ``purge_tenant`` removes a tenant deleted elsewhere with everything it owns here (the node's
+    ``control`` and ``blobs`` are two buckets of the fleet (:func:`open_buckets`, or the fleet
+    transport's ``bucket("control")`` and ``bucket("blobs")``: the same interface). ``purge_tenant``
+    removes a tenant deleted elsewhere with everything it owns here (the node's
     ``edgenode.tenants.delete_tenant``); without it only the tenant's record and tokens go.
     ``db`` is ``fleet.db``, opened with :data:`edgenode.fleet.control.MIGRATIONS`.
     """
     box = SecretBox(fleet_secret)
-    plane = ControlPlane(js, prefix=prefix, node_id=node_id, fleet_secret=fleet_secret, db=db, replicas=replicas)
-    tokens = Tokens(auth)
-    tokens.bind(plane)
+    code = BlobStore(blobs)
+    plane = ControlPlane(js, control, node_id=node_id, fleet_secret=fleet_secret, db=db)
     plane.add(Tenants(auth, purge_tenant))
-    plane.add(tokens)
+    plane.add(Tokens(auth))
     plane.follow(auth.changes)
     if repo_tokens is not None:
         plane.add(RepoTokenRecords(repo_tokens))
         plane.follow(repo_tokens.changes)
-    blobs = Blobs(js, prefix=prefix, replicas=replicas)
     if workers is not None:
-        plane.add(WorkerDeployments(workers, blobs, box))
+        plane.add(WorkerDeployments(workers, code, box))
         plane.follow(workers.changes)
     if agents is not None:
-        plane.add(AgentDeployments(agents, blobs))
+        plane.add(AgentDeployments(agents, code))
         plane.add(TenantSecrets(agents, box))
         plane.follow(agents.changes)
     return plane
 
 
-__all__ = ["build_control_plane"]
+__all__ = ["build_control_plane", "open_buckets"]

@@ -14,7 +14,7 @@ import pytest
 from edgenode.config import Config
 from edgenode.errors import TokenRevoked, Unauthorized, WorkerNotFound
 from edgenode.fleet.control import MIGRATIONS, ControlPlane
-from edgenode.fleet.wiring import build_control_plane
+from edgenode.fleet.wiring import build_control_plane, open_buckets
 from edgenode.isolates.runtime import GuestRequest
 from edgenode.node import Node
 from edgenode.store import Database
@@ -23,7 +23,8 @@ from tests.fleet_support import LoopThread, NatsServer
 from tests.support import wait_for
 
 SECRET = b"fleet-secret-for-tests-0123456789"
-PREFIX = "testfleet"
+SUBJECTS = "edn.testfleet"
+STREAMS = "EDN_TESTFLEET"
 
 
 @dataclass
@@ -54,13 +55,19 @@ async def _join(fleet: Fleet, root: Path) -> Member:
     async def purge(name: str) -> None:
         await delete_tenant(node, name)
 
-    plane = build_control_plane(nc.jetstream(), prefix=PREFIX, node_id=node.id, fleet_secret=SECRET, db=fleet_db,
+    member = Member(node, nc, await _plane(node, nc, fleet_db, purge), fleet_db)
+    fleet.members.append(member)
+    return member
+
+
+async def _plane(node: Node, nc: Any, fleet_db: Database, purge: Any = None) -> ControlPlane:
+    js = nc.jetstream()
+    control, blobs = await open_buckets(js, subject_prefix=SUBJECTS, stream_prefix=STREAMS)
+    plane = build_control_plane(js, control, blobs, node_id=node.id, fleet_secret=SECRET, db=fleet_db,
                                 auth=node.auth, purge_tenant=purge, repo_tokens=node.artifacts.tokens,
                                 workers=node.workers, agents=node.agents)
     await plane.start()
-    member = Member(node, nc, plane, fleet_db)
-    fleet.members.append(member)
-    return member
+    return plane
 
 
 async def _leave(member: Member) -> None:
@@ -255,8 +262,7 @@ def test_a_record_not_signed_with_the_fleet_key_is_refused(fleet: Fleet) -> None
               "record": {"name": "forged", "created_at": 1.0}, "sig": "0" * 64}
 
     async def put() -> None:
-        kv = await a.nc.jetstream().key_value(f"{PREFIX}-control")
-        await kv.put("tenant.forged", json.dumps(forged).encode())
+        await a.nc.jetstream().publish(f"{SUBJECTS}.control.tenant.forged", json.dumps(forged).encode())
 
     fleet.run(put())
     wait_for(lambda: b.plane.counters["rejected"] > before, message="b to refuse the forged record")
@@ -273,10 +279,7 @@ def test_a_node_joining_later_replays_the_bucket_to_the_same_state(fleet: Fleet,
     async def join_and_replay_twice() -> tuple[bool, bool]:
         d = await _join(fleet, tmp_path / "d")
         await d.plane.stop()  # a restart replays everything again: the same result
-        d.plane = build_control_plane(d.nc.jetstream(), prefix=PREFIX, node_id=d.node.id, fleet_secret=SECRET,
-                                      db=d.fleet_db, auth=d.node.auth, workers=d.node.workers,
-                                      agents=d.node.agents, repo_tokens=d.node.artifacts.tokens)
-        await d.plane.start()
+        d.plane = await _plane(d.node, d.nc, d.fleet_db)
         return await d.node.auth.tenant_exists("acme"), await d.node.auth.tenant_exists("doomed")
 
     assert fleet.run(join_and_replay_twice()) == (True, False)
@@ -298,3 +301,23 @@ def test_no_client_token_or_secret_ever_reached_nats(fleet: Fleet) -> None:
         assert plaintext.encode() not in traffic, plaintext
     secret_part = issued.token.rsplit("_", 1)[1]
     assert secret_part.encode() not in traffic
+
+
+def test_blobs_larger_than_a_message_come_back_whole_and_a_missing_chunk_is_not_served(fleet: Fleet) -> None:
+    from edgenode.fleet.buckets import BlobStore, StreamBucket
+
+    a = fleet.members[0]
+    data = bytes(range(256)) * 3000  # three chunks
+
+    async def roundtrip() -> tuple[bytes | None, bytes | None]:
+        js = a.nc.jetstream()
+        bucket = await StreamBucket.open(js, stream="EDN_TESTFLEET_BLOBTEST", subject="edn.testfleet.blobtest")
+        store = BlobStore(bucket)
+        digest = await store.put(data)
+        whole = await store.get(digest)
+        await js.purge_stream("EDN_TESTFLEET_BLOBTEST", subject=f"edn.testfleet.blobtest.{digest}.1")
+        return whole, await store.get(digest)
+
+    whole, broken = fleet.run(roundtrip())
+    assert whole == data
+    assert broken is None
