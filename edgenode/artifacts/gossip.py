@@ -8,6 +8,12 @@ read credential derived from the fleet key, then moves its ref only by fast-forw
 update that does not fast-forward is kept under ``refs/conflicts/<origin>/...``, so no
 commit is ever dropped. Periodically each node compares ref listings with a random peer
 and pulls what it missed.
+
+A deleted branch or tag leaves a tombstone (the commit it pointed at, and when): it travels in
+the announcement and in listings, a peer whose ref still points there deletes it too, and no
+state of the ref that the deletion covered (that commit or an ancestor, announced before the
+deletion or listed by a peer that has not heard of it) brings it back. A ref that moved on
+elsewhere meanwhile is kept: a deletion never drops a commit it did not see.
 """
 
 from __future__ import annotations
@@ -179,9 +185,13 @@ class RefGossip:
             return
         secret = self.secret()
         assert secret is not None
+        now = self._now()
+        deleted = [(r, o) for r, o, n in shared if n is None and o is not None]
+        if deleted:
+            await asyncio.to_thread(self._record_tombstones, info.tenant, info.name, deleted, now)
         payload = sign(secret, {
             "v": 1, "kind": "refs", **self._meta(info), "origin": self.node.id, "url": self.self_url(),
-            "at": self._now(), "nonce": secrets.token_hex(8),
+            "at": now, "nonce": secrets.token_hex(8),
             "updates": [{"ref": r, "old": o, "new": n} for r, o, n in shared],
         })
         await self._broadcast(payload)
@@ -252,7 +262,8 @@ class RefGossip:
             self.artifacts.spawn(self._apply_delete(meta, float(payload.get("deleted_at", at))))
         else:
             wanted = [(r, n) for r, _, n in updates if _shared(r) and n is not None]
-            self.artifacts.spawn(self._apply(meta, wanted, origin, url))
+            deleted = [(r, o) for r, o, n in updates if _shared(r) and n is None and o is not None]
+            self.artifacts.spawn(self._apply(meta, wanted, origin, url, deleted=deleted, at=float(at)))
         return {"accepted": True}
 
     async def listing(self, nonce: str) -> dict[str, Any]:
@@ -270,8 +281,10 @@ class RefGossip:
             tombstones = self.artifacts.db.read_sync(
                 lambda c: [dict(r) for r in c.execute("SELECT tenant, name, deleted_at FROM repo_tombstones")]
             )
+            ref_tombstones = self.artifacts.db.read_sync(lambda c: [dict(r) for r in c.execute(
+                "SELECT tenant, repo, ref, sha, deleted_at FROM ref_tombstones")])
             return {"node": self.node.id, "url": self.self_url(), "nonce": nonce, "repos": repos,
-                    "tombstones": tombstones}
+                    "tombstones": tombstones, "ref_tombstones": ref_tombstones}
 
         body = await asyncio.to_thread(read)
         secret = self.secret()
@@ -279,16 +292,17 @@ class RefGossip:
 
     # -- applying --------------------------------------------------------------
 
-    async def _apply(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str, url: str) -> None:
+    async def _apply(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str, url: str, *,
+                     deleted: list[tuple[str, str]] | None = None, at: float | None = None) -> None:
         try:
-            results = await asyncio.to_thread(self._apply_sync, meta, wanted, origin, url)
+            results = await asyncio.to_thread(self._apply_sync, meta, wanted, origin, url, deleted or [], at)
         except Exception as exc:
             self.counters["fetch_errors"] += 1
             log.warning("applying a ref announcement failed",
                         extra={"repo": meta["repo"], "origin": origin, "error": str(exc)[:300]})
             return
         tenant, name = meta["tenant"], meta["repo"]
-        applied = [r for r in results if r["result"] in ("created", "fast-forward")]
+        applied = [r for r in results if r["result"] in ("created", "fast-forward", "deleted")]
         conflicts = [r for r in results if r["result"] == "conflict"]
         self.counters["applied"] += len(applied)
         self.counters["conflicts"] += len(conflicts)
@@ -314,16 +328,54 @@ class RefGossip:
         except EdgenodeError:  # created concurrently by another announcement
             return store.find_sync(tenant, name)
 
+    def _record_tombstones(self, tenant: str, repo: str, deleted: list[tuple[str, str]], at: float) -> None:
+        """Remember refs deleted at ``at`` (the latest deletion of a ref is kept)."""
+        self.artifacts.db.write_sync(lambda c: c.executemany(
+            "INSERT INTO ref_tombstones (tenant, repo, ref, sha, deleted_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (tenant, repo, ref) DO UPDATE SET sha = excluded.sha, deleted_at = excluded.deleted_at"
+            " WHERE excluded.deleted_at > ref_tombstones.deleted_at",
+            [(tenant, repo, ref, sha, at) for ref, sha in deleted]))
+
+    def _tombstones(self, tenant: str, repo: str) -> dict[str, tuple[str, float]]:
+        return self.artifacts.db.read_sync(lambda c: {r["ref"]: (r["sha"], r["deleted_at"]) for r in c.execute(
+            "SELECT ref, sha, deleted_at FROM ref_tombstones WHERE tenant = ? AND repo = ?", (tenant, repo))})
+
+    @staticmethod
+    def _covered(repo: Any, new: str, tombstone: tuple[str, float], at: float | None) -> bool:
+        """Whether a deletion already covers ``new`` (the deleted commit or an ancestor, not announced after it)."""
+        sha, deleted_at = tombstone
+        if at is not None and at > deleted_at:
+            return False  # the ref was set again after its deletion
+        if new == sha:
+            return True
+        raw_new, raw_sha = new.encode(), sha.encode()
+        return raw_new in repo.object_store and raw_sha in repo.object_store and \
+            is_ancestor(repo.object_store, raw_new, raw_sha)
+
     def _apply_sync(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str,
-                    url: str) -> list[dict[str, Any]]:
+                    url: str, deleted: list[tuple[str, str]] | None = None,
+                    at: float | None = None) -> list[dict[str, Any]]:
         info = self._local_repo(meta)
-        if info is None or not wanted:
+        deleted = deleted or []
+        if info is None or not (wanted or deleted):
             return []
         store = self.artifacts.repos
         results: list[dict[str, Any]] = []
         with store.lock(info.tenant, info.name), store.open(info) as opened:
             repo: Any = opened  # dulwich's Ref/ObjectID new-types add nothing here
-            targets = dict(wanted)
+            if deleted:
+                self._record_tombstones(info.tenant, info.name, deleted, at if at is not None else self._now())
+                local = repo.refs.as_dict()
+                for ref, old in deleted:
+                    # Only where the ref is still at the deleted commit: a ref that moved on keeps its commits.
+                    if local.get(ref.encode()) == old.encode() and repo.refs.remove_if_equals(ref.encode(),
+                                                                                               old.encode()):
+                        results.append({"ref": ref, "old": old, "result": "deleted"})
+            tombstones = self._tombstones(info.tenant, info.name)
+            targets = {ref: new for ref, new in wanted
+                       if ref not in tombstones or not self._covered(repo, new, tombstones[ref], at)}
+            if not targets:
+                return results
             missing = [sha for sha in targets.values() if sha.encode() not in repo.object_store]
             if missing:
                 targets = self._fetch(repo, info, targets, url)
@@ -431,6 +483,7 @@ class RefGossip:
             except (KeyError, EdgenodeError):
                 continue
             await self._apply_delete(meta, float(stone["deleted_at"]))
+        await self._apply_ref_tombstones(listing.get("ref_tombstones", []), origin, url)
         local = await asyncio.to_thread(self._local_refs)
         for entry in listing.get("repos", []):
             try:
@@ -446,6 +499,28 @@ class RefGossip:
             await self._apply(meta, wanted, origin, url)
             pulled += self.counters["applied"] - before
         return pulled
+
+    async def _apply_ref_tombstones(self, stones: Any, origin: str, url: str) -> None:
+        """Apply the branch and tag deletions a peer lists (to repositories this node has)."""
+        by_repo: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
+        for stone in stones if isinstance(stones, list) else []:
+            try:
+                key = (validate_tenant(stone["tenant"]), validate_repo_name(stone["repo"]))
+                ref, sha = str(stone["ref"]), _sha(stone["sha"])
+                at = float(stone["deleted_at"])
+            except (KeyError, TypeError, ValueError, EdgenodeError):
+                continue
+            if _shared(ref) and sha is not None:
+                by_repo.setdefault(key, []).append((ref, sha, at))
+        for (tenant, name), deletions in by_repo.items():
+            info = await asyncio.to_thread(self.artifacts.repos.find_sync, tenant, name)
+            if info is None:
+                continue
+            known = await asyncio.to_thread(self._tombstones, tenant, name)
+            for ref, sha, at in deletions:
+                if known.get(ref, ("", -1.0))[1] >= at:
+                    continue  # heard of this deletion already
+                await self._apply(self._meta(info), [], origin, url, deleted=[(ref, sha)], at=at)
 
     def _local_refs(self) -> dict[tuple[str, str], dict[str, str]]:
         out: dict[tuple[str, str], dict[str, str]] = {}
