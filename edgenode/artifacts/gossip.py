@@ -120,7 +120,12 @@ class RefGossip:
         self._rng = rng or random.Random()
         self._loop_task: asyncio.Task[None] | None = None
         self.counters = {"announced": 0, "received": 0, "rejected": 0, "applied": 0, "conflicts": 0,
-                         "fetch_errors": 0, "anti_entropy_rounds": 0}
+                         "fetch_errors": 0, "anti_entropy_rounds": 0, "fetched_from_others": 0}
+        #: The fleet's message bus for announcements (edgenode.fleet.git.RefBus), when the node has one;
+        #: without it announcements go to every peer over signed HTTP.
+        self.bus: Any = None
+        #: Where to fetch a repository's missing objects from, best first: ``(tenant, repo, shas, announcer's url)``.
+        self.sources: Callable[[str, str, list[str], str], list[str]] = lambda tenant, repo, shas, url: [url]
 
     # -- wiring ----------------------------------------------------------------
 
@@ -139,8 +144,7 @@ class RefGossip:
         cluster = self.cluster
         return (
             self.artifacts.settings.gossip
-            and cluster is not None
-            and bool(getattr(cluster, "fleet_enabled", False))
+            and (self.bus is not None or (cluster is not None and bool(getattr(cluster, "fleet_enabled", False))))
             and self.secret() is not None
         )
 
@@ -218,6 +222,12 @@ class RefGossip:
 
     async def _broadcast(self, payload: dict[str, Any]) -> None:
         self.counters["announced"] += 1
+        if self.bus is not None:
+            try:
+                await self.bus.publish(payload)
+            except Exception:
+                log.exception("ref announcement failed")
+            return
         try:
             results = await self.cluster.broadcast("POST", ANNOUNCE_PATH, json=payload)
         except Exception:
@@ -229,8 +239,14 @@ class RefGossip:
 
     # -- receiving -------------------------------------------------------------
 
-    async def receive(self, peer_id: str, body: bytes) -> dict[str, Any]:
-        """Check an announcement from an authenticated peer and apply it in the background."""
+    async def receive(self, peer_id: str, body: bytes, *, check_age: bool = True,
+                      wait: bool = False) -> dict[str, Any]:
+        """Check an announcement from an authenticated peer and apply it in the background.
+
+        ``check_age=False`` for announcements replayed from the fleet's stream: their signature
+        still proves them, and applying one again changes nothing. With ``wait`` the announcement
+        is applied before returning, and ``applied`` says whether it could be (its objects fetched).
+        """
         if not self.enabled:
             raise Unavailable("ref gossip is turned off on this node (artifacts.gossip)")
         self.counters["received"] += 1
@@ -245,7 +261,7 @@ class RefGossip:
             self.counters["rejected"] += 1
             raise AnnouncementRejected("announcement signature is missing or does not match the fleet key")
         at = payload.get("at")
-        if not isinstance(at, (int, float)) or abs(self._now() - at) > MAX_SKEW_S:
+        if not isinstance(at, (int, float)) or (check_age and abs(self._now() - at) > MAX_SKEW_S):
             self.counters["rejected"] += 1
             raise AnnouncementRejected("announcement is too old or from the future")
         try:
@@ -259,11 +275,14 @@ class RefGossip:
         if origin == self.node.id:
             return {"accepted": False, "reason": "own announcement"}
         if kind == "delete":
-            self.artifacts.spawn(self._apply_delete(meta, float(payload.get("deleted_at", at))))
+            work = self._apply_delete(meta, float(payload.get("deleted_at", at)))
         else:
             wanted = [(r, n) for r, _, n in updates if _shared(r) and n is not None]
             deleted = [(r, o) for r, o, n in updates if _shared(r) and n is None and o is not None]
-            self.artifacts.spawn(self._apply(meta, wanted, origin, url, deleted=deleted, at=float(at)))
+            work = self._apply(meta, wanted, origin, url, deleted=deleted, at=float(at))
+        if wait:
+            return {"accepted": True, "applied": await work}
+        self.artifacts.spawn(work)
         return {"accepted": True}
 
     async def listing(self, nonce: str) -> dict[str, Any]:
@@ -293,14 +312,15 @@ class RefGossip:
     # -- applying --------------------------------------------------------------
 
     async def _apply(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str, url: str, *,
-                     deleted: list[tuple[str, str]] | None = None, at: float | None = None) -> None:
+                     deleted: list[tuple[str, str]] | None = None, at: float | None = None) -> bool:
+        """Apply an announcement's updates; False when its objects could not be fetched."""
         try:
             results = await asyncio.to_thread(self._apply_sync, meta, wanted, origin, url, deleted or [], at)
         except Exception as exc:
             self.counters["fetch_errors"] += 1
             log.warning("applying a ref announcement failed",
                         extra={"repo": meta["repo"], "origin": origin, "error": str(exc)[:300]})
-            return
+            return False
         tenant, name = meta["tenant"], meta["repo"]
         applied = [r for r in results if r["result"] in ("created", "fast-forward", "deleted")]
         conflicts = [r for r in results if r["result"] == "conflict"]
@@ -308,9 +328,16 @@ class RefGossip:
         self.counters["conflicts"] += len(conflicts)
         if applied:
             await self.artifacts.events.record(tenant, name, "sync", origin=origin, updates=applied)
+        held = {r["ref"]: r["new"] for r in applied if r.get("new")}
+        if held and self.bus is not None:
+            try:
+                await self.bus.have(tenant, name, held)
+            except Exception as exc:
+                log.info("could not say which objects this node holds", extra={"error": str(exc)[:200]})
         for c in conflicts:
             log.warning("divergent ref kept under refs/conflicts", extra={"repo": name, **c})
             await self.artifacts.events.record(tenant, name, "conflict", origin=origin, **c)
+        return True
 
     def _local_repo(self, meta: dict[str, Any]) -> RepoInfo | None:
         store = self.artifacts.repos
@@ -378,7 +405,8 @@ class RefGossip:
                 return results
             missing = [sha for sha in targets.values() if sha.encode() not in repo.object_store]
             if missing:
-                targets = self._fetch(repo, info, targets, url)
+                targets = self._fetch_any(repo, info, targets, self.sources(info.tenant, info.name, missing, url),
+                                          url)
             local = repo.refs.as_dict()
             for ref, new in sorted(targets.items()):
                 raw_ref, raw_new = ref.encode(), new.encode()
@@ -403,6 +431,25 @@ class RefGossip:
                     results.append({"ref": ref, "kept_as": conflict.decode(), "local": current.decode(),
                                     "new": new, "result": "conflict"})
         return results
+
+    def _fetch_any(self, repo: Any, info: RepoInfo, targets: dict[str, str], sources: list[str],
+                   announcer: str) -> dict[str, str]:
+        """Fetch from the first of ``sources`` that serves every wanted object (the rest are tried in turn)."""
+        error: Exception | None = None
+        served: dict[str, str] = {}
+        for source in sources or [announcer]:
+            try:
+                served = self._fetch(repo, info, targets, source)
+            except Exception as exc:
+                error = exc
+                continue
+            if all(sha.encode() in repo.object_store for sha in served.values()):
+                if source != announcer:
+                    self.counters["fetched_from_others"] += 1
+                return served
+        if error is not None and not served:
+            raise error
+        return served
 
     def _fetch(self, repo: Any, info: RepoInfo, targets: dict[str, str], url: str) -> dict[str, str]:
         """Fetch what ``targets`` needs from ``url``; returns the targets the peer can still serve."""
@@ -430,7 +477,7 @@ class RefGossip:
         client.fetch(f"/git/{info.tenant}/{info.name}.git", repo, determine_wants=determine_wants)
         return served
 
-    async def _apply_delete(self, meta: dict[str, Any], deleted_at: float) -> None:
+    async def _apply_delete(self, meta: dict[str, Any], deleted_at: float) -> bool:
         def run() -> bool:
             store = self.artifacts.repos
             info = store.find_sync(meta["tenant"], meta["repo"])
@@ -441,6 +488,7 @@ class RefGossip:
 
         if await asyncio.to_thread(run):
             await self.artifacts.events.record(meta["tenant"], meta["repo"], "delete", via="gossip")
+        return True
 
     # -- anti-entropy ----------------------------------------------------------
 

@@ -56,8 +56,13 @@ def _create(conn: sqlite3.Connection) -> None:
     )
 
 
+def _create_positions(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE stream_positions (name TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID")
+
+
 #: Migrations of ``fleet.db``, the node's bookkeeping of what it applied and what it must still publish.
-MIGRATIONS = [Migration("fleet-0001-control-applied", _create)]
+MIGRATIONS = [Migration("fleet-0001-control-applied", _create),
+              Migration("fleet-0002-stream-positions", _create_positions)]
 
 
 class Kind(Protocol):
