@@ -75,3 +75,26 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()
+
+
+class StreamTransport:
+    """The fleet transport's interface as the fleet services use it, on one nats-py connection."""
+
+    def __init__(self, nc: Any, *, prefix: str, stream_prefix: str) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.stream_prefix = stream_prefix
+        self.replicas = 1
+
+    @property
+    def jetstream(self) -> Any:
+        return self.nc.jetstream()
+
+    def stream_name(self, name: str) -> str:
+        return f"{self.stream_prefix}_{name}".upper()
+
+    async def bucket(self, name: str) -> Any:
+        from edgenode.fleet.buckets import StreamBucket
+
+        return await StreamBucket.open(self.jetstream, stream=self.stream_name(f"KV_{name}"),
+                                       subject=f"{self.prefix}.kv.{name}")

@@ -1,16 +1,18 @@
-"""One call that builds a node's control plane from the services it replicates."""
+"""Building a node's fleet services: the control plane and the Git ref bus, from the services they replicate."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
+from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from edgenode.fleet.access import RepoTokenRecords, Tenants, Tokens
 from edgenode.fleet.buckets import BlobStore, Bucket, StreamBucket
-from edgenode.fleet.control import ControlPlane
+from edgenode.fleet.control import MIGRATIONS, ControlPlane
 from edgenode.fleet.deployments import AgentDeployments, WorkerDeployments
+from edgenode.fleet.git import RefBus
 from edgenode.fleet.secrets import SecretBox, TenantSecrets
 from edgenode.store import Database
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from edgenode.artifacts.tokens import RepoTokens
     from edgenode.auth import Auth
     from edgenode.isolates import Workers
+    from edgenode.node import Node
 
 
 async def open_buckets(js: JetStreamContext, *, subject_prefix: str, stream_prefix: str,
@@ -63,4 +66,83 @@ def build_control_plane(js: JetStreamContext, control: Bucket, blobs: Bucket, *,
     return plane
 
 
-__all__ = ["build_control_plane", "open_buckets"]
+
+
+class FleetTransport(Protocol):
+    """What :class:`FleetControl` needs of the cluster's transport (``edgenode.cluster.NatsTransport``)."""
+
+    prefix: str
+    replicas: int
+    nc: Client
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context of the fleet's domain."""
+
+    def stream_name(self, name: str) -> str:
+        """The full name of one of the fleet's streams."""
+
+    async def bucket(self, name: str) -> Bucket:
+        """A fleet-wide bucket (created if missing)."""
+
+
+class FleetControl:
+    """The node's fleet-wide control plane and Git ref bus, started once the cluster has a transport.
+
+    Added last to the node (after workers, artifacts and agents have opened their databases), so it
+    stops first. A node outside a fleet (no ``node.cluster.transport``) starts nothing here.
+    """
+
+    name = "control"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.db = node.database("fleet.db", MIGRATIONS)
+        self.plane: ControlPlane | None = None
+        self.bus: RefBus | None = None
+
+    async def start(self) -> None:
+        """Build and start the control plane and the ref bus on the cluster's transport, if there is one."""
+        transport: FleetTransport | None = getattr(getattr(self.node, "cluster", None), "transport", None)
+        secret = self.node.config.fleet_secret_bytes()
+        if transport is None or secret is None:
+            return
+        self.db.open()
+        node = self.node
+        js = transport.jetstream
+
+        async def purge(name: str) -> None:
+            from edgenode.tenants import delete_tenant  # the node's one tenant purge sequence
+
+            await delete_tenant(node, name)
+
+        artifacts: Any = getattr(node, "artifacts", None)
+        self.plane = build_control_plane(
+            js, await transport.bucket("control"), await transport.bucket("blobs"), node_id=node.id,
+            fleet_secret=secret, db=self.db, auth=node.auth, purge_tenant=purge,
+            repo_tokens=getattr(artifacts, "tokens", None), workers=getattr(node, "workers", None),
+            agents=getattr(node, "agents", None))
+        await self.plane.start()
+        if artifacts is not None:
+            self.bus = RefBus(transport.nc, js, artifacts.gossip, subject_prefix=transport.prefix,
+                              stream=transport.stream_name("GIT"), node_id=node.id, fleet_secret=secret, db=self.db,
+                              replicas=transport.replicas)
+            await self.bus.start()
+
+    async def stop(self) -> None:
+        """Stop the ref bus and the control plane; close ``fleet.db``."""
+        if self.bus is not None:
+            await self.bus.stop()
+            self.bus = None
+        if self.plane is not None:
+            await self.plane.stop()
+            self.plane = None
+        self.db.close()
+
+    def status(self) -> dict[str, Any]:
+        """The control plane's and the ref bus's counters (empty outside a fleet)."""
+        return {"control": self.plane.status() if self.plane else None,
+                "refbus": self.bus.status() if self.bus else None}
+
+
+__all__ = ["FleetControl", "FleetTransport", "build_control_plane", "open_buckets"]
