@@ -226,6 +226,19 @@ def test_a_worker_deployed_on_one_node_answers_on_another_without_a_build_there(
              message="the deletion on a and b")
 
 
+def test_a_webassembly_module_deployed_on_one_node_runs_by_name_on_another(fleet: Fleet) -> None:
+    import wasmtime
+
+    from tests.isolates.conftest import DATA
+
+    a, b = fleet.members[:2]
+    module = bytes(wasmtime.wat2wasm((DATA / "echo-args.wat").read_text()))
+    fleet.run(a.node.workers.deploy_wasm("acme", "echo", module, a.node.workers.parse_settings({})))
+    wait_for(lambda: _has_worker(b, "acme", "echo"), message="the module on b")
+    result = fleet.run(b.node.workers.wasi_run("acme", {"name": "echo", "args": ["echo", "from-a"]}))
+    assert (result.exit_code, result.stdout) == (7, b"from-a")
+
+
 _AGENT = "def run(ctx, input):\n    return {'ok': True}\n"
 
 
