@@ -41,6 +41,7 @@ class Fleet:
     server: NatsServer
     members: list[Member] = field(default_factory=list)
     seen: list[bytes] = field(default_factory=list)
+    minted: list[str] = field(default_factory=list)
 
     def run(self, coro: Any) -> Any:
         return self.loop.run(coro)
@@ -108,6 +109,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     server.stop()
 
 
+def _mint(fleet: Fleet, issuing: Any) -> Any:
+    """Issue a token (client or repository) and remember its plaintext for the scan of NATS traffic."""
+    issued = fleet.run(issuing)
+    fleet.minted.append(issued.token)
+    return issued
+
+
 def _authenticates(member: Member, token: str) -> bool:
     try:
         member.node.auth.authenticate(token)
@@ -129,7 +137,7 @@ def _revoked(member: Member, token: str) -> bool:
 def test_a_token_minted_on_one_node_works_on_the_others_and_a_revocation_anywhere_holds_everywhere(
         fleet: Fleet) -> None:
     a, b, c = fleet.members[:3]
-    issued = fleet.run(a.node.auth.create_token("acme", name="ci"))
+    issued = _mint(fleet, a.node.auth.create_token("acme", name="ci"))
     wait_for(lambda: _authenticates(b, issued.token) and _authenticates(c, issued.token),
              message="the token to work on b and c")
     assert b.node.auth.authenticate(issued.token).tenant == "acme"
@@ -141,7 +149,7 @@ def test_a_token_minted_on_one_node_works_on_the_others_and_a_revocation_anywher
 
 def test_concurrent_republish_of_a_revoked_token_does_not_unrevoke_it(fleet: Fleet) -> None:
     a, b = fleet.members[:2]
-    issued = fleet.run(a.node.auth.create_token("acme"))
+    issued = _mint(fleet, a.node.auth.create_token("acme"))
     wait_for(lambda: _authenticates(b, issued.token), message="the token on b")
     fleet.run(a.node.auth.revoke_token(issued.id))
     wait_for(lambda: _revoked(b, issued.token), message="the revocation on b")
@@ -156,7 +164,7 @@ def test_concurrent_republish_of_a_revoked_token_does_not_unrevoke_it(fleet: Fle
 
 def test_a_tenant_deleted_on_one_node_is_gone_everywhere_with_its_tokens_and_workers(fleet: Fleet) -> None:
     a, b, c = fleet.members[:3]
-    issued = fleet.run(a.node.auth.create_token("doomed"))
+    issued = _mint(fleet, a.node.auth.create_token("doomed"))
     wait_for(lambda: _authenticates(c, issued.token), message="the token on c")
     fleet.run(b.node.workers.deploy_python("doomed", "hello", {"main.py": _HELLO},
                                            b.node.workers.parse_settings({})))
@@ -171,7 +179,7 @@ def test_a_tenant_deleted_on_one_node_is_gone_everywhere_with_its_tokens_and_wor
 
 def test_repository_tokens_replicate_and_their_revocation_too(fleet: Fleet) -> None:
     a, b, c = fleet.members[:3]
-    token = fleet.run(a.node.artifacts.tokens.issue("acme", "site", "read", 600))
+    token = _mint(fleet, a.node.artifacts.tokens.issue("acme", "site", "read", 600))
     wait_for(lambda: _repo_token_ok(b, token.token), message="the repository token on b")
     assert b.node.artifacts.tokens.check_sync("acme", "site", token.token) == (token.id, "read")
     fleet.run(c.node.artifacts.tokens.revoke("acme", "site", token.id))
@@ -284,8 +292,8 @@ def test_a_record_not_signed_with_the_fleet_key_is_refused(fleet: Fleet) -> None
 
 def test_a_node_joining_later_replays_the_bucket_to_the_same_state(fleet: Fleet, tmp_path: Path) -> None:
     a, b = fleet.members[:2]
-    live = fleet.run(a.node.auth.create_token("acme", name="late"))
-    gone = fleet.run(b.node.auth.create_token("acme", name="gone"))
+    live = _mint(fleet, a.node.auth.create_token("acme", name="late"))
+    gone = _mint(fleet, b.node.auth.create_token("acme", name="gone"))
     fleet.run(b.node.auth.revoke_token(gone.id))
     wait_for(lambda: _revoked(a, gone.token), message="the revocation on a")
 
@@ -304,16 +312,16 @@ def test_a_node_joining_later_replays_the_bucket_to_the_same_state(fleet: Fleet,
 
 def test_no_client_token_or_secret_ever_reached_nats(fleet: Fleet) -> None:
     a, b = fleet.members[:2]
-    issued = fleet.run(a.node.auth.create_token("acme", name="scan"))
-    repo = fleet.run(b.node.artifacts.tokens.issue("acme", "site", "write", 600))
+    issued = _mint(fleet, a.node.auth.create_token("acme", name="scan"))
+    repo = _mint(fleet, b.node.artifacts.tokens.issue("acme", "site", "write", 600))
     wait_for(lambda: _authenticates(b, issued.token) and _repo_token_ok(a, repo.token), message="replication")
     assert fleet.seen, "the spy saw no traffic"
     traffic = b"\n".join(fleet.seen)
-    for plaintext in (issued.token, repo.token, "sk-plaintext-never-on-nats", "kept-sealed-123",
-                      a.node.admin_token, SECRET.decode()):
+    assert len(fleet.minted) >= 8 and issued.token in fleet.minted and repo.token in fleet.minted
+    secrets = [t.rsplit("_", 1)[1] for t in fleet.minted]  # the random part alone must not appear either
+    for plaintext in (*fleet.minted, *secrets, "sk-plaintext-never-on-nats", "kept-sealed-123",
+                      *(m.node.admin_token for m in fleet.members), SECRET.decode()):
         assert plaintext.encode() not in traffic, plaintext
-    secret_part = issued.token.rsplit("_", 1)[1]
-    assert secret_part.encode() not in traffic
 
 
 def test_blobs_larger_than_a_message_come_back_whole_and_a_missing_chunk_is_not_served(fleet: Fleet) -> None:
