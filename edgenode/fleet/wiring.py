@@ -97,7 +97,8 @@ class FleetControl:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.db = node.database("fleet.db", MIGRATIONS)
+        #: ``fleet.db``, created on the first start in a fleet (a lone node never has one).
+        self.db: Database | None = None
         self.plane: ControlPlane | None = None
         self.bus: RefBus | None = None
 
@@ -107,8 +108,9 @@ class FleetControl:
         secret = self.node.config.fleet_secret_bytes()
         if transport is None or secret is None:
             return
-        self.db.open()
         node = self.node
+        self.db = db = node.database("fleet.db", MIGRATIONS)
+        db.open()
         js = transport.jetstream
 
         async def purge(name: str) -> None:
@@ -119,13 +121,13 @@ class FleetControl:
         artifacts: Any = getattr(node, "artifacts", None)
         self.plane = build_control_plane(
             js, await transport.bucket("control"), await transport.bucket("blobs"), node_id=node.id,
-            fleet_secret=secret, db=self.db, auth=node.auth, purge_tenant=purge,
+            fleet_secret=secret, db=db, auth=node.auth, purge_tenant=purge,
             repo_tokens=getattr(artifacts, "tokens", None), workers=getattr(node, "workers", None),
             agents=getattr(node, "agents", None))
         await self.plane.start()
         if artifacts is not None:
             self.bus = RefBus(transport.nc, js, artifacts.gossip, subject_prefix=transport.prefix,
-                              stream=transport.stream_name("GIT"), node_id=node.id, fleet_secret=secret, db=self.db,
+                              stream=transport.stream_name("GIT"), node_id=node.id, fleet_secret=secret, db=db,
                               replicas=transport.replicas)
             await self.bus.start()
 
@@ -137,7 +139,8 @@ class FleetControl:
         if self.plane is not None:
             await self.plane.stop()
             self.plane = None
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
     def status(self) -> dict[str, Any]:
         """The control plane's and the ref bus's counters (empty outside a fleet)."""

@@ -69,6 +69,11 @@ def test_two_nodes_share_tokens_through_their_fleet_control(world: tuple[LoopThr
         wait_for(revoked, message="the revocation on a")
         status = cb.status()
         assert status["control"]["caught_up"] and status["refbus"] is not None
+        # a restarts on its data (its ledger now knows fleet.db) and replays to the same answer
+        loop.run(a.stop())
+        loop.run(na.close())
+        a, ca, na = loop.run(_node(root / "a", server.url))
+        assert revoked() and ca.status()["control"]["applied"] == 0
     finally:
         for node, nc in ((a, na), (b, nb)):
             loop.run(node.stop())
@@ -80,6 +85,7 @@ def test_a_node_outside_a_fleet_starts_no_fleet_services(world: tuple[LoopThread
     node, control, _ = loop.run(_node(root / "alone", None))
     try:
         assert control.status() == {"control": None, "refbus": None}
+        assert not (root / "alone" / "fleet.db").exists()
         loop.run(node.auth.create_token("acme"))  # no listener: nothing is published, nothing fails
     finally:
         loop.run(node.stop())
