@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -342,3 +343,50 @@ def test_blobs_larger_than_a_message_come_back_whole_and_a_missing_chunk_is_not_
     whole, broken = fleet.run(roundtrip())
     assert whole == data
     assert broken is None
+
+
+def test_a_deployment_whose_code_arrives_late_is_installed_once_it_does(fleet: Fleet) -> None:
+    from edgenode.artifacts.gossip import sign
+    from edgenode.fleet.buckets import BlobStore, StreamBucket
+    from edgenode.fleet.control import SIGNING_DOMAIN
+    from edgenode.fleet.deployments import canonical
+    from edgenode.fleet.secrets import SecretBox
+
+    a, b = fleet.members[:2]
+    files = {"main.py": "def handle(request):\n    return 'late'\n"}
+    code = canonical(files)
+    digest = hashlib.sha256(code).hexdigest()
+    record = {"tenant": "acme", "name": "late", "version": 1, "kind": "python", "hash": "h" * 64,
+              "settings": {"limits": a.node.workers.parse_settings({}).limits.as_dict(), "allowed_hosts": [],
+                           "public": False, "env_sealed": SecretBox(SECRET).seal("{}", "worker.acme.late")},
+              "code": digest, "created_at": 1.0}
+    envelope = sign(SECRET, {"v": 1, "key": "worker.acme.late", "stamp": 1 << 62, "origin": "nx",
+                             "record": record}, SIGNING_DOMAIN)
+    before = b.plane.counters["pending"]
+
+    async def publish_record() -> None:
+        await a.nc.jetstream().publish(f"{SUBJECTS}.control.worker.acme.late", json.dumps(envelope).encode())
+
+    async def publish_code() -> None:
+        js = a.nc.jetstream()
+        blobs = await StreamBucket.open(js, stream=f"{STREAMS}_BLOBS", subject=f"{SUBJECTS}.blobs")
+        await BlobStore(blobs).put(code)
+
+    fleet.run(publish_record())
+    wait_for(lambda: b.plane.counters["pending"] > before, message="b to wait for the code")
+    assert not _has_worker(b, "acme", "late")
+    fleet.run(publish_code())
+    wait_for(lambda: _has_worker(b, "acme", "late"), message="the worker on b once its code is there")
+    assert b.node.workers.registry.current_sync("acme", "late").source == files
+
+
+def test_a_record_that_is_not_json_is_refused_and_changes_nothing(fleet: Fleet) -> None:
+    a, b = fleet.members[:2]
+    before = b.plane.counters["rejected"]
+
+    async def put() -> None:
+        await a.nc.jetstream().publish(f"{SUBJECTS}.control.tenant.junk", b"\xff not json")
+
+    fleet.run(put())
+    wait_for(lambda: b.plane.counters["rejected"] > before, message="b to refuse the record")
+    assert not fleet.run(b.node.auth.tenant_exists("junk"))
