@@ -93,6 +93,18 @@ class StreamTransport:
     def stream_name(self, name: str) -> str:
         return f"{self.stream_prefix}_{name}".upper()
 
+    async def stream(self, name: str, subjects: list[str], **limits: Any) -> str:
+        from nats.js import api
+        from nats.js.errors import BadRequestError
+
+        full = self.stream_name(name)
+        try:
+            await self.jetstream.add_stream(api.StreamConfig(name=full, subjects=subjects, **limits))
+        except BadRequestError as exc:
+            if exc.err_code != 10058:
+                raise
+        return full
+
     async def bucket(self, name: str) -> Any:
         from edgenode.fleet.buckets import StreamBucket
 

@@ -104,7 +104,7 @@ class ControlPlane:
     name = "control"
 
     def __init__(self, js: JetStreamContext, bucket: Bucket, *, node_id: str, fleet_secret: bytes, db: Database,
-                 kinds: Sequence[Kind] = (), hlc: Hlc | None = None, publish_timeout_s: float = 5.0,
+                 kinds: Sequence[Kind] = (), hlc: Hlc | None = None, publish_timeout_s: float = 2.0,
                  retry_interval_s: float = 1.0, catch_up_timeout_s: float = 30.0) -> None:
         if not fleet_secret:
             raise ValueError("the control plane needs the fleet secret")

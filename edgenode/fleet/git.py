@@ -58,7 +58,7 @@ class RefBus:
     name = "refbus"
 
     def __init__(self, nc: Client, js: JetStreamContext, gossip: RefGossip, *, subject_prefix: str, stream: str,
-                 node_id: str, fleet_secret: bytes, db: Database, replicas: int = 1,
+                 node_id: str, fleet_secret: bytes, db: Database, replicas: int | None = 1,
                  retention_s: float = RETENTION_S, retry_interval_s: float = 1.0,
                  rng: random.Random | None = None) -> None:
         self.nc = nc
@@ -83,14 +83,18 @@ class RefBus:
                          "who_answers": 0}
 
     async def start(self) -> None:
-        """Create the stream if needed, follow it from where this node stopped, and take over gossip's sending."""
-        config = api.StreamConfig(name=self.stream, subjects=[self.subject], max_age=self.retention_s,
-                                  num_replicas=self.replicas, discard=api.DiscardPolicy.OLD)
-        try:
-            await self.js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != 10058:  # it exists
-                raise
+        """Create the stream if needed, follow it from where this node stopped, and take over gossip's sending.
+
+        With ``replicas=None`` the stream is the caller's to create (the fleet transport's ``stream()``).
+        """
+        if self.replicas is not None:
+            config = api.StreamConfig(name=self.stream, subjects=[self.subject], max_age=self.retention_s,
+                                      num_replicas=self.replicas, discard=api.DiscardPolicy.OLD)
+            try:
+                await self.js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != 10058:  # it exists
+                    raise
         self._subs.append(await self.nc.subscribe(self.have_subject, cb=self._on_have))
         self._subs.append(await self.nc.subscribe(self.who_subject, cb=self._on_who))
         self._retry_task = asyncio.create_task(self._retry_loop(), name="refbus-retry")

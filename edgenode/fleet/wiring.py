@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.client import Client
+from nats.js.api import DiscardPolicy
 from nats.js.client import JetStreamContext
 
 from edgenode.fleet.access import RepoTokenRecords, Tenants, Tokens
 from edgenode.fleet.buckets import BlobStore, Bucket, StreamBucket
 from edgenode.fleet.control import MIGRATIONS, ControlPlane
 from edgenode.fleet.deployments import AgentDeployments, WorkerDeployments
-from edgenode.fleet.git import RefBus
+from edgenode.fleet.git import RETENTION_S, RefBus
 from edgenode.fleet.secrets import SecretBox, TenantSecrets
 from edgenode.store import Database
 
@@ -82,6 +83,9 @@ class FleetTransport(Protocol):
     def stream_name(self, name: str) -> str:
         """The full name of one of the fleet's streams."""
 
+    async def stream(self, name: str, subjects: list[str], **limits: Any) -> str:
+        """Make sure a fleet-wide stream exists (fewer replicas while servers are few); returns its full name."""
+
     async def bucket(self, name: str) -> Bucket:
         """A fleet-wide bucket (created if missing)."""
 
@@ -126,9 +130,10 @@ class FleetControl:
             agents=getattr(node, "agents", None))
         await self.plane.start()
         if artifacts is not None:
-            self.bus = RefBus(transport.nc, js, artifacts.gossip, subject_prefix=transport.prefix,
-                              stream=transport.stream_name("GIT"), node_id=node.id, fleet_secret=secret, db=db,
-                              replicas=transport.replicas)
+            stream = await transport.stream("GIT", [f"{transport.prefix}.git.refs"], max_age=RETENTION_S,
+                                            discard=DiscardPolicy.OLD)
+            self.bus = RefBus(transport.nc, js, artifacts.gossip, subject_prefix=transport.prefix, stream=stream,
+                              node_id=node.id, fleet_secret=secret, db=db, replicas=None)
             await self.bus.start()
 
     async def stop(self) -> None:
