@@ -101,6 +101,36 @@ class StreamBucket:
                                        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=2.0)
 
 
+class DeferredBucket:
+    """A bucket opened later (once JetStream answers): until then every call fails with ConnectionError."""
+
+    def __init__(self) -> None:
+        self.target: Bucket | None = None
+        self.stream = ""
+
+    def set(self, bucket: Bucket) -> None:
+        """From now on, calls go to ``bucket``."""
+        self.target = bucket
+        self.stream = bucket.stream
+
+    def _ready(self) -> Bucket:
+        if self.target is None:
+            raise ConnectionError("the fleet's bucket is not open yet")
+        return self.target
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._ready().put(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        return await self._ready().update(key, value, last)
+
+    async def get(self, key: str) -> Entry | None:
+        return await self._ready().get(key)
+
+    async def watch(self, handler: Callable[[Entry], None]) -> Subscription:
+        return await self._ready().watch(handler)
+
+
 class BlobStore:
     """Content-addressed blobs in a bucket: ``<sha256>`` holds a manifest, ``<sha256>.<n>`` its chunks."""
 
@@ -135,4 +165,4 @@ class BlobStore:
         return data if hashlib.sha256(data).hexdigest() == digest else None
 
 
-__all__ = ["CHUNK_BYTES", "BlobStore", "Bucket", "Entry", "StreamBucket"]
+__all__ = ["CHUNK_BYTES", "BlobStore", "Bucket", "DeferredBucket", "Entry", "StreamBucket"]

@@ -151,12 +151,16 @@ class ControlPlane:
             start = getattr(kind, "start", None)
             if start is not None:
                 await start()
-        # Every key's last message is delivered, so the stream's last one marks the end of the replay.
-        last = int((await self.js.stream_info(self.bucket.stream)).state.last_seq or 0)
-        self._tasks.append(asyncio.create_task(self._watch(last), name="control-watch"))
-        if last == 0:
-            self.caught_up.set()
-        self._subscription = await self.bucket.watch(self._queue.put_nowait)
+        try:
+            # Every key's last message is delivered, so the stream's last one marks the end of the replay.
+            last = int((await self.js.stream_info(self.bucket.stream)).state.last_seq or 0)
+            self._tasks.append(asyncio.create_task(self._watch(last), name="control-watch"))
+            if last == 0:
+                self.caught_up.set()
+            self._subscription = await self.bucket.watch(self._queue.put_nowait)
+        except BaseException:
+            await self._halt()  # a failed start can be tried again
+            raise
         self._started = True
         try:
             await asyncio.wait_for(self.caught_up.wait(), self.catch_up_timeout_s)
@@ -170,6 +174,9 @@ class ControlPlane:
         for feed in self._feeds:
             feed.unsubscribe(self._on_change)
         self._feeds.clear()
+        await self._halt()
+
+    async def _halt(self) -> None:
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
@@ -193,6 +200,8 @@ class ControlPlane:
         await self.db.write(lambda c: c.execute(
             "INSERT INTO control_applied (key, dirty) VALUES (?, 1)"
             " ON CONFLICT (key) DO UPDATE SET dirty = dirty + 1", (key,)))
+        if not self._started:
+            return  # published by the export when the plane starts
         try:
             await asyncio.wait_for(self.publish(key), self.publish_timeout_s)
         except Exception as exc:  # kept dirty: the retry loop publishes it

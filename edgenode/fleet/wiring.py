@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -10,12 +12,14 @@ from nats.js.api import DiscardPolicy
 from nats.js.client import JetStreamContext
 
 from edgenode.fleet.access import RepoTokenRecords, Tenants, Tokens
-from edgenode.fleet.buckets import BlobStore, Bucket, StreamBucket
+from edgenode.fleet.buckets import BlobStore, Bucket, DeferredBucket, StreamBucket
 from edgenode.fleet.control import MIGRATIONS, ControlPlane
 from edgenode.fleet.deployments import AgentDeployments, WorkerDeployments
 from edgenode.fleet.git import RETENTION_S, RefBus
 from edgenode.fleet.secrets import SecretBox, TenantSecrets
 from edgenode.store import Database
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from edgenode.agents import Agents
@@ -94,20 +98,27 @@ class FleetControl:
     """The node's fleet-wide control plane and Git ref bus, started once the cluster has a transport.
 
     Added last to the node (after workers, artifacts and agents have opened their databases), so it
-    stops first. A node outside a fleet (no ``node.cluster.transport``) starts nothing here.
+    stops first. It listens for local changes at once (each is marked in ``fleet.db``) and joins
+    the fleet's buckets in the background, retrying until JetStream answers, so a node whose fleet
+    is still forming starts anyway. A node outside a fleet (no ``node.cluster.transport``) starts
+    nothing here and has no ``fleet.db``.
     """
 
     name = "control"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, retry_s: float = 0.2, max_retry_s: float = 5.0) -> None:
         self.node = node
+        self.retry_s = retry_s
+        self.max_retry_s = max_retry_s
         #: ``fleet.db``, created on the first start in a fleet (a lone node never has one).
         self.db: Database | None = None
         self.plane: ControlPlane | None = None
         self.bus: RefBus | None = None
+        self.joined = False
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Build and start the control plane and the ref bus on the cluster's transport, if there is one."""
+        """Listen for local changes now; join the fleet's buckets and streams in the background."""
         transport: FleetTransport | None = getattr(getattr(self.node, "cluster", None), "transport", None)
         secret = self.node.config.fleet_secret_bytes()
         if transport is None or secret is None:
@@ -115,29 +126,53 @@ class FleetControl:
         node = self.node
         self.db = db = node.database("fleet.db", MIGRATIONS)
         db.open()
-        js = transport.jetstream
 
         async def purge(name: str) -> None:
             from edgenode.tenants import delete_tenant  # the node's one tenant purge sequence
 
             await delete_tenant(node, name)
 
+        control, blobs = DeferredBucket(), DeferredBucket()
         artifacts: Any = getattr(node, "artifacts", None)
         self.plane = build_control_plane(
-            js, await transport.bucket("control"), await transport.bucket("blobs"), node_id=node.id,
-            fleet_secret=secret, db=db, auth=node.auth, purge_tenant=purge,
-            repo_tokens=getattr(artifacts, "tokens", None), workers=getattr(node, "workers", None),
-            agents=getattr(node, "agents", None))
-        await self.plane.start()
+            transport.jetstream, control, blobs, node_id=node.id, fleet_secret=secret, db=db, auth=node.auth,
+            purge_tenant=purge, repo_tokens=getattr(artifacts, "tokens", None),
+            workers=getattr(node, "workers", None), agents=getattr(node, "agents", None))
         if artifacts is not None:
-            stream = await transport.stream("GIT", [f"{transport.prefix}.git.refs"], max_age=RETENTION_S,
-                                            discard=DiscardPolicy.OLD)
-            self.bus = RefBus(transport.nc, js, artifacts.gossip, subject_prefix=transport.prefix, stream=stream,
-                              node_id=node.id, fleet_secret=secret, db=db, replicas=None)
-            await self.bus.start()
+            self.bus = RefBus(transport.nc, transport.jetstream, artifacts.gossip, subject_prefix=transport.prefix,
+                              stream=transport.stream_name("GIT"), node_id=node.id, fleet_secret=secret, db=db,
+                              replicas=None)
+        self._task = asyncio.create_task(self._join(transport, control, blobs), name="fleet-control-join")
+
+    async def _join(self, transport: FleetTransport, control: DeferredBucket, blobs: DeferredBucket) -> None:
+        delay = self.retry_s
+        while True:
+            try:
+                if control.target is None:
+                    control.set(await transport.bucket("control"))
+                if blobs.target is None:
+                    blobs.set(await transport.bucket("blobs"))
+                assert self.plane is not None
+                await self.plane.start()
+                if self.bus is not None:
+                    await transport.stream("GIT", [self.bus.subject], max_age=RETENTION_S, discard=DiscardPolicy.OLD)
+                    await self.bus.start()
+                self.joined = True
+                log.info("joined the fleet's control plane")
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("the fleet's control plane is not reachable yet", extra={"error": repr(exc)[:200]})
+                await asyncio.sleep(delay)
+                delay = min(self.max_retry_s, delay * 2)
 
     async def stop(self) -> None:
-        """Stop the ref bus and the control plane; close ``fleet.db``."""
+        """Stop joining, the ref bus and the control plane; close ``fleet.db``."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self.bus is not None:
             await self.bus.stop()
             self.bus = None
@@ -148,8 +183,8 @@ class FleetControl:
             self.db.close()
 
     def status(self) -> dict[str, Any]:
-        """The control plane's and the ref bus's counters (empty outside a fleet)."""
-        return {"control": self.plane.status() if self.plane else None,
+        """Whether this node joined, and the control plane's and the ref bus's counters (None outside a fleet)."""
+        return {"joined": self.joined, "control": self.plane.status() if self.plane else None,
                 "refbus": self.bus.status() if self.bus else None}
 
 

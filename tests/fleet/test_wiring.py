@@ -68,11 +68,12 @@ def test_two_nodes_share_tokens_through_their_fleet_control(world: tuple[LoopThr
 
         wait_for(revoked, message="the revocation on a")
         status = cb.status()
-        assert status["control"]["caught_up"] and status["refbus"] is not None
+        assert status["joined"] and status["control"]["caught_up"] and status["refbus"] is not None
         # a restarts on its data (its ledger now knows fleet.db) and replays to the same answer
         loop.run(a.stop())
         loop.run(na.close())
         a, ca, na = loop.run(_node(root / "a", server.url))
+        wait_for(lambda: ca.joined, message="a to join again")
         assert revoked() and ca.status()["control"]["applied"] == 0
     finally:
         for node, nc in ((a, na), (b, nb)):
@@ -84,7 +85,7 @@ def test_a_node_outside_a_fleet_starts_no_fleet_services(world: tuple[LoopThread
     loop, _, root = world
     node, control, _ = loop.run(_node(root / "alone", None))
     try:
-        assert control.status() == {"control": None, "refbus": None}
+        assert control.status() == {"joined": False, "control": None, "refbus": None}
         assert not (root / "alone" / "fleet.db").exists()
         loop.run(node.auth.create_token("acme"))  # no listener: nothing is published, nothing fails
     finally:
