@@ -24,14 +24,23 @@ async def _node(root: Path, nats_url: str | None) -> tuple[Node, FleetControl, A
     if nats_url is not None:
         overrides["fleet_secret"] = SECRET
     node = Node(Config.load(env={}, overrides=overrides))
-    node.capabilities.remove(node.cluster)  # no HTTP mesh here: the transport below is the fleet
+    node.capabilities.remove(node.cluster)  # no peer mesh here: the transport below is the fleet
+    await node.start()
     nc = None
     if nats_url is not None:
+        # Handed over after the node started, so only the control plane sees it (state replication does not).
         nc = await nats.connect(nats_url)
         node.cluster.transport = StreamTransport(nc, prefix="edn.wiring", stream_prefix="EDN_WIRING")  # type: ignore[attr-defined]
-    control = node.add(FleetControl(node))
-    await node.start()
+    control = FleetControl(node)
+    await control.start()
     return node, control, nc
+
+
+async def _stop(node: Node, control: FleetControl, nc: Any) -> None:
+    await control.stop()
+    await node.stop()
+    if nc is not None:
+        await nc.close()
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +79,13 @@ def test_two_nodes_share_tokens_through_their_fleet_control(world: tuple[LoopThr
         status = cb.status()
         assert status["joined"] and status["control"]["caught_up"] and status["refbus"] is not None
         # a restarts on its data (its ledger now knows fleet.db) and replays to the same answer
-        loop.run(a.stop())
-        loop.run(na.close())
+        loop.run(_stop(a, ca, na))
         a, ca, na = loop.run(_node(root / "a", server.url))
         wait_for(lambda: ca.joined, message="a to join again")
         assert revoked() and ca.status()["control"]["applied"] == 0
     finally:
-        for node, nc in ((a, na), (b, nb)):
-            loop.run(node.stop())
-            loop.run(nc.close())
+        for node, control, nc in ((a, ca, na), (b, cb, nb)):
+            loop.run(_stop(node, control, nc))
 
 
 def test_a_node_outside_a_fleet_starts_no_fleet_services(world: tuple[LoopThread, NatsServer, Path]) -> None:
@@ -89,4 +96,4 @@ def test_a_node_outside_a_fleet_starts_no_fleet_services(world: tuple[LoopThread
         assert not (root / "alone" / "fleet.db").exists()
         loop.run(node.auth.create_token("acme"))  # no listener: nothing is published, nothing fails
     finally:
-        loop.run(node.stop())
+        loop.run(_stop(node, control, None))
