@@ -4,7 +4,8 @@ Workers (and the public ones stop answering), sandboxes (processes killed, files
 repositories, state namespaces (worker and agent kv included), agents with their runs, and
 finally its tokens and its record. Each capability removes its own part (``purge_tenant``);
 this module only sequences them, workers first so nothing public keeps serving meanwhile.
-A fleet's peers keep their replicas: fleet-wide deletion needs the replicated control plane.
+In a fleet the tenant's deletion is a control record (``edgenode.fleet``): every other node runs
+this same sequence when it applies it.
 """
 
 from __future__ import annotations

@@ -283,6 +283,7 @@ async def set_secret(engine: Agents, tenant: str, name: str, value: Any) -> None
     await engine.db.write(lambda c: c.execute(
         "INSERT INTO secrets (tenant, name, value, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, name) "
         "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at", (tenant, name, value, engine.now())))
+    await engine.changes.emit("secret", tenant, name)
 
 
 async def usage(engine: Agents, tenant: str) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ from edgenode.errors import (
     RunNotFound,
     ValidationFailed,
 )
+from edgenode.fleet.changes import ChangeFeed
 
 if TYPE_CHECKING:
     from edgenode.auth import Principal
@@ -112,6 +113,8 @@ class Agents:
         self._last_prune = 0.0
         self._stopping = False
         self.activations = 0
+        #: Told of every deployment and tenant secret that changed (the fleet control plane listens).
+        self.changes = ChangeFeed()
 
     # -- lifecycle of the capability --------------------------------------------
 
@@ -403,7 +406,24 @@ class Agents:
                          (tenant, name, version, now, now))
             return {"name": name, "version": version, "hash": digest, "created": True}
 
-        return await self.db.write(txn)
+        deployed = await self.db.write(txn)
+        if deployed["created"]:
+            await self.changes.emit("agent", tenant, name)
+        return deployed
+
+    async def install_version(self, tenant: str, name: str, version: int, *, hash: str, files: dict[str, str],
+                              config: dict[str, Any], created_at: float) -> None:
+        """Make a version deployed on another node of the fleet current here (its source compiles at first run)."""
+        def txn(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO agent_versions (tenant, name, version, hash, files, config,"
+                         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (tenant, name, version, hash, dumps(files), dumps(config), created_at))
+            conn.execute("INSERT INTO agents (tenant, name, current_version, created_at, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, name) DO UPDATE SET "
+                         "current_version = excluded.current_version, updated_at = excluded.updated_at",
+                         (tenant, name, version, created_at, self.now()))
+
+        await self.db.write(txn)
 
     async def get_agent(self, tenant: str, name: str) -> dict[str, Any]:
         """An agent's current version, its versions and its state."""

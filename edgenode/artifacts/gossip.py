@@ -8,6 +8,12 @@ read credential derived from the fleet key, then moves its ref only by fast-forw
 update that does not fast-forward is kept under ``refs/conflicts/<origin>/...``, so no
 commit is ever dropped. Periodically each node compares ref listings with a random peer
 and pulls what it missed.
+
+A deleted branch or tag leaves a tombstone (the commit it pointed at, and when): it travels in
+the announcement and in listings, a peer whose ref still points there deletes it too, and no
+state of the ref that the deletion covered (that commit or an ancestor, announced before the
+deletion or listed by a peer that has not heard of it) brings it back. A ref that moved on
+elsewhere meanwhile is kept: a deletion never drops a commit it did not see.
 """
 
 from __future__ import annotations
@@ -114,7 +120,12 @@ class RefGossip:
         self._rng = rng or random.Random()
         self._loop_task: asyncio.Task[None] | None = None
         self.counters = {"announced": 0, "received": 0, "rejected": 0, "applied": 0, "conflicts": 0,
-                         "fetch_errors": 0, "anti_entropy_rounds": 0}
+                         "fetch_errors": 0, "anti_entropy_rounds": 0, "fetched_from_others": 0}
+        #: The fleet's message bus for announcements (edgenode.fleet.git.RefBus), when the node has one;
+        #: without it announcements go to every peer over signed HTTP.
+        self.bus: Any = None
+        #: Where to fetch a repository's missing objects from, best first: ``(tenant, repo, shas, announcer's url)``.
+        self.sources: Callable[[str, str, list[str], str], list[str]] = lambda tenant, repo, shas, url: [url]
 
     # -- wiring ----------------------------------------------------------------
 
@@ -133,8 +144,7 @@ class RefGossip:
         cluster = self.cluster
         return (
             self.artifacts.settings.gossip
-            and cluster is not None
-            and bool(getattr(cluster, "fleet_enabled", False))
+            and (self.bus is not None or (cluster is not None and bool(getattr(cluster, "fleet_enabled", False))))
             and self.secret() is not None
         )
 
@@ -179,9 +189,13 @@ class RefGossip:
             return
         secret = self.secret()
         assert secret is not None
+        now = self._now()
+        deleted = [(r, o) for r, o, n in shared if n is None and o is not None]
+        if deleted:
+            await asyncio.to_thread(self._record_tombstones, info.tenant, info.name, deleted, now)
         payload = sign(secret, {
             "v": 1, "kind": "refs", **self._meta(info), "origin": self.node.id, "url": self.self_url(),
-            "at": self._now(), "nonce": secrets.token_hex(8),
+            "at": now, "nonce": secrets.token_hex(8),
             "updates": [{"ref": r, "old": o, "new": n} for r, o, n in shared],
         })
         await self._broadcast(payload)
@@ -208,6 +222,12 @@ class RefGossip:
 
     async def _broadcast(self, payload: dict[str, Any]) -> None:
         self.counters["announced"] += 1
+        if self.bus is not None:
+            try:
+                await self.bus.publish(payload)
+            except Exception:
+                log.exception("ref announcement failed")
+            return
         try:
             results = await self.cluster.broadcast("POST", ANNOUNCE_PATH, json=payload)
         except Exception:
@@ -219,8 +239,14 @@ class RefGossip:
 
     # -- receiving -------------------------------------------------------------
 
-    async def receive(self, peer_id: str, body: bytes) -> dict[str, Any]:
-        """Check an announcement from an authenticated peer and apply it in the background."""
+    async def receive(self, peer_id: str, body: bytes, *, check_age: bool = True,
+                      wait: bool = False) -> dict[str, Any]:
+        """Check an announcement from an authenticated peer and apply it in the background.
+
+        ``check_age=False`` for announcements replayed from the fleet's stream: their signature
+        still proves them, and applying one again changes nothing. With ``wait`` the announcement
+        is applied before returning, and ``applied`` says whether it could be (its objects fetched).
+        """
         if not self.enabled:
             raise Unavailable("ref gossip is turned off on this node (artifacts.gossip)")
         self.counters["received"] += 1
@@ -235,7 +261,7 @@ class RefGossip:
             self.counters["rejected"] += 1
             raise AnnouncementRejected("announcement signature is missing or does not match the fleet key")
         at = payload.get("at")
-        if not isinstance(at, (int, float)) or abs(self._now() - at) > MAX_SKEW_S:
+        if not isinstance(at, (int, float)) or (check_age and abs(self._now() - at) > MAX_SKEW_S):
             self.counters["rejected"] += 1
             raise AnnouncementRejected("announcement is too old or from the future")
         try:
@@ -249,10 +275,14 @@ class RefGossip:
         if origin == self.node.id:
             return {"accepted": False, "reason": "own announcement"}
         if kind == "delete":
-            self.artifacts.spawn(self._apply_delete(meta, float(payload.get("deleted_at", at))))
+            work = self._apply_delete(meta, float(payload.get("deleted_at", at)))
         else:
             wanted = [(r, n) for r, _, n in updates if _shared(r) and n is not None]
-            self.artifacts.spawn(self._apply(meta, wanted, origin, url))
+            deleted = [(r, o) for r, o, n in updates if _shared(r) and n is None and o is not None]
+            work = self._apply(meta, wanted, origin, url, deleted=deleted, at=float(at))
+        if wait:
+            return {"accepted": True, "applied": await work}
+        self.artifacts.spawn(work)
         return {"accepted": True}
 
     async def listing(self, nonce: str) -> dict[str, Any]:
@@ -270,8 +300,10 @@ class RefGossip:
             tombstones = self.artifacts.db.read_sync(
                 lambda c: [dict(r) for r in c.execute("SELECT tenant, name, deleted_at FROM repo_tombstones")]
             )
+            ref_tombstones = self.artifacts.db.read_sync(lambda c: [dict(r) for r in c.execute(
+                "SELECT tenant, repo, ref, sha, deleted_at FROM ref_tombstones")])
             return {"node": self.node.id, "url": self.self_url(), "nonce": nonce, "repos": repos,
-                    "tombstones": tombstones}
+                    "tombstones": tombstones, "ref_tombstones": ref_tombstones}
 
         body = await asyncio.to_thread(read)
         secret = self.secret()
@@ -279,24 +311,33 @@ class RefGossip:
 
     # -- applying --------------------------------------------------------------
 
-    async def _apply(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str, url: str) -> None:
+    async def _apply(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str, url: str, *,
+                     deleted: list[tuple[str, str]] | None = None, at: float | None = None) -> bool:
+        """Apply an announcement's updates; False when its objects could not be fetched."""
         try:
-            results = await asyncio.to_thread(self._apply_sync, meta, wanted, origin, url)
+            results = await asyncio.to_thread(self._apply_sync, meta, wanted, origin, url, deleted or [], at)
         except Exception as exc:
             self.counters["fetch_errors"] += 1
             log.warning("applying a ref announcement failed",
                         extra={"repo": meta["repo"], "origin": origin, "error": str(exc)[:300]})
-            return
+            return False
         tenant, name = meta["tenant"], meta["repo"]
-        applied = [r for r in results if r["result"] in ("created", "fast-forward")]
+        applied = [r for r in results if r["result"] in ("created", "fast-forward", "deleted")]
         conflicts = [r for r in results if r["result"] == "conflict"]
         self.counters["applied"] += len(applied)
         self.counters["conflicts"] += len(conflicts)
         if applied:
             await self.artifacts.events.record(tenant, name, "sync", origin=origin, updates=applied)
+        held = {r["ref"]: r["new"] for r in applied if r.get("new")}
+        if held and self.bus is not None:
+            try:
+                await self.bus.have(tenant, name, held)
+            except Exception as exc:
+                log.info("could not say which objects this node holds", extra={"error": str(exc)[:200]})
         for c in conflicts:
             log.warning("divergent ref kept under refs/conflicts", extra={"repo": name, **c})
             await self.artifacts.events.record(tenant, name, "conflict", origin=origin, **c)
+        return True
 
     def _local_repo(self, meta: dict[str, Any]) -> RepoInfo | None:
         store = self.artifacts.repos
@@ -314,19 +355,58 @@ class RefGossip:
         except EdgenodeError:  # created concurrently by another announcement
             return store.find_sync(tenant, name)
 
+    def _record_tombstones(self, tenant: str, repo: str, deleted: list[tuple[str, str]], at: float) -> None:
+        """Remember refs deleted at ``at`` (the latest deletion of a ref is kept)."""
+        self.artifacts.db.write_sync(lambda c: c.executemany(
+            "INSERT INTO ref_tombstones (tenant, repo, ref, sha, deleted_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (tenant, repo, ref) DO UPDATE SET sha = excluded.sha, deleted_at = excluded.deleted_at"
+            " WHERE excluded.deleted_at > ref_tombstones.deleted_at",
+            [(tenant, repo, ref, sha, at) for ref, sha in deleted]))
+
+    def _tombstones(self, tenant: str, repo: str) -> dict[str, tuple[str, float]]:
+        return self.artifacts.db.read_sync(lambda c: {r["ref"]: (r["sha"], r["deleted_at"]) for r in c.execute(
+            "SELECT ref, sha, deleted_at FROM ref_tombstones WHERE tenant = ? AND repo = ?", (tenant, repo))})
+
+    @staticmethod
+    def _covered(repo: Any, new: str, tombstone: tuple[str, float], at: float | None) -> bool:
+        """Whether a deletion already covers ``new`` (the deleted commit or an ancestor, not announced after it)."""
+        sha, deleted_at = tombstone
+        if at is not None and at > deleted_at:
+            return False  # the ref was set again after its deletion
+        if new == sha:
+            return True
+        raw_new, raw_sha = new.encode(), sha.encode()
+        return raw_new in repo.object_store and raw_sha in repo.object_store and \
+            is_ancestor(repo.object_store, raw_new, raw_sha)
+
     def _apply_sync(self, meta: dict[str, Any], wanted: list[tuple[str, str]], origin: str,
-                    url: str) -> list[dict[str, Any]]:
+                    url: str, deleted: list[tuple[str, str]] | None = None,
+                    at: float | None = None) -> list[dict[str, Any]]:
         info = self._local_repo(meta)
-        if info is None or not wanted:
+        deleted = deleted or []
+        if info is None or not (wanted or deleted):
             return []
         store = self.artifacts.repos
         results: list[dict[str, Any]] = []
         with store.lock(info.tenant, info.name), store.open(info) as opened:
             repo: Any = opened  # dulwich's Ref/ObjectID new-types add nothing here
-            targets = dict(wanted)
+            if deleted:
+                self._record_tombstones(info.tenant, info.name, deleted, at if at is not None else self._now())
+                local = repo.refs.as_dict()
+                for ref, old in deleted:
+                    # Only where the ref is still at the deleted commit: a ref that moved on keeps its commits.
+                    if local.get(ref.encode()) == old.encode() and repo.refs.remove_if_equals(ref.encode(),
+                                                                                               old.encode()):
+                        results.append({"ref": ref, "old": old, "result": "deleted"})
+            tombstones = self._tombstones(info.tenant, info.name)
+            targets = {ref: new for ref, new in wanted
+                       if ref not in tombstones or not self._covered(repo, new, tombstones[ref], at)}
+            if not targets:
+                return results
             missing = [sha for sha in targets.values() if sha.encode() not in repo.object_store]
             if missing:
-                targets = self._fetch(repo, info, targets, url)
+                targets = self._fetch_any(repo, info, targets, self.sources(info.tenant, info.name, missing, url),
+                                          url)
             local = repo.refs.as_dict()
             for ref, new in sorted(targets.items()):
                 raw_ref, raw_new = ref.encode(), new.encode()
@@ -351,6 +431,25 @@ class RefGossip:
                     results.append({"ref": ref, "kept_as": conflict.decode(), "local": current.decode(),
                                     "new": new, "result": "conflict"})
         return results
+
+    def _fetch_any(self, repo: Any, info: RepoInfo, targets: dict[str, str], sources: list[str],
+                   announcer: str) -> dict[str, str]:
+        """Fetch from the first of ``sources`` that serves every wanted object (the rest are tried in turn)."""
+        error: Exception | None = None
+        served: dict[str, str] = {}
+        for source in sources or [announcer]:
+            try:
+                served = self._fetch(repo, info, targets, source)
+            except Exception as exc:
+                error = exc
+                continue
+            if all(sha.encode() in repo.object_store for sha in served.values()):
+                if source != announcer:
+                    self.counters["fetched_from_others"] += 1
+                return served
+        if error is not None and not served:
+            raise error
+        return served
 
     def _fetch(self, repo: Any, info: RepoInfo, targets: dict[str, str], url: str) -> dict[str, str]:
         """Fetch what ``targets`` needs from ``url``; returns the targets the peer can still serve."""
@@ -378,7 +477,7 @@ class RefGossip:
         client.fetch(f"/git/{info.tenant}/{info.name}.git", repo, determine_wants=determine_wants)
         return served
 
-    async def _apply_delete(self, meta: dict[str, Any], deleted_at: float) -> None:
+    async def _apply_delete(self, meta: dict[str, Any], deleted_at: float) -> bool:
         def run() -> bool:
             store = self.artifacts.repos
             info = store.find_sync(meta["tenant"], meta["repo"])
@@ -389,6 +488,7 @@ class RefGossip:
 
         if await asyncio.to_thread(run):
             await self.artifacts.events.record(meta["tenant"], meta["repo"], "delete", via="gossip")
+        return True
 
     # -- anti-entropy ----------------------------------------------------------
 
@@ -431,6 +531,7 @@ class RefGossip:
             except (KeyError, EdgenodeError):
                 continue
             await self._apply_delete(meta, float(stone["deleted_at"]))
+        await self._apply_ref_tombstones(listing.get("ref_tombstones", []), origin, url)
         local = await asyncio.to_thread(self._local_refs)
         for entry in listing.get("repos", []):
             try:
@@ -446,6 +547,28 @@ class RefGossip:
             await self._apply(meta, wanted, origin, url)
             pulled += self.counters["applied"] - before
         return pulled
+
+    async def _apply_ref_tombstones(self, stones: Any, origin: str, url: str) -> None:
+        """Apply the branch and tag deletions a peer lists (to repositories this node has)."""
+        by_repo: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
+        for stone in stones if isinstance(stones, list) else []:
+            try:
+                key = (validate_tenant(stone["tenant"]), validate_repo_name(stone["repo"]))
+                ref, sha = str(stone["ref"]), _sha(stone["sha"])
+                at = float(stone["deleted_at"])
+            except (KeyError, TypeError, ValueError, EdgenodeError):
+                continue
+            if _shared(ref) and sha is not None:
+                by_repo.setdefault(key, []).append((ref, sha, at))
+        for (tenant, name), deletions in by_repo.items():
+            info = await asyncio.to_thread(self.artifacts.repos.find_sync, tenant, name)
+            if info is None:
+                continue
+            known = await asyncio.to_thread(self._tombstones, tenant, name)
+            for ref, sha, at in deletions:
+                if known.get(ref, ("", -1.0))[1] >= at:
+                    continue  # heard of this deletion already
+                await self._apply(self._meta(info), [], origin, url, deleted=[(ref, sha)], at=at)
 
     def _local_refs(self) -> dict[tuple[str, str], dict[str, str]]:
         out: dict[tuple[str, str], dict[str, str]] = {}

@@ -254,6 +254,7 @@ class RepoStore:
                     (info.tenant, info.name, now),
                 )
                 c.execute("DELETE FROM repo_tokens WHERE tenant = ? AND repo = ?", (info.tenant, info.name))
+                c.execute("DELETE FROM ref_tombstones WHERE tenant = ? AND repo = ?", (info.tenant, info.name))
 
             self.db.write_sync(remove)
             shutil.rmtree(info.path, ignore_errors=True)

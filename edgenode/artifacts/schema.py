@@ -54,4 +54,19 @@ def _create_tables(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX repo_events_repo ON repo_events(tenant, repo, id)")
 
 
-MIGRATIONS = [Migration("artifacts-0001-repos-tokens-events", _create_tables)]
+def _create_ref_tombstones(conn: sqlite3.Connection) -> None:
+    # A branch or tag deleted anywhere in the fleet: no peer's older state of it brings it back.
+    conn.execute(
+        """CREATE TABLE ref_tombstones (
+            tenant TEXT NOT NULL,
+            repo TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            sha TEXT NOT NULL,
+            deleted_at REAL NOT NULL,
+            PRIMARY KEY (tenant, repo, ref)
+        ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS = [Migration("artifacts-0001-repos-tokens-events", _create_tables),
+              Migration("artifacts-0002-ref-tombstones", _create_ref_tombstones)]

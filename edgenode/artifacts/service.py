@@ -181,7 +181,11 @@ class Artifacts:
     async def delete(self, tenant: str, name: str) -> None:
         """Delete a repository (forks keep working)."""
         info = await self.get(tenant, name)
+        token_ids = await self.db.read(lambda c: [r[0] for r in c.execute(
+            "SELECT id FROM repo_tokens WHERE tenant = ? AND repo = ?", (tenant, name))])
         await asyncio.to_thread(self.repos.delete_sync, info)
+        for token_id in token_ids:  # gone with the repository, fleet-wide
+            await self.tokens.changes.emit("repotoken", token_id)
         await self.events.record(tenant, name, "delete")
         self.spawn(self.gossip.announce_delete(info))
 

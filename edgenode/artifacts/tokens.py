@@ -17,6 +17,7 @@ from typing import Any
 
 from edgenode.auth.tokens import hash_token
 from edgenode.errors import ArtifactNotFound, TokenExpired, TokenRevoked, Unauthorized, ValidationFailed
+from edgenode.fleet.changes import ChangeFeed
 from edgenode.store import Database
 
 _TOKEN = re.compile(r"^edr_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})\Z")
@@ -46,6 +47,8 @@ class RepoTokens:
         self.db = db
         self.max_ttl_s = max_ttl_s
         self._now = now
+        #: Told of every token issued or revoked (the fleet control plane listens).
+        self.changes = ChangeFeed()
 
     async def issue(self, tenant: str, repo: str, access: str, ttl_s: float) -> RepoToken:
         """A new token for ``tenant/repo``."""
@@ -66,6 +69,7 @@ class RepoTokens:
             )
 
         await self.db.write(insert)
+        await self.changes.emit("repotoken", token_id)
         return RepoToken(token_id, access, now, expires, token)
 
     def check_sync(self, tenant: str, repo: str, token: str) -> tuple[str, str]:
@@ -121,3 +125,4 @@ class RepoTokens:
 
         if await self.db.write(revoke) == 0:
             raise ArtifactNotFound(f"no token {token_id!r} for this repository", token=token_id)
+        await self.changes.emit("repotoken", token_id)

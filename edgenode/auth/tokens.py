@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgenode.errors import Forbidden, NotFound, TokenExpired, TokenRevoked, Unauthorized, ValidationFailed
+from edgenode.fleet.changes import ChangeFeed
 from edgenode.store import Database, Migration
 
 #: The tenant the bootstrap admin token acts for unless it names another.
@@ -128,6 +129,8 @@ class Auth:
         # token hash -> (row, monotonic time read): lets the request path check a token without I/O.
         self._rows: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._rows_lock = threading.Lock()
+        #: Told of every tenant and token that changed (the fleet control plane listens).
+        self.changes = ChangeFeed()
 
     # -- checking ----------------------------------------------------------
 
@@ -198,7 +201,9 @@ class Auth:
             row = c.execute("SELECT name, created_at FROM tenants WHERE name = ?", (name,)).fetchone()
             return dict(row)
 
-        return await self.db.write(insert)
+        tenant = await self.db.write(insert)
+        await self.changes.emit("tenant", name)
+        return tenant
 
     async def list_tenants(self) -> list[dict[str, Any]]:
         """Every tenant with its count of live tokens."""
@@ -225,14 +230,18 @@ class Auth:
         validate_tenant(name)
         now = self._now()
 
-        def delete(c: sqlite3.Connection) -> int:
+        def delete(c: sqlite3.Connection) -> tuple[int, list[str]]:
+            ids = [r[0] for r in c.execute("SELECT id FROM tokens WHERE tenant = ?", (name,))]
             c.execute("UPDATE tokens SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL", (now, name))
-            return c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount
+            return c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount, ids
 
-        deleted = await self.db.write(delete)
+        deleted, token_ids = await self.db.write(delete)
         self.forget_lookups()
         if deleted == 0:
             raise NotFound(f"no tenant named {name!r}")
+        await self.changes.emit("tenant", name)
+        for token_id in token_ids:
+            await self.changes.emit("token", token_id)
 
     # -- tokens ------------------------------------------------------------
 
@@ -261,6 +270,8 @@ class Auth:
             )
 
         await self.db.write(insert)
+        await self.changes.emit("tenant", tenant)
+        await self.changes.emit("token", token_id)
         return IssuedToken(token_id, tenant, name, admin, now, expires_at, token)
 
     async def list_tokens(self, tenant: str | None = None) -> list[dict[str, Any]]:
@@ -302,3 +313,4 @@ class Auth:
         self.forget_lookups()
         if revoked == 0:
             raise NotFound(f"no token with id {token_id!r}")
+        await self.changes.emit("token", token_id)

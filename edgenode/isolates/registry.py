@@ -143,6 +143,31 @@ class Registry:
 
         return await self.db.write(insert)
 
+    async def install(self, version: Version) -> None:
+        """Store ``version`` under its own number (a deploy made elsewhere in the fleet) and make it current."""
+        v = version
+
+        def put(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT OR REPLACE INTO versions (tenant, name, version, kind, hash, source, settings, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (v.tenant, v.name, v.version, v.kind, v.hash, json.dumps(v.source) if v.source is not None else None,
+                 json.dumps(v.settings), v.created_at),
+            )
+            c.execute(
+                "INSERT INTO workers (tenant, name, current, latest, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, name) DO UPDATE SET current = excluded.current,"
+                " latest = MAX(latest, excluded.latest), updated_at = excluded.updated_at",
+                (v.tenant, v.name, v.version, v.version, v.created_at, time.time()),
+            )
+
+        await self.db.write(put)
+
+    async def names(self) -> list[tuple[str, str]]:
+        """(tenant, name) of every worker."""
+        return await self.db.read(lambda c: [(r[0], r[1]) for r in c.execute("SELECT tenant, name FROM workers")])
+
     def current_sync(self, tenant: str, name: str) -> Version:
         """The current version of a worker; WorkerNotFound if there is none."""
         row = self.db.read_sync(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgenode.egress import Egress
 from edgenode.errors import BadRequest, InvalidComponent, PayloadTooLarge, ValidationFailed, WorkerNotFound
+from edgenode.fleet.changes import ChangeFeed
 from edgenode.isolates.builder import Source
 from edgenode.isolates.cache import prune
 from edgenode.isolates.capabilities import Grants, HostFunctions, Invocation
@@ -121,6 +122,8 @@ class Workers:
         self.meter.busy.set_function(lambda: self.pool.in_flight)
         self._deployed: dict[tuple[str, str], Deployed] = {}
         self._prune_task: asyncio.Task[None] | None = None
+        #: Told of every worker whose deployment changed (the fleet control plane listens).
+        self.changes = ChangeFeed()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -205,6 +208,7 @@ class Workers:
         version = await self.registry.add(tenant, name, kind="python", hash=source_hash(source),
                                           settings=settings.as_dict(), source=source.files)
         self._deployed.pop((tenant, name), None)
+        await self.changes.emit("worker", tenant, name)
         return self._deploy_reply(version)
 
     async def deploy_wasm(self, tenant: str, name: str, data: bytes, settings: DeploySettings) -> dict[str, Any]:
@@ -226,6 +230,7 @@ class Workers:
         version = await self.registry.add(tenant, name, kind="wasi" if kind == "module" else "component", hash=key,
                                           settings=settings.as_dict(), source=None)
         self._deployed.pop((tenant, name), None)
+        await self.changes.emit("worker", tenant, name)
         self.prune_soon()
         return self._deploy_reply(version)
 
@@ -280,12 +285,39 @@ class Workers:
         """Remove a worker and its versions."""
         await self.registry.delete(tenant, validate_name(name))
         self._deployed.pop((tenant, name), None)
+        await self.changes.emit("worker", tenant, name)
 
     async def rollback(self, tenant: str, name: str, version: int | None) -> dict[str, Any]:
         """Make an earlier version current again."""
         target = await self.registry.rollback(tenant, validate_name(name), version)
         self._deployed.pop((tenant, name), None)
+        await self.changes.emit("worker", tenant, name)
         return self._deploy_reply(target)
+
+    async def install(self, version: Version, component: bytes | None = None) -> None:
+        """Make a version deployed on another node current here, without a build.
+
+        Python source compiles to bytecode in the shared runtime at its first request; a component's
+        bytes (``component``) are kept like an upload and compiled on first use.
+        """
+        if component is not None:
+            path = self.uploads / f"{version.hash}.wasm"
+            if not path.exists():
+                await asyncio.to_thread(_write_atomic, path, component)
+        await self.registry.install(version)
+        self._deployed.pop((version.tenant, version.name), None)
+
+    async def forget(self, tenant: str, name: str) -> None:
+        """Remove a worker deleted elsewhere in the fleet (nothing if it is not here)."""
+        try:
+            await self.registry.delete(tenant, name)
+        except WorkerNotFound:
+            pass
+        self._deployed.pop((tenant, name), None)
+
+    def component_path(self, version: Version) -> Path:
+        """Where a component or WASI version's bytes are kept."""
+        return self.uploads / f"{version.hash}.wasm"
 
     async def usage(self, tenant: str | None) -> list[dict[str, Any]]:
         """Usage totals per worker (flushed first, so they include every finished request)."""

@@ -1,0 +1,168 @@
+"""Key-value buckets on plain JetStream streams of the fleet's own subjects, and chunked blobs on one.
+
+A bucket is one stream keeping the last message of each subject ``<subject>.<key>``; its revision
+is the stream sequence and compare-and-set is JetStream's expected-last-subject-sequence. Using the
+fleet's own subjects (not ``$KV``/``$O``) keeps it working across a leaf node's connection to a hub.
+:class:`StreamBucket` has the interface of the fleet transport's bucket (put, update, get, watch),
+so the control plane runs on either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+
+#: Bytes per message of a chunked blob (well under NATS's default 1 MiB payload limit).
+CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key of a bucket: its value, revision (stream sequence) and when it was written."""
+
+    key: str
+    value: bytes
+    revision: int
+    written_at: float
+
+
+class Bucket(Protocol):
+    """What the control plane needs of a bucket."""
+
+    stream: str
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Set ``key``; returns its new revision."""
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Set ``key`` only if its revision is still ``last`` (0: only if absent); APIError otherwise."""
+
+    async def get(self, key: str) -> Entry | None:
+        """The value of ``key``, or None."""
+
+    async def watch(self, handler: Callable[[Entry], None]) -> Subscription:
+        """Call ``handler`` with every key's current value, then with every change."""
+
+
+class StreamBucket:
+    """A bucket on one stream of ``<subject>.>`` subjects, one message kept per key."""
+
+    def __init__(self, js: JetStreamContext, stream: str, subject: str) -> None:
+        self.js = js
+        self.stream = stream
+        self.prefix = subject + "."
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *, stream: str, subject: str, replicas: int = 1) -> StreamBucket:
+        """The bucket, its stream created if missing."""
+        config = api.StreamConfig(name=stream, subjects=[f"{subject}.>"], max_msgs_per_subject=1,
+                                  allow_direct=True, discard=api.DiscardPolicy.OLD, num_replicas=replicas)
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != 10058:  # exists already (with this or an operator's config)
+                raise
+        return cls(js, stream, subject)
+
+    async def put(self, key: str, value: bytes) -> int:
+        ack = await self.js.publish(self.prefix + key, value, stream=self.stream)
+        return int(ack.seq)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        ack = await self.js.publish(self.prefix + key, value, stream=self.stream,
+                                    headers={"Nats-Expected-Last-Subject-Sequence": str(last)})
+        return int(ack.seq)
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            msg = await self.js.get_last_msg(self.stream, self.prefix + key, direct=True)
+        except NotFoundError:
+            return None
+        if not msg.data:
+            return None
+        return Entry(key, msg.data, int(msg.seq or 0), msg.time.timestamp() if msg.time else time.time())
+
+    async def watch(self, handler: Callable[[Entry], None]) -> Subscription:
+        async def on_msg(msg: Msg) -> None:
+            meta = msg.metadata
+            handler(Entry(msg.subject[len(self.prefix):], msg.data, int(meta.sequence.stream),
+                          meta.timestamp.timestamp()))
+
+        return await self.js.subscribe(self.prefix + ">", stream=self.stream, cb=on_msg, ordered_consumer=True,
+                                       deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=2.0)
+
+
+class DeferredBucket:
+    """A bucket opened later (once JetStream answers): until then every call fails with ConnectionError."""
+
+    def __init__(self) -> None:
+        self.target: Bucket | None = None
+        self.stream = ""
+
+    def set(self, bucket: Bucket) -> None:
+        """From now on, calls go to ``bucket``."""
+        self.target = bucket
+        self.stream = bucket.stream
+
+    def _ready(self) -> Bucket:
+        if self.target is None:
+            raise ConnectionError("the fleet's bucket is not open yet")
+        return self.target
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._ready().put(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        return await self._ready().update(key, value, last)
+
+    async def get(self, key: str) -> Entry | None:
+        return await self._ready().get(key)
+
+    async def watch(self, handler: Callable[[Entry], None]) -> Subscription:
+        return await self._ready().watch(handler)
+
+
+class BlobStore:
+    """Content-addressed blobs in a bucket: ``<sha256>`` holds a manifest, ``<sha256>.<n>`` its chunks."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+
+    async def put(self, data: bytes) -> str:
+        """Store ``data`` (once) and return its name, the SHA-256 of its bytes."""
+        digest = hashlib.sha256(data).hexdigest()
+        if await self.bucket.get(digest) is not None:
+            return digest
+        chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+        for n, chunk in enumerate(chunks):
+            await self.bucket.put(f"{digest}.{n}", chunk or b"\0")
+        # the manifest last: whoever sees it finds every chunk
+        await self.bucket.put(digest, json.dumps({"size": len(data), "chunks": len(chunks)}).encode())
+        return digest
+
+    async def get(self, digest: str) -> bytes | None:
+        """The bytes named ``digest``, or None while they are not all there (or do not match their name)."""
+        manifest = await self.bucket.get(digest)
+        if manifest is None:
+            return None
+        info: dict[str, Any] = json.loads(manifest.value)
+        parts = []
+        for n in range(int(info["chunks"])):
+            chunk = await self.bucket.get(f"{digest}.{n}")
+            if chunk is None:
+                return None
+            parts.append(chunk.value)
+        data = b"".join(parts)[: int(info["size"])]
+        return data if hashlib.sha256(data).hexdigest() == digest else None
+
+
+__all__ = ["CHUNK_BYTES", "BlobStore", "Bucket", "DeferredBucket", "Entry", "StreamBucket"]
