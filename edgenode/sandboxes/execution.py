@@ -30,12 +30,22 @@ class ExecSpec:
     stdin: bytes | None = None
     timeout_s: float | None = None
     max_output_bytes: int | None = None
+    #: Python source run in a fork of the sandbox's started interpreter (as ``python3 -c``), instead of ``argv``.
+    code: str | None = None
 
 
 def parse_exec(data: dict[str, Any], *, max_stdin: int) -> ExecSpec:
-    """An ExecSpec from the API's JSON: ``cmd`` (shell string or argv), ``cwd``, ``env``, ``stdin``, ``timeout_s``."""
+    """An ExecSpec from the API's JSON: ``cmd`` (shell string or argv) or ``code`` (Python source), ``cwd``,
+    ``env``, ``stdin``, ``timeout_s``."""
     cmd = data.get("cmd")
-    if isinstance(cmd, str):
+    code = data.get("code")
+    if code is not None:
+        if cmd is not None:
+            raise ValidationFailed("give either 'cmd' or 'code', not both", field="code")
+        if not isinstance(code, str) or "\x00" in code:
+            raise ValidationFailed("field 'code' must be Python source text without NUL bytes", field="code")
+        argv = ["python3", "-c", code]
+    elif isinstance(cmd, str):
         if not cmd.strip():
             raise ValidationFailed("field 'cmd' is empty", field="cmd")
         argv = ["/bin/sh", "-c", cmd]
@@ -76,10 +86,10 @@ def parse_exec(data: dict[str, Any], *, max_stdin: int) -> ExecSpec:
     cap = data.get("max_output_bytes")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
         raise ValidationFailed("field 'max_output_bytes' must be a positive integer", field="max_output_bytes")
-    unknown = set(data) - {"cmd", "cwd", "env", "stdin", "stdin_b64", "timeout_s", "max_output_bytes"}
+    unknown = set(data) - {"cmd", "code", "cwd", "env", "stdin", "stdin_b64", "timeout_s", "max_output_bytes"}
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-    return ExecSpec(argv, cwd, dict(env), stdin, float(timeout) if timeout is not None else None, cap)
+    return ExecSpec(argv, cwd, dict(env), stdin, float(timeout) if timeout is not None else None, cap, code)
 
 
 @dataclass

@@ -248,8 +248,9 @@ class Guest:
                 raise SandboxUnavailable("the sandbox supervisor went away") from exc
 
     async def spawn(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bytes | None,
-                    rlimits: dict[str, int], cap: int) -> Command:
-        """Start ``argv`` in the sandbox; its output and exit arrive on ``Command.events``."""
+                    rlimits: dict[str, int], cap: int, code: str | None = None) -> Command:
+        """Start ``argv`` (or Python ``code`` in a fork of the supervisor) in the sandbox; its output and
+        exit arrive on ``Command.events``."""
         self._next_id += 1
         cmd = Command(self._next_id, argv)
         self.commands[cmd.id] = cmd
@@ -257,7 +258,7 @@ class Guest:
             await self._send({
                 "op": "spawn", "id": cmd.id, "argv": argv, "cwd": cwd, "env": env,
                 "stdin": base64.b64encode(stdin).decode() if stdin is not None else None,
-                "rlimits": rlimits, "cap": cap,
+                "rlimits": rlimits, "cap": cap, "code": code,
             })
         except BaseException:
             self.commands.pop(cmd.id, None)

@@ -10,6 +10,7 @@ node over its stdin and stdout, one JSON object per line, and is single-threaded
 Node to guest::
 
     {"op": "spawn", "id", "argv", "cwd", "env", "stdin" (base64 or null), "rlimits", "cap"}
+    {"op": "spawn", "id", "code", ...}  Python source run in a fork of this interpreter
     {"op": "signal", "id", "sig"}     signal the command's process group
     {"op": "shutdown"}
 
@@ -33,6 +34,7 @@ copies every connection to the egress proxy's Unix socket bind-mounted at
 """
 
 import base64
+import builtins
 import json
 import os
 import resource
@@ -90,17 +92,21 @@ class Command:
         limits = msg.get("rlimits") or {}
         stdin_data = msg.get("stdin")
         self.stdin_buf = base64.b64decode(stdin_data) if stdin_data is not None else None
-        self.proc = subprocess.Popen(
-            msg["argv"],
-            cwd=msg.get("cwd") or "/workspace",
-            env=msg.get("env") or {},
-            stdin=subprocess.PIPE if self.stdin_buf is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=lambda: set_limits(limits),
-            close_fds=True,
-        )
+        if msg.get("code") is not None:
+            self.proc = ForkedPython(msg["code"], msg.get("cwd") or "/workspace", msg.get("env") or {},
+                                     limits, self.stdin_buf is not None)
+        else:
+            self.proc = subprocess.Popen(
+                msg["argv"],
+                cwd=msg.get("cwd") or "/workspace",
+                env=msg.get("env") or {},
+                stdin=subprocess.PIPE if self.stdin_buf is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=lambda: set_limits(limits),
+                close_fds=True,
+            )
         for fd_no, pipe in ((1, self.proc.stdout), (2, self.proc.stderr)):
             os.set_blocking(pipe.fileno(), False)
             sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", self, fd_no, pipe))
@@ -196,6 +202,100 @@ class Command:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class ForkedPython:
+    """Python source run as ``python3 -c`` would, in a fork of this already-started interpreter.
+
+    Starting python3 costs tens of milliseconds; a fork costs well under one. The child
+    keeps nothing of the supervisor: its descriptors are closed but for new stdio pipes,
+    it gets a session, rlimits, cwd and environment of its own and a fresh ``__main__``.
+    It stays non-dumpable, as the supervisor is (fork keeps the flag, only exec resets it).
+    """
+
+    def __init__(self, code, cwd, env, limits, with_stdin):
+        in_r, in_w = os.pipe() if with_stdin else (os.open(os.devnull, os.O_RDONLY), None)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        # A start error (a missing cwd) is found before the fork, as Popen reports it.
+        if not os.path.isdir(cwd):
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                if fd is not None:
+                    os.close(fd)
+            raise FileNotFoundError(2, "No such file or directory", cwd)
+        self.pid = os.fork()
+        if self.pid == 0:
+            _run_forked(code, cwd, env, limits, in_r, out_w, err_w)
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        self.stdin = os.fdopen(in_w, "wb", buffering=0) if in_w is not None else None
+        self.stdout = os.fdopen(out_r, "rb", buffering=0)
+        self.stderr = os.fdopen(err_r, "rb", buffering=0)
+        self.returncode = None
+
+    def wait(self):
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _run_forked(code, cwd, env, limits, in_r, out_w, err_w):
+    """The child of :class:`ForkedPython`: never returns."""
+    status = 1
+    try:
+        os.setsid()
+        os.dup2(in_r, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        set_limits(limits)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
+        sys.argv = ["-c"]
+        sys.path.insert(0, "")
+        import types
+
+        main = types.ModuleType("__main__")
+        main.__builtins__ = builtins
+        sys.modules["__main__"] = main
+        exec(compile(code, "<string>", "exec"), main.__dict__)
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException:
+        import traceback
+
+        kind, value, tb = sys.exc_info()
+        # From the code's own frames, as python3 -c shows it: not this function's.
+        traceback.print_exception(kind, value, tb.tb_next if tb is not None else None)
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(status)
+
+
+def _exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except BaseException:
+        pass
+    return 1
 
 
 class Relay:
@@ -368,6 +468,14 @@ def main():
     if config.get("proxy"):
         start_forwarder()
     emit({"ev": "ready", "pid": os.getpid()})
+    # Once ready, so it costs the first command only when it comes at once: the site-packages
+    # paths that python3 -c would have, inherited by every fork that runs Python source.
+    try:
+        import site
+
+        site.main()
+    except Exception:
+        pass
     buf = b""
     while True:
         reap_orphans()

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge
+
 from edgenode.auth import Principal
 from edgenode.egress import AddressPolicy
 from edgenode.errors import (
@@ -46,6 +48,7 @@ from edgenode.sandboxes.limits import (
     resolve_limits,
 )
 from edgenode.sandboxes.paths import Workspace
+from edgenode.sandboxes.pool import Prestarted, WarmPool, process_tree_rss
 from edgenode.sandboxes.runtime import BackgroundProcess, SandboxRuntime, reset_dir
 from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
 from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
@@ -91,6 +94,17 @@ class Sandboxes:
         self.cgroup_v2 = cgroup_v2_writable()
         #: Directories where the sandboxes' group was granted search permission (see acl.py).
         self.search_granted: list[str] = []
+        #: uid slots held by pooled sandboxes that have no record yet.
+        self.reserved_slots: set[int] = set()
+        self.pool = WarmPool(self.settings.pool_size, self._prestart, self._discard_prestarted)
+        registry = node.metrics.registry
+        self._pool_takes = Counter("edgenode_sandbox_pool_takes", "Sandbox creates by whether the pool served "
+                                   "them (hit), had none ready (miss) or the tenant was over its share.",
+                                   ["result"], registry=registry)
+        Gauge("edgenode_sandbox_pool_ready", "Pooled sandboxes started and waiting for a create.",
+              registry=registry).set_function(lambda: len(self.pool.ready))
+        Gauge("edgenode_sandbox_pool_rss_bytes", "Resident memory of the pooled sandboxes' processes.",
+              registry=registry).set_function(self._pool_rss)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -104,6 +118,7 @@ class Sandboxes:
             self.seccomp = compile_filter()
             if self.as_root:
                 await asyncio.to_thread(self._open_path_to_root)
+            await asyncio.to_thread(self._remove_orphans)
         except (Unavailable, RuntimeError, OSError) as exc:
             self.unavailable = str(exc)
             log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
@@ -111,6 +126,7 @@ class Sandboxes:
 
     async def stop(self) -> None:
         """Release every sandbox's processes and close the database."""
+        await self.pool.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):
@@ -139,6 +155,7 @@ class Sandboxes:
             "search_granted": self.search_granted,
             "running": len(self.runtimes),
             "max_running": self.settings.max_running,
+            "pool": self.pool.status(),
             "idle_timeout_s": self.settings.idle_timeout_s,
         }
 
@@ -166,6 +183,66 @@ class Sandboxes:
             if path.parent == path:
                 return
             path = path.parent
+
+    def _remove_orphans(self) -> None:
+        """Remove sandbox directories without a record: pooled sandboxes of a node that did not stop cleanly."""
+        known = {r.id for r in self.store.all_sync()}
+        for entry in self.root.iterdir():
+            if entry.name.startswith("sb_") and entry.name not in known:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _pool_rss(self) -> float:
+        return float(sum(process_tree_rss(e.runtime.guest.proc.pid) for e in list(self.pool.ready)
+                         if e.runtime.guest.proc is not None))
+
+    async def _prestart(self) -> Prestarted:
+        """Start a sandbox for the pool: default limits, no network, an id and uid slot of its own."""
+        self._require()
+        slot = await self.store.reserve_slot(self.reserved_slots)
+        limits = resolve_limits(None, self.settings)
+        policy = parse_policy(None)
+        record = SandboxRecord("sb_" + secrets.token_hex(8), "", None, time.time(), time.time(),
+                               policy.as_json(), limits.as_dict(), slot)
+        began = time.perf_counter()
+        try:
+            async with self._warming:
+                spec = await asyncio.to_thread(self._prepare, record, policy)
+                runtime = self._runtime_for(record, policy, spec)
+                await runtime.start()
+        except BaseException:
+            self.reserved_slots.discard(slot)
+            await asyncio.to_thread(shutil.rmtree, self._dir(record.id), True)
+            raise
+        return Prestarted(record.id, slot, self._dir(record.id), runtime, (time.perf_counter() - began) * 1000)
+
+    async def _discard_prestarted(self, entry: Prestarted) -> None:
+        await entry.runtime.stop()
+        self.reserved_slots.discard(entry.uid_slot)
+        await asyncio.to_thread(shutil.rmtree, entry.root, True)
+
+    async def _create_from_pool(self, principal: Principal, policy: EgressPolicy,
+                                limits: Limits) -> SandboxRecord | None:
+        """A new sandbox from a pooled one, when the request fits what the pool holds."""
+        if policy.enabled or limits != resolve_limits(None, self.settings):
+            return None
+        if len(self.runtimes) + len(self._starting) >= self.settings.max_running:
+            return None  # a pooled sandbox runs at once: only in a free slot, as a warm start after create
+        entry = self.pool.take(principal.tenant)
+        if entry is None:
+            self._pool_takes.labels("over_share" if self.pool.ready else "miss").inc()
+            return None
+        try:
+            record = await self.store.insert(id=entry.id, tenant=principal.tenant, name=None,
+                                             network=policy.as_json(), limits=limits.as_dict(),
+                                             uid_slot=entry.uid_slot)
+        except BaseException:
+            self.pool.give_back(entry, principal.tenant)
+            raise
+        self.reserved_slots.discard(entry.uid_slot)
+        self._owners[record.id] = principal.tenant
+        self.runtimes[record.id] = entry.runtime
+        self._pool_takes.labels("hit").inc()
+        return record
 
     def _require(self) -> None:
         if self.unavailable is not None:
@@ -222,9 +299,16 @@ class Sandboxes:
         if cap > 0 and await self.store.count_for(principal.tenant) >= cap:
             raise TenantQuotaExceeded(f"this tenant has {cap} sandboxes, as many as the node allows one tenant; "
                                       "delete one first", limit=cap, retry_after=60)
+        self.pool.wake()  # the first create of any kind starts the pool filling
+        if name is None:
+            # Pooled sandboxes are started before their name is known (bwrap sets the host name).
+            pooled = await self._create_from_pool(principal, policy, limits)
+            if pooled is not None:
+                return {**self._describe(pooled), "pooled": True}
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = await self.store.insert(id=sandbox_id, tenant=principal.tenant, name=name,
-                                         network=policy.as_json(), limits=limits.as_dict())
+                                         network=policy.as_json(), limits=limits.as_dict(),
+                                         reserved=self.reserved_slots)
         try:
             await asyncio.to_thread(self._make_dirs, record)
         except OSError:
@@ -234,7 +318,7 @@ class Sandboxes:
         warm = asyncio.create_task(self._warm(record))
         self._warm_tasks[sandbox_id] = warm
         warm.add_done_callback(lambda t: self._warm_tasks.pop(sandbox_id, None))
-        return self._describe(record)
+        return {**self._describe(record), "pooled": False}
 
     def _make_dirs(self, record: SandboxRecord) -> None:
         base = self._dir(record.id)

@@ -52,6 +52,14 @@ class SandboxRecord:
                    json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"])
 
 
+def _free_slot(conn: sqlite3.Connection, reserved: set[int] | frozenset[int]) -> int:
+    taken = {r[0] for r in conn.execute("SELECT uid_slot FROM sandboxes")} | set(reserved)
+    slot = 0
+    while slot in taken:
+        slot += 1
+    return slot
+
+
 class SandboxStore:
     """CRUD over the ``sandboxes`` table."""
 
@@ -59,8 +67,10 @@ class SandboxStore:
         self.db = db
 
     async def insert(self, *, id: str, tenant: str, name: str | None, network: Any,
-                     limits: dict[str, Any]) -> SandboxRecord:
-        """Store a new sandbox and give it the lowest free uid slot; 409 if the name is taken."""
+                     limits: dict[str, Any], uid_slot: int | None = None,
+                     reserved: set[int] | frozenset[int] = frozenset()) -> SandboxRecord:
+        """Store a new sandbox with ``uid_slot``, else the lowest uid slot neither taken nor ``reserved``;
+        409 if the name is taken."""
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> SandboxRecord:
@@ -68,8 +78,7 @@ class SandboxStore:
                 "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?", (tenant, name)
             ).fetchone():
                 raise Conflict(f"a sandbox named {name!r} already exists")
-            slots = [r[0] for r in conn.execute("SELECT uid_slot FROM sandboxes ORDER BY uid_slot")]
-            slot = next((i for i, taken in enumerate(slots) if taken != i), len(slots))
+            slot = uid_slot if uid_slot is not None else _free_slot(conn, reserved)
             conn.execute(
                 "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -78,6 +87,17 @@ class SandboxStore:
             return SandboxRecord(id, tenant, name, now, now, network, limits, slot)
 
         return await self.db.write(insert)
+
+    async def reserve_slot(self, reserved: set[int]) -> int:
+        """The lowest uid slot neither taken nor in ``reserved``, added to ``reserved`` (in write order,
+        so an insert running at the same time cannot pick it)."""
+
+        def reserve(conn: sqlite3.Connection) -> int:
+            slot = _free_slot(conn, reserved)
+            reserved.add(slot)
+            return slot
+
+        return await self.db.write(reserve)
 
     async def get(self, tenant: str, ref: str) -> SandboxRecord:
         """The tenant's sandbox with id (or name) ``ref``; 404 otherwise."""
