@@ -3,11 +3,16 @@
 Baselines (the floor): ``subprocess.run`` of the same command on the host, and a bare
 ``bwrap --unshare-all ... true`` (what starting any bwrap sandbox costs here).
 
+A cold-start table first: from the create call to the first executed Python statement
+(the statement prints ``time.time()``; host and sandbox share the clock), with and without
+the pool of pre-started sandboxes, beside bare ``bwrap`` and ``subprocess.run`` of
+``python3 -c`` measured the same way.
+
 A second table: other clients' ``/healthz`` latency while one sandbox sends 64 MB of
 output to a slow reader (as events, and as one JSON result), against the same probe
 with no stream, in the same run.
 
-    .venv/bin/python bench/sandboxes.py [--runs 100]
+    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|exec]
 """
 
 from __future__ import annotations
@@ -100,20 +105,107 @@ def slow_read(node: NodeProcess, sid: str, accept: str) -> None:
     assert received > STREAM_BYTES, received
 
 
+FIRST_STATEMENT = "import time; print(repr(time.time()))"
+
+
+def _first_statement_ms(began: float, stdout: str) -> float:
+    return (float(stdout.strip().splitlines()[0]) - began) * 1000
+
+
+def cold_start(runs: int, bare_bwrap: list[str]) -> None:
+    """Create call to first Python statement: pool, no pool, bare bwrap, subprocess.run."""
+    pooled: list[float] = []
+    unpooled_code: list[float] = []
+    unpooled_argv: list[float] = []
+    create_only: list[float] = []
+    spawn_ms: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        for size in (2, 0):
+            node = NodeProcess(Path(tmp) / f"pool{size}", env={"EDGENODE_SANDBOXES_POOL_SIZE": str(size)}).start()
+            try:
+                with node.client(timeout=60) as client:
+                    def pool_ready() -> bool:
+                        pool = client.get("/v1/status").json()["capabilities"]["sandboxes"]["pool"]
+                        return bool(pool["ready"] == pool["size"])
+
+                    def one(body: dict[str, object], into: list[float], want_pooled: bool) -> None:
+                        # Not timed: the previous sandbox goes, and the pool is full again.
+                        while size and not pool_ready():
+                            time.sleep(0.02)
+                        began = time.time()
+                        created = client.post("/v1/sandboxes", json={}).json()
+                        created_ms = (time.time() - began) * 1000
+                        assert created["pooled"] is want_pooled, created
+                        result = client.post(f"/v1/sandboxes/{created['id']}/exec", json=body).json()
+                        into.append(_first_statement_ms(began, result["stdout"]))
+                        if into is pooled:
+                            create_only.append(created_ms)
+                            spawn_ms.append(result["duration_ms"])
+                        client.delete(f"/v1/sandboxes/{created['id']}")
+
+                    client.post("/v1/sandboxes", json={})  # the first create starts the pool filling
+                    for i in range(runs + 2):
+                        if size:
+                            one({"code": FIRST_STATEMENT}, pooled, True)
+                        else:
+                            one({"code": FIRST_STATEMENT}, unpooled_code, False)
+                            one({"cmd": ["python3", "-c", FIRST_STATEMENT]}, unpooled_argv, False)
+                        if i < 2:  # warm-up
+                            for values in ((pooled, create_only, spawn_ms) if size
+                                           else (unpooled_code, unpooled_argv)):
+                                values.clear()
+                    if size:
+                        cost = client.get("/v1/status").json()["capabilities"]["sandboxes"]["pool"]
+            finally:
+                node.stop()
+
+    def bare(argv: list[str]) -> Callable[[], float]:
+        def go() -> float:
+            began = time.time()
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            return _first_statement_ms(began, out)
+        return go
+
+    bwrap_py = [*bare_bwrap[:-1], "/usr/bin/python3", "-c", FIRST_STATEMENT]
+    bare_bwrap_py = [bare(bwrap_py)() for _ in range(runs)]
+    subprocess_py = [bare(["/usr/bin/python3", "-c", FIRST_STATEMENT])() for _ in range(runs)]
+    print(f"create call to first Python statement, {runs} runs (ms)")
+    print(f"{'measure':<56}{'p50':>9}{'p99':>9}")
+    for name, values in (
+        ("pool of 2: POST /v1/sandboxes + exec {code}", pooled),
+        ("no pool: POST /v1/sandboxes + exec {code}", unpooled_code),
+        ("no pool: POST /v1/sandboxes + exec python3 -c", unpooled_argv),
+        ("  of which the create call (pool)", create_only),
+        ("  of which the exec's own duration_ms (pool)", spawn_ms),
+        ("bare bwrap --unshare-all python3 -c (no API)", bare_bwrap_py),
+        ("subprocess.run python3 -c (no sandbox)", subprocess_py),
+    ):
+        print(f"{name:<56}{statistics.median(values):9.2f}{pct(values, 0.99):9.2f}")
+    print(f"pool cost: {cost['rss_bytes'] / 2**20:.1f} MiB resident for {cost['ready']} ready sandboxes, "
+          f"a refill start takes {cost['start_ms_p50']} ms (p50)")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--only", choices=["coldstart", "exec"], default=None)
     args = parser.parse_args()
     runs = args.runs
     bwrap = find_bwrap()
     bare_bwrap = [bwrap.path, "--new-session", "--die-with-parent", "--unshare-all", "--ro-bind", "/usr", "/usr",
                   "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                   "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
+    if args.only in (None, "coldstart"):
+        cold_start(max(10, runs // 3), bare_bwrap)
+    if args.only == "coldstart":
+        return
 
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
         # Output cap above the 64 MB the stream rows send.
         node = NodeProcess(Path(tmp) / "node",
-                           env={"EDGENODE_SANDBOXES_MAX_OUTPUT_BYTES": str(2 * STREAM_BYTES)}).start()
+                           env={"EDGENODE_SANDBOXES_MAX_OUTPUT_BYTES": str(2 * STREAM_BYTES),
+                                "EDGENODE_SANDBOXES_POOL_SIZE": "0"}).start()
         try:
             client = node.client(timeout=60)
             created: list[str] = []

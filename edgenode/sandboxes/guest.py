@@ -86,6 +86,8 @@ class GuestSpec:
     pids: int
     hostname: str
     groups: list[int] = field(default_factory=list)
+    #: Ready only once fully warm (a pooled sandbox): its first command must not wait for anything.
+    preload: bool = False
 
 
 class Guest:
@@ -139,7 +141,8 @@ class Guest:
                 init=pipe_with(_GUEST_SOURCE.encode()),
                 run=path_fd(spec.run_dir) if spec.run_dir is not None else None,
             )
-            config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None}
+            config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None,
+                      "preload": spec.preload}
             argv = bw.sandbox_argv(spec.bwrap, mounts, env=spec.env, hostname=spec.hostname,
                                    command=[spec.python, "-I", "-S", bw.GUEST_INIT_PATH, json.dumps(config)])
             kwargs: dict[str, Any] = {}

@@ -467,21 +467,27 @@ def main():
     sel.register(0, selectors.EVENT_READ, ("control",))
     if config.get("proxy"):
         start_forwarder()
+    if config.get("preload"):
+        preload()
     emit({"ev": "ready", "pid": os.getpid()})
-    # Once ready, so it costs the first command only when it comes at once: the site-packages
-    # paths that python3 -c would have, inherited by every fork that runs Python source.
-    try:
-        import site
-
-        site.main()
-    except Exception:
-        pass
+    if not config.get("preload"):
+        preload()  # once ready, so only a command that comes at once waits for it
     buf = b""
     while True:
         reap_orphans()
         buf, alive = dispatch(sel.select(timeout=1.0), buf)
         if not alive:
             return
+
+
+def preload():
+    """The site-packages paths python3 -c would have, inherited by every fork that runs Python source."""
+    try:
+        import site
+
+        site.main()
+    except Exception:
+        pass
 
 
 def dispatch(ready, buf):

@@ -207,6 +207,7 @@ class Sandboxes:
         try:
             async with self._warming:
                 spec = await asyncio.to_thread(self._prepare, record, policy)
+                spec.preload = True
                 runtime = self._runtime_for(record, policy, spec)
                 await runtime.start()
         except BaseException:
