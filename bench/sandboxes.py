@@ -128,7 +128,7 @@ def cold_start(runs: int, bare_bwrap: list[str]) -> None:
                         pool = client.get("/v1/status").json()["capabilities"]["sandboxes"]["pool"]
                         return bool(pool["ready"] == pool["size"])
 
-                    def one(body: dict[str, object], into: list[float], want_pooled: bool) -> None:
+                    def one(body: dict[str, object], into: list[float], want_pooled: bool, size: int = size) -> None:
                         # Not timed: the previous sandbox goes, and the pool is full again.
                         while size and not pool_ready():
                             time.sleep(0.02)
