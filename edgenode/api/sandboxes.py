@@ -14,6 +14,7 @@ from json.encoder import encode_basestring as _json_text
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -308,12 +309,44 @@ async def kill_process(request: Request) -> Response:
     return json(proc)
 
 
+# -- forks -------------------------------------------------------------------------
+
+
+class ForkRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/fork``: the new sandbox's optional name."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="Unique per tenant.")
+
+
+class ForkResponse(BaseModel):
+    """The new sandbox (as ``GET /v1/sandboxes/{id}`` shows it) and how it was made."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    name: str | None
+    state: str
+    forked_from: str = Field(description="The source sandbox's id.")
+    source_released: bool = Field(description="Whether the source's processes had to be released "
+                                              "(it had written since it was last frozen).")
+    fork_ms: float = Field(description="Time the node took to make the fork, in ms.")
+
+
+async def fork(request: Request) -> Response:
+    """Fork a sandbox: a new one whose workspace is a copy-on-write copy of this one's."""
+    data = await read_json(request, optional=True)
+    field(data, "name", str, None)  # its kind here; its pattern and uniqueness by the capability
+    body = await _sandboxes(request).fork(principal(request), request.path_params["id"], data)
+    return json(body, status=201)
+
+
 routes = [
     Route("/v1/sandboxes", create, methods=["POST"]),
     Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
     Route("/v1/sandboxes/{id}", get, methods=["GET"]),
     Route("/v1/sandboxes/{id}", delete, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/release", release, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/fork", fork, methods=["POST"]),
     Route("/v1/sandboxes/{id}/exec", exec_command, methods=["POST"]),
     Route("/v1/sandboxes/{id}/files", read_file, methods=["GET"]),
     Route("/v1/sandboxes/{id}/files/{path:path}", read_file, methods=["GET"]),

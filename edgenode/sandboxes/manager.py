@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 from edgenode.auth import Principal
 from edgenode.egress import AddressPolicy
 from edgenode.errors import (
+    Conflict,
     Overloaded,
     SandboxProcessNotFound,
     SandboxQuotaExceeded,
@@ -39,6 +40,7 @@ from edgenode.sandboxes.acl import grant_group_search, has_group_search
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
 from edgenode.sandboxes.execution import ExecSpec, Execution
 from edgenode.sandboxes.guest import GuestSpec, guest_python
+from edgenode.sandboxes.layers import MAX_LAYERS, LayerStore, overlay_supported
 from edgenode.sandboxes.limits import (
     MIB,
     Limits,
@@ -97,6 +99,9 @@ class Sandboxes:
         #: uid slots held by pooled sandboxes that have no record yet.
         self.reserved_slots: set[int] = set()
         self.pool = WarmPool(self.settings.pool_size, self._prestart, self._discard_prestarted)
+        self.layers = LayerStore(self.root / "layers")
+        self.forks_unavailable = overlay_supported()
+        self._fork_locks: dict[str, asyncio.Lock] = {}
         registry = node.metrics.registry
         self._pool_takes = Counter("edgenode_sandbox_pool_takes", "Sandbox creates by whether the pool served "
                                    "them (hit), had none ready (miss) or the tenant was over its share.",
@@ -119,6 +124,7 @@ class Sandboxes:
             if self.as_root:
                 await asyncio.to_thread(self._open_path_to_root)
             await asyncio.to_thread(self._remove_orphans)
+            await asyncio.to_thread(self._mount_stacked)
         except (Unavailable, RuntimeError, OSError) as exc:
             self.unavailable = str(exc)
             log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
@@ -137,6 +143,9 @@ class Sandboxes:
             with contextlib.suppress(BaseException):
                 await task
         await asyncio.gather(*(self._release(sid) for sid in list(self.runtimes)), return_exceptions=True)
+        if self.forks_unavailable is None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._unmount_stacked)
         self.db.close()
 
     def status(self) -> dict[str, Any]:
@@ -156,6 +165,7 @@ class Sandboxes:
             "running": len(self.runtimes),
             "max_running": self.settings.max_running,
             "pool": self.pool.status(),
+            "forks": "overlayfs" if self.forks_unavailable is None else f"unavailable: {self.forks_unavailable}",
             "idle_timeout_s": self.settings.idle_timeout_s,
         }
 
@@ -191,6 +201,22 @@ class Sandboxes:
             if entry.name.startswith("sb_") and entry.name not in known:
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def _stacked(self) -> list[SandboxRecord]:
+        return [r for r in self.store.all_sync() if r.layers]
+
+    def _mount_stacked(self) -> None:
+        """Mount the workspaces stacked on layers (forks and their sources); mounts do not outlive the node."""
+        for record in self._stacked():
+            if not os.path.ismount(self._dir(record.id) / "workspace"):
+                try:
+                    self.layers.mount(self._dir(record.id), record.layers, self._owner(record))
+                except (OSError, SandboxUnavailable) as exc:
+                    log.warning("cannot mount a forked workspace", extra={"sandbox": record.id, "error": str(exc)})
+
+    def _unmount_stacked(self) -> None:
+        for record in self._stacked():
+            self.layers.unmount(self._dir(record.id))
+
     def _pool_rss(self) -> float:
         return float(sum(process_tree_rss(e.runtime.guest.proc.pid) for e in list(self.pool.ready)
                          if e.runtime.guest.proc is not None))
@@ -204,6 +230,7 @@ class Sandboxes:
         record = SandboxRecord("sb_" + secrets.token_hex(8), "", None, time.time(), time.time(),
                                policy.as_json(), limits.as_dict(), slot)
         began = time.perf_counter()
+        runtime: SandboxRuntime | None = None
         try:
             async with self._warming:
                 spec = await asyncio.to_thread(self._prepare, record, policy)
@@ -211,8 +238,12 @@ class Sandboxes:
                 runtime = self._runtime_for(record, policy, spec)
                 await runtime.start()
         except BaseException:
-            self.reserved_slots.discard(slot)
-            await asyncio.to_thread(shutil.rmtree, self._dir(record.id), True)
+            # Cancelled by the node's stop mid-start too: nothing of it may outlive the node.
+            with contextlib.suppress(BaseException):
+                if runtime is not None:
+                    await asyncio.shield(runtime.stop())
+                self.reserved_slots.discard(slot)
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, self._dir(record.id), True))
             raise
         return Prestarted(record.id, slot, self._dir(record.id), runtime, (time.perf_counter() - began) * 1000)
 
@@ -290,16 +321,10 @@ class Sandboxes:
         unknown = set(data) - {"name", "network", "limits"}
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-        name = data.get("name")
-        if name is not None and (not isinstance(name, str) or not _NAME.match(name) or name.startswith("sb_")):
-            raise ValidationFailed("field 'name' must be lower-case letters, digits, '.', '_' or '-' "
-                                   "(up to 63, not starting with 'sb_')", field="name")
+        name = _check_name(data.get("name"))
         policy = parse_policy(data.get("network"))
         limits = resolve_limits(data.get("limits"), self.settings)
-        cap = self.settings.max_per_tenant
-        if cap > 0 and await self.store.count_for(principal.tenant) >= cap:
-            raise TenantQuotaExceeded(f"this tenant has {cap} sandboxes, as many as the node allows one tenant; "
-                                      "delete one first", limit=cap, retry_after=60)
+        await self._check_count(principal.tenant)
         self.pool.wake()  # the first create of any kind starts the pool filling
         if name is None:
             # Pooled sandboxes are started before their name is known (bwrap sets the host name).
@@ -320,6 +345,83 @@ class Sandboxes:
         self._warm_tasks[sandbox_id] = warm
         warm.add_done_callback(lambda t: self._warm_tasks.pop(sandbox_id, None))
         return {**self._describe(record), "pooled": False}
+
+    async def _check_count(self, tenant: str) -> None:
+        cap = self.settings.max_per_tenant
+        if cap > 0 and await self.store.count_for(tenant) >= cap:
+            raise TenantQuotaExceeded(f"this tenant has {cap} sandboxes, as many as the node allows one tenant; "
+                                      "delete one first", limit=cap, retry_after=60)
+
+    async def fork(self, principal: Principal, ref: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A new sandbox whose workspace starts as a copy-on-write copy of ``ref``'s: ``{"name"?}``.
+
+        The source's workspace is frozen into a layer that both stack (see layers.py); when the
+        source has written nothing since it was last frozen, its processes go on untouched,
+        else they are released first (a live process would keep writing into the frozen layer).
+        Network policy and limits are the source's; ``/tmp`` and processes are not copied.
+        """
+        self._require()
+        if self.forks_unavailable is not None:
+            raise SandboxUnavailable(f"forks are not available on this node: {self.forks_unavailable}")
+        unknown = set(data) - {"name"}
+        if unknown:
+            raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        name = _check_name(data.get("name"))
+        self.node.store.require_space("sandbox workspaces")
+        source = await self.store.get(principal.tenant, ref)
+        await self._check_count(principal.tenant)
+        began = time.perf_counter()
+        released = False
+        async with self._fork_locks.setdefault(source.id, asyncio.Lock()):
+            source = await self.store.get(principal.tenant, source.id)
+            layers = source.layers
+            if not layers or not await asyncio.to_thread(self.layers.upper_is_empty, self._dir(source.id)):
+                if len(layers) >= MAX_LAYERS:
+                    raise Conflict(f"this workspace is a fork {MAX_LAYERS} levels deep, the most a node stacks; "
+                                   "fork an earlier one")
+                if source.id in self.runtimes or source.id in self._starting:
+                    starting = self._starting.get(source.id)
+                    if starting is not None:
+                        with contextlib.suppress(BaseException):
+                            await starting
+                    await self._release(source.id)
+                    released = True
+                layers = await asyncio.to_thread(self._freeze, source)
+                await self.store.set_layers(source.id, layers)
+            record = await self.store.insert(id="sb_" + secrets.token_hex(8), tenant=principal.tenant, name=name,
+                                             network=source.network, limits=source.limits,
+                                             reserved=self.reserved_slots, layers=layers)
+            try:
+                await asyncio.to_thread(self._make_stacked, record)
+            except BaseException:
+                await self.store.delete(record.id)
+                await asyncio.to_thread(self._remove_dir, record)
+                raise
+        return {**self._describe(record), "forked_from": source.id, "source_released": released,
+                "fork_ms": round((time.perf_counter() - began) * 1000, 3)}
+
+    def _freeze(self, record: SandboxRecord) -> list[str]:
+        """Freeze what the workspace holds into a new layer and stack it anew; returns its layers."""
+        base = self._dir(record.id)
+        if record.layers:
+            self.layers.unmount(base)
+            layers = [self.layers.freeze(base / "upper"), *record.layers]
+        else:
+            layers = [self.layers.freeze(base / "workspace")]
+        self.layers.mount(base, layers, self._owner(record))
+        return layers
+
+    def _make_stacked(self, record: SandboxRecord) -> None:
+        self._make_dirs(record)
+        self.layers.mount(self._dir(record.id), record.layers, self._owner(record))
+
+    def _remove_dir(self, record: SandboxRecord) -> None:
+        """Remove a sandbox's directory (its overlay unmounted first) and the layers nothing stacks any more."""
+        if record.layers:
+            self.layers.unmount(self._dir(record.id))
+        shutil.rmtree(self._dir(record.id), True)
+        if record.layers:
+            self.layers.collect({layer for r in self._stacked() for layer in r.layers})
 
     def _make_dirs(self, record: SandboxRecord) -> None:
         base = self._dir(record.id)
@@ -375,7 +477,7 @@ class Sandboxes:
                 await task
         await self._release(record.id)
         await self.store.delete(record.id)
-        await asyncio.to_thread(shutil.rmtree, self._dir(record.id), True)
+        await asyncio.to_thread(self._remove_dir, record)
 
     # -- processes -------------------------------------------------------------
 
@@ -629,6 +731,13 @@ class Sandboxes:
                 await self._release(sandbox_id)
                 released.append(sandbox_id)
         return released
+
+
+def _check_name(name: Any) -> str | None:
+    if name is not None and (not isinstance(name, str) or not _NAME.match(name) or name.startswith("sb_")):
+        raise ValidationFailed("field 'name' must be lower-case letters, digits, '.', '_' or '-' "
+                               "(up to 63, not starting with 'sb_')", field="name")
+    return name
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:

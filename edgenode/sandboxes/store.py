@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgenode.errors import Conflict, SandboxNotFound
@@ -29,7 +29,11 @@ def _create_tables(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX sandboxes_tenant ON sandboxes(tenant, created_at)")
 
 
-MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables)]
+def _add_layers(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE sandboxes ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'")
+
+
+MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables), Migration("sandboxes-0002-layers", _add_layers)]
 
 
 @dataclass
@@ -44,12 +48,14 @@ class SandboxRecord:
     network: Any
     limits: dict[str, Any]
     uid_slot: int
+    #: The frozen layers (top first) the workspace is stacked on; empty for a plain directory.
+    layers: list[str] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> SandboxRecord:
         """A record from a ``sandboxes`` row."""
         return cls(row["id"], row["tenant"], row["name"], row["created_at"], row["last_used_at"],
-                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"])
+                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"], json.loads(row["layers"]))
 
 
 def _free_slot(conn: sqlite3.Connection, reserved: set[int] | frozenset[int]) -> int:
@@ -68,7 +74,8 @@ class SandboxStore:
 
     async def insert(self, *, id: str, tenant: str, name: str | None, network: Any,
                      limits: dict[str, Any], uid_slot: int | None = None,
-                     reserved: set[int] | frozenset[int] = frozenset()) -> SandboxRecord:
+                     reserved: set[int] | frozenset[int] = frozenset(),
+                     layers: list[str] | None = None) -> SandboxRecord:
         """Store a new sandbox with ``uid_slot``, else the lowest uid slot neither taken nor ``reserved``;
         409 if the name is taken."""
         now = time.time()
@@ -80,11 +87,11 @@ class SandboxStore:
                 raise Conflict(f"a sandbox named {name!r} already exists")
             slot = uid_slot if uid_slot is not None else _free_slot(conn, reserved)
             conn.execute(
-                "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot),
+                "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot,"
+                " layers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot, json.dumps(layers or [])),
             )
-            return SandboxRecord(id, tenant, name, now, now, network, limits, slot)
+            return SandboxRecord(id, tenant, name, now, now, network, limits, slot, list(layers or []))
 
         return await self.db.write(insert)
 
@@ -134,6 +141,11 @@ class SandboxStore:
         """Record use, for the idle reaper and listings."""
         await self.db.write(lambda c: c.execute(
             "UPDATE sandboxes SET last_used_at = ? WHERE id = ?", (when, sandbox_id)))
+
+    async def set_layers(self, sandbox_id: str, layers: list[str]) -> None:
+        """Record the layers a workspace is now stacked on."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE sandboxes SET layers = ? WHERE id = ?", (json.dumps(layers), sandbox_id)))
 
     async def delete(self, sandbox_id: str) -> None:
         """Forget a sandbox."""
