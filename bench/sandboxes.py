@@ -12,7 +12,12 @@ A second table: other clients' ``/healthz`` latency while one sandbox sends 64 M
 output to a slow reader (as events, and as one JSON result), against the same probe
 with no stream, in the same run.
 
-    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|exec]
+A fork table: ``POST /v1/sandboxes/{id}/fork`` time and the disk a fork takes, for
+workspaces of 10 MB, 100 MB and 1 GB (1 MiB files), beside what the other ways to copy a
+workspace cost on the same file system in the same run: ``cp -a``, ``cp --reflink=always``
+and a hard-link farm.
+
+    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|fork|exec]
 """
 
 from __future__ import annotations
@@ -186,10 +191,95 @@ def cold_start(runs: int, bare_bwrap: list[str]) -> None:
     print()
 
 
+FORK_SIZES_MB = (10, 100, 1000)
+
+
+def _tree_bytes(root: Path) -> int:
+    from edgenode.sandboxes.limits import measure
+
+    return measure(root).bytes
+
+
+def _copy_costs(tmp: Path, size_mb: int) -> dict[str, str]:
+    """cp -a, cp --reflink and a hard-link farm of a workspace of ``size_mb`` 1 MiB files, on this file system."""
+    import os
+    import shutil
+
+    src = tmp / f"src{size_mb}"
+    src.mkdir()
+    block = b"\0" * (1 << 20)
+    for i in range(size_mb):
+        (src / f"f{i}").write_bytes(block)
+    out: dict[str, str] = {}
+    began = time.perf_counter()
+    subprocess.run(["cp", "-a", str(src), str(tmp / "copy")], check=True)
+    out["cp -a"] = f"{(time.perf_counter() - began) * 1000:.1f} ms, {_tree_bytes(tmp / 'copy') / 1e6:.0f} MB"
+    shutil.rmtree(tmp / "copy")
+    began = time.perf_counter()
+    reflink = subprocess.run(["cp", "-a", "--reflink=always", str(src), str(tmp / "reflink")], capture_output=True)
+    out["cp --reflink"] = (f"{(time.perf_counter() - began) * 1000:.1f} ms" if reflink.returncode == 0
+                           else "not supported by this file system")
+    shutil.rmtree(tmp / "reflink", ignore_errors=True)
+    began = time.perf_counter()
+    farm = tmp / "farm"
+    farm.mkdir()
+    for entry in os.scandir(src):
+        os.link(entry.path, farm / entry.name)
+    out["hard-link farm"] = f"{(time.perf_counter() - began) * 1000:.1f} ms, 0 MB (in-place writes leak to all)"
+    shutil.rmtree(farm)
+    shutil.rmtree(src)
+    return out
+
+
+def fork_bench(runs: int) -> None:
+    """Fork time and disk per workspace size, beside cp -a, reflink and a hard-link farm."""
+    rows: list[tuple[int, list[float], list[float], float, int, dict[str, str]]] = []
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        node = NodeProcess(Path(tmp) / "node", env={"EDGENODE_SANDBOXES_POOL_SIZE": "0"}).start()
+        try:
+            with node.client(timeout=600) as client:
+                for size_mb in FORK_SIZES_MB:
+                    sid = client.post("/v1/sandboxes", json={"limits": {"disk_mb": size_mb + 200}}).json()["id"]
+                    fill = f"i=0; while [ $i -lt {size_mb} ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done"
+                    assert client.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": fill}).json()["exit_code"] == 0
+                    began = time.perf_counter()
+                    first = client.post(f"/v1/sandboxes/{sid}/fork", json={}).json()
+                    first_ms = (time.perf_counter() - began) * 1000
+                    assert first["source_released"] is True
+                    calls: list[float] = []
+                    own: list[float] = []
+                    forks = [first["id"]]
+                    for _ in range(runs):
+                        began = time.perf_counter()
+                        made = client.post(f"/v1/sandboxes/{sid}/fork", json={}).json()
+                        calls.append((time.perf_counter() - began) * 1000)
+                        own.append(made["fork_ms"])
+                        forks.append(made["id"])
+                    # What a fork holds of its own on disk: its upper and work directories (no copy).
+                    base = node.data_dir / "sandboxes" / forks[-1]
+                    fork_disk = _tree_bytes(base / "upper") + _tree_bytes(base / "work")
+                    seen = client.get(f"/v1/sandboxes/{forks[-1]}").json()["disk_used_bytes"]
+                    assert seen >= size_mb * (1 << 20), seen
+                    rows.append((size_mb, calls, own, first_ms, fork_disk, _copy_costs(Path(tmp), size_mb)))
+                    for other in [sid, *forks]:
+                        client.delete(f"/v1/sandboxes/{other}")
+        finally:
+            node.stop()
+    print(f"fork of a workspace of 1 MiB files, {runs} forks per size (ms; HTTP call and the node's own fork_ms)")
+    print(f"{'size':>8} {'call p50':>9} {'call p99':>9} {'node p50':>9} {'1st fork':>9} {'fork disk':>10}  "
+          "same tree on this file system")
+    for size_mb, calls, own, first_ms, disk, copies in rows:
+        print(f"{size_mb:>6}MB {statistics.median(calls):9.2f} {pct(calls, 0.99):9.2f} "
+              f"{statistics.median(own):9.2f} {first_ms:9.2f} {disk / 1024:8.0f}KB  "
+              + "; ".join(f"{k}: {v}" for k, v in copies.items()))
+    print("1st fork: the source had written since its last fork, so its processes were released first")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--only", choices=["coldstart", "exec"], default=None)
+    parser.add_argument("--only", choices=["coldstart", "fork", "exec"], default=None)
     args = parser.parse_args()
     runs = args.runs
     bwrap = find_bwrap()
@@ -198,7 +288,9 @@ def main() -> None:
                   "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
     if args.only in (None, "coldstart"):
         cold_start(max(10, runs // 3), bare_bwrap)
-    if args.only == "coldstart":
+    if args.only in (None, "fork"):
+        fork_bench(max(10, runs // 5))
+    if args.only in ("coldstart", "fork"):
         return
 
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:

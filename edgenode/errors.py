@@ -521,6 +521,19 @@ class SandboxQuotaExceeded(EdgenodeError):
         return {"Connection": "close"}
 
 
+class SandboxPortNotExposed(NotFound):
+    """The sandbox's owner has not exposed this port (or not publicly, for a public URL)."""
+
+    code = "port_not_exposed"
+
+
+class SandboxPortUnreachable(EdgenodeError):
+    """Nothing answers on an exposed port inside the sandbox, or its processes are not running."""
+
+    code = "port_unreachable"
+    status = 502
+
+
 class SandboxUnavailable(Unavailable):
     """The sandbox runtime (bwrap, the in-sandbox supervisor) could not be started."""
 

@@ -12,24 +12,34 @@ import stat
 from collections.abc import AsyncIterator, Coroutine
 from json.encoder import encode_basestring as _json_text
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpcore
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from edgenode.api.common import field, json, node_of, principal, read_json
+from edgenode.api.common import TENANT_HEADER, field, json, node_of, principal, read_json
 from edgenode.api.parsing import INT_MAX, check_path, dumps, query_bool, query_int
-from edgenode.errors import Conflict, ValidationFailed
+from edgenode.auth import Principal
+from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
+from edgenode.sandboxes.ports import _Stream as _PortStream
+
+if TYPE_CHECKING:
+    from edgenode.node import Node
 
 T = TypeVar("T")
+#: Public sandbox ports check nothing but the port's own ``public`` flag (and the node's setting).
+public = ("/sp/",)
 READ_CHUNK = 256 * 1024
 #: Bytes of server-sent events gathered into one write.
 SSE_WRITE_BYTES = 64 * 1024
 _PARTIAL = ',"partial":true'
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
 
 
@@ -340,6 +350,218 @@ async def fork(request: Request) -> Response:
     return json(body, status=201)
 
 
+# -- exposed ports ------------------------------------------------------------------
+
+
+class ExposePortRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/ports``: a TCP port a server in the sandbox listens on (127.0.0.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(ge=1, le=65535)
+    public: bool = Field(False, description="Reachable without a token under /sp/ (needs sandboxes.public_ports).")
+
+
+class ExposedPort(BaseModel):
+    """An exposed port and where the node serves it."""
+
+    port: int
+    public: bool
+    path: str = Field(description="Path on the node, with the owner's token: HTTP and WebSocket.")
+    url: str
+    public_path: str | None = None
+    public_url: str | None = None
+
+
+class ExposedPorts(BaseModel):
+    """``GET /v1/sandboxes/{id}/ports``."""
+
+    ports: list[ExposedPort]
+
+
+def _port(raw: Any) -> int:
+    if isinstance(raw, str):
+        if not (raw.isascii() and raw.isdigit()):
+            raise ValidationFailed("port must be a number from 1 to 65535", field="port")
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise ValidationFailed("port must be a number from 1 to 65535", field="port")
+    return raw
+
+
+async def expose_port(request: Request) -> Response:
+    """Expose a port: ``{"port", "public"?}``; answers its URL."""
+    data = await read_json(request)
+    unknown = set(data) - {"port", "public"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    port = _port(field(data, "port", int, required=True))
+    exposed = await _sandboxes(request).expose_port(principal(request), request.path_params["id"], port,
+                                                    field(data, "public", bool, False))
+    return json(exposed, status=201)
+
+
+async def list_ports(request: Request) -> Response:
+    """The sandbox's exposed ports."""
+    return json({"ports": await _sandboxes(request).list_ports(principal(request), request.path_params["id"])})
+
+
+async def unexpose_port(request: Request) -> Response:
+    """Stop serving a port."""
+    await _sandboxes(request).unexpose_port(principal(request), request.path_params["id"],
+                                            _port(request.path_params["port"]))
+    return Response(status_code=204)
+
+
+#: Request headers that stay at the node: the caller's credentials and hop-by-hop fields.
+_PROXY_DROPPED = {"authorization", "cookie", TENANT_HEADER.lower(), "connection", "keep-alive", "te", "trailer",
+                  "transfer-encoding", "upgrade", "proxy-authorization", "host"}
+_RESPONSE_DROPPED = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
+
+
+async def _proxy(request: Request, caller: Principal | None) -> Response:
+    from edgenode.api.workers import _PUBLIC_REFUSED, PUBLIC_CSP
+
+    port = _port(request.path_params["port"])
+    backend = await _sandboxes(request).port_backend(caller, request.path_params["id"], port)
+    target = "/" + request.path_params.get("path", "")
+    if request.url.query:
+        target += "?" + request.url.query
+    headers = [(k, v) for k, v in request.headers.items() if k not in _PROXY_DROPPED]
+    headers.append(("host", f"127.0.0.1:{port}"))
+    if "content-length" not in request.headers and request.method not in ("GET", "HEAD"):
+        headers.append(("transfer-encoding", "chunked"))
+    connection = httpcore.AsyncHTTPConnection(httpcore.Origin(b"http", b"127.0.0.1", port), network_backend=backend)
+    body = request.stream() if request.method not in ("GET", "HEAD") else None
+    try:
+        upstream = await connection.request(request.method, f"http://127.0.0.1:{port}{target}", headers=headers,
+                                            content=body, extensions={"timeout": {"connect": 10, "read": 300}})
+    except (httpcore.ConnectError, httpcore.ReadError, httpcore.RemoteProtocolError, httpcore.TimeoutException,
+            OSError) as exc:
+        await connection.aclose()
+        raise SandboxPortUnreachable(f"port {port} in the sandbox did not answer: {type(exc).__name__}") from None
+    except EdgenodeError:
+        await connection.aclose()
+        raise
+    await connection.aclose()
+    refused = _RESPONSE_DROPPED | (_PUBLIC_REFUSED if caller is None else {"set-cookie", "set-cookie2"})
+    response = Response(upstream.content, status_code=upstream.status)
+    for key, value in upstream.headers:
+        if key.decode("latin-1").lower() not in refused:
+            response.headers.append(key.decode("latin-1"), value.decode("latin-1"))
+    if caller is None:
+        response.headers["content-security-policy"] = PUBLIC_CSP
+        response.headers["x-content-type-options"] = "nosniff"
+    return response
+
+
+async def proxy_port(request: Request) -> Response:
+    """HTTP into an exposed port, with the owner's token."""
+    return await _proxy(request, principal(request))
+
+
+async def proxy_public_port(request: Request) -> Response:
+    """HTTP into a public port: no token."""
+    return await _proxy(request, None)
+
+
+def _ws_node(websocket: WebSocket) -> Node:
+    node: Node = websocket.app.state.node
+    return node
+
+
+def _ws_principal(websocket: WebSocket) -> Principal:
+    """WebSockets pass by the HTTP middleware: the bearer token is checked here."""
+    value = websocket.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    found: Principal = _ws_node(websocket).auth.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    return found.acting_for(websocket.headers.get(TENANT_HEADER) or None)
+
+
+async def _ws_proxy(websocket: WebSocket, caller: Principal | None) -> None:
+    import wsproto
+    from wsproto import events as ws
+
+    try:
+        port = _port(websocket.path_params["port"])
+        caps: Sandboxes = _ws_node(websocket).sandboxes
+        backend = await caps.port_backend(caller, websocket.path_params["id"], port)
+        stream = await backend.connect_tcp("127.0.0.1", port)
+    except EdgenodeError as exc:
+        await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    assert isinstance(stream, _PortStream)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    target = "/" + websocket.path_params.get("path", "")
+    if websocket.url.query:
+        target += "?" + websocket.url.query
+    protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    await stream.write(client.send(ws.Request(host=f"127.0.0.1:{port}", target=target, subprotocols=protocols)))
+    accepted = False
+    while not accepted:
+        data = await stream.reader.read(65536)
+        if not data:
+            await websocket.close(code=1011, reason="the sandbox's server closed the connection")
+            return
+        client.receive_data(data)
+        for event in client.events():
+            if isinstance(event, ws.AcceptConnection):
+                accepted = True
+                await websocket.accept(subprotocol=event.subprotocol)
+            elif isinstance(event, ws.RejectConnection):
+                await websocket.close(code=1011, reason="the sandbox's server refused the WebSocket")
+                return
+
+    async def inbound() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                await stream.write(client.send(ws.CloseConnection(code=1000)))
+                return
+            if message.get("bytes") is not None:
+                await stream.write(client.send(ws.BytesMessage(data=message["bytes"])))
+            elif message.get("text") is not None:
+                await stream.write(client.send(ws.TextMessage(data=message["text"])))
+
+    async def outbound() -> None:
+        while data := await stream.reader.read(65536):
+            client.receive_data(data)
+            for event in client.events():
+                if isinstance(event, ws.TextMessage):
+                    await websocket.send_text(event.data)
+                elif isinstance(event, ws.BytesMessage):
+                    await websocket.send_bytes(bytes(event.data))
+                elif isinstance(event, ws.Ping):
+                    await stream.write(client.send(event.response()))
+                elif isinstance(event, ws.CloseConnection):
+                    return
+
+    tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await stream.aclose()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def ws_port(websocket: WebSocket) -> None:
+    """A WebSocket into an exposed port, with the owner's token."""
+    try:
+        caller = _ws_principal(websocket)
+    except EdgenodeError as exc:
+        await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    await _ws_proxy(websocket, caller)
+
+
+async def ws_public_port(websocket: WebSocket) -> None:
+    """A WebSocket into a public port: no token."""
+    await _ws_proxy(websocket, None)
+
+
 routes = [
     Route("/v1/sandboxes", create, methods=["POST"]),
     Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
@@ -347,6 +569,13 @@ routes = [
     Route("/v1/sandboxes/{id}", delete, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/release", release, methods=["POST"]),
     Route("/v1/sandboxes/{id}/fork", fork, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/ports", expose_port, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/ports", list_ports, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/ports/{port}", unexpose_port, methods=["DELETE"]),
+    Route("/v1/sandboxes/{id}/ports/{port}/{path:path}", proxy_port, methods=_ALL_METHODS),
+    Route("/sp/{id}/{port}/{path:path}", proxy_public_port, methods=_ALL_METHODS),
+    WebSocketRoute("/v1/sandboxes/{id}/ports/{port}/{path:path}", ws_port),
+    WebSocketRoute("/sp/{id}/{port}/{path:path}", ws_public_port),
     Route("/v1/sandboxes/{id}/exec", exec_command, methods=["POST"]),
     Route("/v1/sandboxes/{id}/files", read_file, methods=["GET"]),
     Route("/v1/sandboxes/{id}/files/{path:path}", read_file, methods=["GET"]),

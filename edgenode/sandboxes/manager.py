@@ -26,7 +26,10 @@ from edgenode.auth import Principal
 from edgenode.egress import AddressPolicy
 from edgenode.errors import (
     Conflict,
+    Forbidden,
     Overloaded,
+    SandboxPortNotExposed,
+    SandboxPortUnreachable,
     SandboxProcessNotFound,
     SandboxQuotaExceeded,
     SandboxUnavailable,
@@ -51,6 +54,7 @@ from edgenode.sandboxes.limits import (
 )
 from edgenode.sandboxes.paths import Workspace
 from edgenode.sandboxes.pool import Prestarted, WarmPool, process_tree_rss
+from edgenode.sandboxes.ports import SandboxPortBackend
 from edgenode.sandboxes.runtime import BackgroundProcess, SandboxRuntime, reset_dir
 from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
 from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
@@ -671,6 +675,49 @@ class Sandboxes:
         await self.get_process(principal, ref, proc_id)
         assert runtime is not None
         return runtime.follow_log(proc_id, follow=follow, offset=offset)
+
+    # -- exposed ports -------------------------------------------------------------
+
+    def _port_json(self, record: SandboxRecord, port: int, public: bool) -> dict[str, Any]:
+        path = f"/v1/sandboxes/{record.id}/ports/{port}/"
+        body: dict[str, Any] = {"port": port, "public": public, "path": path, "url": (self.node.url or "") + path}
+        if public:
+            body["public_path"] = f"/sp/{record.id}/{port}/"
+            body["public_url"] = (self.node.url or "") + body["public_path"]
+        return body
+
+    async def expose_port(self, principal: Principal, ref: str, port: int, public: bool) -> dict[str, Any]:
+        """Let the owner reach ``port`` inside the sandbox through the node (anyone, with ``public``)."""
+        record = await self.store.get(principal.tenant, ref)
+        if public and not self.settings.public_ports:
+            raise Forbidden("this node does not serve public sandbox ports (setting sandboxes.public_ports)")
+        await self.store.expose(record.id, port, public)
+        return self._port_json(record, port, public)
+
+    async def list_ports(self, principal: Principal, ref: str) -> list[dict[str, Any]]:
+        """The sandbox's exposed ports and their URLs."""
+        record = await self.store.get(principal.tenant, ref)
+        return [self._port_json(record, port, public) for port, public in (await self.store.ports(record.id)).items()]
+
+    async def unexpose_port(self, principal: Principal, ref: str, port: int) -> None:
+        """Stop serving ``port``; 404 if it was not exposed."""
+        record = await self.store.get(principal.tenant, ref)
+        if not await self.store.unexpose(record.id, port):
+            raise SandboxPortNotExposed(f"port {port} of this sandbox is not exposed")
+
+    async def port_backend(self, principal: Principal | None, ref: str, port: int) -> SandboxPortBackend:
+        """A dialler into the sandbox for an exposed port: the owner's (``principal``), or anyone's for a
+        public port (``principal`` None); the same 404 for what is not exposed and what is not public."""
+        record = await (self.store.get(principal.tenant, ref) if principal is not None else self.store.by_id(ref))
+        ports = await self.store.ports(record.id)
+        if port not in ports or (principal is None and not (ports[port] and self.settings.public_ports)):
+            raise SandboxPortNotExposed(f"port {port} of this sandbox is not exposed")
+        runtime = self.runtimes.get(record.id)
+        if runtime is None or not runtime.alive or runtime.guest.proc is None:
+            raise SandboxPortUnreachable("the sandbox's processes are not running: start its server as a "
+                                         "background process")
+        runtime.last_used = time.time()
+        return SandboxPortBackend(runtime.guest.proc.pid)
 
     # -- files -----------------------------------------------------------------
 

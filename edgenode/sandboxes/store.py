@@ -33,7 +33,20 @@ def _add_layers(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sandboxes ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'")
 
 
-MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables), Migration("sandboxes-0002-layers", _add_layers)]
+def _add_ports(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE sandbox_ports (
+            sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+            port INTEGER NOT NULL,
+            public INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (sandbox_id, port)
+        )"""
+    )
+
+
+MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables), Migration("sandboxes-0002-layers", _add_layers),
+              Migration("sandboxes-0003-ports", _add_ports)]
 
 
 @dataclass
@@ -148,8 +161,38 @@ class SandboxStore:
             "UPDATE sandboxes SET layers = ? WHERE id = ?", (json.dumps(layers), sandbox_id)))
 
     async def delete(self, sandbox_id: str) -> None:
-        """Forget a sandbox."""
-        await self.db.write(lambda c: c.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
+        """Forget a sandbox (and the ports it exposed)."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM sandbox_ports WHERE sandbox_id = ?", (sandbox_id,))
+            conn.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+        await self.db.write(delete)
+
+    async def expose(self, sandbox_id: str, port: int, public: bool) -> None:
+        """Record that ``port`` of the sandbox may be reached through the node."""
+        await self.db.write(lambda c: c.execute(
+            "INSERT INTO sandbox_ports (sandbox_id, port, public, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (sandbox_id, port) DO UPDATE SET public = excluded.public",
+            (sandbox_id, port, int(public), time.time())))
+
+    async def unexpose(self, sandbox_id: str, port: int) -> bool:
+        """Forget an exposed port; whether it was exposed."""
+        return bool(await self.db.write(lambda c: c.execute(
+            "DELETE FROM sandbox_ports WHERE sandbox_id = ? AND port = ?", (sandbox_id, port)).rowcount))
+
+    async def ports(self, sandbox_id: str) -> dict[int, bool]:
+        """The sandbox's exposed ports and whether each is public."""
+        return await self.db.read(lambda c: {int(r[0]): bool(r[1]) for r in c.execute(
+            "SELECT port, public FROM sandbox_ports WHERE sandbox_id = ? ORDER BY port", (sandbox_id,))})
+
+    async def by_id(self, sandbox_id: str) -> SandboxRecord:
+        """Any tenant's sandbox by id (for public ports, whose URL names no tenant); 404 otherwise."""
+        row = await self.db.read(lambda c: c.execute("SELECT * FROM sandboxes WHERE id = ?",
+                                                      (sandbox_id,)).fetchone())
+        if row is None:
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+        return SandboxRecord.from_row(row)
 
 
 __all__ = ["MIGRATIONS", "SandboxRecord", "SandboxStore"]
