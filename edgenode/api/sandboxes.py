@@ -22,7 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from edgenode.api.common import TENANT_HEADER, field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, check_path, dumps, query_bool, query_int
+from edgenode.api.parsing import INT_MAX, check_path, dumps, parse_json, query_bool, query_int
 from edgenode.auth import Principal
 from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
@@ -562,6 +562,151 @@ async def ws_public_port(websocket: WebSocket) -> None:
     await _ws_proxy(websocket, None)
 
 
+# -- sessions ------------------------------------------------------------------------
+
+
+class SessionRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/sessions``: the defaults of the commands that name the session."""
+
+    model_config = ConfigDict(extra="forbid")
+    cwd: str | None = Field(None, description="Relative to /workspace unless absolute.")
+    env: dict[str, str] | None = None
+
+
+class SessionResponse(BaseModel):
+    """A session: pass ``"session": id`` to exec, processes or ``?session=`` to the terminal."""
+
+    id: str
+    cwd: str
+    env: dict[str, str]
+
+
+async def create_session(request: Request) -> Response:
+    """A session with its own cwd and env, sharing the sandbox's files."""
+    data = await read_json(request, optional=True)
+    field(data, "cwd", str, None)
+    field(data, "env", dict, None)
+    body = await _sandboxes(request).create_session(principal(request), request.path_params["id"], data)
+    return json(body, status=201)
+
+
+async def list_sessions(request: Request) -> Response:
+    """The sandbox's sessions."""
+    return json({"sessions": await _sandboxes(request).list_sessions(principal(request),
+                                                                     request.path_params["id"])})
+
+
+async def delete_session(request: Request) -> Response:
+    """Forget a session."""
+    await _sandboxes(request).delete_session(principal(request), request.path_params["id"],
+                                             request.path_params["session"])
+    return Response(status_code=204)
+
+
+# -- terminals -----------------------------------------------------------------------
+
+
+class TerminalControl(BaseModel):
+    """A text message on ``GET /v1/sandboxes/{id}/pty`` (binary messages are keystrokes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    resize: tuple[int, int] | None = Field(None, description="[rows, cols]")
+    signal: str | int | None = Field(None, description="To the terminal's foreground process group.")
+    input: str | None = Field(None, description="Keystrokes as text.")
+
+
+class TerminalExit(BaseModel):
+    """The last text message before the server closes: how the terminal's command ended."""
+
+    exit: int | None
+    signal: int | None
+
+
+def _terminal_size(websocket: WebSocket, name: str, default: int) -> int:
+    raw = websocket.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
+        raise ValidationFailed(f"query parameter {name!r} must be a number from 1 to 1000", field=name)
+    return int(raw)
+
+
+async def _control(runtime: Any, command: Any, text: str) -> None:
+    data = parse_json(text)
+    if not isinstance(data, dict) or set(data) - {"resize", "signal", "input"}:
+        raise ValidationFailed("a control message is {\"resize\": [rows, cols]}, {\"signal\": name} or "
+                               "{\"input\": text}", field="message")
+    if data.get("resize") is not None:
+        size = data["resize"]
+        if not (isinstance(size, list) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000 for v in size)):
+            raise ValidationFailed("'resize' must be [rows, cols], each from 1 to 1000", field="resize")
+        await runtime.guest.resize(command, size[0], size[1])
+    if data.get("signal") is not None:
+        await runtime.guest.signal(command, _parse_signal(data["signal"]), foreground=True)
+    if data.get("input") is not None:
+        await runtime.guest.input(command, str(data["input"]).encode())
+
+
+async def terminal(websocket: WebSocket) -> None:
+    """A command on a terminal over a WebSocket: ``?cmd=&cwd=&session=&rows=&cols=``; binary messages are
+    keystrokes and output, text messages control it (``TerminalControl``); its exit comes last (``TerminalExit``)."""
+    try:
+        caller = _ws_principal(websocket)
+        rows, cols = _terminal_size(websocket, "rows", 24), _terminal_size(websocket, "cols", 80)
+        query = websocket.query_params
+        body: dict[str, Any] = {"cmd": query.get("cmd") or "if command -v bash >/dev/null; then exec bash -i; "
+                                                           "else exec sh -i; fi"}
+        for name in ("cwd", "session"):
+            if query.get(name):
+                body[name] = query[name]
+        caps: Sandboxes = _ws_node(websocket).sandboxes
+        spec = await caps.resolve_session(caller, websocket.path_params["id"],
+                                          parse_exec(body, max_stdin=0))
+        runtime, command = await caps.terminal(caller, websocket.path_params["id"], spec, rows, cols)
+    except EdgenodeError as exc:
+        await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    await websocket.accept()
+
+    async def outbound() -> None:
+        while True:
+            event = await command.events.get()
+            if event.kind == "out":
+                await websocket.send_bytes(event.data)
+            elif event.kind == "failed":
+                await websocket.send_text(_json.dumps({"error": event.message}))
+            elif event.kind == "exit":
+                await websocket.send_text(_json.dumps({"exit": event.code, "signal": event.signal}))
+                return
+
+    async def inbound() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await runtime.guest.input(command, message["bytes"])
+            elif message.get("text") is not None:
+                try:
+                    await _control(runtime, command, message["text"])
+                except EdgenodeError as exc:
+                    await websocket.send_text(_json.dumps({"error": exc.message}))
+
+    tasks = [asyncio.ensure_future(outbound()), asyncio.ensure_future(inbound())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if not command.done.is_set():
+            command.stopped_by = "client_disconnected"
+            await runtime.guest.signal(command, _signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
 routes = [
     Route("/v1/sandboxes", create, methods=["POST"]),
     Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
@@ -576,6 +721,10 @@ routes = [
     Route("/sp/{id}/{port}/{path:path}", proxy_public_port, methods=_ALL_METHODS),
     WebSocketRoute("/v1/sandboxes/{id}/ports/{port}/{path:path}", ws_port),
     WebSocketRoute("/sp/{id}/{port}/{path:path}", ws_public_port),
+    WebSocketRoute("/v1/sandboxes/{id}/pty", terminal),
+    Route("/v1/sandboxes/{id}/sessions", create_session, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/sessions", list_sessions, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/sessions/{session}", delete_session, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/exec", exec_command, methods=["POST"]),
     Route("/v1/sandboxes/{id}/files", read_file, methods=["GET"]),
     Route("/v1/sandboxes/{id}/files/{path:path}", read_file, methods=["GET"]),

@@ -44,6 +44,10 @@ class WebSocket:
                 self.sock.close()
                 raise WebSocketClosed(event.code, event.reason or "")
 
+    def pending(self) -> bool:
+        """Whether events already read wait to be taken (``select`` cannot see them)."""
+        return bool(self._pending)
+
     def fileno(self) -> int:
         """The socket's descriptor, for ``select``."""
         return self.sock.fileno()

@@ -11,7 +11,11 @@ Node to guest::
 
     {"op": "spawn", "id", "argv", "cwd", "env", "stdin" (base64 or null), "rlimits", "cap"}
     {"op": "spawn", "id", "code", ...}  Python source run in a fork of this interpreter
-    {"op": "signal", "id", "sig"}     signal the command's process group
+    {"op": "spawn", ..., "pty": [rows, cols]}  argv on a new terminal (output as fd 1)
+    {"op": "input", "id", "data"}     bytes (base64) to a terminal command's keyboard
+    {"op": "resize", "id", "rows", "cols"}
+    {"op": "signal", "id", "sig", "foreground"?}  signal the command's process group (or its terminal's
+                                      foreground one)
     {"op": "shutdown"}
 
 Guest to node::
@@ -35,14 +39,17 @@ copies every connection to the egress proxy's Unix socket bind-mounted at
 
 import base64
 import builtins
+import fcntl
 import json
 import os
 import resource
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 
 PROXY_SOCKET = "/run/edgenode/proxy.sock"
 PROXY_PORT = 3128
@@ -92,6 +99,10 @@ class Command:
         limits = msg.get("rlimits") or {}
         stdin_data = msg.get("stdin")
         self.stdin_buf = base64.b64decode(stdin_data) if stdin_data is not None else None
+        self.master = None
+        if msg.get("pty"):
+            self.start_on_terminal(msg, limits)
+            return
         if msg.get("code") is not None:
             self.proc = ForkedPython(msg["code"], msg.get("cwd") or "/workspace", msg.get("env") or {},
                                      limits, self.stdin_buf is not None)
@@ -119,6 +130,51 @@ class Command:
                 self.proc.stdin.close()
         self.pidfd = os.pidfd_open(self.proc.pid)
         sel.register(self.pidfd, selectors.EVENT_READ, ("exit", self))
+
+    def start_on_terminal(self, msg, limits):
+        """Run argv as the session leader of a new terminal; its output arrives as fd 1."""
+        master, slave = os.openpty()
+        rows, cols = msg["pty"]
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", int(rows), int(cols), 0, 0))
+
+        def child():
+            set_limits(limits)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            self.proc = subprocess.Popen(msg["argv"], cwd=msg.get("cwd") or "/workspace", env=msg.get("env") or {},
+                                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                         preexec_fn=child, close_fds=True)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.master = os.fdopen(master, "r+b", buffering=0)
+        os.set_blocking(master, False)
+        sel.register(master, selectors.EVENT_READ, ("out", self, 1, self.master))
+        self.open_pipes = 1
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        sel.register(self.pidfd, selectors.EVENT_READ, ("exit", self))
+
+    def on_input(self, data):
+        """Keystrokes for a terminal command (a blocking write: a terminal's buffer drains as it reads)."""
+        if self.master is None or self.master.closed:
+            return
+        view = memoryview(data)
+        os.set_blocking(self.master.fileno(), True)
+        try:
+            while view:
+                view = view[os.write(self.master.fileno(), view):]
+        except OSError:
+            pass
+        finally:
+            if not self.master.closed:
+                os.set_blocking(self.master.fileno(), False)
+
+    def resize(self, rows, cols):
+        if self.master is not None and not self.master.closed:
+            fcntl.ioctl(self.master.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def on_output(self, fd_no, pipe):
         try:
@@ -197,9 +253,15 @@ class Command:
         emit({"ev": "exit", "id": self.id, "code": 128 + sig if sig else code, "signal": sig})
         procs.pop(self.id, None)
 
-    def signal(self, sig):
+    def signal(self, sig, foreground=False):
+        pgid = self.proc.pid
+        if foreground and self.master is not None and not self.master.closed:
+            try:
+                pgid = os.tcgetpgrp(self.master.fileno())  # the job in front, as Ctrl-C would reach it
+            except OSError:
+                pass
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -444,7 +506,15 @@ def handle(msg):
     elif op == "signal":
         cmd = procs.get(msg["id"])
         if cmd is not None:
-            cmd.signal(int(msg.get("sig") or signal.SIGKILL))
+            cmd.signal(int(msg.get("sig") or signal.SIGKILL), bool(msg.get("foreground")))
+    elif op == "input":
+        cmd = procs.get(msg["id"])
+        if cmd is not None:
+            cmd.on_input(base64.b64decode(msg.get("data") or ""))
+    elif op == "resize":
+        cmd = procs.get(msg["id"])
+        if cmd is not None:
+            cmd.resize(max(1, min(int(msg["rows"]), 1000)), max(1, min(int(msg["cols"]), 1000)))
     elif op == "shutdown":
         for cmd in list(procs.values()):
             cmd.signal(signal.SIGKILL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from edgenode.egress import AddressPolicy
 from edgenode.errors import (
     Conflict,
     Forbidden,
+    NotFound,
     Overloaded,
     SandboxPortNotExposed,
     SandboxPortUnreachable,
@@ -41,8 +43,8 @@ from edgenode.errors import (
 from edgenode.sandboxes import bwrap as bw
 from edgenode.sandboxes.acl import grant_group_search, has_group_search
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
-from edgenode.sandboxes.execution import ExecSpec, Execution
-from edgenode.sandboxes.guest import GuestSpec, guest_python
+from edgenode.sandboxes.execution import ExecSpec, Execution, parse_exec
+from edgenode.sandboxes.guest import Command, GuestSpec, guest_python
 from edgenode.sandboxes.layers import MAX_LAYERS, LayerStore, overlay_supported
 from edgenode.sandboxes.limits import (
     MIB,
@@ -69,6 +71,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 PROXY_URL = "http://127.0.0.1:3128"
 #: How much of a refused upload is read and dropped so the client sees the error, in bytes.
 DRAIN_LIMIT = 64 * MIB
+#: Sessions one sandbox may hold.
+MAX_SESSIONS = 32
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -106,6 +110,8 @@ class Sandboxes:
         self.layers = LayerStore(self.root / "layers")
         self.forks_unavailable = overlay_supported()
         self._fork_locks: dict[str, asyncio.Lock] = {}
+        #: Per sandbox, its sessions' cwd and env (kept while the node runs, as processes are).
+        self._sessions: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
         registry = node.metrics.registry
         self._pool_takes = Counter("edgenode_sandbox_pool_takes", "Sandbox creates by whether the pool served "
                                    "them (hit), had none ready (miss) or the tenant was over its share.",
@@ -481,6 +487,7 @@ class Sandboxes:
                 await task
         await self._release(record.id)
         await self.store.delete(record.id)
+        self._sessions.pop(record.id, None)
         await asyncio.to_thread(self._remove_dir, record)
 
     # -- processes -------------------------------------------------------------
@@ -632,13 +639,61 @@ class Sandboxes:
 
     async def exec(self, principal: Principal, ref: str, spec: ExecSpec) -> Execution:
         """Start an exec in the caller's sandbox."""
+        spec = await self.resolve_session(principal, ref, spec)
         record = await self.store.get(principal.tenant, ref)
         runtime = await self.runtime(record)
         cap = min(spec.max_output_bytes or self.settings.max_output_bytes, self.settings.max_output_bytes)
         return await runtime.execute(spec, cap=cap)
 
+    # -- sessions: a cwd and environment of their own, sharing the sandbox's files -----
+
+    async def create_session(self, principal: Principal, ref: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A session: ``{"cwd"?, "env"?}``, the defaults of the commands that name it (``"session": id``)."""
+        record = await self.store.get(principal.tenant, ref)
+        unknown = set(data) - {"cwd", "env"}
+        if unknown:
+            raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        checked = parse_exec({"cmd": ["true"], **data}, max_stdin=0)
+        sessions = self._sessions.setdefault(record.id, {})
+        if len(sessions) >= MAX_SESSIONS:
+            raise Conflict(f"a sandbox holds at most {MAX_SESSIONS} sessions; delete one first")
+        session_id = "ses_" + secrets.token_hex(6)
+        sessions[session_id] = (checked.cwd, checked.env)
+        return {"id": session_id, "cwd": checked.cwd, "env": checked.env}
+
+    async def list_sessions(self, principal: Principal, ref: str) -> list[dict[str, Any]]:
+        """The sandbox's sessions."""
+        record = await self.store.get(principal.tenant, ref)
+        return [{"id": sid, "cwd": cwd, "env": env} for sid, (cwd, env) in self._sessions.get(record.id, {}).items()]
+
+    async def delete_session(self, principal: Principal, ref: str, session_id: str) -> None:
+        """Forget a session; 404 if unknown."""
+        record = await self.store.get(principal.tenant, ref)
+        if self._sessions.get(record.id, {}).pop(session_id, None) is None:
+            raise NotFound(f"no session {session_id!r} in this sandbox")
+
+    async def resolve_session(self, principal: Principal, ref: str, spec: ExecSpec) -> ExecSpec:
+        """``spec`` with its session's cwd (unless it sets one) and env (under its own) applied."""
+        if spec.session is None:
+            return spec
+        record = await self.store.get(principal.tenant, ref)
+        found = self._sessions.get(record.id, {}).get(spec.session)
+        if found is None:
+            raise NotFound(f"no session {spec.session!r} in this sandbox")
+        cwd, env = found
+        return dataclasses.replace(spec, cwd=spec.cwd if spec.cwd_set else cwd, env={**env, **spec.env})
+
+    async def terminal(self, principal: Principal, ref: str, spec: ExecSpec, rows: int,
+                       cols: int) -> tuple[SandboxRuntime, Command]:
+        """Start ``spec.argv`` on a terminal in the caller's sandbox (for ``GET .../pty``)."""
+        record = await self.store.get(principal.tenant, ref)
+        runtime = await self.runtime(record)
+        command = await runtime.start_terminal(spec.argv, cwd=spec.cwd, env=spec.env, rows=rows, cols=cols)
+        return runtime, command
+
     async def start_process(self, principal: Principal, ref: str, spec: ExecSpec) -> dict[str, Any]:
         """Start a background process."""
+        spec = await self.resolve_session(principal, ref, spec)
         record = await self.store.get(principal.tenant, ref)
         runtime = await self.runtime(record)
         proc = await runtime.start_process(spec)

@@ -142,6 +142,13 @@ class SandboxRuntime:
         # The end of a long exec counts as use: the idle clock starts then, not at its start.
         self.last_used = time.time()
 
+    async def start_terminal(self, argv: list[str], *, cwd: str, env: dict[str, str], rows: int,
+                             cols: int) -> Command:
+        """Start ``argv`` on a new terminal of ``rows`` x ``cols``; no output cap (it streams to a client)."""
+        self.last_used = time.time()
+        return await self.guest.spawn(argv, cwd=cwd, env=self.env_for({"TERM": "xterm-256color", **env}), stdin=None,
+                                      rlimits=self.limits.rlimits(), cap=0, pty=(rows, cols))
+
     # -- background processes ------------------------------------------------
 
     async def start_process(self, spec: ExecSpec) -> BackgroundProcess:
