@@ -22,7 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from edgenode.api.common import TENANT_HEADER, field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, check_path, dumps, parse_json, query_bool, query_int
+from edgenode.api.parsing import INT_MAX, check_path, dumps, parse_json, query_bool, query_int, query_str
 from edgenode.auth import Principal
 from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
@@ -562,6 +562,46 @@ async def ws_public_port(websocket: WebSocket) -> None:
     await _ws_proxy(websocket, None)
 
 
+# -- file watch ---------------------------------------------------------------------
+
+
+class WatchEvent(BaseModel):
+    """One server-sent event of ``GET /v1/sandboxes/{id}/watch``: ``event:`` created, modified, deleted,
+    moved (with ``from``) or overflow; ``ready`` first, once the watches are in place."""
+
+    path: str
+    is_dir: bool = False
+    from_: str | None = Field(None, alias="from")
+
+
+async def watch(request: Request) -> Response:
+    """Changes under ``?path=`` (default the workspace), ``?recursive=true`` for subdirectories, as events."""
+    raw = query_str(request, "path") or ""
+    path = check_path(raw, "path") if raw else ""
+    recursive = query_bool(request, "recursive")
+    watcher = await _sandboxes(request).watch(principal(request), request.path_params["id"], path,
+                                              recursive=recursive)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield _sse("ready", {"path": watcher.base, "recursive": recursive, "directories": len(watcher.dirs),
+                                 "truncated": watcher.truncated})
+            while True:
+                try:
+                    change = await asyncio.wait_for(watcher.queue.get(), 15)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if change is None:
+                    return
+                yield _sse(change.kind, change.as_dict())
+        finally:
+            watcher.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
 # -- sessions ------------------------------------------------------------------------
 
 
@@ -722,6 +762,7 @@ routes = [
     WebSocketRoute("/v1/sandboxes/{id}/ports/{port}/{path:path}", ws_port),
     WebSocketRoute("/sp/{id}/{port}/{path:path}", ws_public_port),
     WebSocketRoute("/v1/sandboxes/{id}/pty", terminal),
+    Route("/v1/sandboxes/{id}/watch", watch, methods=["GET"]),
     Route("/v1/sandboxes/{id}/sessions", create_session, methods=["POST"]),
     Route("/v1/sandboxes/{id}/sessions", list_sessions, methods=["GET"]),
     Route("/v1/sandboxes/{id}/sessions/{session}", delete_session, methods=["DELETE"]),

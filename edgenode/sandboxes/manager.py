@@ -60,6 +60,7 @@ from edgenode.sandboxes.ports import SandboxPortBackend
 from edgenode.sandboxes.runtime import BackgroundProcess, SandboxRuntime, reset_dir
 from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
 from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
+from edgenode.sandboxes.watch import Watch
 from edgenode.store.faults import storage_fault
 
 if TYPE_CHECKING:
@@ -783,6 +784,18 @@ class Sandboxes:
         if runtime is not None:
             runtime.last_used = time.time()
         return Workspace(self._dir(record.id) / "workspace", owner=self._owner(record)), record
+
+    async def watch(self, principal: Principal, ref: str, path: str, *, recursive: bool) -> Watch:
+        """Changes under ``path`` of the caller's workspace, started (close it when done)."""
+        ws, _ = await self.workspace(principal, ref)
+        try:
+            found = await asyncio.to_thread(lambda: Watch(ws, path, recursive=recursive))
+        except OSError as exc:
+            from edgenode.sandboxes.paths import _translate
+
+            raise _translate(exc, path) from None
+        found.start()
+        return found
 
     async def write_file(self, principal: Principal, ref: str, path: str, chunks: AsyncIterator[bytes],
                          *, declared: int | None = None) -> int:
