@@ -51,6 +51,7 @@ from edgenode.sandboxes.limits import (
     Limits,
     cgroup_v2_writable,
     disk_usage,
+    enforcement,
     limits_from_json,
     resolve_limits,
 )
@@ -170,6 +171,8 @@ class Sandboxes:
             "bwrap_source": self.bwrap.source if self.bwrap else None,
             "limits": "rlimits+disk-accounting",
             "cgroup_v2": f"writable at {self.cgroup_v2} (not used yet)" if self.cgroup_v2 else "not writable",
+            # Said plainly: per-sandbox memory and pids need cgroup v2, which this host may not delegate.
+            "enforcement": enforcement(self.cgroup_v2),
             "seccomp": f"bpf {arch.name if arch else '?'} {len(RULES)} rules",
             "per_sandbox_uid": self.as_root,
             "search_granted": self.search_granted,
@@ -317,6 +320,7 @@ class Sandboxes:
             "last_used_at": last_used,
             "network": record.network,
             "limits": self._limits(record).as_dict(),
+            "limits_enforced_by": "rlimits",
             "state": "running" if running else "stopped",
             # Files and the record survive restarts and idle release; processes never do.
             "persistence": {"files": True, "processes": False},
