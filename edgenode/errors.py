@@ -534,6 +534,13 @@ class SandboxPortUnreachable(EdgenodeError):
     status = 502
 
 
+class SandboxCheckoutFailed(EdgenodeError):
+    """``git clone`` in the sandbox failed; ``stderr`` says what git said."""
+
+    code = "checkout_failed"
+    status = 422
+
+
 class SandboxUnavailable(Unavailable):
     """The sandbox runtime (bwrap, the in-sandbox supervisor) could not be started."""
 

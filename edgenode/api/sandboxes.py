@@ -562,6 +562,40 @@ async def ws_public_port(websocket: WebSocket) -> None:
     await _ws_proxy(websocket, None)
 
 
+# -- git checkout -------------------------------------------------------------------
+
+
+class GitCheckoutRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/git/checkout``: an http(s) URL, or this node's repository ([tenant/]name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    branch: str | None = None
+    depth: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="Where in the workspace; default the repository's name.")
+
+
+class GitCheckoutResponse(BaseModel):
+    """Where the checkout is and the commit checked out."""
+
+    path: str
+    commit: str
+    branch: str | None
+    depth: int | None
+    duration_ms: float
+
+
+async def git_checkout(request: Request) -> Response:
+    """Clone a repository into the workspace in one call."""
+    data = await read_json(request)
+    field(data, "url", str, required=True)
+    field(data, "branch", str, None)
+    field(data, "depth", int, None)
+    field(data, "path", str, None)
+    body = await _sandboxes(request).git_checkout(principal(request), request.path_params["id"], data)
+    return json(body, status=201)
+
+
 # -- file watch ---------------------------------------------------------------------
 
 
@@ -763,6 +797,7 @@ routes = [
     WebSocketRoute("/sp/{id}/{port}/{path:path}", ws_public_port),
     WebSocketRoute("/v1/sandboxes/{id}/pty", terminal),
     Route("/v1/sandboxes/{id}/watch", watch, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/git/checkout", git_checkout, methods=["POST"]),
     Route("/v1/sandboxes/{id}/sessions", create_session, methods=["POST"]),
     Route("/v1/sandboxes/{id}/sessions", list_sessions, methods=["GET"]),
     Route("/v1/sandboxes/{id}/sessions/{session}", delete_session, methods=["DELETE"]),

@@ -30,6 +30,7 @@ from edgenode.errors import (
     Forbidden,
     NotFound,
     Overloaded,
+    SandboxCheckoutFailed,
     SandboxPortNotExposed,
     SandboxPortUnreachable,
     SandboxProcessNotFound,
@@ -42,6 +43,7 @@ from edgenode.errors import (
 )
 from edgenode.sandboxes import bwrap as bw
 from edgenode.sandboxes.acl import grant_group_search, has_group_search
+from edgenode.sandboxes.checkout import TOKEN_TTL_S, node_clone, parse_checkout
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
 from edgenode.sandboxes.execution import ExecSpec, Execution, parse_exec
 from edgenode.sandboxes.guest import Command, GuestSpec, guest_python
@@ -649,6 +651,47 @@ class Sandboxes:
         runtime = await self.runtime(record)
         cap = min(spec.max_output_bytes or self.settings.max_output_bytes, self.settings.max_output_bytes)
         return await runtime.execute(spec, cap=cap)
+
+    # -- git checkout ------------------------------------------------------------
+
+    async def git_checkout(self, principal: Principal, ref: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Clone a repository into the workspace: ``{"url", "branch"?, "depth"?, "path"?}`` (see checkout.py)."""
+        record = await self.store.get(principal.tenant, ref)
+        checkout = parse_checkout(data, node_url=self.node.url)
+        policy = parse_policy(record.network)
+        env = {"GIT_TERMINAL_PROMPT": "0"}
+        token_id: str | None = None
+        if checkout.repo is not None:
+            if not policy.node:
+                raise Forbidden("this sandbox's network policy does not grant 'node', which a checkout of the "
+                                "node's own repositories needs: create it with network {\"allow\": [\"node\"]}")
+            tenant = checkout.tenant or principal.tenant
+            if tenant != principal.tenant:
+                raise NotFound(f"no repository {checkout.tenant}/{checkout.repo} of this tenant")
+            issued = await self.node.artifacts.issue_token(tenant, checkout.repo, "read", TOKEN_TTL_S)
+            token_id = str(issued["id"])
+            url, extra = node_clone(tenant, checkout.repo, str(issued["token"]))
+            env.update(extra)
+        else:
+            assert checkout.url is not None
+            if not policy.enabled:
+                raise Forbidden("this sandbox has no network: its policy must allow the repository's host")
+            url = checkout.url
+        try:
+            runtime = await self.runtime(record)
+            began = time.perf_counter()
+            clone = await (await runtime.execute(ExecSpec(checkout.argv(url), env=env), cap=64 * 1024)).collect()
+            if clone["exit_code"] != 0:
+                raise SandboxCheckoutFailed(f"git clone failed: {clone['stderr'].strip()[-500:] or clone}",
+                                            stderr=clone["stderr"][-4000:], exit_code=clone["exit_code"])
+            head = await (await runtime.execute(ExecSpec(["git", "-C", checkout.path, "rev-parse", "HEAD"]),
+                                                cap=4096)).collect()
+        finally:
+            if token_id is not None:
+                with contextlib.suppress(Exception):
+                    await self.node.artifacts.tokens.revoke(principal.tenant, str(checkout.repo), token_id)
+        return {"path": checkout.path, "commit": head["stdout"].strip(), "branch": checkout.branch,
+                "depth": checkout.depth, "duration_ms": round((time.perf_counter() - began) * 1000, 1)}
 
     # -- sessions: a cwd and environment of their own, sharing the sandbox's files -----
 
