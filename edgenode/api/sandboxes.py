@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from edgenode.api.common import TENANT_HEADER, field, json, node_of, principal, read_json
+from edgenode.api.common import TENANT_HEADER, admin, field, json, node_of, principal, read_json
 from edgenode.api.parsing import INT_MAX, check_path, dumps, parse_json, query_bool, query_int, query_str
 from edgenode.auth import Principal
 from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, ValidationFailed
@@ -562,6 +562,50 @@ async def ws_public_port(websocket: WebSocket) -> None:
     await _ws_proxy(websocket, None)
 
 
+# -- images -------------------------------------------------------------------------
+
+
+class ImageRequest(BaseModel):
+    """``POST /v1/sandbox-images`` (admins): a directory or tarball on the node's own file system."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    path: str = Field(description="Absolute path on the node: a root file system with usr/bin/python3.")
+
+
+class ImageInfo(BaseModel):
+    """A sandbox image; create a sandbox on it with ``{"image": name}``."""
+
+    name: str
+    source: str
+    kind: str
+    created_at: float
+
+
+async def add_image(request: Request) -> Response:
+    """Make a sandbox image from a directory or tarball on the node (admins only)."""
+    admin(request)
+    data = await read_json(request)
+    unknown = set(data) - {"name", "path"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    name = field(data, "name", str, required=True)
+    path = field(data, "path", str, required=True, max_len=4096)
+    return json(await _sandboxes(request).add_image(name, path), status=201)
+
+
+async def list_images(request: Request) -> Response:
+    """The node's sandbox images (any tenant may list them, to name one)."""
+    return json({"images": await _sandboxes(request).list_images()})
+
+
+async def remove_image(request: Request) -> Response:
+    """Remove an image no sandbox runs on (admins only)."""
+    admin(request)
+    await _sandboxes(request).remove_image(request.path_params["name"])
+    return Response(status_code=204)
+
+
 # -- git checkout -------------------------------------------------------------------
 
 
@@ -798,6 +842,9 @@ routes = [
     WebSocketRoute("/v1/sandboxes/{id}/pty", terminal),
     Route("/v1/sandboxes/{id}/watch", watch, methods=["GET"]),
     Route("/v1/sandboxes/{id}/git/checkout", git_checkout, methods=["POST"]),
+    Route("/v1/sandbox-images", add_image, methods=["POST"]),
+    Route("/v1/sandbox-images", list_images, methods=["GET"]),
+    Route("/v1/sandbox-images/{name}", remove_image, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/sessions", create_session, methods=["POST"]),
     Route("/v1/sandboxes/{id}/sessions", list_sessions, methods=["GET"]),
     Route("/v1/sandboxes/{id}/sessions/{session}", delete_session, methods=["DELETE"]),

@@ -208,4 +208,38 @@ def shell(client: ClientContext, sandbox_ref: str, cmd: str | None, session: str
     sys.exit(code)
 
 
+@sandbox.group("image")
+def image() -> None:
+    """Root file systems on the node that sandboxes may run on (--image): add, ls, rm."""
+
+
+@image.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, resolve_path=True))
+@pass_client
+def image_add(client: ClientContext, name: str, path: str) -> None:
+    """Make image NAME from a directory or tarball on the node's machine (it needs usr/bin/python3).
+
+    From Debian packages: debootstrap --variant=minbase --include=python3 bookworm DIR, then add DIR.
+    """
+    client.request("POST", "/v1/sandbox-images", json={"name": name, "path": path})
+    click.echo(f"added image {name}")
+
+
+@image.command("ls")
+@pass_client
+def image_ls(client: ClientContext) -> None:
+    """List the node's sandbox images."""
+    echo_table(client.request("GET", "/v1/sandbox-images")["images"], ["name", "kind", "source", "created_at"])
+
+
+@image.command("rm")
+@click.argument("name")
+@pass_client
+def image_rm(client: ClientContext, name: str) -> None:
+    """Remove an image no sandbox runs on."""
+    client.request("DELETE", f"/v1/sandbox-images/{name}")
+    click.echo(f"removed image {name}")
+
+
 __all__ = ["sandbox"]

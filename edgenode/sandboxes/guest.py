@@ -88,6 +88,8 @@ class GuestSpec:
     groups: list[int] = field(default_factory=list)
     #: Ready only once fully warm (a pooled sandbox): its first command must not wait for anything.
     preload: bool = False
+    #: An image's root file system, whose system dirs replace the host's.
+    system_root: Path | None = None
 
 
 class Guest:
@@ -144,6 +146,7 @@ class Guest:
             config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None,
                       "preload": spec.preload}
             argv = bw.sandbox_argv(spec.bwrap, mounts, env=spec.env, hostname=spec.hostname,
+                                   system_root=str(spec.system_root) if spec.system_root else "",
                                    command=[spec.python, "-I", "-S", bw.GUEST_INIT_PATH, json.dumps(config)])
             kwargs: dict[str, Any] = {}
             if spec.owner is not None:

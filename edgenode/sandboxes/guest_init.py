@@ -528,7 +528,10 @@ def main():
     # node through /proc/<pid>/fd (to forge events) or inspect it.
     try:
         import ctypes
-
+    except ImportError as exc:  # an image whose python3 lacks ctypes (libffi): refuse rather than run exposed
+        sys.exit(f"edgenode supervisor: this python3 has no working ctypes ({exc}), needed to protect the "
+                 "supervisor from the sandbox's commands")
+    try:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
     except (OSError, AttributeError):
         pass

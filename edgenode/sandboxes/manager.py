@@ -47,6 +47,7 @@ from edgenode.sandboxes.checkout import TOKEN_TTL_S, node_clone, parse_checkout
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
 from edgenode.sandboxes.execution import ExecSpec, Execution, parse_exec
 from edgenode.sandboxes.guest import Command, GuestSpec, guest_python
+from edgenode.sandboxes.images import Images, check_image_name
 from edgenode.sandboxes.layers import MAX_LAYERS, LayerStore, overlay_supported
 from edgenode.sandboxes.limits import (
     MIB,
@@ -112,6 +113,7 @@ class Sandboxes:
         self.reserved_slots: set[int] = set()
         self.pool = WarmPool(self.settings.pool_size, self._prestart, self._discard_prestarted)
         self.layers = LayerStore(self.root / "layers")
+        self.images = Images(self.root / "images")
         self.forks_unavailable = overlay_supported()
         self._fork_locks: dict[str, asyncio.Lock] = {}
         #: Per sandbox, its sessions' cwd and env (kept while the node runs, as processes are).
@@ -329,21 +331,25 @@ class Sandboxes:
             "processes": len([p for p in runtime.processes.values() if not p.command.done.is_set()])
             if runtime else 0,
             "workspace": "/workspace",
+            "image": record.image,
         }
 
     async def create(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         """Create a sandbox: ``{"name"?, "network"?, "limits"?}``; its processes start in the background."""
         self._require()
         self.node.store.require_space("sandbox workspaces")
-        unknown = set(data) - {"name", "network", "limits"}
+        unknown = set(data) - {"name", "network", "limits", "image"}
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
         name = _check_name(data.get("name"))
         policy = parse_policy(data.get("network"))
         limits = resolve_limits(data.get("limits"), self.settings)
+        image = data.get("image")
+        if image is not None:
+            await asyncio.to_thread(self.images.rootfs, check_image_name(image))
         await self._check_count(principal.tenant)
         self.pool.wake()  # the first create of any kind starts the pool filling
-        if name is None:
+        if name is None and image is None:
             # Pooled sandboxes are started before their name is known (bwrap sets the host name).
             pooled = await self._create_from_pool(principal, policy, limits)
             if pooled is not None:
@@ -351,7 +357,7 @@ class Sandboxes:
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = await self.store.insert(id=sandbox_id, tenant=principal.tenant, name=name,
                                          network=policy.as_json(), limits=limits.as_dict(),
-                                         reserved=self.reserved_slots)
+                                         reserved=self.reserved_slots, image=image)
         try:
             await asyncio.to_thread(self._make_dirs, record)
         except OSError:
@@ -407,7 +413,7 @@ class Sandboxes:
                 await self.store.set_layers(source.id, layers)
             record = await self.store.insert(id="sb_" + secrets.token_hex(8), tenant=principal.tenant, name=name,
                                              network=source.network, limits=source.limits,
-                                             reserved=self.reserved_slots, layers=layers)
+                                             reserved=self.reserved_slots, layers=layers, image=source.image)
             try:
                 await asyncio.to_thread(self._make_stacked, record)
             except BaseException:
@@ -509,8 +515,11 @@ class Sandboxes:
             owner = self._owner(record)
             if owner is not None:
                 os.chown(run_dir, 0, owner[1])
+        system_root = self.images.rootfs(record.image) if record.image else None
+        python = self.images.python(record.image) if record.image else self.python
         return GuestSpec(
-            bwrap=self.bwrap.path, python=self.python, workspace=base / "workspace", tmp=base / "tmp",
+            bwrap=self.bwrap.path, python=python, system_root=system_root,
+            workspace=base / "workspace", tmp=base / "tmp",
             run_dir=run_dir, seccomp=self.seccomp, owner=self._owner(record),
             env={"PATH": BASE_PATH}, pids=self._limits(record).pids, hostname=record.name or record.id,
             groups=[self.group] if self.as_root else [],
@@ -651,6 +660,23 @@ class Sandboxes:
         runtime = await self.runtime(record)
         cap = min(spec.max_output_bytes or self.settings.max_output_bytes, self.settings.max_output_bytes)
         return await runtime.execute(spec, cap=cap)
+
+    # -- images ------------------------------------------------------------------
+
+    async def add_image(self, name: str, path: str) -> dict[str, Any]:
+        """Make a sandbox image from a directory or tarball on the node (admins only, checked by the API)."""
+        return await asyncio.to_thread(self.images.add, check_image_name(name), Path(path))
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        """The node's sandbox images."""
+        return await asyncio.to_thread(self.images.list)
+
+    async def remove_image(self, name: str) -> None:
+        """Remove an image no sandbox runs on; 409 otherwise."""
+        check_image_name(name)
+        if await self.store.image_in_use(name):
+            raise Conflict(f"sandboxes run on image {name!r}; delete them first")
+        await asyncio.to_thread(self.images.remove, name)
 
     # -- git checkout ------------------------------------------------------------
 

@@ -33,6 +33,10 @@ def _add_layers(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sandboxes ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'")
 
 
+def _add_image(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE sandboxes ADD COLUMN image TEXT")
+
+
 def _add_ports(conn: sqlite3.Connection) -> None:
     conn.execute(
         """CREATE TABLE sandbox_ports (
@@ -46,7 +50,7 @@ def _add_ports(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables), Migration("sandboxes-0002-layers", _add_layers),
-              Migration("sandboxes-0003-ports", _add_ports)]
+              Migration("sandboxes-0003-ports", _add_ports), Migration("sandboxes-0004-images", _add_image)]
 
 
 @dataclass
@@ -63,12 +67,15 @@ class SandboxRecord:
     uid_slot: int
     #: The frozen layers (top first) the workspace is stacked on; empty for a plain directory.
     layers: list[str] = field(default_factory=list)
+    #: The image whose root file system the sandbox runs on; None for the host's system dirs.
+    image: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> SandboxRecord:
         """A record from a ``sandboxes`` row."""
         return cls(row["id"], row["tenant"], row["name"], row["created_at"], row["last_used_at"],
-                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"], json.loads(row["layers"]))
+                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"], json.loads(row["layers"]),
+                   row["image"])
 
 
 def _free_slot(conn: sqlite3.Connection, reserved: set[int] | frozenset[int]) -> int:
@@ -88,7 +95,7 @@ class SandboxStore:
     async def insert(self, *, id: str, tenant: str, name: str | None, network: Any,
                      limits: dict[str, Any], uid_slot: int | None = None,
                      reserved: set[int] | frozenset[int] = frozenset(),
-                     layers: list[str] | None = None) -> SandboxRecord:
+                     layers: list[str] | None = None, image: str | None = None) -> SandboxRecord:
         """Store a new sandbox with ``uid_slot``, else the lowest uid slot neither taken nor ``reserved``;
         409 if the name is taken."""
         now = time.time()
@@ -101,10 +108,11 @@ class SandboxStore:
             slot = uid_slot if uid_slot is not None else _free_slot(conn, reserved)
             conn.execute(
                 "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot,"
-                " layers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot, json.dumps(layers or [])),
+                " layers, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot, json.dumps(layers or []),
+                 image),
             )
-            return SandboxRecord(id, tenant, name, now, now, network, limits, slot, list(layers or []))
+            return SandboxRecord(id, tenant, name, now, now, network, limits, slot, list(layers or []), image)
 
         return await self.db.write(insert)
 
@@ -185,6 +193,11 @@ class SandboxStore:
         """The sandbox's exposed ports and whether each is public."""
         return await self.db.read(lambda c: {int(r[0]): bool(r[1]) for r in c.execute(
             "SELECT port, public FROM sandbox_ports WHERE sandbox_id = ? ORDER BY port", (sandbox_id,))})
+
+    async def image_in_use(self, image: str) -> bool:
+        """Whether any sandbox runs on ``image``."""
+        return bool(await self.db.read(lambda c: c.execute("SELECT 1 FROM sandboxes WHERE image = ? LIMIT 1",
+                                                           (image,)).fetchone()))
 
     async def by_id(self, sandbox_id: str) -> SandboxRecord:
         """Any tenant's sandbox by id (for public ports, whose URL names no tenant); 404 otherwise."""
