@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -242,6 +243,7 @@ def fork_bench(runs: int) -> None:
                     sid = client.post("/v1/sandboxes", json={"limits": {"disk_mb": size_mb + 200}}).json()["id"]
                     fill = f"i=0; while [ $i -lt {size_mb} ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done"
                     assert client.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": fill}).json()["exit_code"] == 0
+                    os.sync()  # the fill's writeback is the fill's cost, not the forks'
                     began = time.perf_counter()
                     first = client.post(f"/v1/sandboxes/{sid}/fork", json={}).json()
                     first_ms = (time.perf_counter() - began) * 1000

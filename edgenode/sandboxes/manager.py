@@ -109,6 +109,8 @@ class Sandboxes:
         self.cgroup_v2 = cgroup_v2_writable()
         #: Directories where the sandboxes' group was granted search permission (see acl.py).
         self.search_granted: list[str] = []
+        #: Running slots taken by pooled sandboxes whose record is being written.
+        self._claiming = 0
         #: uid slots held by pooled sandboxes that have no record yet.
         self.reserved_slots: set[int] = set()
         self.pool = WarmPool(self.settings.pool_size, self._prestart, self._discard_prestarted)
@@ -275,12 +277,13 @@ class Sandboxes:
         """A new sandbox from a pooled one, when the request fits what the pool holds."""
         if policy.enabled or limits != resolve_limits(None, self.settings):
             return None
-        if len(self.runtimes) + len(self._starting) >= self.settings.max_running:
+        if self._slots_used() >= self.settings.max_running:
             return None  # a pooled sandbox runs at once: only in a free slot, as a warm start after create
         entry = self.pool.take(principal.tenant)
         if entry is None:
             self._pool_takes.labels("over_share" if self.pool.ready else "miss").inc()
             return None
+        self._claiming += 1  # the slot is this create's from here: no start may take it while it awaits
         try:
             record = await self.store.insert(id=entry.id, tenant=principal.tenant, name=None,
                                              network=policy.as_json(), limits=limits.as_dict(),
@@ -288,11 +291,17 @@ class Sandboxes:
         except BaseException:
             self.pool.give_back(entry, principal.tenant)
             raise
+        finally:
+            self._claiming -= 1
         self.reserved_slots.discard(entry.uid_slot)
         self._owners[record.id] = principal.tenant
         self.runtimes[record.id] = entry.runtime
         self._pool_takes.labels("hit").inc()
         return record
+
+    def _slots_used(self) -> int:
+        """Sandboxes with processes, starting, or being handed out by the pool (against ``max_running``)."""
+        return len(self.runtimes) + len(self._starting) + self._claiming
 
     def _require(self) -> None:
         if self.unavailable is not None:
@@ -541,7 +550,7 @@ class Sandboxes:
         async with self._warming:
             # Let the response that created the sandbox go out first.
             await asyncio.sleep(0)
-            if record.id in self.runtimes or len(self.runtimes) + len(self._starting) >= self.settings.max_running:
+            if record.id in self.runtimes or self._slots_used() >= self.settings.max_running:
                 return
             try:
                 await self.runtime(record)
@@ -617,7 +626,7 @@ class Sandboxes:
         for sid in [*self.runtimes, *self._starting]:
             owner = self._owners.get(sid, "")
             held[owner] = held.get(owner, 0) + 1
-        if len(self.runtimes) + len(self._starting) < self.settings.max_running:
+        if self._slots_used() < self.settings.max_running:
             return  # free slots go to whoever asks: a tenant alone may use them all
         mine = held.get(tenant, 0)
         share = self.tenant_share()
