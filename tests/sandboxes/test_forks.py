@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.sandboxes.conftest import assert_error, run
 from tests.support import NodeProcess
+
+
+@pytest.fixture(scope="module")
+def node(features_node: NodeProcess) -> NodeProcess:
+    """The feature modules' shared node."""
+    return features_node
+
 
 
 def _fork(client: httpx.Client, sandbox: str, **body: object) -> dict:

@@ -10,11 +10,18 @@ import tarfile
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.sandboxes.conftest import assert_error, run
 from tests.support import NodeProcess
 
 PROGRAMS = ("/usr/bin/python3", "/usr/bin/dash", "/usr/bin/cat", "/usr/bin/ls")
+
+@pytest.fixture(scope="module")
+def node(features_node: NodeProcess) -> NodeProcess:
+    """The feature modules' shared node."""
+    return features_node
+
 
 
 def _install(rootfs: Path, path: str) -> None:

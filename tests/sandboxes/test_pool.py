@@ -4,7 +4,6 @@ sandboxes started ahead of their create call (its cost reported, its entries sha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,12 +15,9 @@ from tests.support import NodeProcess, wait_for
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """A node keeping two sandboxes started ahead."""
-    proc = NodeProcess(tmp_path_factory.mktemp("pool"), env={"EDGENODE_SANDBOXES_POOL_SIZE": "2"})
-    proc.start()
-    yield proc
-    proc.stop()
+def node(features_node: NodeProcess) -> NodeProcess:
+    """The feature modules' shared node."""
+    return features_node
 
 
 def _pool(admin: httpx.Client) -> dict:

@@ -59,12 +59,9 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 8000), Handler).serve_forever()
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """A node that serves public ports when asked."""
-    proc = NodeProcess(tmp_path_factory.mktemp("ports"), env={"EDGENODE_SANDBOXES_PUBLIC_PORTS": "true"})
-    proc.start()
-    yield proc
-    proc.stop()
+def node(features_node: NodeProcess) -> NodeProcess:
+    """The feature modules' shared node."""
+    return features_node
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,13 @@ from tests.sandboxes.conftest import assert_error, run
 from tests.support import NodeProcess, wait_for
 
 
+@pytest.fixture(scope="module")
+def node(features_node: NodeProcess) -> NodeProcess:
+    """The feature modules' shared node."""
+    return features_node
+
+
+
 class Terminal:
     """A terminal on the sandbox, read until some text shows up."""
 

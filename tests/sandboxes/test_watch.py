@@ -6,8 +6,17 @@ import json
 import threading
 
 import httpx
+import pytest
 
 from tests.sandboxes.conftest import assert_error, run
+from tests.support import NodeProcess
+
+
+@pytest.fixture(scope="module")
+def node(features_node: NodeProcess) -> NodeProcess:
+    """The feature modules' shared node."""
+    return features_node
+
 
 
 class Stream:
