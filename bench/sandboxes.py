@@ -3,17 +3,28 @@
 Baselines (the floor): ``subprocess.run`` of the same command on the host, and a bare
 ``bwrap --unshare-all ... true`` (what starting any bwrap sandbox costs here).
 
+A cold-start table first: from the create call to the first executed Python statement
+(the statement prints ``time.time()``; host and sandbox share the clock), with and without
+the pool of pre-started sandboxes, beside bare ``bwrap`` and ``subprocess.run`` of
+``python3 -c`` measured the same way.
+
 A second table: other clients' ``/healthz`` latency while one sandbox sends 64 MB of
 output to a slow reader (as events, and as one JSON result), against the same probe
 with no stream, in the same run.
 
-    .venv/bin/python bench/sandboxes.py [--runs 100]
+A fork table: ``POST /v1/sandboxes/{id}/fork`` time and the disk a fork takes, for
+workspaces of 10 MB, 100 MB and 1 GB (1 MiB files), beside what the other ways to copy a
+workspace cost on the same file system in the same run: ``cp -a``, ``cp --reflink=always``
+and a hard-link farm.
+
+    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|fork|exec]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -100,20 +111,195 @@ def slow_read(node: NodeProcess, sid: str, accept: str) -> None:
     assert received > STREAM_BYTES, received
 
 
+FIRST_STATEMENT = "import time; print(repr(time.time()))"
+
+
+def _first_statement_ms(began: float, stdout: str) -> float:
+    return (float(stdout.strip().splitlines()[0]) - began) * 1000
+
+
+def cold_start(runs: int, bare_bwrap: list[str]) -> None:
+    """Create call to first Python statement: pool, no pool, bare bwrap, subprocess.run."""
+    pooled: list[float] = []
+    unpooled_code: list[float] = []
+    unpooled_argv: list[float] = []
+    create_only: list[float] = []
+    spawn_ms: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        for size in (2, 0):
+            node = NodeProcess(Path(tmp) / f"pool{size}", env={"EDGENODE_SANDBOXES_POOL_SIZE": str(size)}).start()
+            try:
+                with node.client(timeout=60) as client:
+                    def pool_ready() -> bool:
+                        pool = client.get("/v1/status").json()["capabilities"]["sandboxes"]["pool"]
+                        return bool(pool["ready"] == pool["size"])
+
+                    def one(body: dict[str, object], into: list[float], want_pooled: bool, size: int = size) -> None:
+                        # Not timed: the previous sandbox goes, and the pool is full again.
+                        while size and not pool_ready():
+                            time.sleep(0.02)
+                        began = time.time()
+                        created = client.post("/v1/sandboxes", json={}).json()
+                        created_ms = (time.time() - began) * 1000
+                        assert created["pooled"] is want_pooled, created
+                        result = client.post(f"/v1/sandboxes/{created['id']}/exec", json=body).json()
+                        into.append(_first_statement_ms(began, result["stdout"]))
+                        if into is pooled:
+                            create_only.append(created_ms)
+                            spawn_ms.append(result["duration_ms"])
+                        client.delete(f"/v1/sandboxes/{created['id']}")
+
+                    client.post("/v1/sandboxes", json={})  # the first create starts the pool filling
+                    for i in range(runs + 2):
+                        if size:
+                            one({"code": FIRST_STATEMENT}, pooled, True)
+                        else:
+                            one({"code": FIRST_STATEMENT}, unpooled_code, False)
+                            one({"cmd": ["python3", "-c", FIRST_STATEMENT]}, unpooled_argv, False)
+                        if i < 2:  # warm-up
+                            for values in ((pooled, create_only, spawn_ms) if size
+                                           else (unpooled_code, unpooled_argv)):
+                                values.clear()
+                    if size:
+                        cost = client.get("/v1/status").json()["capabilities"]["sandboxes"]["pool"]
+            finally:
+                node.stop()
+
+    def bare(argv: list[str]) -> Callable[[], float]:
+        def go() -> float:
+            began = time.time()
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            return _first_statement_ms(began, out)
+        return go
+
+    bwrap_py = [*bare_bwrap[:-1], "/usr/bin/python3", "-c", FIRST_STATEMENT]
+    bare_bwrap_py = [bare(bwrap_py)() for _ in range(runs)]
+    subprocess_py = [bare(["/usr/bin/python3", "-c", FIRST_STATEMENT])() for _ in range(runs)]
+    print(f"create call to first Python statement, {runs} runs (ms)")
+    print(f"{'measure':<56}{'p50':>9}{'p99':>9}")
+    for name, values in (
+        ("pool of 2: POST /v1/sandboxes + exec {code}", pooled),
+        ("no pool: POST /v1/sandboxes + exec {code}", unpooled_code),
+        ("no pool: POST /v1/sandboxes + exec python3 -c", unpooled_argv),
+        ("  of which the create call (pool)", create_only),
+        ("  of which the exec's own duration_ms (pool)", spawn_ms),
+        ("bare bwrap --unshare-all python3 -c (no API)", bare_bwrap_py),
+        ("subprocess.run python3 -c (no sandbox)", subprocess_py),
+    ):
+        print(f"{name:<56}{statistics.median(values):9.2f}{pct(values, 0.99):9.2f}")
+    print(f"pool cost: {cost['rss_bytes'] / 2**20:.1f} MiB resident for {cost['ready']} ready sandboxes, "
+          f"a refill start takes {cost['start_ms_p50']} ms (p50)")
+    print()
+
+
+FORK_SIZES_MB = (10, 100, 1000)
+
+
+def _tree_bytes(root: Path) -> int:
+    from edgenode.sandboxes.limits import measure
+
+    return measure(root).bytes
+
+
+def _copy_costs(tmp: Path, size_mb: int) -> dict[str, str]:
+    """cp -a, cp --reflink and a hard-link farm of a workspace of ``size_mb`` 1 MiB files, on this file system."""
+    import os
+    import shutil
+
+    src = tmp / f"src{size_mb}"
+    src.mkdir()
+    block = b"\0" * (1 << 20)
+    for i in range(size_mb):
+        (src / f"f{i}").write_bytes(block)
+    out: dict[str, str] = {}
+    began = time.perf_counter()
+    subprocess.run(["cp", "-a", str(src), str(tmp / "copy")], check=True)
+    out["cp -a"] = f"{(time.perf_counter() - began) * 1000:.1f} ms, {_tree_bytes(tmp / 'copy') / 1e6:.0f} MB"
+    shutil.rmtree(tmp / "copy")
+    began = time.perf_counter()
+    reflink = subprocess.run(["cp", "-a", "--reflink=always", str(src), str(tmp / "reflink")], capture_output=True)
+    out["cp --reflink"] = (f"{(time.perf_counter() - began) * 1000:.1f} ms" if reflink.returncode == 0
+                           else "not supported by this file system")
+    shutil.rmtree(tmp / "reflink", ignore_errors=True)
+    began = time.perf_counter()
+    farm = tmp / "farm"
+    farm.mkdir()
+    for entry in os.scandir(src):
+        os.link(entry.path, farm / entry.name)
+    out["hard-link farm"] = f"{(time.perf_counter() - began) * 1000:.1f} ms, 0 MB (in-place writes leak to all)"
+    shutil.rmtree(farm)
+    shutil.rmtree(src)
+    return out
+
+
+def fork_bench(runs: int) -> None:
+    """Fork time and disk per workspace size, beside cp -a, reflink and a hard-link farm."""
+    rows: list[tuple[int, list[float], list[float], float, int, dict[str, str]]] = []
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        node = NodeProcess(Path(tmp) / "node", env={"EDGENODE_SANDBOXES_POOL_SIZE": "0"}).start()
+        try:
+            with node.client(timeout=600) as client:
+                for size_mb in FORK_SIZES_MB:
+                    sid = client.post("/v1/sandboxes", json={"limits": {"disk_mb": size_mb + 200}}).json()["id"]
+                    fill = f"i=0; while [ $i -lt {size_mb} ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done"
+                    assert client.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": fill}).json()["exit_code"] == 0
+                    os.sync()  # the fill's writeback is the fill's cost, not the forks'
+                    began = time.perf_counter()
+                    first = client.post(f"/v1/sandboxes/{sid}/fork", json={}).json()
+                    first_ms = (time.perf_counter() - began) * 1000
+                    assert first["source_released"] is True
+                    calls: list[float] = []
+                    own: list[float] = []
+                    forks = [first["id"]]
+                    for _ in range(runs):
+                        began = time.perf_counter()
+                        made = client.post(f"/v1/sandboxes/{sid}/fork", json={}).json()
+                        calls.append((time.perf_counter() - began) * 1000)
+                        own.append(made["fork_ms"])
+                        forks.append(made["id"])
+                    # What a fork holds of its own on disk: its upper and work directories (no copy).
+                    base = node.data_dir / "sandboxes" / forks[-1]
+                    fork_disk = _tree_bytes(base / "upper") + _tree_bytes(base / "work")
+                    seen = client.get(f"/v1/sandboxes/{forks[-1]}").json()["disk_used_bytes"]
+                    assert seen >= size_mb * (1 << 20), seen
+                    rows.append((size_mb, calls, own, first_ms, fork_disk, _copy_costs(Path(tmp), size_mb)))
+                    for other in [sid, *forks]:
+                        client.delete(f"/v1/sandboxes/{other}")
+        finally:
+            node.stop()
+    print(f"fork of a workspace of 1 MiB files, {runs} forks per size (ms; HTTP call and the node's own fork_ms)")
+    print(f"{'size':>8} {'call p50':>9} {'call p99':>9} {'node p50':>9} {'1st fork':>9} {'fork disk':>10}  "
+          "same tree on this file system")
+    for size_mb, calls, own, first_ms, disk, copies in rows:
+        print(f"{size_mb:>6}MB {statistics.median(calls):9.2f} {pct(calls, 0.99):9.2f} "
+              f"{statistics.median(own):9.2f} {first_ms:9.2f} {disk / 1024:8.0f}KB  "
+              + "; ".join(f"{k}: {v}" for k, v in copies.items()))
+    print("1st fork: the source had written since its last fork, so its processes were released first")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--only", choices=["coldstart", "fork", "exec"], default=None)
     args = parser.parse_args()
     runs = args.runs
     bwrap = find_bwrap()
     bare_bwrap = [bwrap.path, "--new-session", "--die-with-parent", "--unshare-all", "--ro-bind", "/usr", "/usr",
                   "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                   "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
+    if args.only in (None, "coldstart"):
+        cold_start(max(10, runs // 3), bare_bwrap)
+    if args.only in (None, "fork"):
+        fork_bench(max(10, runs // 5))
+    if args.only in ("coldstart", "fork"):
+        return
 
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
         # Output cap above the 64 MB the stream rows send.
         node = NodeProcess(Path(tmp) / "node",
-                           env={"EDGENODE_SANDBOXES_MAX_OUTPUT_BYTES": str(2 * STREAM_BYTES)}).start()
+                           env={"EDGENODE_SANDBOXES_MAX_OUTPUT_BYTES": str(2 * STREAM_BYTES),
+                                "EDGENODE_SANDBOXES_POOL_SIZE": "0"}).start()
         try:
             client = node.client(timeout=60)
             created: list[str] = []

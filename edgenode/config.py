@@ -153,6 +153,12 @@ class SandboxSettings:
     tenant_running: int = setting(0, "Sandboxes with processes one tenant may hold at once (0: half of "
                                   "max_running); past it only its own idle ones are released, or 429.")
     max_per_tenant: int = setting(100, "Sandboxes one tenant may have (0: no limit); 429 beyond.")
+    public_ports: bool = setting(False, "Let a sandbox's owner expose a port without a token (\"public\": true, "
+                                 "served under /sp/ in an opaque origin: CSP sandbox, no cookies).")
+    pool_size: int = setting(2, "Sandboxes kept started ahead of their create call (0: none), for a cold start "
+                             "of a few ms; each costs a bwrap and an idle python3 (see /v1/status). It fills "
+                             "once a first sandbox is created; one tenant may take at most half of it before "
+                             "it is refilled.", minimum=0)
 
 
 @dataclass

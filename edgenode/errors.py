@@ -559,6 +559,26 @@ class SandboxQuotaExceeded(EdgenodeError):
         return {"Connection": "close"}
 
 
+class SandboxPortNotExposed(NotFound):
+    """The sandbox's owner has not exposed this port (or not publicly, for a public URL)."""
+
+    code = "port_not_exposed"
+
+
+class SandboxPortUnreachable(EdgenodeError):
+    """Nothing answers on an exposed port inside the sandbox, or its processes are not running."""
+
+    code = "port_unreachable"
+    status = 502
+
+
+class SandboxCheckoutFailed(EdgenodeError):
+    """``git clone`` in the sandbox failed; ``stderr`` says what git said."""
+
+    code = "checkout_failed"
+    status = 422
+
+
 class SandboxUnavailable(Unavailable):
     """The sandbox runtime (bwrap, the in-sandbox supervisor) could not be started."""
 

@@ -12,23 +12,34 @@ import stat
 from collections.abc import AsyncIterator, Coroutine
 from json.encoder import encode_basestring as _json_text
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpcore
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, check_path, dumps, query_bool, query_int
-from edgenode.errors import Conflict, ValidationFailed
+from edgenode.api.common import TENANT_HEADER, admin, field, json, node_of, principal, read_json
+from edgenode.api.parsing import INT_MAX, check_path, dumps, parse_json, query_bool, query_int, query_str
+from edgenode.auth import Principal
+from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
+from edgenode.sandboxes.ports import _Stream as _PortStream
+
+if TYPE_CHECKING:
+    from edgenode.node import Node
 
 T = TypeVar("T")
+#: Public sandbox ports check nothing but the port's own ``public`` flag (and the node's setting).
+public = ("/sp/",)
 READ_CHUNK = 256 * 1024
 #: Bytes of server-sent events gathered into one write.
 SSE_WRITE_BYTES = 64 * 1024
 _PARTIAL = ',"partial":true'
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
 
 
@@ -308,12 +319,535 @@ async def kill_process(request: Request) -> Response:
     return json(proc)
 
 
+# -- forks -------------------------------------------------------------------------
+
+
+class ForkRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/fork``: the new sandbox's optional name."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="Unique per tenant.")
+
+
+class ForkResponse(BaseModel):
+    """The new sandbox (as ``GET /v1/sandboxes/{id}`` shows it) and how it was made."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    name: str | None
+    state: str
+    forked_from: str = Field(description="The source sandbox's id.")
+    source_released: bool = Field(description="Whether the source's processes had to be released "
+                                              "(it had written since it was last frozen).")
+    fork_ms: float = Field(description="Time the node took to make the fork, in ms.")
+
+
+async def fork(request: Request) -> Response:
+    """Fork a sandbox: a new one whose workspace is a copy-on-write copy of this one's."""
+    data = await read_json(request, optional=True)
+    field(data, "name", str, None)  # its kind here; its pattern and uniqueness by the capability
+    body = await _sandboxes(request).fork(principal(request), request.path_params["id"], data)
+    return json(body, status=201)
+
+
+# -- exposed ports ------------------------------------------------------------------
+
+
+class ExposePortRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/ports``: a TCP port a server in the sandbox listens on (127.0.0.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(ge=1, le=65535)
+    public: bool = Field(False, description="Reachable without a token under /sp/ (needs sandboxes.public_ports).")
+
+
+class ExposedPort(BaseModel):
+    """An exposed port and where the node serves it."""
+
+    port: int
+    public: bool
+    path: str = Field(description="Path on the node, with the owner's token: HTTP and WebSocket.")
+    url: str
+    public_path: str | None = None
+    public_url: str | None = None
+
+
+class ExposedPorts(BaseModel):
+    """``GET /v1/sandboxes/{id}/ports``."""
+
+    ports: list[ExposedPort]
+
+
+def _port(raw: Any) -> int:
+    if isinstance(raw, str):
+        if not (raw.isascii() and raw.isdigit()):
+            raise ValidationFailed("port must be a number from 1 to 65535", field="port")
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise ValidationFailed("port must be a number from 1 to 65535", field="port")
+    return raw
+
+
+async def expose_port(request: Request) -> Response:
+    """Expose a port: ``{"port", "public"?}``; answers its URL."""
+    data = await read_json(request)
+    unknown = set(data) - {"port", "public"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    port = _port(field(data, "port", int, required=True))
+    exposed = await _sandboxes(request).expose_port(principal(request), request.path_params["id"], port,
+                                                    field(data, "public", bool, False))
+    return json(exposed, status=201)
+
+
+async def list_ports(request: Request) -> Response:
+    """The sandbox's exposed ports."""
+    return json({"ports": await _sandboxes(request).list_ports(principal(request), request.path_params["id"])})
+
+
+async def unexpose_port(request: Request) -> Response:
+    """Stop serving a port."""
+    await _sandboxes(request).unexpose_port(principal(request), request.path_params["id"],
+                                            _port(request.path_params["port"]))
+    return Response(status_code=204)
+
+
+#: Request headers that stay at the node: the caller's credentials and hop-by-hop fields.
+_PROXY_DROPPED = {"authorization", "cookie", TENANT_HEADER.lower(), "connection", "keep-alive", "te", "trailer",
+                  "transfer-encoding", "upgrade", "proxy-authorization", "host"}
+_RESPONSE_DROPPED = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
+
+
+async def _proxy(request: Request, caller: Principal | None) -> Response:
+    from edgenode.api.workers import _PUBLIC_REFUSED, PUBLIC_CSP
+
+    port = _port(request.path_params["port"])
+    backend = await _sandboxes(request).port_backend(caller, request.path_params["id"], port)
+    target = "/" + request.path_params.get("path", "")
+    if request.url.query:
+        target += "?" + request.url.query
+    headers = [(k, v) for k, v in request.headers.items() if k not in _PROXY_DROPPED]
+    headers.append(("host", f"127.0.0.1:{port}"))
+    if "content-length" not in request.headers and request.method not in ("GET", "HEAD"):
+        headers.append(("transfer-encoding", "chunked"))
+    connection = httpcore.AsyncHTTPConnection(httpcore.Origin(b"http", b"127.0.0.1", port), network_backend=backend)
+    body = request.stream() if request.method not in ("GET", "HEAD") else None
+    try:
+        upstream = await connection.request(request.method, f"http://127.0.0.1:{port}{target}", headers=headers,
+                                            content=body, extensions={"timeout": {"connect": 10, "read": 300}})
+    except (httpcore.ConnectError, httpcore.ReadError, httpcore.RemoteProtocolError, httpcore.TimeoutException,
+            OSError) as exc:
+        await connection.aclose()
+        raise SandboxPortUnreachable(f"port {port} in the sandbox did not answer: {type(exc).__name__}") from None
+    except EdgenodeError:
+        await connection.aclose()
+        raise
+    await connection.aclose()
+    refused = _RESPONSE_DROPPED | (_PUBLIC_REFUSED if caller is None else {"set-cookie", "set-cookie2"})
+    response = Response(upstream.content, status_code=upstream.status)
+    for key, value in upstream.headers:
+        if key.decode("latin-1").lower() not in refused:
+            response.headers.append(key.decode("latin-1"), value.decode("latin-1"))
+    if caller is None:
+        response.headers["content-security-policy"] = PUBLIC_CSP
+        response.headers["x-content-type-options"] = "nosniff"
+    return response
+
+
+async def proxy_port(request: Request) -> Response:
+    """HTTP into an exposed port, with the owner's token."""
+    return await _proxy(request, principal(request))
+
+
+async def proxy_public_port(request: Request) -> Response:
+    """HTTP into a public port: no token."""
+    return await _proxy(request, None)
+
+
+def _ws_node(websocket: WebSocket) -> Node:
+    node: Node = websocket.app.state.node
+    return node
+
+
+def _ws_principal(websocket: WebSocket) -> Principal:
+    """WebSockets pass by the HTTP middleware: the bearer token is checked here."""
+    value = websocket.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    found: Principal = _ws_node(websocket).auth.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    return found.acting_for(websocket.headers.get(TENANT_HEADER) or None)
+
+
+async def _ws_proxy(websocket: WebSocket, caller: Principal | None) -> None:
+    import wsproto
+    from wsproto import events as ws
+
+    try:
+        port = _port(websocket.path_params["port"])
+        caps: Sandboxes = _ws_node(websocket).sandboxes
+        backend = await caps.port_backend(caller, websocket.path_params["id"], port)
+        stream = await backend.connect_tcp("127.0.0.1", port)
+    except EdgenodeError as exc:
+        await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    assert isinstance(stream, _PortStream)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    target = "/" + websocket.path_params.get("path", "")
+    if websocket.url.query:
+        target += "?" + websocket.url.query
+    protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    await stream.write(client.send(ws.Request(host=f"127.0.0.1:{port}", target=target, subprotocols=protocols)))
+    accepted = False
+    while not accepted:
+        data = await stream.reader.read(65536)
+        if not data:
+            await websocket.close(code=1011, reason="the sandbox's server closed the connection")
+            return
+        client.receive_data(data)
+        for event in client.events():
+            if isinstance(event, ws.AcceptConnection):
+                accepted = True
+                await websocket.accept(subprotocol=event.subprotocol)
+            elif isinstance(event, ws.RejectConnection):
+                await websocket.close(code=1011, reason="the sandbox's server refused the WebSocket")
+                return
+
+    async def inbound() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                await stream.write(client.send(ws.CloseConnection(code=1000)))
+                return
+            if message.get("bytes") is not None:
+                await stream.write(client.send(ws.BytesMessage(data=message["bytes"])))
+            elif message.get("text") is not None:
+                await stream.write(client.send(ws.TextMessage(data=message["text"])))
+
+    async def outbound() -> None:
+        while data := await stream.reader.read(65536):
+            client.receive_data(data)
+            for event in client.events():
+                if isinstance(event, ws.TextMessage):
+                    await websocket.send_text(event.data)
+                elif isinstance(event, ws.BytesMessage):
+                    await websocket.send_bytes(bytes(event.data))
+                elif isinstance(event, ws.Ping):
+                    await stream.write(client.send(event.response()))
+                elif isinstance(event, ws.CloseConnection):
+                    return
+
+    tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await stream.aclose()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def ws_port(websocket: WebSocket) -> None:
+    """A WebSocket into an exposed port, with the owner's token."""
+    try:
+        caller = _ws_principal(websocket)
+    except EdgenodeError as exc:
+        await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    await _ws_proxy(websocket, caller)
+
+
+async def ws_public_port(websocket: WebSocket) -> None:
+    """A WebSocket into a public port: no token."""
+    await _ws_proxy(websocket, None)
+
+
+# -- images -------------------------------------------------------------------------
+
+
+class ImageRequest(BaseModel):
+    """``POST /v1/sandbox-images`` (admins): a directory or tarball on the node's own file system."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    path: str = Field(description="Absolute path on the node: a root file system with usr/bin/python3.")
+
+
+class ImageInfo(BaseModel):
+    """A sandbox image; create a sandbox on it with ``{"image": name}``."""
+
+    name: str
+    source: str
+    kind: str
+    created_at: float
+
+
+async def add_image(request: Request) -> Response:
+    """Make a sandbox image from a directory or tarball on the node (admins only)."""
+    admin(request)
+    data = await read_json(request)
+    unknown = set(data) - {"name", "path"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    name = field(data, "name", str, required=True)
+    path = field(data, "path", str, required=True, max_len=4096)
+    return json(await _sandboxes(request).add_image(name, path), status=201)
+
+
+async def list_images(request: Request) -> Response:
+    """The node's sandbox images (any tenant may list them, to name one)."""
+    return json({"images": await _sandboxes(request).list_images()})
+
+
+async def remove_image(request: Request) -> Response:
+    """Remove an image no sandbox runs on (admins only)."""
+    admin(request)
+    await _sandboxes(request).remove_image(request.path_params["name"])
+    return Response(status_code=204)
+
+
+# -- git checkout -------------------------------------------------------------------
+
+
+class GitCheckoutRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/git/checkout``: an http(s) URL, or this node's repository ([tenant/]name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    branch: str | None = None
+    depth: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="Where in the workspace; default the repository's name.")
+
+
+class GitCheckoutResponse(BaseModel):
+    """Where the checkout is and the commit checked out."""
+
+    path: str
+    commit: str
+    branch: str | None
+    depth: int | None
+    duration_ms: float
+
+
+async def git_checkout(request: Request) -> Response:
+    """Clone a repository into the workspace in one call."""
+    data = await read_json(request)
+    field(data, "url", str, required=True)
+    field(data, "branch", str, None)
+    field(data, "depth", int, None)
+    field(data, "path", str, None)
+    body = await _sandboxes(request).git_checkout(principal(request), request.path_params["id"], data)
+    return json(body, status=201)
+
+
+# -- file watch ---------------------------------------------------------------------
+
+
+class WatchEvent(BaseModel):
+    """One server-sent event of ``GET /v1/sandboxes/{id}/watch``: ``event:`` created, modified, deleted,
+    moved (with ``from``) or overflow; ``ready`` first, once the watches are in place."""
+
+    path: str
+    is_dir: bool = False
+    from_: str | None = Field(None, alias="from")
+
+
+async def watch(request: Request) -> Response:
+    """Changes under ``?path=`` (default the workspace), ``?recursive=true`` for subdirectories, as events."""
+    raw = query_str(request, "path") or ""
+    path = check_path(raw, "path") if raw else ""
+    recursive = query_bool(request, "recursive")
+    watcher = await _sandboxes(request).watch(principal(request), request.path_params["id"], path,
+                                              recursive=recursive)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield _sse("ready", {"path": watcher.base, "recursive": recursive, "directories": len(watcher.dirs),
+                                 "truncated": watcher.truncated})
+            while True:
+                try:
+                    change = await asyncio.wait_for(watcher.queue.get(), 15)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if change is None:
+                    return
+                yield _sse(change.kind, change.as_dict())
+        finally:
+            watcher.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+# -- sessions ------------------------------------------------------------------------
+
+
+class SessionRequest(BaseModel):
+    """``POST /v1/sandboxes/{id}/sessions``: the defaults of the commands that name the session."""
+
+    model_config = ConfigDict(extra="forbid")
+    cwd: str | None = Field(None, description="Relative to /workspace unless absolute.")
+    env: dict[str, str] | None = None
+
+
+class SessionResponse(BaseModel):
+    """A session: pass ``"session": id`` to exec, processes or ``?session=`` to the terminal."""
+
+    id: str
+    cwd: str
+    env: dict[str, str]
+
+
+async def create_session(request: Request) -> Response:
+    """A session with its own cwd and env, sharing the sandbox's files."""
+    data = await read_json(request, optional=True)
+    field(data, "cwd", str, None)
+    field(data, "env", dict, None)
+    body = await _sandboxes(request).create_session(principal(request), request.path_params["id"], data)
+    return json(body, status=201)
+
+
+async def list_sessions(request: Request) -> Response:
+    """The sandbox's sessions."""
+    return json({"sessions": await _sandboxes(request).list_sessions(principal(request),
+                                                                     request.path_params["id"])})
+
+
+async def delete_session(request: Request) -> Response:
+    """Forget a session."""
+    await _sandboxes(request).delete_session(principal(request), request.path_params["id"],
+                                             request.path_params["session"])
+    return Response(status_code=204)
+
+
+# -- terminals -----------------------------------------------------------------------
+
+
+class TerminalControl(BaseModel):
+    """A text message on ``GET /v1/sandboxes/{id}/pty`` (binary messages are keystrokes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    resize: tuple[int, int] | None = Field(None, description="[rows, cols]")
+    signal: str | int | None = Field(None, description="To the terminal's foreground process group.")
+    input: str | None = Field(None, description="Keystrokes as text.")
+
+
+class TerminalExit(BaseModel):
+    """The last text message before the server closes: how the terminal's command ended."""
+
+    exit: int | None
+    signal: int | None
+
+
+def _terminal_size(websocket: WebSocket, name: str, default: int) -> int:
+    raw = websocket.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
+        raise ValidationFailed(f"query parameter {name!r} must be a number from 1 to 1000", field=name)
+    return int(raw)
+
+
+async def _control(runtime: Any, command: Any, text: str) -> None:
+    data = parse_json(text)
+    if not isinstance(data, dict) or set(data) - {"resize", "signal", "input"}:
+        raise ValidationFailed("a control message is {\"resize\": [rows, cols]}, {\"signal\": name} or "
+                               "{\"input\": text}", field="message")
+    if data.get("resize") is not None:
+        size = data["resize"]
+        if not (isinstance(size, list) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000 for v in size)):
+            raise ValidationFailed("'resize' must be [rows, cols], each from 1 to 1000", field="resize")
+        await runtime.guest.resize(command, size[0], size[1])
+    if data.get("signal") is not None:
+        await runtime.guest.signal(command, _parse_signal(data["signal"]), foreground=True)
+    if data.get("input") is not None:
+        await runtime.guest.input(command, str(data["input"]).encode())
+
+
+async def terminal(websocket: WebSocket) -> None:
+    """A command on a terminal over a WebSocket: ``?cmd=&cwd=&session=&rows=&cols=``; binary messages are
+    keystrokes and output, text messages control it (``TerminalControl``); its exit comes last (``TerminalExit``)."""
+    try:
+        caller = _ws_principal(websocket)
+        rows, cols = _terminal_size(websocket, "rows", 24), _terminal_size(websocket, "cols", 80)
+        query = websocket.query_params
+        body: dict[str, Any] = {"cmd": query.get("cmd") or "if command -v bash >/dev/null; then exec bash -i; "
+                                                           "else exec sh -i; fi"}
+        for name in ("cwd", "session"):
+            if query.get(name):
+                body[name] = query[name]
+        caps: Sandboxes = _ws_node(websocket).sandboxes
+        spec = await caps.resolve_session(caller, websocket.path_params["id"],
+                                          parse_exec(body, max_stdin=0))
+        runtime, command = await caps.terminal(caller, websocket.path_params["id"], spec, rows, cols)
+    except EdgenodeError as exc:
+        await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
+        return
+    await websocket.accept()
+
+    async def outbound() -> None:
+        while True:
+            event = await command.events.get()
+            if event.kind == "out":
+                await websocket.send_bytes(event.data)
+            elif event.kind == "failed":
+                await websocket.send_text(_json.dumps({"error": event.message}))
+            elif event.kind == "exit":
+                await websocket.send_text(_json.dumps({"exit": event.code, "signal": event.signal}))
+                return
+
+    async def inbound() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await runtime.guest.input(command, message["bytes"])
+            elif message.get("text") is not None:
+                try:
+                    await _control(runtime, command, message["text"])
+                except EdgenodeError as exc:
+                    await websocket.send_text(_json.dumps({"error": exc.message}))
+
+    tasks = [asyncio.ensure_future(outbound()), asyncio.ensure_future(inbound())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if not command.done.is_set():
+            command.stopped_by = "client_disconnected"
+            await runtime.guest.signal(command, _signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
 routes = [
     Route("/v1/sandboxes", create, methods=["POST"]),
     Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
     Route("/v1/sandboxes/{id}", get, methods=["GET"]),
     Route("/v1/sandboxes/{id}", delete, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/release", release, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/fork", fork, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/ports", expose_port, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/ports", list_ports, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/ports/{port}", unexpose_port, methods=["DELETE"]),
+    Route("/v1/sandboxes/{id}/ports/{port}/{path:path}", proxy_port, methods=_ALL_METHODS),
+    Route("/sp/{id}/{port}/{path:path}", proxy_public_port, methods=_ALL_METHODS),
+    WebSocketRoute("/v1/sandboxes/{id}/ports/{port}/{path:path}", ws_port),
+    WebSocketRoute("/sp/{id}/{port}/{path:path}", ws_public_port),
+    WebSocketRoute("/v1/sandboxes/{id}/pty", terminal),
+    Route("/v1/sandboxes/{id}/watch", watch, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/git/checkout", git_checkout, methods=["POST"]),
+    Route("/v1/sandbox-images", add_image, methods=["POST"]),
+    Route("/v1/sandbox-images", list_images, methods=["GET"]),
+    Route("/v1/sandbox-images/{name}", remove_image, methods=["DELETE"]),
+    Route("/v1/sandboxes/{id}/sessions", create_session, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/sessions", list_sessions, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/sessions/{session}", delete_session, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/exec", exec_command, methods=["POST"]),
     Route("/v1/sandboxes/{id}/files", read_file, methods=["GET"]),
     Route("/v1/sandboxes/{id}/files/{path:path}", read_file, methods=["GET"]),

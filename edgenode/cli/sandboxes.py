@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,118 @@ def files_rm(client: ClientContext, sandbox_ref: str, path: str, recursive: bool
     """Delete a workspace file (or a directory, with --recursive)."""
     client.sdk().send(calls.file_delete(sandbox_ref, path, recursive))
     emit({"deleted": path}, lambda _: click.echo(f"deleted {path}", err=True))
+
+
+
+@sandbox.command("shell")
+@click.argument("sandbox_ref")
+@click.option("--cmd", default=None, help="Command to run on the terminal (default: bash, else sh).")
+@click.option("--session", default=None, help="A session whose cwd and env the shell starts with.")
+@pass_client
+def shell(client: ClientContext, sandbox_ref: str, cmd: str | None, session: str | None) -> None:
+    """An interactive terminal in a sandbox (exits with the shell's exit code)."""
+    import os
+    import select
+    import shutil
+    import signal
+    import termios
+    import tty
+    from urllib.parse import urlencode
+
+    from edgenode.client.websocket import WebSocket, WebSocketClosed
+
+    size = shutil.get_terminal_size()
+    query = {"rows": size.lines, "cols": size.columns, **({"cmd": cmd} if cmd else {}),
+             **({"session": session} if session else {})}
+    url = client.base_url().replace("https://", "wss://").replace("http://", "ws://")
+    token = client.bearer()
+    try:
+        sock = WebSocket(f"{url}/v1/sandboxes/{sandbox_ref}/pty?{urlencode(query)}",
+                         headers={"authorization": f"Bearer {token}"} if token else {}, timeout=None)
+    except (OSError, WebSocketClosed) as exc:
+        raise click.ClickException(f"cannot open a terminal in {sandbox_ref}: {exc}") from None
+    stdin = sys.stdin.fileno()
+    interactive = os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if interactive else None
+    resized = [False]
+
+    def on_winch(signum: int, frame: object) -> None:
+        resized[0] = True
+
+    previous = signal.signal(signal.SIGWINCH, on_winch)
+    code = 1
+    try:
+        if interactive:
+            tty.setraw(stdin)
+        while True:
+            if resized[0]:
+                resized[0] = False
+                now = shutil.get_terminal_size()
+                sock.send_text(json.dumps({"resize": [now.lines, now.columns]}))
+            try:
+                ready = [sock] if sock.pending() else select.select([sock, stdin], [], [], 0.5)[0]
+            except InterruptedError:
+                continue
+            if stdin in ready:
+                data = os.read(stdin, 65536)
+                if not data:
+                    sock.send_text(json.dumps({"input": "\x04"}))
+                else:
+                    sock.send_bytes(data)
+            if sock in ready:
+                message = sock.recv()
+                if isinstance(message, bytes):
+                    os.write(sys.stdout.fileno(), message)
+                    continue
+                event = json.loads(message)
+                if "exit" in event:
+                    code = int(event["exit"] if event["exit"] is not None else 128 + (event["signal"] or 9))
+                    break
+                if "error" in event:
+                    os.write(sys.stderr.fileno(), f"\r\n[edgenode] {event['error']}\r\n".encode())
+    except WebSocketClosed as exc:
+        if exc.code >= 4000:
+            raise click.ClickException(f"the terminal closed: {exc.reason}") from None
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+        sock.close()
+    sys.exit(code)
+
+
+@sandbox.group("image")
+def image() -> None:
+    """Root file systems on the node that sandboxes may run on (--image): add, ls, rm."""
+
+
+@image.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, resolve_path=True))
+@pass_client
+def image_add(client: ClientContext, name: str, path: str) -> None:
+    """Make image NAME from a directory or tarball on the node's machine (it needs usr/bin/python3).
+
+    From Debian packages: debootstrap --variant=minbase --include=python3 bookworm DIR, then add DIR.
+    """
+    added = client.request("POST", "/v1/sandbox-images", json={"name": name, "path": path})
+    emit(added, lambda _: click.echo(f"added image {name}"))
+
+
+@image.command("ls")
+@pass_client
+def image_ls(client: ClientContext) -> None:
+    """List the node's sandbox images."""
+    echo_table(client.request("GET", "/v1/sandbox-images")["images"], ["name", "kind", "source", "created_at"])
+
+
+@image.command("rm")
+@click.argument("name")
+@pass_client
+def image_rm(client: ClientContext, name: str) -> None:
+    """Remove an image no sandbox runs on."""
+    client.request("DELETE", f"/v1/sandbox-images/{name}")
+    emit({"removed": name}, lambda _: click.echo(f"removed image {name}"))
 
 
 __all__ = ["pairs", "sandbox"]

@@ -122,8 +122,9 @@ class SandboxMounts:
 
 
 def sandbox_argv(bwrap: str, mounts: SandboxMounts, *, env: dict[str, str], command: list[str],
-                 hostname: str = "sandbox") -> list[str]:
-    """The full bwrap command line of a sandbox running ``command``."""
+                 hostname: str = "sandbox", system_root: str = "") -> list[str]:
+    """The full bwrap command line of a sandbox running ``command``; its system dirs are the host's, or
+    those under ``system_root`` (an image's root file system)."""
     argv = [
         bwrap,
         "--new-session", "--die-with-parent", "--as-pid-1",
@@ -132,15 +133,16 @@ def sandbox_argv(bwrap: str, mounts: SandboxMounts, *, env: dict[str, str], comm
         "--hostname", hostname,
     ]
     for path in SYSTEM_DIRS:
-        if os.path.islink(path):
-            argv += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            argv += ["--ro-bind", path, path]
+        source = system_root + path
+        if os.path.islink(source):
+            argv += ["--symlink", os.readlink(source), path]
+        elif os.path.isdir(source):
+            argv += ["--ro-bind", source, path]
     for path in SECRET_FILES:
-        if os.path.exists(path):
+        if os.path.exists(system_root + path) and not os.path.islink(system_root + path):
             argv += ["--ro-bind", "/dev/null", path]
     for path in SECRET_DIRS:
-        if os.path.isdir(path) and not os.path.islink(path):
+        if os.path.isdir(system_root + path) and not os.path.islink(system_root + path):
             argv += ["--tmpfs", path, "--remount-ro", path]
     argv += [
         "--ro-bind-data", str(mounts.passwd), "/etc/passwd",

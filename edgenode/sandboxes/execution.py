@@ -30,12 +30,26 @@ class ExecSpec:
     stdin: bytes | None = None
     timeout_s: float | None = None
     max_output_bytes: int | None = None
+    #: Python source run in a fork of the sandbox's started interpreter (as ``python3 -c``), instead of ``argv``.
+    code: str | None = None
+    #: A session whose cwd and env are the defaults of this command (see ``Sandboxes.create_session``).
+    session: str | None = None
+    #: Whether ``cwd`` was asked for (else a session's applies).
+    cwd_set: bool = False
 
 
 def parse_exec(data: dict[str, Any], *, max_stdin: int) -> ExecSpec:
-    """An ExecSpec from the API's JSON: ``cmd`` (shell string or argv), ``cwd``, ``env``, ``stdin``, ``timeout_s``."""
+    """An ExecSpec from the API's JSON: ``cmd`` (shell string or argv) or ``code`` (Python source), ``cwd``,
+    ``env``, ``stdin``, ``timeout_s``."""
     cmd = data.get("cmd")
-    if isinstance(cmd, str):
+    code = data.get("code")
+    if code is not None:
+        if cmd is not None:
+            raise ValidationFailed("give either 'cmd' or 'code', not both", field="code")
+        if not isinstance(code, str) or "\x00" in code:
+            raise ValidationFailed("field 'code' must be Python source text without NUL bytes", field="code")
+        argv = ["python3", "-c", code]
+    elif isinstance(cmd, str):
         if not cmd.strip():
             raise ValidationFailed("field 'cmd' is empty", field="cmd")
         argv = ["/bin/sh", "-c", cmd]
@@ -76,10 +90,15 @@ def parse_exec(data: dict[str, Any], *, max_stdin: int) -> ExecSpec:
     cap = data.get("max_output_bytes")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
         raise ValidationFailed("field 'max_output_bytes' must be a positive integer", field="max_output_bytes")
-    unknown = set(data) - {"cmd", "cwd", "env", "stdin", "stdin_b64", "timeout_s", "max_output_bytes"}
+    session = data.get("session")
+    if session is not None and not isinstance(session, str):
+        raise ValidationFailed("field 'session' must be a session id", field="session")
+    unknown = set(data) - {"cmd", "code", "cwd", "env", "stdin", "stdin_b64", "timeout_s", "max_output_bytes",
+                           "session"}
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-    return ExecSpec(argv, cwd, dict(env), stdin, float(timeout) if timeout is not None else None, cap)
+    return ExecSpec(argv, cwd, dict(env), stdin, float(timeout) if timeout is not None else None, cap, code,
+                    session, bool(data.get("cwd")))
 
 
 @dataclass

@@ -86,6 +86,10 @@ class GuestSpec:
     pids: int
     hostname: str
     groups: list[int] = field(default_factory=list)
+    #: Ready only once fully warm (a pooled sandbox): its first command must not wait for anything.
+    preload: bool = False
+    #: An image's root file system, whose system dirs replace the host's.
+    system_root: Path | None = None
 
 
 class Guest:
@@ -139,8 +143,10 @@ class Guest:
                 init=pipe_with(_GUEST_SOURCE.encode()),
                 run=path_fd(spec.run_dir) if spec.run_dir is not None else None,
             )
-            config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None}
+            config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None,
+                      "preload": spec.preload}
             argv = bw.sandbox_argv(spec.bwrap, mounts, env=spec.env, hostname=spec.hostname,
+                                   system_root=str(spec.system_root) if spec.system_root else "",
                                    command=[spec.python, "-I", "-S", bw.GUEST_INIT_PATH, json.dumps(config)])
             kwargs: dict[str, Any] = {}
             if spec.owner is not None:
@@ -248,8 +254,10 @@ class Guest:
                 raise SandboxUnavailable("the sandbox supervisor went away") from exc
 
     async def spawn(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bytes | None,
-                    rlimits: dict[str, int], cap: int) -> Command:
-        """Start ``argv`` in the sandbox; its output and exit arrive on ``Command.events``."""
+                    rlimits: dict[str, int], cap: int, code: str | None = None,
+                    pty: tuple[int, int] | None = None) -> Command:
+        """Start ``argv`` (or Python ``code`` in a fork of the supervisor) in the sandbox; its output and
+        exit arrive on ``Command.events``."""
         self._next_id += 1
         cmd = Command(self._next_id, argv)
         self.commands[cmd.id] = cmd
@@ -257,19 +265,32 @@ class Guest:
             await self._send({
                 "op": "spawn", "id": cmd.id, "argv": argv, "cwd": cwd, "env": env,
                 "stdin": base64.b64encode(stdin).decode() if stdin is not None else None,
-                "rlimits": rlimits, "cap": cap,
+                "rlimits": rlimits, "cap": cap, "code": code, "pty": list(pty) if pty else None,
             })
         except BaseException:
             self.commands.pop(cmd.id, None)
             raise
         return cmd
 
-    async def signal(self, cmd: Command, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the command's process group (no-op once it has exited)."""
+    async def input(self, cmd: Command, data: bytes) -> None:
+        """Keystrokes for a command started on a terminal."""
+        if not cmd.done.is_set() and self.alive:
+            with contextlib.suppress(SandboxUnavailable):
+                await self._send({"op": "input", "id": cmd.id, "data": base64.b64encode(data).decode()})
+
+    async def resize(self, cmd: Command, rows: int, cols: int) -> None:
+        """A new size for a command's terminal (its foreground processes get SIGWINCH)."""
+        if not cmd.done.is_set() and self.alive:
+            with contextlib.suppress(SandboxUnavailable):
+                await self._send({"op": "resize", "id": cmd.id, "rows": rows, "cols": cols})
+
+    async def signal(self, cmd: Command, sig: int = signal.SIGKILL, *, foreground: bool = False) -> None:
+        """Send ``sig`` to the command's process group, or with ``foreground`` to its terminal's foreground
+        job (no-op once it has exited)."""
         if cmd.done.is_set() or not self.alive:
             return
         with contextlib.suppress(SandboxUnavailable):
-            await self._send({"op": "signal", "id": cmd.id, "sig": int(sig)})
+            await self._send({"op": "signal", "id": cmd.id, "sig": int(sig), "foreground": foreground})
 
     async def stop(self) -> None:
         """Take the whole sandbox down: bwrap dies, the PID namespace and everything in it with it."""

@@ -10,7 +10,12 @@ node over its stdin and stdout, one JSON object per line, and is single-threaded
 Node to guest::
 
     {"op": "spawn", "id", "argv", "cwd", "env", "stdin" (base64 or null), "rlimits", "cap"}
-    {"op": "signal", "id", "sig"}     signal the command's process group
+    {"op": "spawn", "id", "code", ...}  Python source run in a fork of this interpreter
+    {"op": "spawn", ..., "pty": [rows, cols]}  argv on a new terminal (output as fd 1)
+    {"op": "input", "id", "data"}     bytes (base64) to a terminal command's keyboard
+    {"op": "resize", "id", "rows", "cols"}
+    {"op": "signal", "id", "sig", "foreground"?}  signal the command's process group (or its terminal's
+                                      foreground one)
     {"op": "shutdown"}
 
 Guest to node::
@@ -33,14 +38,18 @@ copies every connection to the egress proxy's Unix socket bind-mounted at
 """
 
 import base64
+import builtins
+import fcntl
 import json
 import os
 import resource
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 
 PROXY_SOCKET = "/run/edgenode/proxy.sock"
 PROXY_PORT = 3128
@@ -90,17 +99,25 @@ class Command:
         limits = msg.get("rlimits") or {}
         stdin_data = msg.get("stdin")
         self.stdin_buf = base64.b64decode(stdin_data) if stdin_data is not None else None
-        self.proc = subprocess.Popen(
-            msg["argv"],
-            cwd=msg.get("cwd") or "/workspace",
-            env=msg.get("env") or {},
-            stdin=subprocess.PIPE if self.stdin_buf is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=lambda: set_limits(limits),
-            close_fds=True,
-        )
+        self.master = None
+        if msg.get("pty"):
+            self.start_on_terminal(msg, limits)
+            return
+        if msg.get("code") is not None:
+            self.proc = ForkedPython(msg["code"], msg.get("cwd") or "/workspace", msg.get("env") or {},
+                                     limits, self.stdin_buf is not None)
+        else:
+            self.proc = subprocess.Popen(
+                msg["argv"],
+                cwd=msg.get("cwd") or "/workspace",
+                env=msg.get("env") or {},
+                stdin=subprocess.PIPE if self.stdin_buf is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=lambda: set_limits(limits),
+                close_fds=True,
+            )
         for fd_no, pipe in ((1, self.proc.stdout), (2, self.proc.stderr)):
             os.set_blocking(pipe.fileno(), False)
             sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", self, fd_no, pipe))
@@ -113,6 +130,51 @@ class Command:
                 self.proc.stdin.close()
         self.pidfd = os.pidfd_open(self.proc.pid)
         sel.register(self.pidfd, selectors.EVENT_READ, ("exit", self))
+
+    def start_on_terminal(self, msg, limits):
+        """Run argv as the session leader of a new terminal; its output arrives as fd 1."""
+        master, slave = os.openpty()
+        rows, cols = msg["pty"]
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", int(rows), int(cols), 0, 0))
+
+        def child():
+            set_limits(limits)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            self.proc = subprocess.Popen(msg["argv"], cwd=msg.get("cwd") or "/workspace", env=msg.get("env") or {},
+                                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                         preexec_fn=child, close_fds=True)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.master = os.fdopen(master, "r+b", buffering=0)
+        os.set_blocking(master, False)
+        sel.register(master, selectors.EVENT_READ, ("out", self, 1, self.master))
+        self.open_pipes = 1
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        sel.register(self.pidfd, selectors.EVENT_READ, ("exit", self))
+
+    def on_input(self, data):
+        """Keystrokes for a terminal command (a blocking write: a terminal's buffer drains as it reads)."""
+        if self.master is None or self.master.closed:
+            return
+        view = memoryview(data)
+        os.set_blocking(self.master.fileno(), True)
+        try:
+            while view:
+                view = view[os.write(self.master.fileno(), view):]
+        except OSError:
+            pass
+        finally:
+            if not self.master.closed:
+                os.set_blocking(self.master.fileno(), False)
+
+    def resize(self, rows, cols):
+        if self.master is not None and not self.master.closed:
+            fcntl.ioctl(self.master.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def on_output(self, fd_no, pipe):
         try:
@@ -191,11 +253,111 @@ class Command:
         emit({"ev": "exit", "id": self.id, "code": 128 + sig if sig else code, "signal": sig})
         procs.pop(self.id, None)
 
-    def signal(self, sig):
+    def signal(self, sig, foreground=False):
+        pgid = self.proc.pid
+        if foreground and self.master is not None and not self.master.closed:
+            try:
+                pgid = os.tcgetpgrp(self.master.fileno())  # the job in front, as Ctrl-C would reach it
+            except OSError:
+                pass
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class ForkedPython:
+    """Python source run as ``python3 -c`` would, in a fork of this already-started interpreter.
+
+    Starting python3 costs tens of milliseconds; a fork costs well under one. The child
+    keeps nothing of the supervisor: its descriptors are closed but for new stdio pipes,
+    it gets a session, rlimits, cwd and environment of its own and a fresh ``__main__``.
+    It stays non-dumpable, as the supervisor is (fork keeps the flag, only exec resets it).
+    """
+
+    def __init__(self, code, cwd, env, limits, with_stdin):
+        in_r, in_w = os.pipe() if with_stdin else (os.open(os.devnull, os.O_RDONLY), None)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        # A start error (a missing cwd) is found before the fork, as Popen reports it.
+        if not os.path.isdir(cwd):
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                if fd is not None:
+                    os.close(fd)
+            raise FileNotFoundError(2, "No such file or directory", cwd)
+        self.pid = os.fork()
+        if self.pid == 0:
+            _run_forked(code, cwd, env, limits, in_r, out_w, err_w)
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        self.stdin = os.fdopen(in_w, "wb", buffering=0) if in_w is not None else None
+        self.stdout = os.fdopen(out_r, "rb", buffering=0)
+        self.stderr = os.fdopen(err_r, "rb", buffering=0)
+        self.returncode = None
+
+    def wait(self):
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _run_forked(code, cwd, env, limits, in_r, out_w, err_w):
+    """The child of :class:`ForkedPython`: never returns."""
+    status = 1
+    try:
+        os.setsid()
+        os.dup2(in_r, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        set_limits(limits)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
+        sys.argv = ["-c"]
+        sys.path.insert(0, "")
+        import types
+
+        main = types.ModuleType("__main__")
+        main.__builtins__ = builtins
+        sys.modules["__main__"] = main
+        exec(compile(code, "<string>", "exec"), main.__dict__)
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException:
+        import traceback
+
+        kind, value, tb = sys.exc_info()
+        # From the code's own frames, as python3 -c shows it: not this function's.
+        traceback.print_exception(kind, value, tb.tb_next if tb is not None else None)
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(status)
+
+
+def _exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except BaseException:
+        pass
+    return 1
 
 
 class Relay:
@@ -344,7 +506,15 @@ def handle(msg):
     elif op == "signal":
         cmd = procs.get(msg["id"])
         if cmd is not None:
-            cmd.signal(int(msg.get("sig") or signal.SIGKILL))
+            cmd.signal(int(msg.get("sig") or signal.SIGKILL), bool(msg.get("foreground")))
+    elif op == "input":
+        cmd = procs.get(msg["id"])
+        if cmd is not None:
+            cmd.on_input(base64.b64decode(msg.get("data") or ""))
+    elif op == "resize":
+        cmd = procs.get(msg["id"])
+        if cmd is not None:
+            cmd.resize(max(1, min(int(msg["rows"]), 1000)), max(1, min(int(msg["cols"]), 1000)))
     elif op == "shutdown":
         for cmd in list(procs.values()):
             cmd.signal(signal.SIGKILL)
@@ -358,7 +528,10 @@ def main():
     # node through /proc/<pid>/fd (to forge events) or inspect it.
     try:
         import ctypes
-
+    except ImportError as exc:  # an image whose python3 lacks ctypes (libffi): refuse rather than run exposed
+        sys.exit(f"edgenode supervisor: this python3 has no working ctypes ({exc}), needed to protect the "
+                 "supervisor from the sandbox's commands")
+    try:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
     except (OSError, AttributeError):
         pass
@@ -367,13 +540,27 @@ def main():
     sel.register(0, selectors.EVENT_READ, ("control",))
     if config.get("proxy"):
         start_forwarder()
+    if config.get("preload"):
+        preload()
     emit({"ev": "ready", "pid": os.getpid()})
+    if not config.get("preload"):
+        preload()  # once ready, so only a command that comes at once waits for it
     buf = b""
     while True:
         reap_orphans()
         buf, alive = dispatch(sel.select(timeout=1.0), buf)
         if not alive:
             return
+
+
+def preload():
+    """The site-packages paths python3 -c would have, inherited by every fork that runs Python source."""
+    try:
+        import site
+
+        site.main()
+    except Exception:
+        pass
 
 
 def dispatch(ready, buf):

@@ -137,6 +137,40 @@ def cgroup_v2_writable(root: Path = Path("/sys/fs/cgroup")) -> Path | None:
     return None
 
 
+def cgroup_v2_reason(proc_cgroup: str | None = None) -> str:
+    """Why the node cannot bound sandboxes with cgroup v2 here (from ``/proc/self/cgroup``, or the text
+    given), in words an operator can act on."""
+    try:
+        lines = (proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()).splitlines()
+    except OSError as exc:
+        return f"cannot read /proc/self/cgroup ({exc})"
+    v1 = sorted({c for line in lines if not line.startswith("0::") for c in line.split(":")[1].split(",")}
+                & {"memory", "pids"})
+    if v1:
+        return (f"the {' and '.join(v1)} controller(s) are mounted as cgroup v1 on this host, so cgroup v2 "
+                "cannot use them (boot with the unified hierarchy, systemd.unified_cgroup_hierarchy=1)")
+    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if relative is None:
+        return "no cgroup v2 hierarchy is mounted"
+    return (f"the node's cgroup {relative} is not delegated to it with the memory and pids controllers "
+            "(under systemd: Delegate=yes in the node's unit)")
+
+
+def enforcement(cgroup: Path | None) -> dict[str, str]:
+    """How each limit is enforced on this node, and why not per sandbox when it is not."""
+    reason = cgroup_v2_reason() if cgroup is None else (
+        f"cgroup v2 with memory and pids is writable at {cgroup}, but this version does not place "
+        "sandboxes in cgroups yet")
+    return {
+        "mode": "rlimits",
+        "reason": reason,
+        "memory": "RLIMIT_AS per process: a sandbox of N processes may use up to N times memory_mb",
+        "pids": "RLIMIT_NPROC on the sandbox's own host uid (per sandbox when the node runs as root)",
+        "cpu_s": "RLIMIT_CPU per process",
+        "disk_mb": "measured continuously, processes stopped past it",
+    }
+
+
 class DiskUsage(NamedTuple):
     """What a sandbox holds on the host's disk."""
 
@@ -173,4 +207,5 @@ def disk_usage(*roots: Path) -> int:
     return measure(*roots).bytes
 
 
-__all__ = ["DiskUsage", "Limits", "cgroup_v2_writable", "disk_usage", "limits_from_json", "measure", "resolve_limits"]
+__all__ = ["DiskUsage", "Limits", "cgroup_v2_reason", "cgroup_v2_writable", "disk_usage", "enforcement",
+           "limits_from_json", "measure", "resolve_limits"]

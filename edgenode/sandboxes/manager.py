@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -20,10 +21,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge
+
 from edgenode.auth import Principal
 from edgenode.egress import AddressPolicy
 from edgenode.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
     Overloaded,
+    SandboxCheckoutFailed,
+    SandboxPortNotExposed,
+    SandboxPortUnreachable,
     SandboxProcessNotFound,
     SandboxQuotaExceeded,
     SandboxUnavailable,
@@ -34,21 +43,28 @@ from edgenode.errors import (
 )
 from edgenode.sandboxes import bwrap as bw
 from edgenode.sandboxes.acl import grant_group_search, has_group_search
+from edgenode.sandboxes.checkout import TOKEN_TTL_S, node_clone, parse_checkout
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
-from edgenode.sandboxes.execution import ExecSpec, Execution
-from edgenode.sandboxes.guest import GuestSpec, guest_python
+from edgenode.sandboxes.execution import ExecSpec, Execution, parse_exec
+from edgenode.sandboxes.guest import Command, GuestSpec, guest_python
+from edgenode.sandboxes.images import Images, check_image_name
+from edgenode.sandboxes.layers import MAX_LAYERS, LayerStore, overlay_supported
 from edgenode.sandboxes.limits import (
     MIB,
     Limits,
     cgroup_v2_writable,
     disk_usage,
+    enforcement,
     limits_from_json,
     resolve_limits,
 )
 from edgenode.sandboxes.paths import Workspace
+from edgenode.sandboxes.pool import Prestarted, WarmPool, process_tree_rss
+from edgenode.sandboxes.ports import SandboxPortBackend
 from edgenode.sandboxes.runtime import BackgroundProcess, SandboxRuntime, reset_dir
 from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
 from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
+from edgenode.sandboxes.watch import Watch
 from edgenode.store.faults import storage_fault
 
 if TYPE_CHECKING:
@@ -60,6 +76,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 PROXY_URL = "http://127.0.0.1:3128"
 #: How much of a refused upload is read and dropped so the client sees the error, in bytes.
 DRAIN_LIMIT = 64 * MIB
+#: Sessions one sandbox may hold.
+MAX_SESSIONS = 32
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -91,6 +109,25 @@ class Sandboxes:
         self.cgroup_v2 = cgroup_v2_writable()
         #: Directories where the sandboxes' group was granted search permission (see acl.py).
         self.search_granted: list[str] = []
+        #: Running slots taken by pooled sandboxes whose record is being written.
+        self._claiming = 0
+        #: uid slots held by pooled sandboxes that have no record yet.
+        self.reserved_slots: set[int] = set()
+        self.pool = WarmPool(self.settings.pool_size, self._prestart, self._discard_prestarted)
+        self.layers = LayerStore(self.root / "layers")
+        self.images = Images(self.root / "images")
+        self.forks_unavailable = overlay_supported()
+        self._fork_locks: dict[str, asyncio.Lock] = {}
+        #: Per sandbox, its sessions' cwd and env (kept while the node runs, as processes are).
+        self._sessions: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
+        registry = node.metrics.registry
+        self._pool_takes = Counter("edgenode_sandbox_pool_takes", "Sandbox creates by whether the pool served "
+                                   "them (hit), had none ready (miss) or the tenant was over its share.",
+                                   ["result"], registry=registry)
+        Gauge("edgenode_sandbox_pool_ready", "Pooled sandboxes started and waiting for a create.",
+              registry=registry).set_function(lambda: len(self.pool.ready))
+        Gauge("edgenode_sandbox_pool_rss_bytes", "Resident memory of the pooled sandboxes' processes.",
+              registry=registry).set_function(self._pool_rss)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -104,6 +141,8 @@ class Sandboxes:
             self.seccomp = compile_filter()
             if self.as_root:
                 await asyncio.to_thread(self._open_path_to_root)
+            await asyncio.to_thread(self._remove_orphans)
+            await asyncio.to_thread(self._mount_stacked)
         except (Unavailable, RuntimeError, OSError) as exc:
             self.unavailable = str(exc)
             log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
@@ -111,6 +150,7 @@ class Sandboxes:
 
     async def stop(self) -> None:
         """Release every sandbox's processes and close the database."""
+        await self.pool.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):
@@ -121,6 +161,9 @@ class Sandboxes:
             with contextlib.suppress(BaseException):
                 await task
         await asyncio.gather(*(self._release(sid) for sid in list(self.runtimes)), return_exceptions=True)
+        if self.forks_unavailable is None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._unmount_stacked)
         self.db.close()
 
     def status(self) -> dict[str, Any]:
@@ -134,11 +177,15 @@ class Sandboxes:
             "bwrap_source": self.bwrap.source if self.bwrap else None,
             "limits": "rlimits+disk-accounting",
             "cgroup_v2": f"writable at {self.cgroup_v2} (not used yet)" if self.cgroup_v2 else "not writable",
+            # Said plainly: per-sandbox memory and pids need cgroup v2, which this host may not delegate.
+            "enforcement": enforcement(self.cgroup_v2),
             "seccomp": f"bpf {arch.name if arch else '?'} {len(RULES)} rules",
             "per_sandbox_uid": self.as_root,
             "search_granted": self.search_granted,
             "running": len(self.runtimes),
             "max_running": self.settings.max_running,
+            "pool": self.pool.status(),
+            "forks": "overlayfs" if self.forks_unavailable is None else f"unavailable: {self.forks_unavailable}",
             "idle_timeout_s": self.settings.idle_timeout_s,
         }
 
@@ -166,6 +213,95 @@ class Sandboxes:
             if path.parent == path:
                 return
             path = path.parent
+
+    def _remove_orphans(self) -> None:
+        """Remove sandbox directories without a record: pooled sandboxes of a node that did not stop cleanly."""
+        known = {r.id for r in self.store.all_sync()}
+        for entry in self.root.iterdir():
+            if entry.name.startswith("sb_") and entry.name not in known:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _stacked(self) -> list[SandboxRecord]:
+        return [r for r in self.store.all_sync() if r.layers]
+
+    def _mount_stacked(self) -> None:
+        """Mount the workspaces stacked on layers (forks and their sources); mounts do not outlive the node."""
+        for record in self._stacked():
+            if not os.path.ismount(self._dir(record.id) / "workspace"):
+                try:
+                    self.layers.mount(self._dir(record.id), record.layers, self._owner(record))
+                except (OSError, SandboxUnavailable) as exc:
+                    log.warning("cannot mount a forked workspace", extra={"sandbox": record.id, "error": str(exc)})
+
+    def _unmount_stacked(self) -> None:
+        for record in self._stacked():
+            self.layers.unmount(self._dir(record.id))
+
+    def _pool_rss(self) -> float:
+        return float(sum(process_tree_rss(e.runtime.guest.proc.pid) for e in list(self.pool.ready)
+                         if e.runtime.guest.proc is not None))
+
+    async def _prestart(self) -> Prestarted:
+        """Start a sandbox for the pool: default limits, no network, an id and uid slot of its own."""
+        self._require()
+        slot = await self.store.reserve_slot(self.reserved_slots)
+        limits = resolve_limits(None, self.settings)
+        policy = parse_policy(None)
+        record = SandboxRecord("sb_" + secrets.token_hex(8), "", None, time.time(), time.time(),
+                               policy.as_json(), limits.as_dict(), slot)
+        began = time.perf_counter()
+        runtime: SandboxRuntime | None = None
+        try:
+            async with self._warming:
+                spec = await asyncio.to_thread(self._prepare, record, policy)
+                spec.preload = True
+                runtime = self._runtime_for(record, policy, spec)
+                await runtime.start()
+        except BaseException:
+            # Cancelled by the node's stop mid-start too: nothing of it may outlive the node.
+            with contextlib.suppress(BaseException):
+                if runtime is not None:
+                    await asyncio.shield(runtime.stop())
+                self.reserved_slots.discard(slot)
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, self._dir(record.id), True))
+            raise
+        return Prestarted(record.id, slot, self._dir(record.id), runtime, (time.perf_counter() - began) * 1000)
+
+    async def _discard_prestarted(self, entry: Prestarted) -> None:
+        await entry.runtime.stop()
+        self.reserved_slots.discard(entry.uid_slot)
+        await asyncio.to_thread(shutil.rmtree, entry.root, True)
+
+    async def _create_from_pool(self, principal: Principal, policy: EgressPolicy,
+                                limits: Limits) -> SandboxRecord | None:
+        """A new sandbox from a pooled one, when the request fits what the pool holds."""
+        if policy.enabled or limits != resolve_limits(None, self.settings):
+            return None
+        if self._slots_used() >= self.settings.max_running:
+            return None  # a pooled sandbox runs at once: only in a free slot, as a warm start after create
+        entry = self.pool.take(principal.tenant)
+        if entry is None:
+            self._pool_takes.labels("over_share" if self.pool.ready else "miss").inc()
+            return None
+        self._claiming += 1  # the slot is this create's from here: no start may take it while it awaits
+        try:
+            record = await self.store.insert(id=entry.id, tenant=principal.tenant, name=None,
+                                             network=policy.as_json(), limits=limits.as_dict(),
+                                             uid_slot=entry.uid_slot)
+        except BaseException:
+            self.pool.give_back(entry, principal.tenant)
+            raise
+        finally:
+            self._claiming -= 1
+        self.reserved_slots.discard(entry.uid_slot)
+        self._owners[record.id] = principal.tenant
+        self.runtimes[record.id] = entry.runtime
+        self._pool_takes.labels("hit").inc()
+        return record
+
+    def _slots_used(self) -> int:
+        """Sandboxes with processes, starting, or being handed out by the pool (against ``max_running``)."""
+        return len(self.runtimes) + len(self._starting) + self._claiming
 
     def _require(self) -> None:
         if self.unavailable is not None:
@@ -197,34 +333,40 @@ class Sandboxes:
             "last_used_at": last_used,
             "network": record.network,
             "limits": self._limits(record).as_dict(),
+            "limits_enforced_by": "rlimits",
             "state": "running" if running else "stopped",
             # Files and the record survive restarts and idle release; processes never do.
             "persistence": {"files": True, "processes": False},
             "processes": len([p for p in runtime.processes.values() if not p.command.done.is_set()])
             if runtime else 0,
             "workspace": "/workspace",
+            "image": record.image,
         }
 
     async def create(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         """Create a sandbox: ``{"name"?, "network"?, "limits"?}``; its processes start in the background."""
         self._require()
         self.node.store.require_space("sandbox workspaces")
-        unknown = set(data) - {"name", "network", "limits"}
+        unknown = set(data) - {"name", "network", "limits", "image"}
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-        name = data.get("name")
-        if name is not None and (not isinstance(name, str) or not _NAME.match(name) or name.startswith("sb_")):
-            raise ValidationFailed("field 'name' must be lower-case letters, digits, '.', '_' or '-' "
-                                   "(up to 63, not starting with 'sb_')", field="name")
+        name = _check_name(data.get("name"))
         policy = parse_policy(data.get("network"))
         limits = resolve_limits(data.get("limits"), self.settings)
-        cap = self.settings.max_per_tenant
-        if cap > 0 and await self.store.count_for(principal.tenant) >= cap:
-            raise TenantQuotaExceeded(f"this tenant has {cap} sandboxes, as many as the node allows one tenant; "
-                                      "delete one first", limit=cap, retry_after=60)
+        image = data.get("image")
+        if image is not None:
+            await asyncio.to_thread(self.images.rootfs, check_image_name(image))
+        await self._check_count(principal.tenant)
+        self.pool.wake()  # the first create of any kind starts the pool filling
+        if name is None and image is None:
+            # Pooled sandboxes are started before their name is known (bwrap sets the host name).
+            pooled = await self._create_from_pool(principal, policy, limits)
+            if pooled is not None:
+                return {**self._describe(pooled), "pooled": True}
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = await self.store.insert(id=sandbox_id, tenant=principal.tenant, name=name,
-                                         network=policy.as_json(), limits=limits.as_dict())
+                                         network=policy.as_json(), limits=limits.as_dict(),
+                                         reserved=self.reserved_slots, image=image)
         try:
             await asyncio.to_thread(self._make_dirs, record)
         except OSError:
@@ -234,7 +376,84 @@ class Sandboxes:
         warm = asyncio.create_task(self._warm(record))
         self._warm_tasks[sandbox_id] = warm
         warm.add_done_callback(lambda t: self._warm_tasks.pop(sandbox_id, None))
-        return self._describe(record)
+        return {**self._describe(record), "pooled": False}
+
+    async def _check_count(self, tenant: str) -> None:
+        cap = self.settings.max_per_tenant
+        if cap > 0 and await self.store.count_for(tenant) >= cap:
+            raise TenantQuotaExceeded(f"this tenant has {cap} sandboxes, as many as the node allows one tenant; "
+                                      "delete one first", limit=cap, retry_after=60)
+
+    async def fork(self, principal: Principal, ref: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A new sandbox whose workspace starts as a copy-on-write copy of ``ref``'s: ``{"name"?}``.
+
+        The source's workspace is frozen into a layer that both stack (see layers.py); when the
+        source has written nothing since it was last frozen, its processes go on untouched,
+        else they are released first (a live process would keep writing into the frozen layer).
+        Network policy and limits are the source's; ``/tmp`` and processes are not copied.
+        """
+        self._require()
+        if self.forks_unavailable is not None:
+            raise SandboxUnavailable(f"forks are not available on this node: {self.forks_unavailable}")
+        unknown = set(data) - {"name"}
+        if unknown:
+            raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        name = _check_name(data.get("name"))
+        self.node.store.require_space("sandbox workspaces")
+        source = await self.store.get(principal.tenant, ref)
+        await self._check_count(principal.tenant)
+        began = time.perf_counter()
+        released = False
+        async with self._fork_locks.setdefault(source.id, asyncio.Lock()):
+            source = await self.store.get(principal.tenant, source.id)
+            layers = source.layers
+            if not layers or not await asyncio.to_thread(self.layers.upper_is_empty, self._dir(source.id)):
+                if len(layers) >= MAX_LAYERS:
+                    raise Conflict(f"this workspace is a fork {MAX_LAYERS} levels deep, the most a node stacks; "
+                                   "fork an earlier one")
+                if source.id in self.runtimes or source.id in self._starting:
+                    starting = self._starting.get(source.id)
+                    if starting is not None:
+                        with contextlib.suppress(BaseException):
+                            await starting
+                    await self._release(source.id)
+                    released = True
+                layers = await asyncio.to_thread(self._freeze, source)
+                await self.store.set_layers(source.id, layers)
+            record = await self.store.insert(id="sb_" + secrets.token_hex(8), tenant=principal.tenant, name=name,
+                                             network=source.network, limits=source.limits,
+                                             reserved=self.reserved_slots, layers=layers, image=source.image)
+            try:
+                await asyncio.to_thread(self._make_stacked, record)
+            except BaseException:
+                await self.store.delete(record.id)
+                await asyncio.to_thread(self._remove_dir, record)
+                raise
+        return {**self._describe(record), "forked_from": source.id, "source_released": released,
+                "fork_ms": round((time.perf_counter() - began) * 1000, 3)}
+
+    def _freeze(self, record: SandboxRecord) -> list[str]:
+        """Freeze what the workspace holds into a new layer and stack it anew; returns its layers."""
+        base = self._dir(record.id)
+        if record.layers:
+            self.layers.unmount(base)
+            layers = [self.layers.freeze(base / "upper"), *record.layers]
+        else:
+            layers = [self.layers.freeze(base / "workspace")]
+        self.layers.mount(base, layers, self._owner(record))
+        return layers
+
+    def _make_stacked(self, record: SandboxRecord) -> None:
+        self._make_dirs(record)
+        self.layers.mount(self._dir(record.id), record.layers, self._owner(record))
+
+    def _remove_dir(self, record: SandboxRecord) -> None:
+        """Remove a sandbox's directory (its overlay unmounted first) and the layers nothing stacks any more."""
+        if record.layers:
+            self.layers.unmount(self._dir(record.id))
+        shutil.rmtree(self._dir(record.id), True)
+        if record.layers:
+            self.layers.collect({layer for r in self._stacked() for layer in r.layers})
 
     def _make_dirs(self, record: SandboxRecord) -> None:
         base = self._dir(record.id)
@@ -290,7 +509,8 @@ class Sandboxes:
                 await task
         await self._release(record.id)
         await self.store.delete(record.id)
-        await asyncio.to_thread(shutil.rmtree, self._dir(record.id), True)
+        self._sessions.pop(record.id, None)
+        await asyncio.to_thread(self._remove_dir, record)
 
     # -- processes -------------------------------------------------------------
 
@@ -304,8 +524,11 @@ class Sandboxes:
             owner = self._owner(record)
             if owner is not None:
                 os.chown(run_dir, 0, owner[1])
+        system_root = self.images.rootfs(record.image) if record.image else None
+        python = self.images.python(record.image) if record.image else self.python
         return GuestSpec(
-            bwrap=self.bwrap.path, python=self.python, workspace=base / "workspace", tmp=base / "tmp",
+            bwrap=self.bwrap.path, python=python, system_root=system_root,
+            workspace=base / "workspace", tmp=base / "tmp",
             run_dir=run_dir, seccomp=self.seccomp, owner=self._owner(record),
             env={"PATH": BASE_PATH}, pids=self._limits(record).pids, hostname=record.name or record.id,
             groups=[self.group] if self.as_root else [],
@@ -327,7 +550,7 @@ class Sandboxes:
         async with self._warming:
             # Let the response that created the sandbox go out first.
             await asyncio.sleep(0)
-            if record.id in self.runtimes or len(self.runtimes) + len(self._starting) >= self.settings.max_running:
+            if record.id in self.runtimes or self._slots_used() >= self.settings.max_running:
                 return
             try:
                 await self.runtime(record)
@@ -403,7 +626,7 @@ class Sandboxes:
         for sid in [*self.runtimes, *self._starting]:
             owner = self._owners.get(sid, "")
             held[owner] = held.get(owner, 0) + 1
-        if len(self.runtimes) + len(self._starting) < self.settings.max_running:
+        if self._slots_used() < self.settings.max_running:
             return  # free slots go to whoever asks: a tenant alone may use them all
         mine = held.get(tenant, 0)
         share = self.tenant_share()
@@ -441,13 +664,119 @@ class Sandboxes:
 
     async def exec(self, principal: Principal, ref: str, spec: ExecSpec) -> Execution:
         """Start an exec in the caller's sandbox."""
+        spec = await self.resolve_session(principal, ref, spec)
         record = await self.store.get(principal.tenant, ref)
         runtime = await self.runtime(record)
         cap = min(spec.max_output_bytes or self.settings.max_output_bytes, self.settings.max_output_bytes)
         return await runtime.execute(spec, cap=cap)
 
+    # -- images ------------------------------------------------------------------
+
+    async def add_image(self, name: str, path: str) -> dict[str, Any]:
+        """Make a sandbox image from a directory or tarball on the node (admins only, checked by the API)."""
+        return await asyncio.to_thread(self.images.add, check_image_name(name), Path(path))
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        """The node's sandbox images."""
+        return await asyncio.to_thread(self.images.list)
+
+    async def remove_image(self, name: str) -> None:
+        """Remove an image no sandbox runs on; 409 otherwise."""
+        check_image_name(name)
+        if await self.store.image_in_use(name):
+            raise Conflict(f"sandboxes run on image {name!r}; delete them first")
+        await asyncio.to_thread(self.images.remove, name)
+
+    # -- git checkout ------------------------------------------------------------
+
+    async def git_checkout(self, principal: Principal, ref: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Clone a repository into the workspace: ``{"url", "branch"?, "depth"?, "path"?}`` (see checkout.py)."""
+        record = await self.store.get(principal.tenant, ref)
+        checkout = parse_checkout(data, node_url=self.node.url)
+        policy = parse_policy(record.network)
+        env = {"GIT_TERMINAL_PROMPT": "0"}
+        token_id: str | None = None
+        if checkout.repo is not None:
+            if not policy.node:
+                raise Forbidden("this sandbox's network policy does not grant 'node', which a checkout of the "
+                                "node's own repositories needs: create it with network {\"allow\": [\"node\"]}")
+            tenant = checkout.tenant or principal.tenant
+            if tenant != principal.tenant:
+                raise NotFound(f"no repository {checkout.tenant}/{checkout.repo} of this tenant")
+            issued = await self.node.artifacts.issue_token(tenant, checkout.repo, "read", TOKEN_TTL_S)
+            token_id = str(issued["id"])
+            url, extra = node_clone(tenant, checkout.repo, str(issued["token"]))
+            env.update(extra)
+        else:
+            assert checkout.url is not None
+            if not policy.enabled:
+                raise Forbidden("this sandbox has no network: its policy must allow the repository's host")
+            url = checkout.url
+        try:
+            runtime = await self.runtime(record)
+            began = time.perf_counter()
+            clone = await (await runtime.execute(ExecSpec(checkout.argv(url), env=env), cap=64 * 1024)).collect()
+            if clone["exit_code"] != 0:
+                raise SandboxCheckoutFailed(f"git clone failed: {clone['stderr'].strip()[-500:] or clone}",
+                                            stderr=clone["stderr"][-4000:], exit_code=clone["exit_code"])
+            head = await (await runtime.execute(ExecSpec(["git", "-C", checkout.path, "rev-parse", "HEAD"]),
+                                                cap=4096)).collect()
+        finally:
+            if token_id is not None:
+                with contextlib.suppress(Exception):
+                    await self.node.artifacts.tokens.revoke(principal.tenant, str(checkout.repo), token_id)
+        return {"path": checkout.path, "commit": head["stdout"].strip(), "branch": checkout.branch,
+                "depth": checkout.depth, "duration_ms": round((time.perf_counter() - began) * 1000, 1)}
+
+    # -- sessions: a cwd and environment of their own, sharing the sandbox's files -----
+
+    async def create_session(self, principal: Principal, ref: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A session: ``{"cwd"?, "env"?}``, the defaults of the commands that name it (``"session": id``)."""
+        record = await self.store.get(principal.tenant, ref)
+        unknown = set(data) - {"cwd", "env"}
+        if unknown:
+            raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        checked = parse_exec({"cmd": ["true"], **data}, max_stdin=0)
+        sessions = self._sessions.setdefault(record.id, {})
+        if len(sessions) >= MAX_SESSIONS:
+            raise Conflict(f"a sandbox holds at most {MAX_SESSIONS} sessions; delete one first")
+        session_id = "ses_" + secrets.token_hex(6)
+        sessions[session_id] = (checked.cwd, checked.env)
+        return {"id": session_id, "cwd": checked.cwd, "env": checked.env}
+
+    async def list_sessions(self, principal: Principal, ref: str) -> list[dict[str, Any]]:
+        """The sandbox's sessions."""
+        record = await self.store.get(principal.tenant, ref)
+        return [{"id": sid, "cwd": cwd, "env": env} for sid, (cwd, env) in self._sessions.get(record.id, {}).items()]
+
+    async def delete_session(self, principal: Principal, ref: str, session_id: str) -> None:
+        """Forget a session; 404 if unknown."""
+        record = await self.store.get(principal.tenant, ref)
+        if self._sessions.get(record.id, {}).pop(session_id, None) is None:
+            raise NotFound(f"no session {session_id!r} in this sandbox")
+
+    async def resolve_session(self, principal: Principal, ref: str, spec: ExecSpec) -> ExecSpec:
+        """``spec`` with its session's cwd (unless it sets one) and env (under its own) applied."""
+        if spec.session is None:
+            return spec
+        record = await self.store.get(principal.tenant, ref)
+        found = self._sessions.get(record.id, {}).get(spec.session)
+        if found is None:
+            raise NotFound(f"no session {spec.session!r} in this sandbox")
+        cwd, env = found
+        return dataclasses.replace(spec, cwd=spec.cwd if spec.cwd_set else cwd, env={**env, **spec.env})
+
+    async def terminal(self, principal: Principal, ref: str, spec: ExecSpec, rows: int,
+                       cols: int) -> tuple[SandboxRuntime, Command]:
+        """Start ``spec.argv`` on a terminal in the caller's sandbox (for ``GET .../pty``)."""
+        record = await self.store.get(principal.tenant, ref)
+        runtime = await self.runtime(record)
+        command = await runtime.start_terminal(spec.argv, cwd=spec.cwd, env=spec.env, rows=rows, cols=cols)
+        return runtime, command
+
     async def start_process(self, principal: Principal, ref: str, spec: ExecSpec) -> dict[str, Any]:
         """Start a background process."""
+        spec = await self.resolve_session(principal, ref, spec)
         record = await self.store.get(principal.tenant, ref)
         runtime = await self.runtime(record)
         proc = await runtime.start_process(spec)
@@ -485,6 +814,49 @@ class Sandboxes:
         assert runtime is not None
         return runtime.follow_log(proc_id, follow=follow, offset=offset)
 
+    # -- exposed ports -------------------------------------------------------------
+
+    def _port_json(self, record: SandboxRecord, port: int, public: bool) -> dict[str, Any]:
+        path = f"/v1/sandboxes/{record.id}/ports/{port}/"
+        body: dict[str, Any] = {"port": port, "public": public, "path": path, "url": (self.node.url or "") + path}
+        if public:
+            body["public_path"] = f"/sp/{record.id}/{port}/"
+            body["public_url"] = (self.node.url or "") + body["public_path"]
+        return body
+
+    async def expose_port(self, principal: Principal, ref: str, port: int, public: bool) -> dict[str, Any]:
+        """Let the owner reach ``port`` inside the sandbox through the node (anyone, with ``public``)."""
+        record = await self.store.get(principal.tenant, ref)
+        if public and not self.settings.public_ports:
+            raise Forbidden("this node does not serve public sandbox ports (setting sandboxes.public_ports)")
+        await self.store.expose(record.id, port, public)
+        return self._port_json(record, port, public)
+
+    async def list_ports(self, principal: Principal, ref: str) -> list[dict[str, Any]]:
+        """The sandbox's exposed ports and their URLs."""
+        record = await self.store.get(principal.tenant, ref)
+        return [self._port_json(record, port, public) for port, public in (await self.store.ports(record.id)).items()]
+
+    async def unexpose_port(self, principal: Principal, ref: str, port: int) -> None:
+        """Stop serving ``port``; 404 if it was not exposed."""
+        record = await self.store.get(principal.tenant, ref)
+        if not await self.store.unexpose(record.id, port):
+            raise SandboxPortNotExposed(f"port {port} of this sandbox is not exposed")
+
+    async def port_backend(self, principal: Principal | None, ref: str, port: int) -> SandboxPortBackend:
+        """A dialler into the sandbox for an exposed port: the owner's (``principal``), or anyone's for a
+        public port (``principal`` None); the same 404 for what is not exposed and what is not public."""
+        record = await (self.store.get(principal.tenant, ref) if principal is not None else self.store.by_id(ref))
+        ports = await self.store.ports(record.id)
+        if port not in ports or (principal is None and not (ports[port] and self.settings.public_ports)):
+            raise SandboxPortNotExposed(f"port {port} of this sandbox is not exposed")
+        runtime = self.runtimes.get(record.id)
+        if runtime is None or not runtime.alive or runtime.guest.proc is None:
+            raise SandboxPortUnreachable("the sandbox's processes are not running: start its server as a "
+                                         "background process")
+        runtime.last_used = time.time()
+        return SandboxPortBackend(runtime.guest.proc.pid)
+
     # -- files -----------------------------------------------------------------
 
     async def workspace(self, principal: Principal, ref: str) -> tuple[Workspace, SandboxRecord]:
@@ -494,6 +866,18 @@ class Sandboxes:
         if runtime is not None:
             runtime.last_used = time.time()
         return Workspace(self._dir(record.id) / "workspace", owner=self._owner(record)), record
+
+    async def watch(self, principal: Principal, ref: str, path: str, *, recursive: bool) -> Watch:
+        """Changes under ``path`` of the caller's workspace, started (close it when done)."""
+        ws, _ = await self.workspace(principal, ref)
+        try:
+            found = await asyncio.to_thread(lambda: Watch(ws, path, recursive=recursive))
+        except OSError as exc:
+            from edgenode.sandboxes.paths import _translate
+
+            raise _translate(exc, path) from None
+        found.start()
+        return found
 
     async def write_file(self, principal: Principal, ref: str, path: str, chunks: AsyncIterator[bytes],
                          *, declared: int | None = None) -> int:
@@ -544,6 +928,13 @@ class Sandboxes:
                 await self._release(sandbox_id)
                 released.append(sandbox_id)
         return released
+
+
+def _check_name(name: Any) -> str | None:
+    if name is not None and (not isinstance(name, str) or not _NAME.match(name) or name.startswith("sb_")):
+        raise ValidationFailed("field 'name' must be lower-case letters, digits, '.', '_' or '-' "
+                               "(up to 63, not starting with 'sb_')", field="name")
+    return name
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:

@@ -135,12 +135,19 @@ class SandboxRuntime:
         self.last_used = time.time()
         timeout = min(spec.timeout_s or self.limits.timeout_s, float(self.limits.timeout_s))
         command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
-                                         rlimits=self.limits.rlimits(), cap=cap)
+                                         rlimits=self.limits.rlimits(), cap=cap, code=spec.code)
         return Execution(self.guest, command, timeout_s=timeout, cap=cap, on_done=self._touch)
 
     def _touch(self) -> None:
         # The end of a long exec counts as use: the idle clock starts then, not at its start.
         self.last_used = time.time()
+
+    async def start_terminal(self, argv: list[str], *, cwd: str, env: dict[str, str], rows: int,
+                             cols: int) -> Command:
+        """Start ``argv`` on a new terminal of ``rows`` x ``cols``; no output cap (it streams to a client)."""
+        self.last_used = time.time()
+        return await self.guest.spawn(argv, cwd=cwd, env=self.env_for({"TERM": "xterm-256color", **env}), stdin=None,
+                                      rlimits=self.limits.rlimits(), cap=0, pty=(rows, cols))
 
     # -- background processes ------------------------------------------------
 
@@ -148,7 +155,7 @@ class SandboxRuntime:
         """Start a background command whose output is logged on the host."""
         self.last_used = time.time()
         command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
-                                         rlimits=self.limits.rlimits(), cap=self.log_cap)
+                                         rlimits=self.limits.rlimits(), cap=self.log_cap, code=spec.code)
         self._next_proc += 1
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True, mode=0o700)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgenode.errors import Conflict, SandboxNotFound
@@ -29,7 +29,28 @@ def _create_tables(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX sandboxes_tenant ON sandboxes(tenant, created_at)")
 
 
-MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables)]
+def _add_layers(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE sandboxes ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'")
+
+
+def _add_image(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE sandboxes ADD COLUMN image TEXT")
+
+
+def _add_ports(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE sandbox_ports (
+            sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+            port INTEGER NOT NULL,
+            public INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (sandbox_id, port)
+        )"""
+    )
+
+
+MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables), Migration("sandboxes-0002-layers", _add_layers),
+              Migration("sandboxes-0003-ports", _add_ports), Migration("sandboxes-0004-images", _add_image)]
 
 
 @dataclass
@@ -44,12 +65,25 @@ class SandboxRecord:
     network: Any
     limits: dict[str, Any]
     uid_slot: int
+    #: The frozen layers (top first) the workspace is stacked on; empty for a plain directory.
+    layers: list[str] = field(default_factory=list)
+    #: The image whose root file system the sandbox runs on; None for the host's system dirs.
+    image: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> SandboxRecord:
         """A record from a ``sandboxes`` row."""
         return cls(row["id"], row["tenant"], row["name"], row["created_at"], row["last_used_at"],
-                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"])
+                   json.loads(row["network"]), json.loads(row["limits"]), row["uid_slot"], json.loads(row["layers"]),
+                   row["image"])
+
+
+def _free_slot(conn: sqlite3.Connection, reserved: set[int] | frozenset[int]) -> int:
+    taken = {r[0] for r in conn.execute("SELECT uid_slot FROM sandboxes")} | set(reserved)
+    slot = 0
+    while slot in taken:
+        slot += 1
+    return slot
 
 
 class SandboxStore:
@@ -59,8 +93,11 @@ class SandboxStore:
         self.db = db
 
     async def insert(self, *, id: str, tenant: str, name: str | None, network: Any,
-                     limits: dict[str, Any]) -> SandboxRecord:
-        """Store a new sandbox and give it the lowest free uid slot; 409 if the name is taken."""
+                     limits: dict[str, Any], uid_slot: int | None = None,
+                     reserved: set[int] | frozenset[int] = frozenset(),
+                     layers: list[str] | None = None, image: str | None = None) -> SandboxRecord:
+        """Store a new sandbox with ``uid_slot``, else the lowest uid slot neither taken nor ``reserved``;
+        409 if the name is taken."""
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> SandboxRecord:
@@ -68,16 +105,27 @@ class SandboxStore:
                 "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?", (tenant, name)
             ).fetchone():
                 raise Conflict(f"a sandbox named {name!r} already exists")
-            slots = [r[0] for r in conn.execute("SELECT uid_slot FROM sandboxes ORDER BY uid_slot")]
-            slot = next((i for i, taken in enumerate(slots) if taken != i), len(slots))
+            slot = uid_slot if uid_slot is not None else _free_slot(conn, reserved)
             conn.execute(
-                "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot),
+                "INSERT INTO sandboxes (id, tenant, name, created_at, last_used_at, network, limits, uid_slot,"
+                " layers, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, tenant, name, now, now, json.dumps(network), json.dumps(limits), slot, json.dumps(layers or []),
+                 image),
             )
-            return SandboxRecord(id, tenant, name, now, now, network, limits, slot)
+            return SandboxRecord(id, tenant, name, now, now, network, limits, slot, list(layers or []), image)
 
         return await self.db.write(insert)
+
+    async def reserve_slot(self, reserved: set[int]) -> int:
+        """The lowest uid slot neither taken nor in ``reserved``, added to ``reserved`` (in write order,
+        so an insert running at the same time cannot pick it)."""
+
+        def reserve(conn: sqlite3.Connection) -> int:
+            slot = _free_slot(conn, reserved)
+            reserved.add(slot)
+            return slot
+
+        return await self.db.write(reserve)
 
     async def get(self, tenant: str, ref: str) -> SandboxRecord:
         """The tenant's sandbox with id (or name) ``ref``; 404 otherwise."""
@@ -115,9 +163,49 @@ class SandboxStore:
         await self.db.write(lambda c: c.execute(
             "UPDATE sandboxes SET last_used_at = ? WHERE id = ?", (when, sandbox_id)))
 
+    async def set_layers(self, sandbox_id: str, layers: list[str]) -> None:
+        """Record the layers a workspace is now stacked on."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE sandboxes SET layers = ? WHERE id = ?", (json.dumps(layers), sandbox_id)))
+
     async def delete(self, sandbox_id: str) -> None:
-        """Forget a sandbox."""
-        await self.db.write(lambda c: c.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
+        """Forget a sandbox (and the ports it exposed)."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM sandbox_ports WHERE sandbox_id = ?", (sandbox_id,))
+            conn.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+        await self.db.write(delete)
+
+    async def expose(self, sandbox_id: str, port: int, public: bool) -> None:
+        """Record that ``port`` of the sandbox may be reached through the node."""
+        await self.db.write(lambda c: c.execute(
+            "INSERT INTO sandbox_ports (sandbox_id, port, public, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (sandbox_id, port) DO UPDATE SET public = excluded.public",
+            (sandbox_id, port, int(public), time.time())))
+
+    async def unexpose(self, sandbox_id: str, port: int) -> bool:
+        """Forget an exposed port; whether it was exposed."""
+        return bool(await self.db.write(lambda c: c.execute(
+            "DELETE FROM sandbox_ports WHERE sandbox_id = ? AND port = ?", (sandbox_id, port)).rowcount))
+
+    async def ports(self, sandbox_id: str) -> dict[int, bool]:
+        """The sandbox's exposed ports and whether each is public."""
+        return await self.db.read(lambda c: {int(r[0]): bool(r[1]) for r in c.execute(
+            "SELECT port, public FROM sandbox_ports WHERE sandbox_id = ? ORDER BY port", (sandbox_id,))})
+
+    async def image_in_use(self, image: str) -> bool:
+        """Whether any sandbox runs on ``image``."""
+        return bool(await self.db.read(lambda c: c.execute("SELECT 1 FROM sandboxes WHERE image = ? LIMIT 1",
+                                                           (image,)).fetchone()))
+
+    async def by_id(self, sandbox_id: str) -> SandboxRecord:
+        """Any tenant's sandbox by id (for public ports, whose URL names no tenant); 404 otherwise."""
+        row = await self.db.read(lambda c: c.execute("SELECT * FROM sandboxes WHERE id = ?",
+                                                      (sandbox_id,)).fetchone())
+        if row is None:
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+        return SandboxRecord.from_row(row)
 
 
 __all__ = ["MIGRATIONS", "SandboxRecord", "SandboxStore"]

@@ -26,6 +26,17 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return dict(error)
 
 
+@pytest.fixture(scope="session")
+def features_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the modules of pools, forks, ports, terminals, watch, checkout and images (each a
+    module's ``node``): a pool of two, public ports served when asked. Started once for all of them."""
+    proc = NodeProcess(tmp_path_factory.mktemp("features"),
+                       env={"EDGENODE_SANDBOXES_POOL_SIZE": "2", "EDGENODE_SANDBOXES_PUBLIC_PORTS": "true"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture(scope="module")
 def admin(node: NodeProcess) -> Iterator[httpx.Client]:
     """An admin client for the module's node (module-scoped, unlike ``client``)."""
