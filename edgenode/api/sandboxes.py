@@ -653,10 +653,13 @@ class WatchEvent(BaseModel):
 
 
 async def watch(request: Request) -> Response:
-    """Changes under ``?path=`` (default the workspace), ``?recursive=true`` for subdirectories, as events."""
+    """Changes under ``?path=`` (default the workspace), ``?recursive=true`` for subdirectories, as events
+    while ``?follow=true`` (until the client leaves); without it, only ``ready`` (the path can be watched),
+    as a process log is read without ``follow``."""
     raw = query_str(request, "path") or ""
     path = check_path(raw, "path") if raw else ""
     recursive = query_bool(request, "recursive")
+    follow = query_bool(request, "follow")
     watcher = await _sandboxes(request).watch(principal(request), request.path_params["id"], path,
                                               recursive=recursive)
 
@@ -664,7 +667,7 @@ async def watch(request: Request) -> Response:
         try:
             yield _sse("ready", {"path": watcher.base, "recursive": recursive, "directories": len(watcher.dirs),
                                  "truncated": watcher.truncated})
-            while True:
+            while follow:
                 try:
                     change = await asyncio.wait_for(watcher.queue.get(), 15)
                 except TimeoutError:

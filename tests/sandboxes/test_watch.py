@@ -26,7 +26,8 @@ class Stream:
         self.events: list[tuple[str, dict]] = []
         self.ready = threading.Event()
         self.changed = threading.Condition()
-        self._cm = node_client.stream("GET", f"/v1/sandboxes/{sandbox}/watch", params=query, timeout=120)
+        self._cm = node_client.stream("GET", f"/v1/sandboxes/{sandbox}/watch", params={"follow": "true", **query},
+                                      timeout=120)
         self.response = self._cm.__enter__()
         assert self.response.status_code == 200, self.response.read()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -96,6 +97,9 @@ def test_a_watch_without_recursion_sees_one_level(admin: httpx.Client, sandbox: 
 
 def test_a_watch_refuses_bad_paths(admin: httpx.Client, sandbox: str) -> None:
     url = f"/v1/sandboxes/{sandbox}/watch"
+    # Without follow, the answer ends after saying the path can be watched.
+    checked = admin.get(url, params={"path": "", "recursive": "true"})
+    assert checked.status_code == 200 and checked.text.startswith("event: ready\n")
     run(admin, sandbox, "echo x > file.txt && ln -s / escape")
     assert_error(admin.get(url, params={"path": "../etc"}), 400, "path_refused")
     assert_error(admin.get(url, params={"path": "/etc"}), 400, "path_refused")
