@@ -155,6 +155,10 @@ class SandboxSettings:
     max_per_tenant: int = setting(100, "Sandboxes one tenant may have (0: no limit); 429 beyond.")
     public_ports: bool = setting(False, "Let a sandbox's owner expose a port without a token (\"public\": true, "
                                  "served under /sp/ in an opaque origin: CSP sandbox, no cookies).")
+    ports_host: str = setting(
+        "", "Wildcard host name for exposed ports (DNS *.NAME pointing at the node): port P of sandbox sb_X is "
+        "also served at P-X.NAME, an origin of its own; empty serves them by path only."
+    )
     pool_size: int = setting(2, "Sandboxes kept started ahead of their create call (0: none), for a cold start "
                              "of a few ms; each costs a bwrap and an idle python3 (see /v1/status). It fills "
                              "once a first sandbox is created; one tenant may take at most half of it before "

@@ -822,6 +822,12 @@ class Sandboxes:
         if public:
             body["public_path"] = f"/sp/{record.id}/{port}/"
             body["public_url"] = (self.node.url or "") + body["public_path"]
+        if self.settings.ports_host:
+            # An origin of its own: scheme and port as the node's URL has them.
+            scheme, _, rest = (self.node.url or "http://").partition("://")
+            node_port = rest.rpartition(":")[2] if ":" in rest else ""
+            body["host_url"] = (f"{scheme}://{port}-{record.id.removeprefix('sb_')}."
+                                f"{self.settings.ports_host.strip('.').lower()}{':' + node_port if node_port else ''}/")
         return body
 
     async def expose_port(self, principal: Principal, ref: str, port: int, public: bool) -> dict[str, Any]:

@@ -31,7 +31,8 @@ def features_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc
     """One node for the modules of pools, forks, ports, terminals, watch, checkout and images (each a
     module's ``node``): a pool of two, public ports served when asked. Started once for all of them."""
     proc = NodeProcess(tmp_path_factory.mktemp("features"),
-                       env={"EDGENODE_SANDBOXES_POOL_SIZE": "2", "EDGENODE_SANDBOXES_PUBLIC_PORTS": "true"})
+                       env={"EDGENODE_SANDBOXES_POOL_SIZE": "2", "EDGENODE_SANDBOXES_PUBLIC_PORTS": "true",
+                            "EDGENODE_SANDBOXES_PORTS_HOST": "sbx.test"})
     proc.start()
     yield proc
     proc.stop()

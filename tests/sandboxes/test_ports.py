@@ -139,6 +139,30 @@ def test_a_public_port_needs_no_token_and_runs_in_an_opaque_origin(admin: httpx.
         assert_error(anonymous.get(exposed["public_path"] + "page"), 404, "port_not_exposed")
 
 
+def test_an_exposed_port_has_a_host_of_its_own(admin: httpx.Client, node: NodeProcess, served: str) -> None:
+    # The node is configured with ports_host = "sbx.test": PORT-ID.sbx.test is that port, every path
+    # on it the sandbox's (the node's own API is not reachable from that origin).
+    exposed = admin.post(f"/v1/sandboxes/{served}/ports", json={"port": 8000}).json()
+    node_port = node.url.rsplit(":", 1)[1]
+    host = f"8000-{served.removeprefix('sb_')}.sbx.test:{node_port}"
+    assert exposed["host_url"] == f"http://{host}/"
+    answer = admin.get("/hello?x=2", headers={"host": host})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["path"] == "/hello?x=2"
+    assert admin.get("/v1/whoami", headers={"host": host}).json()["path"] == "/v1/whoami"  # the sandbox's path
+    with httpx.Client(base_url=node.url) as anonymous:  # private: no token, no answer
+        assert_error(anonymous.get("/hello", headers={"host": host}), 404, "port_not_exposed")
+        admin.post(f"/v1/sandboxes/{served}/ports", json={"port": 8000, "public": True})
+        public = anonymous.get("/page", headers={"host": host})
+        assert public.status_code == 200 and public.headers["content-security-policy"] == "sandbox"
+    admin.post(f"/v1/sandboxes/{served}/ports", json={"port": 8000, "public": False})
+    with node.client(_token(admin, "eve3")) as eve:
+        assert_error(eve.get("/hello", headers={"host": host}), 404, "sandbox_not_found")
+    # Any other host is the node's own.
+    assert admin.get("/v1/whoami", headers={"host": f"8000-{served.removeprefix('sb_')}.other.test"}).json()[
+        "tenant"] == "default"
+
+
 def test_ports_refuse_bad_input(admin: httpx.Client, served: str) -> None:
     url = f"/v1/sandboxes/{served}/ports"
     for body in ({"port": 0}, {"port": 70000}, {"port": "80"}, {"port": True}, {}, {"port": 80, "extra": 1},
