@@ -146,6 +146,27 @@ class AsyncSandbox:
         self.info = await self._client.send(calls.sandbox_get(self.id))
         return self
 
+    async def fork(self, name: str | None = None) -> AsyncSandbox:
+        """A new sandbox whose workspace starts as a copy-on-write copy of this one's (independent after)."""
+        return AsyncSandbox(self._client, await self._client.send(calls.sandbox_fork(self.id, name)))
+
+    async def expose_port(self, port: int, *, public: bool = False) -> dict[str, Any]:
+        """Serve a port a server in the sandbox listens on; answers its ``url`` (and ``public_url``, ``host_url``)."""
+        return await self._client.send(calls.port_expose(self.id, port, public))
+
+    async def ports(self) -> list[dict[str, Any]]:
+        """The sandbox's exposed ports."""
+        return await self._client.send(calls.port_list(self.id))
+
+    async def unexpose_port(self, port: int) -> None:
+        """Stop serving a port."""
+        await self._client.send(calls.port_unexpose(self.id, port))
+
+    async def git_checkout(self, url: str, *, branch: str | None = None, depth: int | None = None,
+                     path: str | None = None) -> dict[str, Any]:
+        """Clone ``url`` (or this node's repository by name, with the sandbox's ``node`` grant) into the workspace."""
+        return await self._client.send(calls.git_checkout(self.id, url, branch, depth, path))
+
     async def delete(self) -> None:
         """Destroy the sandbox: processes killed, workspace removed."""
         await self._client.send(calls.sandbox_delete(self.id))

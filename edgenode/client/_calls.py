@@ -193,6 +193,32 @@ def sandbox_delete(ref: str) -> Call[None]:
     return Call("DELETE", f"/v1/sandboxes/{seg(ref)}", _none)
 
 
+def sandbox_fork(ref: str, name: str | None) -> Call[dict[str, Any]]:
+    """``POST /v1/sandboxes/{id}/fork``: a copy-on-write copy of the workspace as a new sandbox."""
+    return Call("POST", f"/v1/sandboxes/{seg(ref)}/fork", _dict, json=compact({"name": name}))
+
+
+def port_expose(ref: str, port: int, public: bool) -> Call[dict[str, Any]]:
+    """``POST /v1/sandboxes/{id}/ports``."""
+    return Call("POST", f"/v1/sandboxes/{seg(ref)}/ports", _dict, json={"port": port, "public": public})
+
+
+def port_list(ref: str) -> Call[list[dict[str, Any]]]:
+    """``GET /v1/sandboxes/{id}/ports``."""
+    return Call("GET", f"/v1/sandboxes/{seg(ref)}/ports", _key("ports"))
+
+
+def port_unexpose(ref: str, port: int) -> Call[None]:
+    """``DELETE /v1/sandboxes/{id}/ports/{port}``."""
+    return Call("DELETE", f"/v1/sandboxes/{seg(ref)}/ports/{port}", _none)
+
+
+def git_checkout(ref: str, url: str, branch: str | None, depth: int | None, path: str | None) -> Call[dict[str, Any]]:
+    """``POST /v1/sandboxes/{id}/git/checkout``: clone a repository (this node's by name) into the workspace."""
+    return Call("POST", f"/v1/sandboxes/{seg(ref)}/git/checkout", _dict,
+                json=compact({"url": url, "branch": branch, "depth": depth, "path": path}), node_bounded=True)
+
+
 def exec_body(cmd: str | list[str], options: dict[str, Any]) -> dict[str, Any]:
     """The body of an exec or a background process."""
     return compact({"cmd": cmd, **options})

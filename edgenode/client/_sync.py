@@ -178,6 +178,27 @@ class Sandbox:
         self.info = self._client.send(calls.sandbox_get(self.id))
         return self
 
+    def fork(self, name: str | None = None) -> Sandbox:
+        """A new sandbox whose workspace starts as a copy-on-write copy of this one's (independent after)."""
+        return Sandbox(self._client, self._client.send(calls.sandbox_fork(self.id, name)))
+
+    def expose_port(self, port: int, *, public: bool = False) -> dict[str, Any]:
+        """Serve a port a server in the sandbox listens on; answers its ``url`` (and ``public_url``, ``host_url``)."""
+        return self._client.send(calls.port_expose(self.id, port, public))
+
+    def ports(self) -> list[dict[str, Any]]:
+        """The sandbox's exposed ports."""
+        return self._client.send(calls.port_list(self.id))
+
+    def unexpose_port(self, port: int) -> None:
+        """Stop serving a port."""
+        self._client.send(calls.port_unexpose(self.id, port))
+
+    def git_checkout(self, url: str, *, branch: str | None = None, depth: int | None = None,
+                     path: str | None = None) -> dict[str, Any]:
+        """Clone ``url`` (or this node's repository by name, with the sandbox's ``node`` grant) into the workspace."""
+        return self._client.send(calls.git_checkout(self.id, url, branch, depth, path))
+
     def delete(self) -> None:
         """Destroy the sandbox: processes killed, workspace removed."""
         self._client.send(calls.sandbox_delete(self.id))

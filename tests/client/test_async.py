@@ -40,6 +40,10 @@ def test_async_sandbox_exec_stream_and_files(node: NodeProcess, token: str) -> N
             assert [e.line for e in events if e.kind == "stdout"] == ["a", "b"]
             assert events[-1].result is not None and events[-1].result.ok
             await box.files.write("x/y/z.txt", "zed")
+            fork = await box.fork()
+            assert fork.info["forked_from"] == box.id and (await fork.files.read("x/y/z.txt")) == b"zed"
+            assert (await fork.expose_port(8001))["port"] == 8001 and len(await fork.ports()) == 1
+            await fork.delete()
             assert await box.files.read_text("x/y/z.txt") == "zed"
             assert [e["name"] for e in await box.files.list("x/y")] == ["z.txt"]
             proc = await box.processes.start(["sh", "-c", "echo bg"])

@@ -97,6 +97,30 @@ def test_sandbox_exec_files_processes_and_delete(sdk: Client) -> None:
     assert isinstance(gone.value, NotFound) and gone.value.code == "sandbox_not_found"
 
 
+def test_sandbox_fork_ports_and_checkout(sdk: Client) -> None:
+    box = sdk.sandboxes.create()
+    box.files.write("notes.txt", "from the source\n")
+    fork = box.fork("sdk-fork")
+    assert fork.id != box.id and fork.info["forked_from"] == box.id and fork.name == "sdk-fork"
+    fork.files.write("notes.txt", "from the fork\n")
+    assert box.files.read("notes.txt") == b"from the source\n"  # independent after the fork
+    assert fork.exec("cat notes.txt").stdout == "from the fork\n"
+
+    box.processes.start("python3 -m http.server 8000 --bind 127.0.0.1")
+    exposed = box.expose_port(8000)
+    assert exposed["port"] == 8000 and exposed["url"].endswith(f"/v1/sandboxes/{box.id}/ports/8000/")
+    assert [p["port"] for p in box.ports()] == [8000]
+    listing = wait_for(lambda: (r := sdk.http.get(exposed["path"])).status_code == 200 and r, timeout=60,
+                       message="the sandbox's server answering through its port")
+    assert "notes.txt" in listing.text
+    box.unexpose_port(8000)
+    assert box.ports() == []
+    with pytest.raises(errors.ValidationFailed):
+        box.git_checkout("ext::sh -c touch% /tmp/pwned")
+    fork.delete()
+    box.delete()
+
+
 def test_sandbox_exec_streams_output_events(sdk: Client) -> None:
     box = sdk.sandboxes.create()
     try:
