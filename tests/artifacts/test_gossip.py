@@ -124,8 +124,14 @@ def test_divergent_concurrent_pushes_keep_both_histories(fleet: list[NodeProcess
     # --force on an unprotected branch: whichever order the pushes and the gossip meet in,
     # each node takes its own client's push (a plain push could lose the race to gossip and
     # be refused by git as not a fast-forward, which keeps nothing to test).
+    # The gossip of the other push may also land between this push's reading of the ref and its
+    # compare-and-swap: the node refuses that push ("failed to write": the ref changed during the
+    # push), as git does, and the client pushes again, as a user would.
     def push(work: Path) -> None:
-        result = git("push", "--force", "origin", "main:work", cwd=work, check=False)
+        for _ in range(5):
+            result = git("push", "--force", "origin", "main:work", cwd=work, check=False)
+            if result.returncode == 0 or "failed to write" not in result.stderr:
+                break
         if result.returncode != 0:
             errors.append(result.stderr)
 
