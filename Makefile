@@ -29,8 +29,10 @@ system-deps:
 run: setup
 	$(BIN)/python examples/run.py --data $(DATA) --listen $(LISTEN)
 
+# Two workers, each taking whole test files (a file's tests share its node processes): most tests
+# wait on child processes and the network, so two of them at once keep both cores busy.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/run_all.py
