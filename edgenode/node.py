@@ -16,7 +16,7 @@ from edgenode.agents import Agents
 from edgenode.artifacts import Artifacts
 from edgenode.auth import MIGRATIONS as AUTH_MIGRATIONS
 from edgenode.auth import Auth
-from edgenode.cluster import Cluster
+from edgenode.cluster import Cluster, NatsTransport
 from edgenode.config import Config
 from edgenode.isolates import Workers
 from edgenode.metrics import Metrics
@@ -111,6 +111,17 @@ class Node:
         self.artifacts = self.add(Artifacts(self))
         self.sandboxes = self.add(Sandboxes(self))
         self.agents = self.add(Agents(self))
+
+    @property
+    def transport(self) -> NatsTransport | None:
+        """The fleet transport, connected once the cluster capability started (None for a node alone).
+
+        What capabilities are handed to reach the fleet: ``transport.nc`` (the nats-py client),
+        ``transport.jetstream`` (the fleet domain's JetStream), ``transport.subject(...)`` (per-fleet
+        subjects), ``transport.stream(...)`` and ``transport.bucket(...)``.
+        """
+        transport: NatsTransport | None = self.cluster.transport
+        return transport
 
     def database(self, name: str, migrations: Any = ()) -> Database:
         """A database file in the data directory, with the node's store settings."""

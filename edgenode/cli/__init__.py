@@ -64,6 +64,9 @@ for command in (deploy, run, workers):
 from edgenode.cli.runtime import runtime  # noqa: E402
 
 cli.add_command(runtime)
+from edgenode.cli.hub import hub  # noqa: E402
+
+cli.add_command(hub)
 
 
 def main() -> None:

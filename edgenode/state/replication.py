@@ -1,0 +1,503 @@
+"""State replication on JetStream: publish committed batches, consume everyone's, catch up on gaps.
+
+* **Publish.** Every local commit that changed rows queues its version; a publisher
+  task reads the rows of what accumulated and publishes one message per namespace to
+  the fleet's change stream (``<prefix>.state.changes.<origin>``), waiting for
+  JetStream's acknowledgement. The namespace databases are the outbox: what has been
+  acknowledged is recorded in ``DATA/replication.json``; whatever was committed but not
+  acknowledged (a node cut off from the stream, a restart) is published again later.
+* **Consume.** A durable pull consumer per node reads the stream in order and applies
+  each batch with the order-independent merge (last writer wins on HLC and origin), so
+  a consumer's position is all the anti-entropy there is. Its own batches it skips.
+* **Catch up.** When a node finds the stream has moved past what it read (retention
+  dropped batches it never saw, or it is new to a stream that no longer starts at 1),
+  it asks a healthy member for what its books lack (``<prefix>.state.sync.<member>``):
+  the missing tail, or a snapshot of a namespace when the tail is long.
+
+A namespace whose batch cannot be merged (its table diverged, its file is damaged) is
+blocked alone: the batch is set aside, reported in ``GET /v1/cluster`` and metrics,
+and every other namespace goes on. Once it merges again, a catch-up fills its hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.js import api
+from prometheus_client import Counter, Gauge, Histogram
+
+from edgenode.cluster.hlc import physical_ms
+from edgenode.cluster.ranges import RangeSet
+from edgenode.cluster.transport import NatsTransport, dumps
+from edgenode.errors import EdgenodeError, MalformedChanges
+from edgenode.state.names import NAMESPACE, ORIGIN
+from edgenode.state.payload import Changes, parse_changes
+
+if TYPE_CHECKING:
+    from edgenode.cluster.cluster import Cluster
+    from edgenode.state.service import State
+
+log = logging.getLogger(__name__)
+
+STREAM = "STATE"
+#: Catch-up rounds in a row with one member while it says there is more.
+MAX_ROUNDS = 50
+
+
+def _ns_key(tenant: str, namespace: str) -> str:
+    return f"{tenant}/{namespace}"
+
+
+@dataclass
+class Blocked:
+    """A namespace that could not merge a batch: why, since when, from whom."""
+
+    reason: str
+    origin: str
+    since: float
+    failures: int = 1
+
+    def as_dict(self, tenant: str, namespace: str) -> dict[str, Any]:
+        """JSON-able view."""
+        return {"tenant": tenant, "namespace": namespace, "reason": self.reason, "origin": self.origin,
+                "since": round(self.since, 3), "failures": self.failures}
+
+
+class Replicator:
+    """Moves this node's committed changes to the fleet's stream, and the fleet's into its namespaces."""
+
+    def __init__(self, state: State, cluster: Cluster) -> None:
+        self.state = state
+        self.cluster = cluster
+        self.settings = cluster.settings
+        self.transport: NatsTransport | None = cluster.transport
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[tuple[str, str], RangeSet] = {}
+        self._published: dict[tuple[str, str], RangeSet] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._outbox_file = state.node.data_dir / "replication.json"
+        self._dirty = False
+        self.applied_seq = 0
+        self.stream_name: str | None = None
+        self.blocked: dict[tuple[str, str], Blocked] = {}
+        self._catch_up = asyncio.Event()
+        self._stream_state: dict[str, Any] = {}
+        registry = state.node.metrics.registry
+        self.m_applied = Counter("edgenode_replication_rows_applied", "Peer rows that won and were applied.",
+                                 registry=registry)
+        self.m_refused = Counter("edgenode_replication_refused", "Batches from peers refused as malformed.",
+                                 registry=registry)
+        self.m_published = Counter("edgenode_replication_batches_published",
+                                   "Change batches this node published to the fleet's stream.", registry=registry)
+        self.m_snapshots = Counter("edgenode_replication_snapshots_sent", "Namespace snapshots sent to peers.",
+                                   registry=registry)
+        self.m_blocked = Gauge("edgenode_replication_blocked_namespaces",
+                               "Namespaces that could not merge a batch (each blocks only itself).",
+                               registry=registry)
+        self.m_blocked.set_function(lambda: len(self.blocked))
+        self.m_unpublished = Gauge("edgenode_replication_unpublished_versions",
+                                   "Local versions committed but not yet acknowledged by the stream.",
+                                   registry=registry)
+        self.m_unpublished.set_function(lambda: sum(rs.count() for rs in self._pending.values()))
+        self.m_stream = Gauge("edgenode_replication_stream", "The fleet's change stream (messages, bytes, "
+                              "first_seq, last_seq) as last measured.", ["field"], registry=registry)
+        self.m_lag = Histogram(
+            "edgenode_replication_lag_seconds", "From a change's HLC stamp at its origin to its apply here.",
+            registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Hook local commits and start publishing, consuming and answering catch-up requests."""
+        self._loop = asyncio.get_running_loop()
+        if self.transport is None:
+            return
+        self.state.on_commit = self.notify
+        self._load_outbox()
+        self.cluster.heartbeat_info.append(self.heartbeat_info)
+        self.cluster.reporters.append(self.report)
+        self.cluster.on_peer_recovered = lambda peer: self._wake.set()
+        subject = self.transport.subject("state", "sync", self.state.origin)
+        await self.transport.subscribe(subject, self._answer_sync)
+        for coro, name in ((self._publisher(), "state-publish"), (self._consumer(), "state-consume"),
+                           (self._catch_up_loop(), "state-catch-up"), (self._measure_loop(), "state-measure")):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def stop(self) -> None:
+        """Stop every task and save the outbox position."""
+        self.state.on_commit = lambda tenant, namespace, version: None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._save_outbox(force=True)
+
+    # -- the outbox ----------------------------------------------------------------
+
+    def _load_outbox(self) -> None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            data = json.loads(self._outbox_file.read_text())
+            self.applied_seq = int(data.get("applied_seq", 0))
+            for key, ranges in data.get("published", {}).items():
+                tenant, _, namespace = key.partition("/")
+                self._published[(tenant, namespace)] = RangeSet.from_json(ranges)
+        me = self.state.origin
+        for key, book in self.state.books().items():
+            mine = book.get(me)
+            if mine is not None:
+                todo = mine.minus(self._published.get(key, RangeSet()))
+                if len(todo):
+                    self._pending[key] = todo
+        if self._pending:
+            self._wake.set()
+
+    def _save_outbox(self, *, force: bool = False) -> None:
+        if not (self._dirty or force):
+            return
+        data = {"applied_seq": self.applied_seq,
+                "published": {_ns_key(t, ns): rs.to_json() for (t, ns), rs in self._published.items()}}
+        tmp = self._outbox_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            tmp.replace(self._outbox_file)
+            self._dirty = False
+        except OSError as exc:
+            log.warning("cannot save the replication outbox", extra={"error": str(exc)})
+
+    # -- publish ---------------------------------------------------------------------
+
+    def notify(self, tenant: str, namespace: str, version: int) -> None:
+        """A local commit made ``version`` of this node's origin (callable from any thread)."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the outbox has it for next time
+            self._loop.call_soon_threadsafe(self._queue, tenant, namespace, version)
+
+    def _queue(self, tenant: str, namespace: str, version: int) -> None:
+        self._pending.setdefault((tenant, namespace), RangeSet()).add(version)
+        self._wake.set()
+
+    async def _publisher(self) -> None:
+        delay = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while self._pending:
+                    key = next(iter(self._pending))
+                    versions = self._pending.pop(key)
+                    try:
+                        sent = await self._publish(key, versions)
+                    except BaseException:
+                        self._pending.setdefault(key, RangeSet()).update(versions)
+                        raise
+                    rest = versions.minus(sent)
+                    if len(rest):
+                        self._pending.setdefault(key, RangeSet()).update(rest)
+                delay = 0.1
+                self._save_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cut off from the stream: keep it and retry
+                log.debug("publish failed; retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+                self._save_outbox()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(5.0, delay * 2)
+                self._wake.set()
+
+    async def _publish(self, key: tuple[str, str], versions: RangeSet) -> RangeSet:
+        """Publish the rows of ``versions`` of one namespace; returns the versions the stream now holds."""
+        assert self.transport is not None
+        tenant, namespace = key
+        me = self.state.origin
+        budget = self.settings.sync_batch_rows
+        while True:
+            changes = await asyncio.to_thread(self.state.read_changes, tenant, namespace, {me: versions}, budget)
+            if changes is None:  # the namespace is gone (its tenant was purged)
+                return versions
+            body = dumps({"origin": me, "namespaces": [changes.to_json()]})
+            if len(body) <= self.settings.max_message_bytes or len(changes.rows) <= 1:
+                break
+            budget = max(1, len(changes.rows) // 2)
+        sent = changes.seen.get(me, RangeSet())
+        await self.transport.jetstream.publish(self.transport.subject("state", "changes", me), body,
+                                               stream=self.stream_name, timeout=self.settings.push_timeout_s)
+        self.m_published.inc()
+        self._published.setdefault(key, RangeSet()).update(sent)
+        self._dirty = True
+        return sent
+
+    # -- consume -------------------------------------------------------------------------
+
+    async def _ensure_stream(self) -> str:
+        assert self.transport is not None
+        self.stream_name = await self.transport.stream(
+            STREAM, [self.transport.subject("state", "changes", "*")],
+            max_age=self.settings.stream_max_age_s, max_bytes=self.settings.stream_max_bytes,
+            discard=api.DiscardPolicy.OLD, max_msg_size=-1)
+        return self.stream_name
+
+    async def _subscribe(self) -> Any:
+        assert self.transport is not None
+        js = self.transport.jetstream
+        stream = await self._ensure_stream()
+        durable = f"state-{self.state.origin}"
+        config = api.ConsumerConfig(
+            durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=1024, ack_wait=30.0,
+            inactive_threshold=self.settings.forget_peer_after_s,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if self.applied_seq else api.DeliverPolicy.ALL,
+            opt_start_seq=self.applied_seq + 1 if self.applied_seq else None)
+        try:
+            await js.consumer_info(stream, durable)
+        except Exception:  # noqa: BLE001 - absent (new node, or forgotten while away): create it
+            await js.add_consumer(stream, config)
+        info = await js.stream_info(stream)
+        first = int(info.state.first_seq or 0)
+        if first > self.applied_seq + 1 and int(info.state.last_seq or 0) >= first:
+            # Batches this node never read are gone from the stream: fetch what its books lack.
+            self._catch_up.set()
+        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    async def _consumer(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                sub = await self._subscribe()
+                delay = 0.2
+                while True:
+                    try:
+                        msgs = await sub.fetch(batch=256, timeout=5.0)
+                    except TimeoutError:
+                        continue
+                    for msg in msgs:
+                        await self._handle(msg)
+                    self._save_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no stream yet, or cut off: retry
+                log.debug("state consumer waiting", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(5.0, delay * 2)
+
+    async def _handle(self, msg: Msg) -> None:
+        seq = int(msg.metadata.sequence.stream)
+        if self.applied_seq and seq > self.applied_seq + 1:
+            self._catch_up.set()  # retention dropped batches between: a catch-up fills the hole
+        origin = msg.subject.rsplit(".", 1)[-1]
+        if seq > self.applied_seq and origin != self.state.origin:
+            await self._apply_message(origin, msg.data)
+        self.applied_seq = max(self.applied_seq, seq)
+        self._dirty = True
+        await msg.ack()
+
+    async def _apply_message(self, origin: str, data: bytes) -> None:
+        try:
+            body = json.loads(data)
+            if not isinstance(body, dict) or not isinstance(body.get("namespaces"), list):
+                raise MalformedChanges("expected {\"namespaces\": [...]}")
+        except (ValueError, MalformedChanges) as exc:
+            self.m_refused.inc()
+            log.warning("refused a malformed batch", extra={"peer_node": origin, "reason": str(exc)})
+            return
+        for entry in body["namespaces"]:
+            try:
+                changes = parse_changes(entry)
+            except MalformedChanges as exc:
+                self.m_refused.inc()
+                log.warning("refused a malformed batch", extra={"peer_node": origin, "reason": exc.message})
+                continue
+            await self._apply_one(origin, changes, measure_lag=True)
+
+    async def _apply_one(self, origin: str, changes: Changes, *, measure_lag: bool = False) -> int:
+        """Apply one namespace's changes; a failure blocks that namespace only."""
+        key = (changes.tenant, changes.namespace)
+        try:
+            await asyncio.to_thread(self.state.check, changes)
+            applied = await asyncio.to_thread(self.state.apply, changes)
+        except EdgenodeError as exc:
+            blocked = self.blocked.get(key)
+            if blocked is None:
+                self.blocked[key] = Blocked(exc.message[:300], origin, time.time())
+                log.warning("namespace cannot merge a batch; it is blocked, the others go on", extra={
+                    "peer_node": origin, "tenant": changes.tenant, "namespace": changes.namespace,
+                    "reason": exc.message})
+            else:
+                blocked.failures += 1
+                blocked.reason = exc.message[:300]
+            return 0
+        if self.blocked.pop(key, None) is not None:
+            log.info("namespace merges again", extra={"tenant": changes.tenant, "namespace": changes.namespace})
+            self._catch_up.set()  # what it refused while blocked
+        self.m_applied.inc(applied)
+        if measure_lag:
+            now_ms = time.time() * 1000
+            for row in changes.rows:
+                self.m_lag.observe(max(0.0, (now_ms - physical_ms(row.hlc)) / 1000))
+        return applied
+
+    # -- catch up (a member answers what this node's books lack) ----------------------------
+
+    def _books_body(self) -> bytes:
+        books = self.state.books()
+        return dumps({"books": {_ns_key(t, ns): {o: rs.to_json() for o, rs in book.items()}
+                                for (t, ns), book in books.items()}})
+
+    async def _answer_sync(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            answer = await self.answer_sync(json.loads(msg.data))
+        except (ValueError, MalformedChanges) as exc:
+            answer = {"error": str(exc)}
+        await msg.respond(dumps(answer))
+
+    async def answer_sync(self, data: Any) -> dict[str, Any]:
+        """What the asking node lacks: for each namespace, the missing tail or a snapshot."""
+        theirs = self._parse_books(data)
+        budget = self.settings.sync_batch_rows
+        out: list[dict[str, Any]] = []
+        more = False
+        for (tenant, namespace), mine in sorted(self.state.books().items()):
+            if budget <= 0:
+                more = True
+                break
+            their_book = theirs.get((tenant, namespace), {})
+            missing = {o: rs.minus(their_book.get(o, RangeSet())) for o, rs in mine.items()}
+            missing = {o: rs for o, rs in missing.items() if len(rs)}
+            if not missing:
+                continue
+            if sum(rs.count() for rs in missing.values()) > self.settings.snapshot_threshold_versions:
+                changes = await asyncio.to_thread(self.state.read_snapshot, tenant, namespace)
+                self.m_snapshots.inc()
+            else:
+                changes = await asyncio.to_thread(self.state.read_changes, tenant, namespace, missing, budget)
+                if changes is not None and any(changes.seen.get(o) != rs for o, rs in missing.items()):
+                    more = True
+            if changes is None:
+                continue
+            budget -= max(1, len(changes.rows))
+            out.append(changes.to_json())
+        return {"node_id": self.state.origin, "namespaces": out, "more": more}
+
+    def _parse_books(self, data: Any) -> dict[tuple[str, str], dict[str, RangeSet]]:
+        try:
+            if not isinstance(data, dict) or not isinstance(data.get("books"), dict):
+                raise ValueError("expected {\"books\": {...}}")
+            out: dict[tuple[str, str], dict[str, RangeSet]] = {}
+            for key, book in data["books"].items():
+                tenant, _, namespace = key.partition("/")
+                if not NAMESPACE.match(namespace) or not isinstance(book, dict):
+                    raise ValueError(f"bad namespace key {key!r}")
+                parsed: dict[str, RangeSet] = {}
+                for origin, ranges in book.items():
+                    if not ORIGIN.match(origin):
+                        raise ValueError(f"bad origin {origin!r}")
+                    parsed[origin] = RangeSet.from_json(ranges)
+                out[(tenant, namespace)] = parsed
+            return out
+        except (ValueError, TypeError) as exc:
+            self.m_refused.inc()
+            raise MalformedChanges(f"malformed catch-up request: {exc}") from exc
+
+    async def catch_up(self, member_id: str) -> int:
+        """Fetch what this node's books lack from one member, until it has nothing more; rows applied."""
+        assert self.transport is not None
+        applied = 0
+        subject = self.transport.subject("state", "sync", member_id)
+        for _ in range(MAX_ROUNDS):
+            reply = await self.transport.request(subject, self._books_body(),
+                                                 timeout_s=max(10.0, self.settings.push_timeout_s))
+            data = json.loads(reply.data)
+            if not isinstance(data, dict) or not isinstance(data.get("namespaces"), list):
+                raise MalformedChanges(f"catch-up answer from {member_id} is malformed")
+            progressed = False
+            for entry in data["namespaces"]:
+                try:
+                    changes = parse_changes(entry)
+                except MalformedChanges as exc:
+                    self.m_refused.inc()
+                    log.warning("refused a malformed catch-up batch", extra={"peer_node": member_id,
+                                                                            "reason": exc.message})
+                    continue
+                before = self.state.book(changes.tenant, changes.namespace)
+                applied += await self._apply_one(member_id, changes)
+                progressed = progressed or self.state.book(changes.tenant, changes.namespace) != before
+            if not data.get("more") or not progressed:
+                break
+        return applied
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            await self._catch_up.wait()
+            self._catch_up.clear()
+            members = self.cluster.members
+            candidates = [m for m in (members.members() if members else [])
+                          if m.node_id != self.state.origin and members is not None and members.healthy(m)]
+            random.shuffle(candidates)
+            done = False
+            for member in candidates:
+                try:
+                    applied = await self.catch_up(member.node_id)
+                    log.info("caught up", extra={"peer_node": member.node_id, "rows": applied})
+                    done = True
+                    break
+                except Exception as exc:  # noqa: BLE001 - try the next member
+                    log.debug("catch-up failed", extra={"peer_node": member.node_id, "error": str(exc)})
+            if not done:
+                await asyncio.sleep(2.0)
+                self._catch_up.set()
+
+    # -- measuring and reporting ---------------------------------------------------------------
+
+    async def _measure(self) -> dict[str, Any]:
+        assert self.transport is not None
+        if self.stream_name is None:
+            return {}
+        info = await self.transport.jetstream.stream_info(self.stream_name)
+        state: dict[str, Any] = {"name": self.stream_name, "messages": int(info.state.messages or 0),
+                 "bytes": int(info.state.bytes or 0), "first_seq": int(info.state.first_seq or 0),
+                 "last_seq": int(info.state.last_seq or 0), "replicas": int(info.config.num_replicas or 1),
+                 "max_age_s": self.settings.stream_max_age_s, "max_bytes": self.settings.stream_max_bytes}
+        for name in ("messages", "bytes", "first_seq", "last_seq"):
+            self.m_stream.labels(name).set(float(state[name]))
+        self._stream_state = state
+        return state
+
+    async def _measure_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10.0)
+            with contextlib.suppress(Exception):
+                await self._measure()
+                if self._stream_state.get("replicas", 1) < self.settings.stream_replicas:
+                    members = self.cluster.members
+                    up = sum(1 for m in members.members() if members.healthy(m)) if members else 0
+                    if up > self._stream_state.get("replicas", 1):
+                        await self._ensure_stream()  # more servers now: more copies
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        """What this node's heartbeat says about replication."""
+        return {"applied": self.applied_seq, "blocked_namespaces": len(self.blocked)}
+
+    async def report(self) -> dict[str, Any]:
+        """The stream's measured state, this node's position and its blocked namespaces."""
+        stream: dict[str, Any] = dict(self._stream_state)
+        with contextlib.suppress(Exception):
+            stream = await asyncio.wait_for(self._measure(), 2.0)
+        return {
+            "stream": stream,
+            "replication": {"applied_seq": self.applied_seq,
+                            "unpublished_versions": sum(rs.count() for rs in self._pending.values())},
+            "blocked_namespaces": [b.as_dict(t, ns) for (t, ns), b in sorted(self.blocked.items())],
+        }
