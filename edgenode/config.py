@@ -179,6 +179,10 @@ class ClusterSettings:
         "", "HOST:PORT of the child nats-server's route listener that peers cluster with (small fleets); "
         "empty: the --listen host and a free port, kept in DATA/nats."
     )
+    nats_cluster_advertise: str = setting(
+        "", "HOST:PORT other servers reach the route listener at, when not the listen address (NAT, a proxy); "
+        "empty: the host of advertise_url (or --listen) and the route port."
+    )
     nats_leaf_port: int = setting(
         0, "Port of a leaf listener on the child nats-server, so other nodes may use it as a hub "
         "(0: none).", minimum=0,

@@ -92,6 +92,8 @@ class Fleet:
         """``HOST:PORT`` other nodes' servers route to (clustered shape only; else empty)."""
         if self.shape != "clustered" or "cluster" not in self.ports:
             return ""
+        if self.settings.nats_cluster_advertise:
+            return self.settings.nats_cluster_advertise
         host = self.advertise_host
         return f"{host}:{self.ports['cluster']}"
 

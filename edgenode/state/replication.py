@@ -254,8 +254,11 @@ class Replicator:
         js = self.transport.jetstream
         stream = await self._ensure_stream()
         durable = f"state-{self.state.origin}"
+        # One replica: a consumer's position is also kept here (DATA/replication.json), so a lost one is
+        # made again from it, and a fleet does not pay a replication group per member to keep them.
         config = api.ConsumerConfig(
             durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=1024, ack_wait=30.0,
+            num_replicas=1,
             inactive_threshold=self.settings.forget_peer_after_s,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if self.applied_seq else api.DeliverPolicy.ALL,
             opt_start_seq=self.applied_seq + 1 if self.applied_seq else None)

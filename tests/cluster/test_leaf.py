@@ -1,0 +1,92 @@
+"""The large-fleet shape: nodes whose servers are leaf nodes of a hub, cut off from it and back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgenode.cluster.natsserver import free_port
+from tests.cluster.helpers import FAST, SECRET, cluster, healthy_members, kv_state
+from tests.support import NodeProcess, wait_for
+
+
+class Hub:
+    """``edgenode hub serve`` as a subprocess (it replaces itself with nats-server)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.leaf_port = free_port()
+        self.client_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Hub:
+        self.data.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "EDGENODE_FLEET_SECRET": SECRET}
+        with open(self.data / "hub.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgenode", "hub", "serve", "--data", str(self.data), "--name", "hub1",
+                 "--leaf-listen", f"127.0.0.1:{self.leaf_port}", "--client-listen", f"127.0.0.1:{self.client_port}"],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def hub_and_leaves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, list[NodeProcess]]]:
+    root = tmp_path_factory.mktemp("leaf")
+    hub = Hub(root / "hub").start()
+    leaves: list[NodeProcess] = []
+    try:
+        for name in ("a", "b"):
+            leaves.append(NodeProcess(root / name, env=FAST, args=["--hub", f"nats://127.0.0.1:{hub.leaf_port}"])
+                          .start())
+        yield hub, leaves
+    finally:
+        for n in leaves:
+            n.stop()
+        hub.stop()
+
+
+def test_leaf_nodes_meet_through_the_hub(hub_and_leaves: tuple[Hub, list[NodeProcess]]) -> None:
+    _, (a, b) = hub_and_leaves
+    for n in (a, b):
+        wait_for(lambda n=n: healthy_members(n) == {a.node_id, b.node_id}, message="both leaves as members")
+    assert cluster(a)["nats"]["shape"] == "leaf"
+    with a.client() as c:
+        assert c.put("/v1/kv/edge/first", content=b"through the hub").status_code == 200
+    with b.client() as c:
+        wait_for(lambda: c.get("/v1/kv/edge/first").content == b"through the hub", message="the write on b")
+
+
+def test_a_leaf_cut_off_from_the_hub_keeps_writing_and_catches_up(
+        hub_and_leaves: tuple[Hub, list[NodeProcess]]) -> None:
+    hub, (a, b) = hub_and_leaves
+    hub.stop()  # a real cut: nothing answers on the hub's side any more
+    wait_for(lambda: healthy_members(a) <= {a.node_id}, message="a to notice the hub is gone")
+    written: dict[str, bytes] = {}
+    with a.client() as ca, b.client() as cb:
+        for i in range(20):
+            assert ca.put(f"/v1/kv/edge/cut-a-{i}", content=b"a%d" % i).status_code == 200
+            assert cb.put(f"/v1/kv/edge/cut-b-{i}", content=b"b%d" % i).status_code == 200
+            written[f"cut-a-{i}"] = b"a%d" % i
+            written[f"cut-b-{i}"] = b"b%d" % i
+        # Each keeps serving its own writes (and reads) while cut off.
+        assert ca.get("/v1/kv/edge/cut-a-19").content == b"a19"
+        assert cb.get("/v1/kv/edge/cut-a-19").status_code == 404
+        unpublished = ca.get("/v1/cluster").json()["replication"]["unpublished_versions"]
+        assert unpublished > 0
+    hub.start()
+    expected = {"first": b"through the hub", **written}
+    for n in (a, b):
+        wait_for(lambda n=n: kv_state(n, "edge") == expected, message=f"every write on {n.node_id} after the cut")
+    wait_for(lambda: cluster(a)["replication"]["unpublished_versions"] == 0, message="a's outbox to empty")
