@@ -192,6 +192,10 @@ class ClusterSettings:
                                           minimum=0.05)
     down_after_s: float = setting(6.0, "A member whose last heartbeat is older than this is down, in seconds.",
                                   minimum=0.1)
+    members_refresh_s: float = setting(
+        30.0, "How often a node reads the members bucket when nothing asks sooner (GET /v1/cluster reads it "
+        "then), in seconds.", minimum=0.05,
+    )
     forget_peer_after_s: float = setting(
         600.0, "A member silent this long is dropped: its heartbeat entry expires and its stream consumer is "
         "deleted, in seconds.", minimum=1.0,

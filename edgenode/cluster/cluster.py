@@ -210,7 +210,8 @@ class Cluster:
             raise
         self.members = Members(self.transport, node_id=self.node_id, interval_s=self.settings.heartbeat_interval_s,
                                down_after_s=self.settings.down_after_s,
-                               forget_after_s=self.settings.forget_peer_after_s)
+                               forget_after_s=self.settings.forget_peer_after_s,
+                               refresh_s=self.settings.members_refresh_s)
         self.members.describe_self = self._self_info
         await self.members.start()
         self._tasks.append(asyncio.create_task(self._peer_loop(), name="cluster-peers"))
@@ -282,7 +283,7 @@ class Cluster:
                 self._sync_peers()
             except Exception:
                 log.exception("peer table refresh failed")
-            await asyncio.sleep(max(0.05, self.settings.heartbeat_interval_s / 2))
+            await asyncio.sleep(max(0.05, self.settings.heartbeat_interval_s))
 
     def route_answer(self) -> dict[str, Any]:
         """What ``GET /v1/peer/cluster/route`` tells a joining node: where to route to."""
@@ -328,6 +329,10 @@ class Cluster:
 
     async def describe(self) -> dict[str, Any]:
         """This node, the fleet's members and their health and lag, the stream (``GET /v1/cluster``)."""
+        if self.members is not None:
+            with contextlib.suppress(Exception):  # cut off: report what was last read
+                await asyncio.wait_for(self.members.refresh(max_age_s=0.25), 5.0)
+            self._sync_peers()
         report: dict[str, Any] = {}
         for contribute in self.reporters:
             with contextlib.suppress(Exception):

@@ -1,4 +1,4 @@
-"""Fleet membership from NATS: every node heartbeats into a bucket; every node watches it.
+"""Fleet membership from NATS: every node heartbeats into a bucket; nodes read it when they need it.
 
 A heartbeat is a small JSON document under the node's id: its HTTP URL, its NATS
 route, its version, how far it has applied the state stream, and how many
@@ -6,6 +6,11 @@ namespaces it cannot merge. A member whose last heartbeat is older than
 ``down_after_s`` is down, on every node at once (they all read the same bucket); one
 silent for ``forget_after_s`` is gone (the bucket's age limit drops its entry).
 A node that stops cleanly says so in a last heartbeat, so it is down at once.
+
+Nodes read the bucket on demand (``GET /v1/cluster``, a catch-up choosing a member) and
+otherwise every ``refresh_s``, rather than watching every heartbeat: a watch would cost
+each node a message per member per interval, growing with the fleet; this way a node's
+idle cost is its own heartbeat.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from nats.aio.subscription import Subscription
 
 from edgenode.cluster.transport import Bucket, Entry, NatsTransport, dumps
 
@@ -51,16 +54,18 @@ class Members:
     """This node's heartbeat and its live view of every member's."""
 
     def __init__(self, transport: NatsTransport, *, node_id: str, interval_s: float, down_after_s: float,
-                 forget_after_s: float, now: Callable[[], float] | None = None) -> None:
+                 forget_after_s: float, refresh_s: float = 30.0, now: Callable[[], float] | None = None) -> None:
         self.transport = transport
         self.node_id = node_id
         self.interval_s = interval_s
         self.down_after_s = down_after_s
         self.forget_after_s = forget_after_s
+        self.refresh_s = refresh_s
+        self._refreshed = 0.0
+        self._refresh_lock = asyncio.Lock()
         self._now = now or time.time
         self._members: dict[str, Member] = {}
         self._bucket: Bucket | None = None
-        self._watch: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         #: What this node says about itself in each heartbeat (set by the cluster and state).
         self.describe_self: Callable[[], dict[str, Any]] = dict
@@ -82,9 +87,6 @@ class Members:
         if self._bucket is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._bucket.put(self.node_id, self._heartbeat(stopped=True)), 2.0)
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                await self._watch.unsubscribe()
 
     def _heartbeat(self, *, stopped: bool = False) -> bytes:
         body = dict(self.describe_self())
@@ -98,7 +100,6 @@ class Members:
         while self._bucket is None:
             try:
                 self._bucket = await self.transport.bucket(BUCKET, ttl_s=self.forget_after_s)
-                self._watch = await self._bucket.watch(self._seen)
             except Exception as exc:  # noqa: BLE001 - JetStream not there yet (a lone first node, a cut leaf)
                 self._bucket = None
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -114,9 +115,22 @@ class Members:
             except Exception as exc:  # noqa: BLE001 - a cut-off node keeps trying
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.debug("heartbeat failed", extra={"error": self.last_error})
+            with contextlib.suppress(Exception):
+                await self.refresh(self.refresh_s)
             self._forget()
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.05, self.interval_s * random.uniform(0.9, 1.1) - elapsed))
+
+    async def refresh(self, max_age_s: float = 0.0) -> None:
+        """Read the bucket if the view is older than ``max_age_s``; errors (cut off) propagate."""
+        if self._bucket is None:
+            return
+        async with self._refresh_lock:
+            if time.monotonic() - self._refreshed < max_age_s:
+                return
+            for entry in await self._bucket.entries():
+                self._seen(entry)
+            self._refreshed = time.monotonic()
 
     def _seen(self, entry: Entry) -> None:
         try:

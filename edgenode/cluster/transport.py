@@ -243,6 +243,27 @@ class Bucket:
         """Remove ``key`` and its history."""
         await self.transport.jetstream.purge_stream(self.stream, subject=self.prefix + key)
 
+    async def entries(self, *, timeout_s: float = 5.0) -> list[Entry]:
+        """Every key's current value, read once (an ordered consumer from each key's last message)."""
+        info = await self.transport.jetstream.stream_info(self.stream)
+        if not info.state.messages:
+            return []
+        sub = await self.transport.jetstream.subscribe(
+            self.prefix + ">", stream=self.stream, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        out: list[Entry] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=timeout_s)
+                meta = msg.metadata
+                out.append(Entry(msg.subject[len(self.prefix):], msg.data, int(meta.sequence.stream),
+                                 meta.timestamp.timestamp()))
+                if not meta.num_pending:
+                    return out
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def watch(self, handler: Callable[[Entry], None]) -> Subscription:
         """Call ``handler`` with every key's current value, then with every change (an ordered consumer)."""
         async def on_msg(msg: Msg) -> None:

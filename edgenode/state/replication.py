@@ -280,12 +280,22 @@ class Replicator:
                 sub = await self._subscribe()
                 delay = 0.2
                 while True:
+                    # One message per long poll (a poll for many waits for all of them or its expiry),
+                    # then, while the consumer says more are pending, as many as are there at once.
                     try:
-                        msgs = await sub.fetch(batch=256, timeout=5.0)
+                        msgs = await sub.fetch(1, timeout=5.0)
                     except TimeoutError:
                         continue
-                    for msg in msgs:
-                        await self._handle(msg)
+                    while msgs:
+                        for msg in msgs:
+                            await self._handle(msg)
+                        pending = int(msgs[-1].metadata.num_pending or 0)
+                        if not pending:
+                            break
+                        try:
+                            msgs = await sub.fetch(min(256, pending), timeout=2.0)
+                        except TimeoutError:
+                            break
                     self._save_outbox()
             except asyncio.CancelledError:
                 raise
@@ -446,6 +456,9 @@ class Replicator:
             await self._catch_up.wait()
             self._catch_up.clear()
             members = self.cluster.members
+            if members is not None:
+                with contextlib.suppress(Exception):
+                    await members.refresh(max_age_s=1.0)
             candidates = [m for m in (members.members() if members else [])
                           if m.node_id != self.state.origin and members is not None and members.healthy(m)]
             random.shuffle(candidates)

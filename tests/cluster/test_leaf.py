@@ -47,8 +47,11 @@ def hub_and_leaves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[H
     hub = Hub(root / "hub").start()
     leaves: list[NodeProcess] = []
     try:
+        # A small stream, so that a node stopped for a while finds batches it never read dropped.
+        env = {**FAST, "EDGENODE_CLUSTER_STREAM_MAX_BYTES": str(1024 * 1024),
+               "EDGENODE_CLUSTER_SNAPSHOT_THRESHOLD_VERSIONS": "10"}
         for name in ("a", "b"):
-            leaves.append(NodeProcess(root / name, env=FAST, args=["--hub", f"nats://127.0.0.1:{hub.leaf_port}"])
+            leaves.append(NodeProcess(root / name, env=env, args=["--hub", f"nats://127.0.0.1:{hub.leaf_port}"])
                           .start())
         yield hub, leaves
     finally:
@@ -90,3 +93,22 @@ def test_a_leaf_cut_off_from_the_hub_keeps_writing_and_catches_up(
     for n in (a, b):
         wait_for(lambda n=n: kv_state(n, "edge") == expected, message=f"every write on {n.node_id} after the cut")
     wait_for(lambda: cluster(a)["replication"]["unpublished_versions"] == 0, message="a's outbox to empty")
+
+
+def test_a_node_behind_the_stream_retention_catches_up_by_snapshot(
+        hub_and_leaves: tuple[Hub, list[NodeProcess]]) -> None:
+    _, (a, b) = hub_and_leaves
+    assert b.stop() == 0
+    value = b"v" * 48 * 1024
+    with a.client() as c:  # about 2 MiB: more than the stream keeps
+        for i in range(40):
+            assert c.put(f"/v1/kv/retained/k{i:03d}", content=value).status_code == 200
+        wait_for(lambda: c.get("/v1/cluster").json()["replication"]["unpublished_versions"] == 0,
+                 message="a's batches to reach the stream")
+        stream = c.get("/v1/cluster").json()["stream"]
+        assert stream["first_seq"] > 1 and stream["bytes"] <= 1024 * 1024
+    b.start()
+    expected = {f"k{i:03d}": value for i in range(40)}
+    wait_for(lambda: kv_state(b, "retained") == expected, message="b to catch up past the stream's retention")
+    with a.client() as c:
+        assert "edgenode_replication_snapshots_sent_total 1.0" in c.get("/metrics").text
