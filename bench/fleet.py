@@ -13,7 +13,10 @@ the nats-server route port for NATS; every peer connection goes through exactly 
 The baseline is the landed HTTP mesh: ``git worktree add`` of its commit into a temporary
 directory, its nodes run with that tree's code (``PYTHONPATH``).
 
-Run: ``python -m bench.fleet [--sizes 3,10] [--writes 100] [--catchup 2000]``.
+Shapes: ``mesh`` (the baseline), ``clustered`` (nodes' servers routed to each other) and
+``leaf`` (nodes' servers leaf nodes of one hub server started with ``edgenode hub serve``).
+
+Run: ``python -m bench.fleet [--sizes 3,10] [--shapes mesh,clustered,leaf] [--writes 100] [--catchup 2000]``.
 """
 
 from __future__ import annotations
@@ -111,10 +114,12 @@ class CountingProxy:
 class Fleet:
     """N nodes of one implementation, each behind a counting proxy."""
 
-    def __init__(self, root: Path, count: int, *, mesh_tree: Path | None) -> None:
+    def __init__(self, root: Path, count: int, *, mesh_tree: Path | None, leaf: bool = False) -> None:
         self.root = root
         self.count = count
         self.mesh = mesh_tree is not None
+        self.leaf = leaf
+        self.hub: subprocess.Popen[bytes] | None = None
         self.nodes: list[NodeProcess] = []
         self.proxies: list[CountingProxy] = []
         base = {"EDGENODE_FLEET_SECRET": SECRET, "EDGENODE_LOG_LEVEL": "warning",
@@ -124,21 +129,46 @@ class Fleet:
             base.update(PYTHONPATH=str(mesh_tree), PYTHONSAFEPATH="1")
         self.base_env = base
 
+    def _start_hub(self) -> int:
+        """A hub of one server behind the proxy every leaf dials; returns the proxy's port."""
+        leaf_port = free_port()
+        data = self.root / "hub"
+        data.mkdir(parents=True, exist_ok=True)
+        with open(data / "hub.log", "ab") as log:
+            self.hub = subprocess.Popen(
+                [sys.executable, "-m", "edgenode", "hub", "serve", "--data", str(data), "--name", "hub",
+                 "--leaf-listen", f"127.0.0.1:{leaf_port}", "--client-listen", f"127.0.0.1:{free_port()}"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EDGENODE_FLEET_SECRET": SECRET})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", leaf_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        proxy = CountingProxy(leaf_port, b"LMSG ")
+        self.proxies.append(proxy)
+        return proxy.port
+
     def start(self) -> Fleet:
+        hub_port = self._start_hub() if self.leaf else 0
         for i in range(self.count):
             env = dict(self.base_env)
             http_port = free_port()
-            if self.mesh:
+            if self.leaf:
+                args = ["--hub", f"nats://127.0.0.1:{hub_port}"]
+            elif self.mesh:
                 proxy = CountingProxy(http_port, b" HTTP/1.1\r\n")
                 env["EDGENODE_CLUSTER_ADVERTISE_URL"] = f"http://127.0.0.1:{proxy.port}"
                 args = ["--peer", f"http://127.0.0.1:{self.proxies[0].port}"] if self.proxies else []
+                self.proxies.append(proxy)
             else:
                 route_port = free_port()
                 proxy = CountingProxy(route_port, b"RMSG ")
                 env["EDGENODE_CLUSTER_NATS_CLUSTER_LISTEN"] = f"127.0.0.1:{route_port}"
                 env["EDGENODE_CLUSTER_NATS_CLUSTER_ADVERTISE"] = f"127.0.0.1:{proxy.port}"
                 args = ["--peer", f"nats-route://127.0.0.1:{self.proxies[0].port}"] if self.proxies else []
-            self.proxies.append(proxy)
+                self.proxies.append(proxy)
             node = NodeProcess(self.root / f"n{i}", env=env, args=args, listen=f"127.0.0.1:{http_port}")
             self.nodes.append(node.start())
         self.clients = [n.client(timeout=30) for n in self.nodes]
@@ -174,6 +204,9 @@ class Fleet:
             n.stop()
         for p in self.proxies:
             p.close()
+        if self.hub is not None:
+            self.hub.terminate()
+            self.hub.wait(30)
 
 
 def measure(fleet: Fleet, *, idle_s: float, writes: int, catchup: int) -> dict[str, float]:
@@ -247,22 +280,30 @@ def remove_tree(tree: Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
 
 
-def run(sizes: list[int], *, idle_s: float, writes: int, catchup: int,
+SHAPES = {"mesh": "HTTP mesh", "clustered": "NATS", "leaf": "NATS leaf"}
+
+
+def run(sizes: list[int], *, idle_s: float, writes: int, catchup: int, shapes: list[str],
         log: Callable[[str], None] = print) -> list[str]:
     rows: list[tuple[str, int, dict[str, float]]] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tree = baseline_tree(tmp)
         try:
             for n in sizes:
-                for label, mesh in (("HTTP mesh", tree), ("NATS", None)):
-                    if label == "HTTP mesh" and tree is None:
+                for shape in shapes:
+                    if shape == "mesh" and tree is None:
                         continue
+                    label = SHAPES[shape]
                     log(f"... {label}, N={n}")
-                    fleet = Fleet(tmp / f"{label.split()[0].lower()}-{n}", n, mesh_tree=mesh)
+                    fleet = Fleet(tmp / f"{shape}-{n}", n, mesh_tree=tree if shape == "mesh" else None,
+                                  leaf=shape == "leaf")
                     try:
                         fleet.start()
                         rows.append((label, n, measure(fleet, idle_s=idle_s, writes=writes, catchup=catchup)))
+                    except Exception as exc:  # noqa: BLE001 - a fleet that cannot form is a result too
+                        failures.append(f"{label} N={n}: {type(exc).__name__}: {exc}")
                     finally:
                         fleet.stop()
         finally:
@@ -274,7 +315,9 @@ def run(sizes: list[int], *, idle_s: float, writes: int, catchup: int,
     lines += [f"{label:<10} {n:>3} {r['idle_msgs']:>10.1f} {r['idle_bytes']:>10.0f} {r['write_msgs']:>9.1f} "
               f"{r['write_bytes']:>9.0f} {r['lag_p50_ms']:>8.1f} {r['lag_p99_ms']:>8.1f} {r['catchup_s']:>16.2f}"
               for label, n, r in rows]
-    lines.append("per node: inter-node traffic through the proxies / N (HTTP requests; routed NATS messages)")
+    lines += [f"failed: {f}" for f in failures]
+    lines.append("per node: traffic between nodes (mesh: HTTP requests; NATS: messages on routes) or between "
+                 "nodes and the hub (leaf: messages on leaf connections), through counting proxies, / N")
     return lines
 
 
@@ -284,10 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measurement")
     parser.add_argument("--writes", type=int, default=100, help="writes in the visibility measurement")
     parser.add_argument("--catchup", type=int, default=2000, help="writes a stopped node misses")
+    parser.add_argument("--shapes", default="mesh,clustered,leaf", help=f"of {', '.join(SHAPES)}")
     args = parser.parse_args(argv or [])
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    print("\n".join(run(sizes, idle_s=args.idle, writes=args.writes, catchup=args.catchup)))
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip() in SHAPES]
+    print("\n".join(run(sizes, idle_s=args.idle, writes=args.writes, catchup=args.catchup, shapes=shapes)))
 
 
 if __name__ == "__main__":
