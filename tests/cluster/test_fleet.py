@@ -12,7 +12,9 @@ from typing import Any
 
 import nats
 import pytest
+from click.testing import CliRunner
 
+from edgenode.cli import cli
 from edgenode.cluster.hlc import pack
 from tests.cluster.helpers import KEYS, child_pid, cluster, healthy_members, start_fleet, wait_members
 from tests.support import NodeProcess, wait_for
@@ -36,6 +38,8 @@ def test_five_nodes_given_the_first_only_list_five_members(fleet: list[NodeProce
     assert all(m["last_seen_ago_s"] >= 0 and m["route"] for m in data["members"])
     # The HTTP view of the members (what Git gossip sends to) follows NATS membership.
     assert {p["url"] for p in data["peers"]} == {n.url for n in fleet[:4]}
+    r = CliRunner().invoke(cli, ["--url", fleet[4].url, "--token", fleet[4].admin_token, "cluster"])
+    assert r.exit_code == 0 and all(n.node_id in r.output for n in fleet) and "shape=clustered" in r.output
 
 
 def test_a_write_on_one_node_is_visible_on_all(fleet: list[NodeProcess]) -> None:

@@ -1,4 +1,4 @@
-"""The large-fleet shape: nodes whose servers are leaf nodes of a hub, cut off from it and back."""
+"""The large-fleet shape: nodes whose servers are leaf nodes of a hub cluster, cut off from it and back."""
 
 from __future__ import annotations
 
@@ -17,28 +17,40 @@ from tests.support import NodeProcess, wait_for
 
 
 class Hub:
-    """``edgenode hub serve`` as a subprocess (it replaces itself with nats-server)."""
+    """A hub cluster of ``size`` servers, each ``edgenode hub serve`` (which replaces itself with nats-server)."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, size: int = 3) -> None:
         self.data = data
-        self.leaf_port = free_port()
-        self.client_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.leaf_ports = [free_port() for _ in range(size)]
+        self.client_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
 
-    def start(self) -> Hub:
-        self.data.mkdir(parents=True, exist_ok=True)
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.leaf_ports]
+
+    def start(self, *which: int) -> Hub:
         env = {**os.environ, "EDGENODE_FLEET_SECRET": SECRET}
-        with open(self.data / "hub.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgenode", "hub", "serve", "--data", str(self.data), "--name", "hub1",
-                 "--leaf-listen", f"127.0.0.1:{self.leaf_port}", "--client-listen", f"127.0.0.1:{self.client_port}"],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
+        for i in which or range(len(self.procs)):
+            data = self.data / f"hub{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            routes = [a for j, p in enumerate(self.route_ports) if j != i for a in ("--route", f"127.0.0.1:{p}")]
+            with open(data / "hub.log", "ab") as log:
+                self.procs[i] = subprocess.Popen(
+                    [sys.executable, "-m", "edgenode", "hub", "serve", "--data", str(data), "--name", f"hub{i}",
+                     "--leaf-listen", f"127.0.0.1:{self.leaf_ports[i]}",
+                     "--client-listen", f"127.0.0.1:{self.client_ports[i]}",
+                     "--cluster-listen", f"127.0.0.1:{self.route_ports[i]}", *routes],
+                    stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
+    def stop(self, *which: int, sig: int = signal.SIGTERM) -> None:
+        for i in which or range(len(self.procs)):
+            proc = self.procs[i]
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(sig)
+                proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +63,7 @@ def hub_and_leaves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[H
         env = {**FAST, "EDGENODE_CLUSTER_STREAM_MAX_BYTES": str(1024 * 1024),
                "EDGENODE_CLUSTER_SNAPSHOT_THRESHOLD_VERSIONS": "10"}
         for name in ("a", "b"):
-            leaves.append(NodeProcess(root / name, env=env, args=["--hub", f"nats://127.0.0.1:{hub.leaf_port}"])
+            leaves.append(NodeProcess(root / name, env=env, args=[a for u in hub.urls for a in ("--hub", u)])
                           .start())
         yield hub, leaves
     finally:
@@ -112,3 +124,24 @@ def test_a_node_behind_the_stream_retention_catches_up_by_snapshot(
     wait_for(lambda: kv_state(b, "retained") == expected, message="b to catch up past the stream's retention")
     with a.client() as c:
         assert "edgenode_replication_snapshots_sent_total 1.0" in c.get("/metrics").text
+
+
+def test_no_acknowledged_write_is_lost_across_kill_9_of_a_leaf_and_of_a_hub_server(
+        hub_and_leaves: tuple[Hub, list[NodeProcess]]) -> None:
+    hub, (a, b) = hub_and_leaves
+    acked: dict[str, bytes] = {}
+    with a.client() as ca, b.client() as cb:
+        for i in range(60):
+            if i == 20:
+                hub.stop(1, sig=signal.SIGKILL)  # one hub server of three dies mid-stream
+            if i == 40:
+                b.kill()  # and a leaf, with whatever it had not yet published
+            target = ca if i >= 40 or i % 2 else cb
+            key = f"k{i:03d}"
+            if target.put(f"/v1/kv/crash/{key}", content=key.encode()).status_code == 200:
+                acked[key] = key.encode()
+    assert len(acked) == 60
+    hub.start(1)
+    b.start()
+    for n in (a, b):
+        wait_for(lambda n=n: kv_state(n, "crash") == acked, message=f"every acknowledged write on {n.node_id}")
