@@ -87,6 +87,7 @@ class Replicator:
         self._outbox_file = state.node.data_dir / "replication.json"
         self._dirty = False
         self.applied_seq = 0
+        self._generation = 0
         self.stream_name: str | None = None
         self.blocked: dict[tuple[str, str], Blocked] = {}
         self._catch_up = asyncio.Event()
@@ -150,6 +151,7 @@ class Replicator:
         with contextlib.suppress(OSError, ValueError, TypeError):
             data = json.loads(self._outbox_file.read_text())
             self.applied_seq = int(data.get("applied_seq", 0))
+            self._generation = int(data.get("consumer_generation", 0))
             for key, ranges in data.get("published", {}).items():
                 tenant, _, namespace = key.partition("/")
                 self._published[(tenant, namespace)] = RangeSet.from_json(ranges)
@@ -166,7 +168,7 @@ class Replicator:
     def _save_outbox(self, *, force: bool = False) -> None:
         if not (self._dirty or force):
             return
-        data = {"applied_seq": self.applied_seq,
+        data = {"applied_seq": self.applied_seq, "consumer_generation": self._generation,
                 "published": {_ns_key(t, ns): rs.to_json() for (t, ns), rs in self._published.items()}}
         tmp = self._outbox_file.with_suffix(".tmp")
         try:
@@ -253,7 +255,7 @@ class Replicator:
         assert self.transport is not None
         js = self.transport.jetstream
         stream = await self._ensure_stream()
-        durable = f"state-{self.state.origin}"
+        durable = self._durable
         # One replica: a consumer's position is also kept here (DATA/replication.json), so a lost one is
         # made again from it, and a fleet does not pay a replication group per member to keep them.
         config = api.ConsumerConfig(
@@ -275,17 +277,28 @@ class Replicator:
 
     async def _consumer(self) -> None:
         delay = 0.2
+        failures = 0
         while True:
             try:
+                if failures >= 2:
+                    # A consumer with one replica is gone with its server (a node killed for good):
+                    # make it again from the position kept here, on a server that is up.
+                    await self._drop_consumer()
                 sub = await self._subscribe()
+                failures = 0
                 delay = 0.2
+                idle = 0
                 while True:
                     # One message per long poll (a poll for many waits for all of them or its expiry),
                     # then, while the consumer says more are pending, as many as are there at once.
                     try:
                         msgs = await sub.fetch(1, timeout=5.0)
                     except TimeoutError:
+                        idle += 1
+                        if idle % 2 == 0:
+                            await self._check_consumer()  # a poll on a lost consumer only ever times out
                         continue
+                    idle = 0
                     while msgs:
                         for msg in msgs:
                             await self._handle(msg)
@@ -299,10 +312,33 @@ class Replicator:
                     self._save_outbox()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - no stream yet, or cut off: retry
+            except Exception as exc:  # noqa: BLE001 - no stream yet, cut off, or the consumer is lost: retry
+                failures += 1
                 log.debug("state consumer waiting", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(5.0, delay * 2)
+
+    @property
+    def _durable(self) -> str:
+        # A new name per generation: a lost consumer may not even be deletable until its server is back.
+        return f"state-{self.state.origin}" + (f"-{self._generation}" if self._generation else "")
+
+    async def _check_consumer(self) -> None:
+        """Raise unless this node's consumer answers and has a leader."""
+        assert self.transport is not None and self.stream_name is not None
+        info = await self.transport.jetstream.consumer_info(self.stream_name, self._durable)
+        if info.cluster is not None and not info.cluster.leader:
+            raise RuntimeError("the state consumer has no leader")
+
+    async def _drop_consumer(self) -> None:
+        assert self.transport is not None
+        if self.stream_name is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.transport.jetstream.delete_consumer(self.stream_name, self._durable), 2.0)
+        self._generation += 1
+        self._dirty = True
+        log.info("state consumer made again", extra={"from_seq": self.applied_seq + 1,
+                                                     "generation": self._generation})
 
     async def _handle(self, msg: Msg) -> None:
         seq = int(msg.metadata.sequence.stream)

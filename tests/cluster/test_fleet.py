@@ -113,6 +113,25 @@ def test_a_batch_that_cannot_merge_blocks_only_its_namespace(fleet: list[NodePro
                  message="another namespace to replicate past the blocked one")
 
 
+async def _delete_consumer(port: int, stream: str, name: str) -> None:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
+    try:
+        await nc.jetstream().delete_consumer(stream, name)
+    finally:
+        await nc.close()
+
+
+def test_a_node_whose_stream_consumer_is_lost_makes_it_again(fleet: list[NodeProcess]) -> None:
+    node = fleet[3]
+    stream = cluster(node)["stream"]["name"]
+    asyncio.run(_delete_consumer(_client_port(fleet[0]), stream, f"state-{node.node_id}"))
+    with fleet[0].client() as c:
+        assert c.put("/v1/kv/shared/after-consumer-loss", content=b"again").status_code == 200
+    with node.client() as c:
+        wait_for(lambda: c.get("/v1/kv/shared/after-consumer-loss").content == b"again",
+                 message="the node to read the stream again from where it was")
+
+
 def test_a_dead_child_server_is_restarted(fleet: list[NodeProcess]) -> None:
     node = fleet[1]
     before = child_pid(node)
@@ -127,8 +146,32 @@ def test_a_dead_child_server_is_restarted(fleet: list[NodeProcess]) -> None:
                  message="writes to reach the node whose server restarted")
 
 
+async def _consumer_hosts(port: int, stream: str, durables: list[str]) -> list[str | None]:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
+    try:
+        out: list[str | None] = []
+        for name in durables:
+            info = await nc.jetstream().consumer_info(stream, name)
+            out.append(info.cluster.leader if info.cluster else None)
+        return out
+    finally:
+        await nc.close()
+
+
+def _durable(node: NodeProcess) -> str:
+    path = node.data_dir / "replication.json"
+    generation = json.loads(path.read_text()).get("consumer_generation", 0) if path.exists() else 0
+    return f"state-{node.node_id}" + (f"-{generation}" if generation else "")
+
+
 def test_kill_9_of_a_node_shows_it_down_everywhere_and_takes_its_server(fleet: list[NodeProcess]) -> None:
-    victim = fleet[2]
+    # Kill a node whose server holds another node's stream consumer, if there is one: that node
+    # must notice its consumer is gone with the server and make it again elsewhere.
+    stream = cluster(fleet[0])["stream"]["name"]
+    hosts = asyncio.run(_consumer_hosts(_client_port(fleet[0]), stream, [_durable(n) for n in fleet[1:]]))
+    by_id = {n.node_id: n for n in fleet[1:]}
+    elsewhere = [by_id[h] for n, h in zip(fleet[1:], hosts, strict=True) if h in by_id and h != n.node_id]
+    victim = elsewhere[0] if elsewhere else fleet[2]
     server = child_pid(victim)
     assert server is not None and victim.proc is not None
     os.kill(victim.proc.pid, signal.SIGKILL)  # the node only: its server must follow by itself
