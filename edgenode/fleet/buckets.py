@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.msg import Msg
@@ -21,18 +20,10 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from edgenode.cluster.transport import Entry
+
 #: Bytes per message of a chunked blob (well under NATS's default 1 MiB payload limit).
 CHUNK_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One key of a bucket: its value, revision (stream sequence) and when it was written."""
-
-    key: str
-    value: bytes
-    revision: int
-    written_at: float
 
 
 class Bucket(Protocol):
