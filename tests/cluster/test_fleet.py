@@ -95,6 +95,9 @@ def test_tokens_revocations_and_workers_hold_fleet_wide(fleet: list[NodeProcess]
     wait_for(answers, timeout=60, message="the worker deployed on node 1 to answer on node 5")
     with n5.client() as c:
         assert c.get("/v1/workers/hello").json()["version"] == version
+        control = c.get("/v1/status").json()["capabilities"]["control"]
+        assert control["joined"] is True and control["refbus"] is not None
+    assert (n5.data_dir / "fleet.db").exists()
 
 
 async def _publish_raw(port: int, subject: str, payloads: list[bytes]) -> None:
