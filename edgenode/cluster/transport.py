@@ -206,10 +206,18 @@ class NatsTransport:
         return Bucket(self, full, subject)
 
 
+class HasJetStream(Protocol):
+    """What a bucket needs of its owner: a JetStream context (a NatsTransport, or a plain holder)."""
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context the bucket's stream is on."""
+
+
 class Bucket:
     """A key-value bucket: one stream, one subject per key, the last message per subject is the value."""
 
-    def __init__(self, transport: NatsTransport, stream: str, subject: str) -> None:
+    def __init__(self, transport: HasJetStream, stream: str, subject: str) -> None:
         self.transport = transport
         self.stream = stream
         self.prefix = subject + "."
