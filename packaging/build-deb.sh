@@ -30,6 +30,7 @@ exec /usr/bin/python3 /usr/lib/edgenode/edgenode.pyz "$@"
 SH
 chmod 0755 "$ROOT/usr/bin/edgenode"
 install -D -m 0644 systemd/edgenode.service "$ROOT/lib/systemd/system/edgenode.service"
+install -D -m 0644 systemd/edgenode-hub.service "$ROOT/lib/systemd/system/edgenode-hub.service"
 install -D -m 0644 packaging/edgenode.toml "$ROOT/etc/edgenode/edgenode.toml"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/edgenode/README.md"
 install -D -m 0644 packaging/copyright "$ROOT/usr/share/doc/edgenode/copyright"

@@ -106,7 +106,7 @@ class StreamTransport:
         return full
 
     async def bucket(self, name: str) -> Any:
-        from edgenode.fleet.buckets import StreamBucket
+        from edgenode.fleet.buckets import open_bucket
 
-        return await StreamBucket.open(self.jetstream, stream=self.stream_name(f"KV_{name}"),
+        return await open_bucket(self.jetstream, stream=self.stream_name(f"KV_{name}"),
                                        subject=f"{self.prefix}.kv.{name}")

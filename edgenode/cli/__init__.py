@@ -70,10 +70,11 @@ from edgenode.cli.runtime import runtime  # noqa: E402
 
 cli.add_command(runtime)
 from edgenode.cli.backup import backup, restore  # noqa: E402
+from edgenode.cli.hub import hub  # noqa: E402
 from edgenode.cli.rollout import rollout  # noqa: E402
 from edgenode.cli.selftest import selftest  # noqa: E402
 
-for command in (rollout, selftest, backup, restore):
+for command in (rollout, selftest, backup, restore, hub):
     cli.add_command(command)
 # Every command gets --json (run again at each start, so commands added after this line get it too).
 add_json_options(cli)

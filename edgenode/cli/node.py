@@ -38,7 +38,12 @@ _config_option = click.option(
 @click.command()
 @_data_option
 @click.option("--listen", help="HOST:PORT to serve on; port 0 picks a free port. [default: 127.0.0.1:8787]")
-@click.option("--peer", "peers", multiple=True, help="Base URL of a peer node; repeat for several.")
+@click.option("--peer", "peers", multiple=True,
+              help="A peer to cluster with: its base URL (http://HOST:PORT) or its NATS route "
+                   "(nats-route://HOST:PORT); one is enough, repeat for several.")
+@click.option("--hub", "hubs", multiple=True, metavar="nats://HOST:PORT",
+              help="A hub server's leaf listener to dial out to as a leaf node (large fleets); repeat for several.")
+@click.option("--nats-url", help="An operator's NATS to use instead of running a child nats-server.")
 @click.option(
     "--fleet-secret-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -54,6 +59,8 @@ def serve(
     data_dir: Path | None,
     listen: str | None,
     peers: tuple[str, ...],
+    hubs: tuple[str, ...],
+    nats_url: str | None,
     fleet_secret_file: Path | None,
     config_file: Path | None,
     log_level: str | None,
@@ -75,6 +82,8 @@ def serve(
             "data_dir": data_dir,
             "listen": listen,
             "peers": list(peers),
+            "cluster.hubs": list(hubs),
+            "cluster.nats_url": nats_url,
             "fleet_secret_file": str(fleet_secret_file) if fleet_secret_file else None,
             "log_level": log_level,
             "log_format": log_format,

@@ -134,14 +134,20 @@ def sql(client: ClientContext, namespace: str, query: str, params: tuple[str, ..
 @click.command()
 @pass_client
 def cluster(client: ClientContext) -> None:
-    """Show this node's peers, their health and replication lag."""
+    """Show the fleet's members, their health and replication lag (in stream messages)."""
     data = client.request("GET", "/v1/cluster")
     emit(data, _print_cluster)
 
 
 def _print_cluster(data: dict[str, Any]) -> None:
-    click.echo(f"node {data['node_id']}  {data['url']}  fleet={'on' if data['fleet_enabled'] else 'off'}")
-    echo_table(data["peers"], ["node_id", "url", "healthy", "behind_versions", "lag_s", "last_seen", "last_error"])
+    nats = data.get("nats") or {}
+    click.echo(f"node {data['node_id']}  {data['url']}  fleet={'on' if data['fleet_enabled'] else 'off'}"
+               + (f"  shape={nats.get('shape')}  nats={'up' if nats.get('connected') else 'down'}" if nats else ""))
+    echo_table(data.get("members", []), ["node_id", "url", "healthy", "last_seen_ago_s", "applied_seq",
+                                         "lag_messages", "blocked_namespaces"])
+    for blocked in data.get("blocked_namespaces", []):
+        click.echo(f"blocked: {blocked['tenant']}/{blocked['namespace']} from {blocked['peer']}: "
+                   f"{blocked['reason']}", err=True)
 
 
 __all__ = ["cluster", "kv", "sql"]

@@ -1,8 +1,13 @@
-"""The cluster capability: peer membership, signed peer requests, health and peer exchange.
+"""The cluster capability: this node in its fleet, over NATS.
 
-Other capabilities talk to peers only through :class:`Cluster`: ``send`` and
-``broadcast`` sign requests with the fleet secret, route handlers call
-``authenticate`` first thing, and ``peers()`` lists what membership knows.
+With a fleet secret, the node joins its fleet's NATS (:mod:`edgenode.cluster.fleet`)
+and hands other capabilities the :attr:`Cluster.transport` (publish, subscribe,
+request, streams, buckets) and :attr:`Cluster.members` (heartbeats in a bucket).
+Without one it runs no NATS at all.
+
+Signed HTTP requests between nodes (``send``, ``broadcast``, ``authenticate``) remain for
+what still moves over HTTP (Git objects between repositories, and a joining node
+asking a peer for its route); ``peers()`` is the HTTP view of the NATS members.
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ import asyncio
 import contextlib
 import json as _json
 import logging
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import Counter, Gauge
 
+from edgenode.cluster.fleet import ROUTE_PATH, Fleet
+from edgenode.cluster.members import Members
 from edgenode.cluster.membership import Membership, Peer
 from edgenode.cluster.signing import Verifier, sign
+from edgenode.cluster.transport import NatsTransport
 from edgenode.errors import PeerAuthFailed
 from edgenode.streams import read_limited
 
@@ -29,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HELLO_PATH = "/v1/peer/cluster/hello"
 
 
 class Cluster:
@@ -46,20 +53,21 @@ class Cluster:
         self.membership = Membership(self.node_id, forget_after_s=self.settings.forget_peer_after_s)
         for url in node.config.peers:
             self.membership.add(url, static=True)
-        self._peers_file = node.data_dir / "peers.json"
-        self._saved_peers: list[list[str | None]] = []
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        #: Set by the state capability: versions seen per origin, sent in every hello.
-        self.progress: Callable[[], dict[str, int]] = dict
-        #: Set by the state capability: a peer answered again after failing (pull from it now).
+        #: This node's NATS (None outside a fleet) and the transport capabilities are handed.
+        self.fleet: Fleet | None = None
+        self.transport: NatsTransport | None = None
+        self.members: Members | None = None
+        #: What capabilities add to this node's heartbeat (small JSON-able fields).
+        self.heartbeat_info: list[Callable[[], dict[str, Any]]] = []
+        #: What capabilities add to ``GET /v1/cluster``.
+        self.reporters: list[Callable[[], Awaitable[dict[str, Any]]]] = []
+        #: A peer answered again after failing.
         self.on_peer_recovered: Callable[[Peer], None] = lambda peer: None
         registry = node.metrics.registry
         self._m_healthy = Gauge("edgenode_cluster_peer_healthy", "1 if the peer answered its last check.",
                                 ["peer"], registry=registry)
-        self._m_behind = Gauge("edgenode_cluster_peer_behind_versions",
-                               "Versions this node has seen that the peer has not (from its last hello).",
-                               ["peer"], registry=registry)
         self._m_auth_failed = Counter("edgenode_cluster_peer_auth_failures",
                                       "Peer requests refused for a missing, forged or replayed signature.",
                                       registry=registry)
@@ -182,25 +190,47 @@ class Cluster:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start health checks and peer exchange."""
+        """Join the fleet over NATS (a fleet secret is set), else do nothing: a lone node runs no NATS."""
         self.membership.self_url = self.url or None
-        self._load_peers()
-        if self.url:
-            self.membership.remove(self.url)
         self._http()
-        if self.fleet_enabled:
-            self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="cluster-heartbeat"))
-        elif self.peers():
-            log.warning("peers are configured but no fleet secret: replication is off")
+        if not self.fleet_enabled:
+            if self.node.config.peers or self.settings.hubs or self.settings.nats_url:
+                log.warning("fleet settings are given but no fleet secret: this node stays alone")
+            return
+        assert self._secret is not None
+        listen_host = self.node.config.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+        advertise = urlsplit(self.url).hostname if self.url else None
+        self.fleet = Fleet(self.settings, node_id=self.node_id, data_dir=self.node.data_dir, secret=self._secret,
+                           listen_host=listen_host, advertise_host=advertise or "127.0.0.1",
+                           peers=list(self.node.config.peers))
+        try:
+            self.transport = await self.fleet.start(self._ask_route)
+        except BaseException:
+            await self.fleet.stop()  # never leave a child server behind a failed start
+            raise
+        self.members = Members(self.transport, node_id=self.node_id, interval_s=self.settings.heartbeat_interval_s,
+                               down_after_s=self.settings.down_after_s,
+                               forget_after_s=self.settings.forget_peer_after_s,
+                               refresh_s=self.settings.members_refresh_s)
+        self.members.describe_self = self._self_info
+        await self.members.start()
+        self._tasks.append(asyncio.create_task(self._peer_loop(), name="cluster-peers"))
+        if self.fleet.shape == "clustered" and self.fleet.peer_urls and not self.fleet.routes:
+            self._tasks.append(asyncio.create_task(self.fleet.resolve_later(self._ask_route),
+                                                   name="cluster-resolve-peers"))
 
     async def stop(self) -> None:
-        """Stop background tasks and close the HTTP client."""
+        """Leave the fleet: last heartbeat, close NATS, stop the child server and the HTTP client."""
+        if self.members is not None:
+            await self.members.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.fleet is not None:
+            await self.fleet.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -222,123 +252,119 @@ class Cluster:
 
     # -- health and peer exchange -------------------------------------------
 
-    def hello_body(self) -> dict[str, Any]:
-        """What this node tells a peer about itself and the fleet."""
-        known = [{"url": p.url, "node_id": p.node_id} for p in self.peers() if p.healthy and p.node_id]
-        return {"node_id": self.node_id, "url": self.url, "peers": known, "seen": self.progress()}
-
-    def handle_hello(self, sender: str, data: Any) -> dict[str, Any]:
-        """Answer a peer's hello: learn it and whom it knows; reply in kind."""
-        if isinstance(data, dict):
-            peer = self.membership.by_node(sender)
-            if peer is not None:
-                self._absorb(peer, data)
-        return self.hello_body()
-
-    def _absorb(self, peer: Peer, data: dict[str, Any]) -> None:
-        seen = data.get("seen")
-        if isinstance(seen, dict):
-            peer.seen = {k: v for k, v in seen.items() if isinstance(k, str) and type(v) is int}
-            self._m_behind.labels(peer.url).set(self.behind(peer))
-        peers = data.get("peers")
-        if isinstance(peers, list):
-            self.membership.merge(peers[:1000])
-
-    def behind(self, peer: Peer) -> int:
-        """Versions this node has seen that ``peer`` had not, as of its last hello."""
-        ours = self.progress()
-        return sum(max(0, n - peer.seen.get(origin, 0)) for origin, n in ours.items() if origin != peer.node_id)
-
-    async def hello(self, peer: Peer) -> None:
-        """Check one peer's health and swap peer lists with it."""
-        try:
-            response = await self.send(peer.url, "POST", HELLO_PATH, json=self.hello_body(),
-                                       timeout=max(1.0, self.settings.heartbeat_interval_s))
-        except (httpx.HTTPError, PeerAuthFailed):
+    def _sync_peers(self) -> None:
+        """Mirror NATS membership into the HTTP peer table (what artifacts gossip sends to)."""
+        if self.members is None:
             return
-        if response.status_code != 200:
-            self.membership.mark_failed(peer, f"hello answered HTTP {response.status_code}")
-            self._m_healthy.labels(peer.url).set(0)
-            return
-        with contextlib.suppress(ValueError):
-            data = response.json()
-            node_id = data.get("node_id") if isinstance(data, dict) else None
-            if isinstance(node_id, str) and node_id:
-                if node_id == self.node_id:
-                    self.membership.remove(peer.url)
-                    return
-                bound = self.membership.learn(node_id, peer.url)
-                if bound is not None:
-                    self._absorb(bound, data)
+        for member in self.members.members():
+            if member.node_id == self.node_id or not member.url:
+                continue
+            peer = self.membership.learn(member.node_id, member.url)
+            if peer is None:
+                continue
+            if self.members.healthy(member):
+                if self.membership.mark_ok(peer):
+                    self.on_peer_recovered(peer)
+                peer.last_seen = member.last_seen
+                self._m_healthy.labels(peer.url).set(1)
+            elif peer.healthy or peer.failures == 0:
+                self.membership.mark_failed(peer, "stopped" if member.stopped else "no heartbeat")
+                self._m_healthy.labels(peer.url).set(0)
+        for gone in self.membership.forget_dead():
+            log.info("forgot peer", extra={"peer": gone.url, "peer_node": gone.node_id})
+            with contextlib.suppress(KeyError):
+                self._m_healthy.remove(gone.url)
+        if self.fleet is not None:
+            self.fleet.remember_routes([m.route for m in self.members.members() if m.route])
 
-    def _load_peers(self) -> None:
-        # Peers learned by exchange survive a restart, so a node that comes back (maybe on
-        # another port) can reach the fleet even if it was configured with no --peer.
-        try:
-            saved = _json.loads(self._peers_file.read_text())
-        except (OSError, ValueError):
-            return
-        if isinstance(saved, list):
-            for entry in saved:
-                if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
-                    self.membership.add(entry[0], node_id=entry[1] if isinstance(entry[1], str) else None)
-            self._saved_peers = saved
-
-    def _save_peers(self) -> None:
-        current: list[list[str | None]] = sorted([p.url, p.node_id] for p in self.peers())
-        if current == self._saved_peers:
-            return
-        tmp = self._peers_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(_json.dumps(current))
-            tmp.replace(self._peers_file)
-            self._saved_peers = current
-        except OSError as exc:
-            log.warning("cannot save the peer list", extra={"error": str(exc)})
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval_s
+    async def _peer_loop(self) -> None:
         while True:
-            started = time.monotonic()
             try:
-                await asyncio.gather(*(self.hello(p) for p in self.peers()))
-                for gone in self.membership.forget_dead():
-                    log.info("forgot peer", extra={"peer": gone.url, "peer_node": gone.node_id})
-                    with contextlib.suppress(KeyError):
-                        self._m_healthy.remove(gone.url)
-                        self._m_behind.remove(gone.url)
-                self._save_peers()
+                self._sync_peers()
             except Exception:
-                log.exception("heartbeat round failed")
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.05, interval * random.uniform(0.8, 1.2) - elapsed))
+                log.exception("peer table refresh failed")
+            await asyncio.sleep(max(0.05, self.settings.heartbeat_interval_s))
+
+    def route_answer(self) -> dict[str, Any]:
+        """What ``GET /v1/peer/cluster/route`` tells a joining node: where to route to."""
+        routes = [self.fleet.route] if self.fleet is not None and self.fleet.route else []
+        if self.members is not None:
+            routes += [m.route for m in self.members.members() if m.route and self.members.healthy(m)]
+        return {"node_id": self.node_id, "routes": list(dict.fromkeys(routes))}
+
+    async def _ask_route(self, url: str) -> list[str]:
+        response = await self.send(url, "GET", ROUTE_PATH, timeout=2.0)
+        if response.status_code != 200:
+            raise RuntimeError(f"route answered HTTP {response.status_code}")
+        data = response.json()
+        routes = data.get("routes") if isinstance(data, dict) else None
+        return [r for r in routes if isinstance(r, str) and r][:64] if isinstance(routes, list) else []
+
+    def _self_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"url": self.url, "version": self.node.version,
+                                "route": self.fleet.route if self.fleet is not None else ""}
+        for contribute in self.heartbeat_info:
+            info.update(contribute())
+        return info
 
     # -- reporting -----------------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
-        """This node and its peers, their health and replication lag (``GET /v1/cluster``)."""
-        peers = []
-        for p in self.peers():
-            entry = p.as_dict()
-            entry["behind_versions"] = self.behind(p) if p.seen or p.node_id else None
-            peers.append(entry)
+    def member_list(self, stream_head: int | None = None) -> list[dict[str, Any]]:
+        """Every member with last-seen, health and replication lag in stream positions."""
+        if self.members is None:
+            return []
+        now = time.time()
+        out = []
+        for m in self.members.members():
+            blocked = m.info.get("blocked_namespaces")
+            out.append({
+                "node_id": m.node_id, "url": m.url, "route": m.route, "version": m.version,
+                "self": m.node_id == self.node_id, "healthy": self.members.healthy(m), "stopped": m.stopped,
+                "last_seen": round(m.last_seen, 3), "last_seen_ago_s": round(max(0.0, now - m.last_seen), 3),
+                "applied_seq": m.applied,
+                "lag_messages": None if stream_head is None else max(0, stream_head - m.applied),
+                "blocked_namespaces": blocked if type(blocked) is int else 0,
+            })
+        return out
+
+    async def describe(self) -> dict[str, Any]:
+        """This node, the fleet's members and their health and lag, the stream (``GET /v1/cluster``)."""
+        if self.members is not None:
+            with contextlib.suppress(Exception):  # cut off: report what was last read
+                await asyncio.wait_for(self.members.refresh(max_age_s=0.25), 5.0)
+            self._sync_peers()
+        report: dict[str, Any] = {}
+        for contribute in self.reporters:
+            with contextlib.suppress(Exception):
+                report.update(await contribute())
+        head = report.get("stream", {}).get("last_seq") if isinstance(report.get("stream"), dict) else None
+        nats_info: dict[str, Any] | None = None
+        if self.fleet is not None:
+            nats_info = {
+                "shape": self.fleet.shape, "fleet": self.fleet.keys.fleet_id, "route": self.fleet.route,
+                "hubs": self.fleet.hubs, "connected": bool(self.transport and self.transport.connected),
+                "server_pid": self.fleet.server.pid if self.fleet.server else None,
+                "server_restarts": self.fleet.server.restarts if self.fleet.server else 0,
+                "heartbeat_error": self.members.last_error if self.members else None,
+            }
+        peers = [p.as_dict() for p in self.peers()]
         return {
             "node_id": self.node_id,
             "url": self.url,
             "fleet_enabled": self.fleet_enabled,
-            "seen": self.progress(),
+            "nats": nats_info,
+            "members": self.member_list(head if type(head) is int else None),
             "peers": peers,
+            **report,
         }
 
     def status(self) -> dict[str, Any]:
         """A short summary for ``edgenode status``."""
-        peers = self.peers()
-        behind = [self.behind(p) for p in peers if p.node_id]
+        members = self.members.members() if self.members is not None else []
         return {
             "node_id": self.node_id,
             "fleet": self.fleet_enabled,
-            "peers": len(peers),
-            "healthy": sum(1 for p in peers if p.healthy),
-            "max_behind_versions": max(behind) if behind else 0,
+            "shape": self.fleet.shape if self.fleet is not None else None,
+            "members": len(members),
+            "healthy": sum(1 for m in members if self.members is not None and self.members.healthy(m)),
         }
-

@@ -100,3 +100,12 @@ class Verifier:
                 cutoff = now - self.window_s
                 self._seen = {s: t for s, t in self._seen.items() if t >= cutoff}
         return SignedBy(node_id=node_id, url=url)
+
+
+def derive(secret: bytes, purpose: str) -> str:
+    """A credential for one ``purpose`` (NATS passwords, the fleet id), derived from the fleet secret.
+
+    HMAC-SHA256 keyed by the secret over a labelled purpose: knowing one derived value
+    tells nothing about the secret or about the others.
+    """
+    return hmac.new(secret, f"edgenode-derive-v1\n{purpose}".encode(), hashlib.sha256).hexdigest()

@@ -3,36 +3,28 @@
 A bucket is one stream keeping the last message of each subject ``<subject>.<key>``; its revision
 is the stream sequence and compare-and-set is JetStream's expected-last-subject-sequence. Using the
 fleet's own subjects (not ``$KV``/``$O``) keeps it working across a leaf node's connection to a hub.
-:class:`StreamBucket` has the interface of the fleet transport's bucket (put, update, get, watch),
-so the control plane runs on either.
+The bucket is the fleet transport's own (``edgenode.cluster.transport.Bucket``); :func:`open_bucket`
+makes one on a bare JetStream context (tests, benchmarks), :class:`Bucket` is what the control
+plane needs of it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError
+
+from edgenode.cluster.transport import Bucket as FleetBucket
+from edgenode.cluster.transport import Entry
 
 #: Bytes per message of a chunked blob (well under NATS's default 1 MiB payload limit).
 CHUNK_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One key of a bucket: its value, revision (stream sequence) and when it was written."""
-
-    key: str
-    value: bytes
-    revision: int
-    written_at: float
 
 
 class Bucket(Protocol):
@@ -53,52 +45,21 @@ class Bucket(Protocol):
         """Call ``handler`` with every key's current value, then with every change."""
 
 
-class StreamBucket:
-    """A bucket on one stream of ``<subject>.>`` subjects, one message kept per key."""
+@dataclass(frozen=True)
+class _JetStream:
+    jetstream: JetStreamContext
 
-    def __init__(self, js: JetStreamContext, stream: str, subject: str) -> None:
-        self.js = js
-        self.stream = stream
-        self.prefix = subject + "."
 
-    @classmethod
-    async def open(cls, js: JetStreamContext, *, stream: str, subject: str, replicas: int = 1) -> StreamBucket:
-        """The bucket, its stream created if missing."""
-        config = api.StreamConfig(name=stream, subjects=[f"{subject}.>"], max_msgs_per_subject=1,
-                                  allow_direct=True, discard=api.DiscardPolicy.OLD, num_replicas=replicas)
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != 10058:  # exists already (with this or an operator's config)
-                raise
-        return cls(js, stream, subject)
-
-    async def put(self, key: str, value: bytes) -> int:
-        ack = await self.js.publish(self.prefix + key, value, stream=self.stream)
-        return int(ack.seq)
-
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        ack = await self.js.publish(self.prefix + key, value, stream=self.stream,
-                                    headers={"Nats-Expected-Last-Subject-Sequence": str(last)})
-        return int(ack.seq)
-
-    async def get(self, key: str) -> Entry | None:
-        try:
-            msg = await self.js.get_last_msg(self.stream, self.prefix + key, direct=True)
-        except NotFoundError:
-            return None
-        if not msg.data:
-            return None
-        return Entry(key, msg.data, int(msg.seq or 0), msg.time.timestamp() if msg.time else time.time())
-
-    async def watch(self, handler: Callable[[Entry], None]) -> Subscription:
-        async def on_msg(msg: Msg) -> None:
-            meta = msg.metadata
-            handler(Entry(msg.subject[len(self.prefix):], msg.data, int(meta.sequence.stream),
-                          meta.timestamp.timestamp()))
-
-        return await self.js.subscribe(self.prefix + ">", stream=self.stream, cb=on_msg, ordered_consumer=True,
-                                       deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=2.0)
+async def open_bucket(js: JetStreamContext, *, stream: str, subject: str, replicas: int = 1) -> FleetBucket:
+    """The fleet transport's bucket on ``stream`` (``<subject>.>``, one message per key), created if missing."""
+    config = api.StreamConfig(name=stream, subjects=[f"{subject}.>"], max_msgs_per_subject=1,
+                              allow_direct=True, discard=api.DiscardPolicy.OLD, num_replicas=replicas)
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:  # exists already (with this or an operator's config)
+            raise
+    return FleetBucket(_JetStream(js), stream, subject)
 
 
 class DeferredBucket:
@@ -165,4 +126,4 @@ class BlobStore:
         return data if hashlib.sha256(data).hexdigest() == digest else None
 
 
-__all__ = ["CHUNK_BYTES", "BlobStore", "Bucket", "DeferredBucket", "Entry", "StreamBucket"]
+__all__ = ["CHUNK_BYTES", "BlobStore", "Bucket", "DeferredBucket", "Entry", "open_bucket"]

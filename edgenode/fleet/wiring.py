@@ -11,8 +11,9 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
 from nats.js.client import JetStreamContext
 
+from edgenode.cluster.transport import Bucket as FleetBucket
 from edgenode.fleet.access import RepoTokenRecords, Tenants, Tokens
-from edgenode.fleet.buckets import BlobStore, Bucket, DeferredBucket, StreamBucket
+from edgenode.fleet.buckets import BlobStore, Bucket, DeferredBucket, open_bucket
 from edgenode.fleet.control import MIGRATIONS, ControlPlane
 from edgenode.fleet.deployments import AgentDeployments, WorkerDeployments
 from edgenode.fleet.git import RETENTION_S, RefBus
@@ -30,12 +31,12 @@ if TYPE_CHECKING:
 
 
 async def open_buckets(js: JetStreamContext, *, subject_prefix: str, stream_prefix: str,
-                       replicas: int = 1) -> tuple[StreamBucket, StreamBucket]:
+                       replicas: int = 1) -> tuple[FleetBucket, FleetBucket]:
     """The control and blob buckets (``<stream_prefix>_CONTROL`` on ``<subject_prefix>.control.>``, and blobs)."""
-    control = await StreamBucket.open(js, stream=f"{stream_prefix}_CONTROL".upper(),
-                                      subject=f"{subject_prefix}.control", replicas=replicas)
-    blobs = await StreamBucket.open(js, stream=f"{stream_prefix}_BLOBS".upper(),
-                                    subject=f"{subject_prefix}.blobs", replicas=replicas)
+    control = await open_bucket(js, stream=f"{stream_prefix}_CONTROL".upper(),
+                                subject=f"{subject_prefix}.control", replicas=replicas)
+    blobs = await open_bucket(js, stream=f"{stream_prefix}_BLOBS".upper(),
+                              subject=f"{subject_prefix}.blobs", replicas=replicas)
     return control, blobs
 
 

@@ -112,6 +112,11 @@ class BlockedNamespaces:
             return [e.as_dict() for e in sorted(self._blocked.values(), key=lambda e: (e.since, e.tenant,
                                                                                          e.namespace))]
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``(tenant, namespace)`` is blocked now."""
+        with self._lock:
+            return key in self._blocked
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._blocked)

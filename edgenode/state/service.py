@@ -33,8 +33,8 @@ from edgenode.state.replica import Commit, Limits, NamespaceDatabase, Replica, S
 from edgenode.store.db import run_blocking
 
 if TYPE_CHECKING:
-    from edgenode.cluster.replication import Replicator
     from edgenode.node import Node
+    from edgenode.state.replication import Replicator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,10 +130,9 @@ class State:
     async def start(self) -> None:
         """Load every namespace's bookkeeping, seed the clock, start replication."""
         await run_blocking(self._load_books)
-        from edgenode.cluster.replication import Replicator
+        from edgenode.state.replication import Replicator
 
         self.replicator = Replicator(self, self.node.cluster)
-        self.node.cluster.progress = self.progress
         await self.replicator.start()
         self._checker = asyncio.create_task(run_blocking(self._check_all), name="namespace-check")
 
@@ -170,6 +169,8 @@ class State:
             shutil.rmtree(self.root / tenant, ignore_errors=True)
 
         await run_blocking(purge)
+        if self.replicator is not None:
+            self.replicator.forget_tenant(tenant)  # its namespaces start again at version 1
 
     def _load_books(self) -> None:
         # Reading the small book table of each file is cheap, even for thousands of namespaces;
@@ -220,7 +221,7 @@ class State:
                 book.setdefault(origin, RangeSet()).update(ranges)
 
     def progress(self) -> dict[str, int]:
-        """Versions seen per origin, summed over namespaces (what hellos carry, to measure lag)."""
+        """Versions seen per origin, summed over namespaces."""
         totals: dict[str, int] = {}
         with self._books_lock:
             for book in self._books.values():

@@ -72,7 +72,7 @@ def _head(method: str, path: str, token: str | None, length: int, ctype: str = "
 
 REFUSALS = [
     # (what, method, path, token, content type, status, code)
-    ("peer route without a fleet secret", "POST", "/v1/peer/state/push", None, "application/json", 401,
+    ("peer route without a fleet secret", "POST", "/v1/peer/artifacts/announce", None, "application/json", 401,
      "peer_auth_failed"),
     ("bad bearer token", "POST", "/v1/tokens", "edn_nope", "application/json", 401, "unauthorized"),
     ("tenant token on an admin route", "POST", "/v1/tenants", "<tenant>", "application/json", 403, "forbidden"),
@@ -110,7 +110,7 @@ def test_the_connection_stays_usable_after_a_refusal_before_the_body(
 def test_a_refusal_of_a_large_unread_body_says_the_connection_closes(node: NodeProcess) -> None:
     conn = Connection(node.url)
     try:
-        conn.send(_head("POST", "/v1/peer/state/push", None, DRAIN_LIMIT_BYTES + 1))
+        conn.send(_head("POST", "/v1/peer/artifacts/announce", None, DRAIN_LIMIT_BYTES + 1))
         got, headers, _ = conn.response()
         assert got == 401 and headers["connection"].lower() == "close"
     finally:

@@ -173,11 +173,12 @@ def test_tenants_are_isolated(node: NodeProcess, client: httpx.Client) -> None:
     assert client.get("/v1/kv/shared/k", headers={"x-edgenode-tenant": "acme"}).content == b"acme"
 
 
-def test_peer_routes_refuse_everything_without_a_fleet_secret(client: httpx.Client) -> None:
-    body = {"namespaces": []}
-    r = client.post("/v1/peer/state/push", json=body)
+def test_peer_routes_refuse_everything_without_a_fleet_secret(node: NodeProcess, client: httpx.Client) -> None:
+    r = client.get("/v1/peer/cluster/route")
     assert r.status_code == 401 and error_code(r) == "peer_auth_failed"
-    assert client.get("/v1/cluster").json()["fleet_enabled"] is False
+    cluster = client.get("/v1/cluster").json()
+    assert cluster["fleet_enabled"] is False and cluster["nats"] is None and cluster["members"] == []
+    assert not (node.data_dir / "nats").exists()  # a node alone runs no NATS at all
 
 
 def test_cli_kv_and_sql(node: NodeProcess) -> None:

@@ -16,6 +16,7 @@ from edgenode.cluster.hlc import physical_ms
 from edgenode.config import Config
 from edgenode.node import Node
 from edgenode.state import Changes
+from edgenode.state.payload import parse_changes
 from tests.support import NodeProcess, wait_for
 
 HOUR_MS = 3_600_000
@@ -70,10 +71,9 @@ def test_a_diverged_namespace_blocks_only_itself(nodes: tuple[Running, Running, 
         sql(peer, "diverged", "INSERT INTO t VALUES (?, ?)", [f"r{i}", i])
         assert peer.client.put(f"/v1/kv/fine/k{i}", content=b"v").status_code == 200
 
-    # Pushed together: the diverged one is refused, the other is applied.
-    push = asyncio.run(here.node.state.replicator.receive_push(  # type: ignore[union-attr]
-        peer.node.id, {"namespaces": [peer.everything("diverged").to_json(), peer.everything("fine").to_json()]}))
-    assert push["applied"] == 20
+    # Arriving together (one stream message): the diverged one is refused, the other is applied.
+    merged = [here.node.state.merge(peer.node.id, peer.everything(ns)) for ns in ("diverged", "fine")]
+    assert merged == [None, 20]
     assert here.client.get("/v1/kv/fine/k19").content == b"v"
     blocked = here.client.get("/v1/cluster").json()["blocked_namespaces"]
     assert [(b["tenant"], b["namespace"], b["peer"], b["code"]) for b in blocked] == [
@@ -82,16 +82,21 @@ def test_a_diverged_namespace_blocks_only_itself(nodes: tuple[Running, Running, 
     assert here.metric("edgenode_state_blocked_namespaces") == 1
     assert here.client.get("/v1/status").json()["capabilities"]["state"]["blocked"] == 1
     assert sql(here, "diverged", "SELECT count(*) FROM t")["rows"] == [[0]]
+    # Its books lack what it refused, so a catch-up asks for it again later.
+    assert peer.node.id not in here.node.state.book("default", "diverged")
 
-    # Pulled: the diverged namespace, first in order and bigger than a sync answer, must not crowd out the rest.
+    # Caught up: the diverged namespace, first in order and bigger than an answer, must not crowd out the rest.
     assert peer.client.put("/v1/kv/fine/later", content=b"pulled").status_code == 200
-    replicator = here.node.state.replicator
-    assert replicator is not None
-    answer = asyncio.run(peer.node.state.replicator.answer_sync(  # type: ignore[union-attr]
-        here.node.id, replicator._wanted_body()))
+    here_replicator, peer_replicator = here.node.state.replicator, peer.node.state.replicator
+    assert here_replicator is not None and peer_replicator is not None
+    answer = asyncio.run(peer_replicator.answer_sync(here_replicator.wanted_body()))
     assert [n["namespace"] for n in answer["namespaces"]] == ["fine"]
-    asyncio.run(replicator._apply_all(peer.node.id, replicator._parse_namespaces(peer.node.id, answer)))
+    for entry in answer["namespaces"]:
+        asyncio.run(here_replicator._apply_one(peer.node.id, parse_changes(entry)))
     assert here.client.get("/v1/kv/fine/later").content == b"pulled"
+    # Once it is no longer recent, the blocked namespace is asked for again (and refused again here).
+    later = asyncio.run(peer_replicator.answer_sync({**here_replicator.wanted_body(), "blocked": []}))
+    assert [n["namespace"] for n in later["namespaces"]] == ["diverged"]
 
 
 def test_a_namespace_started_again_forgets_the_versions_it_reused(nodes: tuple[Running, Running, Running]) -> None:
@@ -139,11 +144,18 @@ def test_a_batch_stamped_an_hour_ahead_is_refused_counted_and_leaves_the_clock(
 
     # Once the batch fits (here: the bound is raised), it applies and the namespace is cleared. (This node's
     # clock follows it an hour ahead: this test runs last of those sharing the nodes.)
+    # The replicator does the same, and does not forget what a refusal left out: it asks for it again.
+    replicator = here.node.state.replicator
+    assert replicator is not None
+    replicator._catch_up.clear()
+    assert asyncio.run(replicator._apply_one(fast.node.id, fast.everything("clocks"))) == 0
+    assert ("default", "clocks") in replicator._refetch and not replicator._catch_up.is_set()
     here.node.state.hlc.max_offset_ms = 2 * HOUR_MS
     try:
-        assert here.node.state.merge(fast.node.id, fast.everything("clocks")) == 1
+        assert asyncio.run(replicator._apply_one(fast.node.id, fast.everything("clocks"))) == 1
     finally:
         here.node.state.hlc.max_offset_ms = 500
+    assert replicator._catch_up.is_set()  # it merges again: a catch-up fetches what it refused meanwhile
     assert here.client.get("/v1/kv/clocks/k").content == b"from the future"
     assert all(b["namespace"] != "clocks" for b in here.node.state.blocked_namespaces())
 

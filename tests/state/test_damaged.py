@@ -130,7 +130,7 @@ def test_a_stuck_namespace_does_not_hold_up_reads_of_others(tmp_path: Path) -> N
 
 
 def test_a_damaged_namespace_does_not_stop_the_others_from_converging(tmp_path: Path) -> None:
-    from tests.cluster.test_replication import FAST
+    from tests.cluster.helpers import FAST
 
     a = NodeProcess(tmp_path / "a", env=FAST).start()
     b = NodeProcess(tmp_path / "b", env=FAST, args=["--peer", a.url]).start()
