@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.agents import controls
-from edgenode.agents.engine import Agents
-from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, INT_MIN, query_int, query_str
+from edgenode.agents.engine import NAME, RESERVED, RUN_ID, Agents
+from edgenode.api.common import json, node_of, principal
+from edgenode.api.parsing import INT_MAX, INT_MIN, PATH_MAX, query_int, query_str
+from edgenode.api.schema import Body, Reply, operation, pattern, read_model
 from edgenode.errors import NotFound, Unavailable, ValidationFailed
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
@@ -46,15 +49,153 @@ async def ui_reserved(request: Request) -> Response:
     raise ValidationFailed("'ui' is reserved: the agents page lives at /v1/agents/ui/", field="name")
 
 
+# -- models ------------------------------------------------------------------------
+
+#: An agent or schedule name; the reserved words are the paths beside ``/v1/agents/{name}``.
+AgentName = Annotated[str, pattern(re.compile(f"^(?!(?:{'|'.join(sorted(RESERVED))})$)" + NAME.pattern[1:]),
+                                   "An agent: 1-63 lower-case letters, digits, '-' or '_' (not a reserved word)")]
+RunId = Annotated[str, pattern(RUN_ID, "A run id: 1-128 letters, digits, '.', '_', ':' or '-'")]
+Version = Annotated[int, Field(ge=1, le=INT_MAX)]
+
+
+class DeployAgent(Body):
+    """An agent version's files."""
+
+    files: dict[str, str] = Field(description="Python sources by path")
+    entry: str = "main.py"
+    allowed_hosts: list[str] | None = None
+
+
+class AgentVersion(Reply):
+    """The deployed version."""
+
+    created: bool
+
+
+class AgentList(Reply):
+    """The caller's agents."""
+
+    agents: list[dict[str, Any]]
+
+
+class AgentInfo(Reply):
+    """An agent: current version, versions, state."""
+
+
+class StartRun(Body):
+    """A run's input, an optional id (idempotent start) and version."""
+
+    input: Any = None
+    id: RunId | None = None
+    version: Version | None = None
+
+
+class Run(Reply):
+    """A run's status, output or error, and what it waits for."""
+
+    id: str
+    status: str
+
+
+class StartedRun(Run):
+    """A run, and whether this request created it."""
+
+    created: bool
+
+
+class RunList(Reply):
+    """Runs."""
+
+    runs: list[dict[str, Any]]
+
+
+class History(Reply):
+    """A run's journal and events."""
+
+
+class SendEvent(Body):
+    """An event for a run."""
+
+    type: str
+    payload: Any = None
+
+
+class Decision(Body):
+    """A human decision's comment."""
+
+    comment: str = ""
+
+
+class ControlResult(Reply):
+    """The run after the control."""
+
+
+class MoveRun(Body):
+    """The version to move a run to."""
+
+    version: Version
+
+
+class ApprovalList(Reply):
+    """Runs waiting for a human decision."""
+
+    approvals: list[dict[str, Any]]
+
+
+class CreateSchedule(Body):
+    """A cron schedule that starts an agent."""
+
+    name: AgentName
+    agent: AgentName
+    cron: str = Field(description="Five cron fields, UTC")
+    input: Any = None
+
+
+class Schedule(Reply):
+    """A schedule."""
+
+
+class ScheduleList(Reply):
+    """The caller's schedules."""
+
+    schedules: list[dict[str, Any]]
+
+
+class ModelChat(Body):
+    """One model call: model, messages, tools and options."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[Any] | None = None
+    options: dict[str, Any] = {}
+
+
+class ModelReply(Reply):
+    """The model's reply."""
+
+
+class ModelUsage(Reply):
+    """Model calls and tokens by provider and model."""
+
+    usage: list[dict[str, Any]]
+
+
+class PutSecret(Body):
+    """A secret's value."""
+
+    value: str = Field(min_length=1)
+
+
+_NAME = {"name": AgentName}
+_RUN = {"run_id": RunId}
+SecretName = Annotated[str, Field(pattern="^(?=_*[A-Za-z0-9])[A-Za-z0-9_]{1,100}$")]
+
+
 def _agents(request: Request) -> Agents:
     agents: Agents | None = getattr(node_of(request), "agents", None)
     if agents is None:
         raise Unavailable("this node has no agents capability")
     return agents
-
-
-async def _body(request: Request, limit: int | None = None) -> dict[str, Any]:
-    return await read_json(request, limit)
 
 
 def _run_id(request: Request) -> str:
@@ -65,41 +206,45 @@ def _run_id(request: Request) -> str:
 # -- agents ------------------------------------------------------------------------
 
 
+@operation(body=DeployAgent, responses={200: AgentVersion, 201: AgentVersion}, errors=(400, 413), path=_NAME)
 async def deploy(request: Request) -> Response:
     """Deploy a version: ``{"files": {"main.py": ...}, "entry"?, "allowed_hosts"?}``."""
     agents = _agents(request)
-    data = await _body(request, agents.settings.max_code_bytes + _ENVELOPE)
-    result = await agents.deploy(
-        principal(request).tenant, request.path_params["name"], field(data, "files", dict, required=True),
-        entry=field(data, "entry", str, "main.py"), allowed_hosts=field(data, "allowed_hosts", list, None),
-    )
+    body = await read_model(request, DeployAgent, agents.settings.max_code_bytes + _ENVELOPE)
+    result = await agents.deploy(principal(request).tenant, request.path_params["name"], body.files,
+                                 entry=body.entry, allowed_hosts=body.allowed_hosts)
     return json(result, status=201 if result["created"] else 200)
 
 
+@operation(responses={200: AgentList})
 async def list_agents(request: Request) -> Response:
     """The caller's agents."""
     return json({"agents": await _agents(request).list_agents(principal(request).tenant)})
 
 
+@operation(responses={200: AgentInfo}, errors=(404,), path=_NAME)
 async def get_agent(request: Request) -> Response:
     """An agent: current version, versions, state."""
     return json(await _agents(request).get_agent(principal(request).tenant, request.path_params["name"]))
 
 
+@operation(body=StartRun, responses={200: StartedRun, 201: StartedRun}, errors=(400, 404, 409, 413), path=_NAME)
 async def start_run(request: Request) -> Response:
     """Start a run: ``{"input"?, "id"? (idempotency), "version"?}``; 201, or 200 for a known id."""
     agents = _agents(request)
-    data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
-    run, created = await agents.start_run(
-        principal(request).tenant, request.path_params["name"], data.get("input"),
-        run_id=field(data, "id", str, None), version=field(data, "version", int, None, lo=1),
-    )
+    body = await read_model(request, StartRun, agents.settings.max_event_bytes + _ENVELOPE)
+    run, created = await agents.start_run(principal(request).tenant, request.path_params["name"], body.input,
+                                          run_id=body.id, version=body.version)
     return json({**run, "created": created}, status=201 if created else 200)
 
 
 # -- runs ------------------------------------------------------------------------------
 
 
+@operation(responses={200: RunList},
+           query={"agent": Annotated[str, Field(max_length=PATH_MAX)] | None,
+                  "status": Annotated[str, Field(max_length=PATH_MAX)] | None,
+                  "limit": Annotated[int, Field(ge=INT_MIN, le=INT_MAX)] | None})
 async def list_runs(request: Request) -> Response:
     """The caller's runs: ``?agent=&status=&limit=``."""
     limit = max(1, min(1000, query_int(request, "limit", 100, lo=INT_MIN, hi=INT_MAX)))
@@ -108,121 +253,134 @@ async def list_runs(request: Request) -> Response:
     return json({"runs": runs})
 
 
+@operation(responses={200: Run}, errors=(404,), path=_RUN)
 async def get_run(request: Request) -> Response:
     """One run's status, output or error, and what it waits for."""
     return json(await _agents(request).get_run(principal(request), _run_id(request)))
 
 
+@operation(responses={200: History}, errors=(404,), path=_RUN)
 async def history(request: Request) -> Response:
     """The run's journal and events."""
     return json(await _agents(request).history(principal(request), _run_id(request)))
 
 
+@operation(body=SendEvent, responses={202: ControlResult}, errors=(400, 404, 409, 413), path=_RUN)
 async def send_event(request: Request) -> Response:
     """Send an event: ``{"type", "payload"?}``."""
     agents = _agents(request)
-    data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
-    result = await controls.send_event(agents, principal(request), _run_id(request),
-                                       field(data, "type", str, required=True), data.get("payload"))
+    body = await read_model(request, SendEvent, agents.settings.max_event_bytes + _ENVELOPE)
+    result = await controls.send_event(agents, principal(request), _run_id(request), body.type, body.payload)
     return json(result, status=202)
 
 
 async def _decision(request: Request, approved: bool) -> Response:
     agents = _agents(request)
-    data = await read_json(request, agents.settings.max_event_bytes + 4096, optional=True)
-    result = await controls.decide(agents, principal(request), _run_id(request), approved,
-                                   field(data, "comment", str, ""))
+    body = await read_model(request, Decision, agents.settings.max_event_bytes + 4096, optional=True)
+    result = await controls.decide(agents, principal(request), _run_id(request), approved, body.comment)
     return json(result)
 
 
+_decides = operation(body=Decision, body_required=False, responses={200: ControlResult},
+                     errors=(400, 404, 409), path=_RUN)
+_controls = operation(responses={200: ControlResult}, errors=(404, 409), path=_RUN)
+
+
+@_decides
 async def approve(request: Request) -> Response:
     """Approve the approval the run waits for: ``{"comment"?}``."""
     return await _decision(request, True)
 
 
+@_decides
 async def reject(request: Request) -> Response:
     """Reject the approval the run waits for: ``{"comment"?}``."""
     return await _decision(request, False)
 
 
+@operation(responses={200: ApprovalList})
 async def list_approvals(request: Request) -> Response:
     """Runs waiting for a human decision."""
     return json({"approvals": await controls.list_approvals(_agents(request), principal(request).tenant)})
 
 
+@_controls
 async def pause(request: Request) -> Response:
     """Pause a run."""
     return json(await controls.pause(_agents(request), principal(request), _run_id(request)))
 
 
+@_controls
 async def resume(request: Request) -> Response:
     """Resume a paused or blocked run."""
     return json(await controls.resume(_agents(request), principal(request), _run_id(request)))
 
 
+@_controls
 async def cancel(request: Request) -> Response:
     """Cancel a run (it stops at its next host call)."""
     return json(await controls.stop(_agents(request), principal(request), _run_id(request), terminate=False))
 
 
+@_controls
 async def terminate(request: Request) -> Response:
     """Terminate a run (an executing activation is killed)."""
     return json(await controls.stop(_agents(request), principal(request), _run_id(request), terminate=True))
 
 
+@operation(body=MoveRun, responses={200: ControlResult}, errors=(400, 404, 409), path=_RUN)
 async def move(request: Request) -> Response:
     """Move a run to another version of its agent: ``{"version"}``."""
-    data = await _body(request)
-    return json(await controls.move(_agents(request), principal(request), _run_id(request),
-                                    field(data, "version", int, required=True, lo=1)))
+    body = await read_model(request, MoveRun)
+    return json(await controls.move(_agents(request), principal(request), _run_id(request), body.version))
 
 
 # -- schedules, models, usage, secrets ------------------------------------------------
 
 
+@operation(body=CreateSchedule, responses={201: Schedule}, errors=(400, 413))
 async def create_schedule(request: Request) -> Response:
     """Create or replace a cron schedule: ``{"name", "agent", "cron", "input"?}``."""
     agents = _agents(request)
-    data = await _body(request, agents.settings.max_event_bytes + _ENVELOPE)
-    result = await agents.schedules.create(principal(request).tenant, field(data, "name", str, required=True),
-                                           field(data, "agent", str, required=True),
-                                           field(data, "cron", str, required=True), data.get("input"))
+    body = await read_model(request, CreateSchedule, agents.settings.max_event_bytes + _ENVELOPE)
+    result = await agents.schedules.create(principal(request).tenant, body.name, body.agent, body.cron, body.input)
     return json(result, status=201)
 
 
+@operation(responses={200: ScheduleList})
 async def list_schedules(request: Request) -> Response:
     """The caller's schedules."""
     return json({"schedules": await _agents(request).schedules.list(principal(request).tenant)})
 
 
+@operation(responses={204: None}, errors=(404,), path=_NAME)
 async def delete_schedule(request: Request) -> Response:
     """Delete a schedule."""
     await _agents(request).schedules.delete(principal(request).tenant, request.path_params["name"])
     return Response(status_code=204)
 
 
+@operation(body=ModelChat, responses={200: ModelReply}, errors=(400, 502, 504))
 async def model_chat(request: Request) -> Response:
     """One model call through the gateway: ``{"model", "messages", "tools"?, "options"?}``."""
     agents = _agents(request)
-    data = await _body(request)
-    reply = await asyncio.to_thread(
-        agents.models.chat, principal(request).tenant, field(data, "model", str, required=True),
-        field(data, "messages", list, required=True), tools=field(data, "tools", list, None),
-        options=field(data, "options", dict, {}),
-    )
+    body = await read_model(request, ModelChat)
+    reply = await asyncio.to_thread(agents.models.chat, principal(request).tenant, body.model, body.messages,
+                                    tools=body.tools, options=body.options)
     return json(reply)
 
 
+@operation(responses={200: ModelUsage})
 async def usage(request: Request) -> Response:
     """The caller's model usage (calls and tokens by provider and model)."""
     return json({"usage": await controls.usage(_agents(request), principal(request).tenant)})
 
 
+@operation(body=PutSecret, responses={204: None}, errors=(400,), path={"name": SecretName})
 async def put_secret(request: Request) -> Response:
     """Store a tenant secret such as ``OPENAI_API_KEY``: ``{"value"}``."""
-    data = await _body(request)
-    await controls.set_secret(_agents(request), principal(request).tenant, request.path_params["name"],
-                              data.get("value"))
+    body = await read_model(request, PutSecret)
+    await controls.set_secret(_agents(request), principal(request).tenant, request.path_params["name"], body.value)
     return Response(status_code=204)
 
 

@@ -12,14 +12,16 @@ import stat
 from collections.abc import AsyncIterator, Coroutine
 from json.encoder import encode_basestring as _json_text
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, check_path, dumps, query_bool, query_int
+from edgenode.api.common import json, node_of, principal
+from edgenode.api.parsing import INT_MAX, PATH_MAX, check_path, dumps, query_bool, query_int
+from edgenode.api.schema import Base64, Body, NoNul, Raw, Reply, Stream, operation, read_model, read_validated
 from edgenode.errors import Conflict, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
@@ -30,6 +32,154 @@ READ_CHUNK = 256 * 1024
 SSE_WRITE_BYTES = 64 * 1024
 _PARTIAL = ',"partial":true'
 _SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
+
+
+# -- models ------------------------------------------------------------------------
+
+FilePath = Annotated[str, Field(pattern="^[^\\x00]*$", max_length=PATH_MAX)]
+EnvName = Annotated[str, Field(pattern="^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Host = Annotated[str, Field(pattern="^(?:node|(?:\\*\\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                                    "(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*(?::[1-9][0-9]{0,4})?)$")]
+
+
+class NetworkAllow(Body, extra="forbid"):
+    """Hosts a sandbox may reach through its egress proxy (``node`` for this node's own API)."""
+
+    allow: list[Host] = Field([], max_length=256)
+
+
+class SandboxLimits(Body, extra="forbid"):
+    """Limits, each at most the node's maximum (defaults: the node's)."""
+
+    memory_mb: int | None = Field(None, ge=64, le=INT_MAX)
+    pids: int | None = Field(None, ge=8, le=INT_MAX)
+    cpu_s: int | None = Field(None, ge=1, le=INT_MAX)
+    timeout_s: int | None = Field(None, ge=1, le=INT_MAX)
+    disk_mb: int | None = Field(None, ge=1, le=INT_MAX)
+    open_files: int | None = Field(None, ge=32, le=INT_MAX)
+
+
+class CreateSandbox(Body, extra="forbid"):
+    """A new sandbox: a name, its network policy and limits."""
+
+    name: str | None = Field(None, pattern="^(?!sb_)[a-z0-9][a-z0-9_.-]{0,62}$")
+    network: Literal["none"] | NetworkAllow | None = None
+    limits: SandboxLimits | None = None
+
+
+class Sandbox(Reply):
+    """A sandbox: its state, limits and use."""
+
+    id: str
+    state: str
+
+
+class SandboxList(Reply):
+    """The caller's sandboxes."""
+
+    sandboxes: list[Sandbox]
+
+
+class Exec(Body, extra="forbid"):
+    """A command: a shell string or argv, with its directory, variables, input and bounds."""
+
+    cmd: Annotated[str, Field(pattern="^[^\\x00]*[^\\s\\x00][^\\x00]*$")] | Annotated[list[NoNul], Field(min_length=1)]
+    cwd: NoNul | None = None
+    env: dict[EnvName, NoNul] | None = None
+    stdin: str | None = None
+    stdin_b64: Base64 | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    max_output_bytes: int | None = Field(None, gt=0, le=INT_MAX)
+
+
+class ExecResult(Reply):
+    """How a command ended, with its output."""
+
+    exit_code: int | None
+    signal: int | None
+    duration_ms: float
+    timed_out: bool
+    truncated: dict[str, bool]
+    stopped_by: str | None = None
+    error: str | None = None
+    stdout: str
+    stderr: str
+
+
+class ExecLine(Reply):
+    """One line of output (event ``stdout`` or ``stderr``); the last event, ``exit``, is an ExecResult without
+    the output."""
+
+    line: str
+    partial: bool = False
+
+
+class Listing(Reply):
+    """A directory's entries."""
+
+    path: str
+    type: Literal["directory"]
+    entries: list[dict[str, Any]]
+
+
+class Written(Reply):
+    """A file written."""
+
+    path: str
+    size: int
+
+
+class Mkdir(Body):
+    """A directory to create."""
+
+    path: FilePath
+    parents: bool = True
+
+
+class Made(Reply):
+    """The directory made."""
+
+    path: str
+
+
+class Move(Body):
+    """A rename."""
+
+    from_: FilePath = Field(alias="from")
+    to: FilePath
+    overwrite: bool = False
+
+
+class Moved(Reply):
+    """The rename done."""
+
+    from_: str = Field(alias="from")
+    to: str
+
+
+class Process(Reply):
+    """A background process."""
+
+
+class ProcessList(Reply):
+    """Background processes."""
+
+    processes: list[dict[str, Any]]
+
+
+_SIGNAL_NAMES = "|".join(sorted(_SIGNALS))
+
+
+class Signal(Body):
+    """A signal, by number or name (``TERM``, ``SIGTERM``; any case)."""
+
+    signal: Annotated[int, Field(ge=1, le=64)] | Annotated[str, Field(pattern=f"^(?i:(?:sig)?(?:{_SIGNAL_NAMES}))$")] \
+        = "TERM"
+
+
+_ID = {"id": Annotated[str, Field(min_length=1, max_length=255)]}
+_PROC = {**_ID, "pid": Annotated[str, Field(pattern="^[0-9]{1,18}$")]}
+_FILE = {**_ID, "path": str}
 
 
 def _sandboxes(request: Request) -> Sandboxes:
@@ -45,28 +195,33 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
+@operation(body=CreateSandbox, responses={201: Sandbox}, errors=(400, 429, 503))
 async def create(request: Request) -> Response:
     """Create a sandbox: ``{"name"?, "network": "none" | {"allow": [...]}, "limits": {...}}``."""
-    data = await read_json(request)
+    _, data = await read_validated(request, CreateSandbox)
     return json(await _sandboxes(request).create(principal(request), data), status=201)
 
 
+@operation(responses={200: SandboxList})
 async def list_sandboxes(request: Request) -> Response:
     """The caller's sandboxes."""
     return json({"sandboxes": await _sandboxes(request).list_sandboxes(principal(request))})
 
 
+@operation(responses={200: Sandbox}, errors=(404,), path=_ID)
 async def get(request: Request) -> Response:
     """One sandbox, with its state, limits, disk use and egress counters."""
     return json(await _sandboxes(request).get(principal(request), request.path_params["id"]))
 
 
+@operation(responses={204: None}, errors=(404,), path=_ID)
 async def delete(request: Request) -> Response:
     """Destroy a sandbox and its workspace."""
     await _sandboxes(request).delete(principal(request), request.path_params["id"])
     return Response(status_code=204)
 
 
+@operation(responses={204: None}, errors=(404,), path=_ID)
 async def release(request: Request) -> Response:
     """Release the sandbox's processes now; files stay."""
     await _sandboxes(request).release(principal(request), request.path_params["id"])
@@ -74,10 +229,13 @@ async def release(request: Request) -> Response:
 
 
 async def _spec(request: Request) -> Any:
-    data = await read_json(request)
+    _, data = await read_validated(request, Exec)
     return parse_exec(data, max_stdin=node_of(request).config.http.max_body_bytes)
 
 
+@operation(body=Exec, responses={200: (ExecResult, Stream("text/event-stream", "sse", ExecLine,
+                                                           "with Accept: text/event-stream"))},
+           errors=(400, 404, 409), path=_ID)
 async def exec_command(request: Request) -> Response:
     """Run a command; JSON result, or with ``Accept: text/event-stream`` its output line by line."""
     spec = await _spec(request)
@@ -173,6 +331,7 @@ async def _events(execution: Execution) -> AsyncIterator[bytes]:
 # -- files ---------------------------------------------------------------------
 
 
+@operation(responses={200: (Listing, Raw())}, errors=(400, 404, 409), path=_FILE)
 async def read_file(request: Request) -> Response:
     """A file's bytes (streamed), or a directory's entries as JSON."""
     path = request.path_params.get("path", "")
@@ -202,6 +361,7 @@ async def read_file(request: Request) -> Response:
                              headers={"content-length": str(st.st_size)})
 
 
+@operation(body=Raw(), body_required=False, responses={201: Written}, errors=(400, 404, 409, 413), path=_FILE)
 async def write_file(request: Request) -> Response:
     """Write a file from the request body, streamed; parents must exist (see mkdir)."""
     path = request.path_params.get("path", "")
@@ -213,6 +373,7 @@ async def write_file(request: Request) -> Response:
     return json({"path": path, "size": size}, status=201)
 
 
+@operation(responses={204: None}, errors=(400, 404, 409), path=_FILE, query={"recursive": bool | None})
 async def delete_file(request: Request) -> Response:
     """Delete a file or directory (``?recursive=true`` for a non-empty one)."""
     path = request.path_params.get("path", "")
@@ -222,24 +383,23 @@ async def delete_file(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@operation(body=Mkdir, responses={201: Made}, errors=(400, 404, 409), path=_ID)
 async def mkdir(request: Request) -> Response:
     """Create a directory: ``{"path", "parents": true}``."""
-    data = await read_json(request)
-    path = check_path(field(data, "path", str, required=True), "path")
-    parents = field(data, "parents", bool, True)
+    body = await read_model(request, Mkdir)
+    path = check_path(body.path, "path")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.mkdir, path, parents=parents)
+    await asyncio.to_thread(ws.mkdir, path, parents=body.parents)
     return json({"path": path}, status=201)
 
 
+@operation(body=Move, responses={200: Moved}, errors=(400, 404, 409), path=_ID)
 async def move(request: Request) -> Response:
     """Rename a file or directory: ``{"from", "to", "overwrite": false}``."""
-    data = await read_json(request)
-    source = check_path(field(data, "from", str, required=True), "from")
-    destination = check_path(field(data, "to", str, required=True), "to")
-    overwrite = field(data, "overwrite", bool, False)
+    body = await read_model(request, Move)
+    source, destination = check_path(body.from_, "from"), check_path(body.to, "to")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.move, source, destination, overwrite=overwrite)
+    await asyncio.to_thread(ws.move, source, destination, overwrite=body.overwrite)
     return json({"from": source, "to": destination})
 
 
@@ -253,6 +413,7 @@ def _proc_id(request: Request) -> int:
     return int(raw)
 
 
+@operation(body=Exec, responses={201: Process}, errors=(400, 404, 409), path=_ID)
 async def start_process(request: Request) -> Response:
     """Start a background process: the same body as exec; output goes to its log."""
     spec = await _spec(request)
@@ -260,18 +421,23 @@ async def start_process(request: Request) -> Response:
     return json(proc, status=201)
 
 
+@operation(responses={200: ProcessList}, errors=(404,), path=_ID)
 async def list_processes(request: Request) -> Response:
     """Background processes started since the sandbox's processes last started."""
     procs = await _sandboxes(request).list_processes(principal(request), request.path_params["id"])
     return json({"processes": procs})
 
 
+@operation(responses={200: Process}, errors=(400, 404), path=_PROC)
 async def get_process(request: Request) -> Response:
     """One background process."""
     proc = await _sandboxes(request).get_process(principal(request), request.path_params["id"], _proc_id(request))
     return json(proc.as_dict())
 
 
+@operation(responses={200: Stream("text/plain", "text", description="until the process exits with ?follow=true")},
+           errors=(400, 404), path=_PROC,
+           query={"follow": bool | None, "offset": Annotated[int, Field(ge=0, le=INT_MAX)] | None})
 async def process_logs(request: Request) -> Response:
     """A process's output; ``?follow=true`` streams until it exits; ``?offset=N`` skips bytes."""
     follow = query_bool(request, "follow")
@@ -292,15 +458,17 @@ def _parse_signal(value: Any) -> int:
                            field="signal")
 
 
+@operation(body=Signal, responses={200: Process}, errors=(400, 404, 409), path=_PROC)
 async def signal_process(request: Request) -> Response:
     """Send a signal to a process's group: ``{"signal": "TERM"}``."""
-    data = await read_json(request)
-    sig = _parse_signal(data.get("signal", "TERM"))
+    body = await read_model(request, Signal)
+    sig = _parse_signal(body.signal)
     proc = await _sandboxes(request).signal_process(principal(request), request.path_params["id"],
                                                     _proc_id(request), sig)
     return json(proc)
 
 
+@operation(responses={200: Process}, errors=(400, 404, 409), path=_PROC)
 async def kill_process(request: Request) -> Response:
     """Kill a process's group (SIGKILL)."""
     proc = await _sandboxes(request).signal_process(principal(request), request.path_params["id"],
