@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,7 +17,7 @@ from edgenode.agents import controls
 from edgenode.agents.engine import NAME, RESERVED, RUN_ID, Agents
 from edgenode.api.common import json, node_of, principal
 from edgenode.api.parsing import INT_MAX, INT_MIN, PATH_MAX, query_int, query_str
-from edgenode.api.schema import Body, Reply, operation, pattern, read_model
+from edgenode.api.schema import Body, Json, Reply, operation, pattern, read_model
 from edgenode.errors import NotFound, Unavailable, ValidationFailed
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
@@ -61,7 +62,7 @@ Version = Annotated[int, Field(ge=1, le=INT_MAX)]
 class DeployAgent(Body):
     """An agent version's files."""
 
-    files: dict[str, str] = Field(description="Python sources by path")
+    files: dict[str, str] = Field(min_length=1, description="Python sources by path")
     entry: str = "main.py"
     allowed_hosts: list[str] | None = None
 
@@ -85,7 +86,7 @@ class AgentInfo(Reply):
 class StartRun(Body):
     """A run's input, an optional id (idempotent start) and version."""
 
-    input: Any = None
+    input: Json = None
     id: RunId | None = None
     version: Version | None = None
 
@@ -116,8 +117,8 @@ class History(Reply):
 class SendEvent(Body):
     """An event for a run."""
 
-    type: str
-    payload: Any = None
+    type: str = Field(pattern="^(?!edgenode\\.).", description="Not starting with 'edgenode.'")
+    payload: Json = None
 
 
 class Decision(Body):
@@ -148,7 +149,7 @@ class CreateSchedule(Body):
     name: AgentName
     agent: AgentName
     cron: str = Field(description="Five cron fields, UTC")
-    input: Any = None
+    input: Json = None
 
 
 class Schedule(Reply):
@@ -165,9 +166,9 @@ class ModelChat(Body):
     """One model call: model, messages, tools and options."""
 
     model: str
-    messages: list[dict[str, Any]]
-    tools: list[Any] | None = None
-    options: dict[str, Any] = {}
+    messages: list[dict[str, Json]]
+    tools: list[Json] | None = None
+    options: dict[str, Json] = {}
 
 
 class ModelReply(Reply):
@@ -185,6 +186,17 @@ class PutSecret(Body):
 
     value: str = Field(min_length=1)
 
+
+class _AgentName(StringConvertor):
+    """``{name:agent}``: a path segment that is not one of the reserved words, whose routes sit beside it.
+
+    So ``PUT /v1/agents/approvals`` is a method ``/v1/agents/approvals`` does not allow (405), not a deploy.
+    """
+
+    regex = f"(?!(?:{'|'.join(sorted(RESERVED))})(?:/|$))[^/]+"
+
+
+register_url_convertor("agent", _AgentName())
 
 _NAME = {"name": AgentName}
 _RUN = {"run_id": RunId}
@@ -412,7 +424,7 @@ routes = [
     Route("/v1/agents/models/chat", model_chat, methods=["POST"]),
     Route("/v1/agents/usage", usage, methods=["GET"]),
     Route("/v1/agents/secrets/{name}", put_secret, methods=["PUT"]),
-    Route("/v1/agents/{name}", deploy, methods=["PUT"]),
-    Route("/v1/agents/{name}", get_agent, methods=["GET"]),
-    Route("/v1/agents/{name}/runs", start_run, methods=["POST"]),
+    Route("/v1/agents/{name:agent}", deploy, methods=["PUT"]),
+    Route("/v1/agents/{name:agent}", get_agent, methods=["GET"]),
+    Route("/v1/agents/{name:agent}/runs", start_run, methods=["POST"]),
 ]

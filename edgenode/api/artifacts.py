@@ -40,15 +40,19 @@ _NO_CACHE = {"Cache-Control": "no-cache, max-age=0, must-revalidate", "Pragma": 
              "Expires": "Fri, 01 Jan 1980 00:00:00 GMT"}
 
 
-RepoName = Annotated[str, pattern(REPO_NAME, "A repository: 1-100 lower-case letters, digits, dots, dashes")]
+_REPO_NAME = "^(?!.*\\.\\.)(?!.*\\.git$)(?!.*\\.lock$)" + REPO_NAME.pattern[1:].replace("\\Z", "$")
+RepoName = Annotated[str, Field(pattern=_REPO_NAME,
+                                description="A repository: 1-100 lower-case letters, digits, '.', '_', '-'; "
+                                            "no '..', not ending in .git or .lock")]
 Branch = Annotated[str, pattern(BRANCH_NAME, "A branch name")]
 Text = Annotated[str, Field(max_length=PATH_MAX)]
+Revision = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
 
 
 class ImportSource(Body):
     """A Git URL to import from."""
 
-    url: str
+    url: str = Field(pattern="^https?://[^/?#@]+")
     branch: str | None = None
     depth: int | None = Field(None, ge=1, le=2**31 - 1)
 
@@ -85,9 +89,10 @@ class Commit(Body):
     """Files to commit on a branch: text, ``{"base64"}`` or null (delete)."""
 
     branch: Branch
-    message: str
+    message: str = Field(pattern="^\\s*\\S", max_length=64 * 1024)
     author: Author | None = None
-    files: dict[str, str | FileBytes | None] = Field(description="Path to text, {\"base64\": ...}, or null to delete")
+    files: dict[str, str | FileBytes | None] = Field(min_length=1,
+                                                     description="Path to text, {\"base64\": ...}, or null to delete")
     parent: str | None = Field(None, description="The commit the branch must be at; \"\" for a new branch")
 
 
@@ -308,7 +313,7 @@ async def blob(request: Request) -> Response:
     return Response(data, media_type="application/octet-stream")
 
 
-@operation(responses={200: Diff}, errors=(400, 404), path=_REPO, query={"from": Text, "to": Text})
+@operation(responses={200: Diff}, errors=(400, 404), path=_REPO, query={"from": Revision, "to": Revision})
 async def diff(request: Request) -> Response:
     """Changes and a unified patch between ``?from=`` and ``?to=``."""
     base, head = query_str(request, "from"), query_str(request, "to")

@@ -249,7 +249,8 @@ async def create_token(request: Request) -> Response:
 async def list_tokens(request: Request) -> Response:
     """List tokens without their secrets: all of them for admins, a tenant's own otherwise."""
     p = principal(request)
-    tenant = query_str(request, "tenant") if p.admin else p.tenant
+    wanted = query_str(request, "tenant")  # checked for every caller; only an admin's picks the tenant
+    tenant = wanted if p.admin else p.tenant
     return json({"tokens": await node_of(request).auth.list_tokens(tenant)})
 
 

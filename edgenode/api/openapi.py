@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Mount, Route
 
-from edgenode.api.schema import Operation, Raw, Stream, operation_of
+from edgenode.api.parsing import INT_MAX, INT_MIN
+from edgenode.api.schema import JSON_VALUE_MARK, JSON_VALUE_REF, Operation, Raw, Stream, json_value_schema, operation_of
 
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
 _REF = "#/components/schemas/{model}"
@@ -64,7 +65,8 @@ def openapi(routes: Sequence[BaseRoute], version: str) -> dict[str, Any]:
     found = _walk(routes, "")
     models = _models(operation_of(endpoint) for _, _, endpoint in found)
     refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
-    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, **defs.get("$defs", {})}
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, "JsonValue": json_value_schema(INT_MIN, INT_MAX),
+                               **defs.get("$defs", {})}
     names = {model: refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1] for model in models}
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
@@ -75,7 +77,7 @@ def openapi(routes: Sequence[BaseRoute], version: str) -> dict[str, Any]:
             op = _operation(path, method, endpoint, declared, names)
             op["operationId"] = _unique(op["operationId"], seen_ids)
             paths.setdefault(spec_path, {})[method.lower()] = op
-    return {
+    doc: dict[str, Any] = _with_json_value_refs({
         "openapi": "3.1.0",
         "info": {"title": "edgenode", "version": version,
                  "description": "The HTTP API of an edgenode node. Every /v1 route takes a bearer token unless "
@@ -92,7 +94,19 @@ def openapi(routes: Sequence[BaseRoute], version: str) -> dict[str, Any]:
             },
             "schemas": schemas,
         },
-    }
+    })
+    return doc
+
+
+def _with_json_value_refs(node: Any) -> Any:
+    """``node`` with each stand-in for "any JSON value" made a reference to the document's JsonValue."""
+    if isinstance(node, dict):
+        if node.get(JSON_VALUE_MARK) is True:
+            return {"$ref": JSON_VALUE_REF, **{k: v for k, v in node.items() if k != JSON_VALUE_MARK}}
+        return {k: _with_json_value_refs(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_json_value_refs(v) for v in node]
+    return node
 
 
 def _operation(path: str, method: str, endpoint: Any, declared: Operation | None,

@@ -31,12 +31,14 @@ Replies are not validated at run time: the API fuzzing tests check them against 
 
 from __future__ import annotations
 
+import functools
 import re
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic.fields import FieldInfo
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,8 +46,8 @@ from starlette.responses import Response
 from edgenode.api.common import read_json
 from edgenode.errors import ValidationFailed
 
-__all__ = ["Base64", "Body", "NoNul", "Operation", "Raw", "Reply", "Security", "Stream", "operation", "operation_of",
-           "pattern", "read_model", "read_validated", "validate"]
+__all__ = ["Base64", "Body", "Json", "NoNul", "Operation", "Raw", "Reply", "Security", "Stream", "operation",
+           "operation_of", "pattern", "read_model", "read_validated", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -53,6 +55,38 @@ E = TypeVar("E", bound=Endpoint)
 Security = Literal["bearer", "public", "git", "peer"]
 
 _ATTR = "__edgenode_operation__"
+
+
+#: Where the document keeps the schema of any JSON value the parsing rules take.
+JSON_VALUE_REF = "#/components/schemas/JsonValue"
+#: Stands for that reference in a model's own schema (which has no such component); the document
+#: replaces it with the reference.
+JSON_VALUE_MARK = "x-edgenode-json-value"
+
+
+def json_value_schema(int_min: int, int_max: int) -> dict[str, Any]:
+    """The schema of any JSON value ``edgenode.api.parsing`` takes: integers within 64 bits, nothing else odd."""
+    ref = {"$ref": JSON_VALUE_REF}
+    return {"description": "Any JSON value, integers within 64 bits (the parsing rules refuse others)",
+            "anyOf": [{"type": "null"}, {"type": "boolean"}, {"type": "string"},
+                      {"type": "integer", "minimum": int_min, "maximum": int_max},
+                      {"type": "number", "not": {"type": "integer"}},
+                      {"type": "array", "items": ref}, {"type": "object", "additionalProperties": ref}]}
+
+
+#: Any JSON value (a field the node passes on without looking inside: a run's input, an event's payload).
+Json = Annotated[Any, WithJsonSchema({JSON_VALUE_MARK: True})]
+
+
+def _body_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """A ``Body``'s JSON Schema: optional properties nullable; one of ``requires_one_of`` present;
+    fields it ignores may hold any JSON value."""
+    _nullable_optionals(schema)
+    if schema.get("additionalProperties") is not False:
+        schema["additionalProperties"] = {JSON_VALUE_MARK: True}
+    names: tuple[str, ...] = getattr(cls, "requires_one_of", ())
+    if names:
+        schema["anyOf"] = [{"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in names]
 
 
 def _nullable_optionals(schema: dict[str, Any]) -> None:
@@ -66,24 +100,44 @@ def _nullable_optionals(schema: dict[str, Any]) -> None:
 
 
 def _takes_null(prop: dict[str, Any]) -> bool:
-    if prop == {} or prop.get("type") == "null" or (isinstance(prop.get("type"), list) and "null" in prop["type"]):
+    kind = prop.get("type")
+    if prop == {} or prop.get(JSON_VALUE_MARK) is True or kind == "null" or (isinstance(kind, list) and "null" in kind):
         return True
     return any(_takes_null(p) for p in prop.get("anyOf", ()))
 
 
 class Body(BaseModel):
-    """Base of request body models: strict JSON types, unknown fields ignored, ``null`` taken as absent."""
+    """Base of request body models: strict JSON types, unknown fields ignored, ``null`` taken as absent.
+
+    A number with no fraction (``3.0``) is an integer, as JSON Schema has it. ``requires_one_of``
+    names fields of which at least one must be given (the route checks it; the document says it).
+    """
+
+    requires_one_of: ClassVar[tuple[str, ...]] = ()
 
     # Python's regex engine: the capabilities' own name patterns (lookarounds included) apply unchanged.
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True, frozen=True,
-                              regex_engine="python-re", json_schema_extra=_nullable_optionals)
+                              regex_engine="python-re", json_schema_extra=_body_schema)
 
     @model_validator(mode="before")
     @classmethod
     def _null_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+        if not isinstance(data, dict):
+            return data
+        ints = _int_fields(cls)
+        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v
+                for k, v in data.items() if v is not None}
+
+
+@functools.cache
+def _int_fields(cls: type[BaseModel]) -> frozenset[str]:
+    """The JSON names of ``cls``'s fields that take an integer."""
+    names = set()
+    for name, info in cls.model_fields.items():
+        kinds = typing.get_args(info.annotation) or (info.annotation,)
+        if int in kinds or any(int in typing.get_args(k) for k in kinds):
+            names.add(info.alias or name)
+    return frozenset(names)
 
 
 class Reply(BaseModel):

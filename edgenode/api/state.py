@@ -18,12 +18,12 @@ from starlette.routing import Route
 
 from edgenode.api.common import json, node_of, principal, read_body
 from edgenode.api.parsing import INT_MAX, PATH_MAX, query_int, query_str
-from edgenode.api.schema import Body, Raw, Reply, operation, pattern, read_model
+from edgenode.api.schema import Body, Json, Raw, Reply, operation, pattern, read_model
 from edgenode.errors import NotFound, ValidationFailed
 from edgenode.state.names import NAMESPACE
 
 Namespace = Annotated[str, pattern(NAMESPACE, "A namespace: 1-128 letters, digits, dots, dashes, underscores")]
-Params = list[Any] | dict[str, Any]
+Params = list[Json] | dict[str, Json]
 
 
 class KvWritten(Reply):
@@ -43,14 +43,16 @@ class KvKeys(Reply):
 class Statement(Body):
     """One parameterized statement."""
 
-    sql: str
+    sql: str = Field(min_length=1)
     params: Params | None = Field(None, description="Positional (array) or named (object) parameters")
 
 
 class SqlRequest(Body):
     """One statement (``sql``, ``params``), or a ``batch`` of them run in one transaction."""
 
-    sql: str | None = None
+    requires_one_of = ("sql", "batch")
+
+    sql: str | None = Field(None, min_length=1)
     params: Params | None = None
     batch: list[Statement] | None = None
 
@@ -65,7 +67,7 @@ class SqlResult(Reply):
 
 
 _KV = {"namespace": Namespace, "key": Annotated[str, Field(min_length=1, max_length=PATH_MAX)]}
-_ETAG = Annotated[str, Field(max_length=256)]
+_ETAG = Annotated[str, Field(pattern='^(?:\\*|(?:W/)?"[^",]+")$', max_length=256)]
 
 
 def _tag(version: str) -> str:

@@ -25,8 +25,9 @@ from starlette.routing import Route
 
 from edgenode.api.common import TENANT_HEADER, json, node_of, principal, read_body
 from edgenode.api.parsing import INT_MAX, PATH_MAX, check_path, parse_json, query_bool, query_int, query_str
-from edgenode.api.schema import Body, Raw, Reply, operation, pattern, read_model, read_validated
+from edgenode.api.schema import Base64, Body, Json, Raw, Reply, operation, pattern, read_model, read_validated
 from edgenode.auth import validate_tenant
+from edgenode.auth.tokens import TENANT_NAME
 from edgenode.errors import BadRequest, EdgenodeError, UnsupportedMediaType, ValidationFailed
 from edgenode.isolates import GuestRequest, Outcome, Workers
 from edgenode.isolates.registry import NAME as WORKER_NAME
@@ -47,6 +48,9 @@ _PUBLIC_REFUSED = {"set-cookie", "set-cookie2", "content-security-policy", "cont
 PUBLIC_CSP = "sandbox"
 
 
+TenantName = Annotated[str, pattern(TENANT_NAME)]
+#: A tenant name, or empty (the caller's own).
+TenantOrEmpty = Annotated[str, Field(pattern="^(?:|[a-z0-9][a-z0-9-]{0,62})$")]
 WorkerName = Annotated[str, pattern(WORKER_NAME, "A worker: 1-63 lower-case letters, digits and dashes")]
 Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
@@ -71,8 +75,10 @@ class WorkerSettings(Body):
 class DeployWorker(WorkerSettings):
     """A Python worker's files, or a component in base64."""
 
-    files: dict[str, str] | None = Field(None, description="Python sources by path; main.py is the entry")
-    component_b64: str | None = Field(None, description="A WebAssembly component (worker world), base64")
+    requires_one_of = ("files", "component_b64")
+
+    files: dict[str, str] | None = Field(None, min_length=1, description="Python sources by path; main.py is the entry")
+    component_b64: Base64 | None = Field(None, description="A WebAssembly component (worker world), base64")
     public: bool = Field(False, description="Served without a token at /p/{tenant}/{name}")
 
 
@@ -107,9 +113,11 @@ class Rollback(Body):
 class RunCode(WorkerSettings):
     """Code to run once: ``code`` (main.py) or ``files``, with its ``input``."""
 
+    requires_one_of = ("code", "files")
+
     code: str | None = Field(None, description="main.py's source")
-    files: dict[str, str] | None = None
-    input: Any = Field(None, description="The JSON the guest's main(input) receives")
+    files: dict[str, str] | None = Field(None, min_length=1)
+    input: Json = Field(None, description="The JSON the guest's main(input) receives")
     method: str = Field("POST", max_length=64)
     path: str = Field("/", pattern="^/", max_length=PATH_MAX)
 
@@ -137,12 +145,14 @@ class RunResult(Reply):
 class WasiRun(Body):
     """A WASI preview 1 command: a module (base64) or a deployed one by name, with args, stdin, env, files."""
 
-    module_b64: str | None = None
-    name: str | None = None
+    requires_one_of = ("module_b64", "name")
+
+    module_b64: Base64 | None = None
+    name: WorkerName | None = None
     args: list[str] = []
-    stdin_b64: str | None = None
+    stdin_b64: Base64 | None = None
     env: dict[str, str] = {}
-    files: dict[str, str] = Field({}, description="Files in the command's directory: path to base64 content")
+    files: dict[str, Base64] = Field({}, description="Files in the command's directory: path to base64 content")
     limits: Limits | None = None
 
 
@@ -246,7 +256,7 @@ async def invoke(request: Request) -> Response:
 
 
 @operation(body=Raw("*/*"), body_required=False, responses=_GUEST_REPLY, errors=(404,),
-           path={**_NAME, "path": str}, security="public")
+           path={**_NAME, "path": str, "tenant": TenantName}, security="public")
 async def invoke_public(request: Request) -> Response:
     """Run a public worker: no token needed."""
     tenant = validate_tenant(request.path_params["tenant"])
@@ -338,17 +348,18 @@ async def wasi_run(request: Request) -> Response:
     })
 
 
-@operation(responses={200: UsageList}, query={"tenant": Annotated[str, Field(max_length=PATH_MAX)] | None,
-                                              "all": bool | None})
+@operation(responses={200: UsageList}, query={"tenant": TenantOrEmpty | None, "all": bool | None})
 async def usage(request: Request) -> Response:
     """Usage per worker: the caller's tenant, or (admins) ``?tenant=`` or every tenant with ``?all=1``."""
     p = principal(request)
     tenant: str | None = p.tenant
     wanted = query_str(request, "tenant")
+    if wanted:  # checked for every caller; only an admin's picks the tenant
+        validate_tenant(wanted)
     if p.admin and query_bool(request, "all"):
         tenant = None
     elif p.admin and wanted:
-        tenant = validate_tenant(wanted)
+        tenant = wanted
     return json({"usage": await workers_of(request).usage(tenant)})
 
 
