@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from edgenode.api.common import json, node_of, principal
 from edgenode.api.parsing import PATH_MAX, query_int, query_str
-from edgenode.api.schema import Body, Raw, Reply, Stream, operation, pattern, read_model, read_validated
+from edgenode.api.schema import Base64, Body, Raw, Reply, Stream, operation, pattern, read_model, read_validated
 from edgenode.artifacts import Artifacts, GitAccess, history
 from edgenode.artifacts.repos import BRANCH_NAME, REPO_NAME, validate_repo_name
 from edgenode.auth import DEFAULT_TENANT, validate_tenant
@@ -79,10 +79,14 @@ class Author(Body):
     email: str
 
 
-class FileBytes(Body):
-    """A file's bytes, base64."""
+class FileContent(Body):
+    """A file's content as ``text`` or ``base64`` bytes, and whether it is executable."""
 
-    base64: str
+    requires_one_of = ("text", "base64")
+
+    text: str | None = None
+    base64: Base64 | None = None
+    executable: bool = False
 
 
 class Commit(Body):
@@ -91,8 +95,8 @@ class Commit(Body):
     branch: Branch
     message: str = Field(pattern="^\\s*\\S", max_length=64 * 1024)
     author: Author | None = None
-    files: dict[str, str | FileBytes | None] = Field(min_length=1,
-                                                     description="Path to text, {\"base64\": ...}, or null to delete")
+    files: dict[str, str | FileContent | None] = Field(min_length=1, description="Path to text, a FileContent, "
+                                                                                "or null to delete the file")
     parent: str | None = Field(None, description="The commit the branch must be at; \"\" for a new branch")
 
 

@@ -14,19 +14,24 @@ A route module declares each operation with ``@operation(...)`` on its endpoint:
         body = await read_model(request, CreateTenant)
         ...
 
-- ``body``: a ``Body`` model (JSON), a ``Raw`` (bytes of a media type) or a ``Stream``; absent when
-  the operation takes no body;
+- ``body``: a ``Body`` model (JSON), a ``Raw`` (bytes of a media type) or a ``Stream``, or a tuple
+  of these when the route tells them apart by content type; absent when it takes no body
+  (``body_required=False`` when an empty body is fine);
 - ``responses``: status to a ``Reply`` model, ``Raw``, ``Stream`` (server-sent events, NDJSON, Git
-  pack data) or ``None`` (no content); ``errors``: the statuses the route itself may answer, each
-  with the shared error schema (``default`` is always declared with it too);
-- ``path`` and ``query``: parameter name to an annotated type (``Annotated[int, Field(ge=1)]``);
+  pack data), a tuple of these (one status, several media types) or ``None`` (no content);
+- ``errors``: the statuses the route itself may answer, each with the shared error schema
+  (401 unless public, and ``default``, are always declared with it too);
+- ``path``, ``query`` and ``headers``: parameter name to an annotated type (``Annotated[int, Field(ge=1)]``);
 - ``security``: ``"bearer"`` (the default), ``"public"``, ``"git"`` or ``"peer"``.
 
-Bodies are read by ``read_json`` (the node's one body reader, with the strict JSON rules of
-``edgenode.api.parsing``) and then validated by the model: a mismatch is ``400 validation_failed``
-naming the ``field``. A ``Body`` takes ``null`` as "absent" (as the older field helpers did), so an
-optional field is declared with its default (``name: str = ""``) and the document marks it nullable.
-Replies are not validated at run time: the API fuzzing tests check them against the document.
+Bodies are read by ``read_model`` (or ``read_validated``, which also gives the validated data as a
+dict for a capability that parses it itself): ``read_json`` first (the node's one body reader, with
+the strict JSON rules of ``edgenode.api.parsing``), then the model: a mismatch is ``400
+validation_failed`` naming the ``field``. A ``Body`` takes ``null`` as "absent" (as the older field
+helpers did), so an optional field is declared with its default (``name: str = ""``) and the document
+marks it nullable; ``Json`` types a field that holds any JSON value. Whatever a capability checks
+beyond types (a name's pattern, a number's bounds) belongs in the model too, or the fuzzing tests
+find the difference. Replies are not validated at run time: the fuzzing tests check them.
 """
 
 from __future__ import annotations
