@@ -14,10 +14,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.common import admin, json, node_of
+from edgenode.api.schema import Reply, operation
 from edgenode.errors import InvalidJson
 
 #: Peer routes check the fleet signature themselves.
 public = ("/v1/peer/cluster/", "/v1/peer/state/")
+
+
+class PeerReply(Reply):
+    """A fleet-internal answer (its shape belongs to the cluster protocol)."""
+
+
+class ClusterView(Reply):
+    """This node, its peers and their health."""
+
+
+#: Every peer route: a signed JSON message in, a JSON answer out.
+_peer = operation(body=PeerReply, responses={200: PeerReply},
+                  errors=(400, 401), security="peer")
 
 
 def _parse(body: bytes) -> Any:
@@ -27,6 +41,7 @@ def _parse(body: bytes) -> Any:
         raise InvalidJson(f"malformed JSON: {exc}") from exc
 
 
+@operation(responses={200: ClusterView}, errors=(403,))
 async def cluster(request: Request) -> Response:
     """This node, its peers, their health and replication lag (admin: peer URLs are fleet-internal)."""
     admin(request)
@@ -34,6 +49,7 @@ async def cluster(request: Request) -> Response:
     return json({**node.cluster.describe(), "blocked_namespaces": node.state.blocked_namespaces()})
 
 
+@_peer
 async def hello(request: Request) -> Response:
     """Peer health check and peer exchange (signed)."""
     node = node_of(request)
@@ -41,6 +57,7 @@ async def hello(request: Request) -> Response:
     return json(node.cluster.handle_hello(sender, _parse(body)))
 
 
+@_peer
 async def state_push(request: Request) -> Response:
     """Changes a peer pushes right after its commit (signed)."""
     node = node_of(request)
@@ -49,6 +66,7 @@ async def state_push(request: Request) -> Response:
     return json(result)
 
 
+@_peer
 async def state_sync(request: Request) -> Response:
     """Anti-entropy: a peer sends what it has seen; the answer is what it lacks (signed)."""
     node = node_of(request)
