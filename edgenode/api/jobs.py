@@ -37,8 +37,8 @@ class JobInfo(Reply):
 
 
 #: The request header a route that may answer with a job declares (``headers=PREFER`` in its ``@operation``).
-PREFER = {"Prefer": Annotated[str, Field(max_length=PATH_MAX, description="respond-async: answer 202 with a job "
-                                                                          "at once (its URL in Location)")] | None}
+PREFER = {"Prefer": Annotated[str, Field(description="respond-async: answer 202 with a job at once "
+                                                  "(its URL in Location); other preferences are ignored")] | None}
 
 
 def wants_job(request: Request) -> bool:

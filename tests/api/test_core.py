@@ -174,6 +174,7 @@ def test_public_paths_are_exactly_the_reviewed_ones() -> None:
         "/git/",  # Git smart HTTP: basic auth with a repo or tenant token
         "/v1/peer/cluster/", "/v1/peer/state/", "/v1/peer/artifacts/",  # fleet-signed peer requests
         "/p/",  # workers deployed with "public": true
+        "/sp/",  # sandbox ports exposed with "public": true (and the node's sandboxes.public_ports on)
         "/v1/agents/ui", "/v1/agents/ui/",  # static page and script; its API calls carry a token
     }
 
