@@ -95,9 +95,14 @@ class SandboxList(Reply):
 
 
 class Exec(Body, extra="forbid"):
-    """A command: a shell string or argv, with its directory, variables, input and bounds."""
+    """A command: a shell string or argv, or Python source (``code``, not with ``cmd``), with its directory,
+    variables, input and bounds."""
 
-    cmd: Annotated[str, Field(pattern="^[^\\x00]*[^\\s\\x00][^\\x00]*$")] | Annotated[list[NoNul], Field(min_length=1)]
+    requires_one_of = ("cmd", "code")
+
+    cmd: (Annotated[str, Field(pattern="^[^\\x00]*[^\\s\\x00][^\\x00]*$")]
+          | Annotated[list[NoNul], Field(min_length=1)] | None) = None
+    code: NoNul | None = Field(None, description="Python source, run as python3 -c would (not with cmd)")
     cwd: NoNul | None = None
     env: dict[EnvName, NoNul] | None = None
     stdin: str | None = None
