@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edgenode.api.common import field, json, node_of, principal, read_json
-from edgenode.api.jobs import accepted, wants_job
-from edgenode.api.parsing import query_int, query_str
+from edgenode.api.common import json, node_of, principal
+from edgenode.api.jobs import PREFER, JobInfo, accepted, wants_job
+from edgenode.api.parsing import PATH_MAX, query_int, query_str
+from edgenode.api.schema import Base64, Body, Raw, Reply, Stream, operation, pattern, read_model, read_validated
 from edgenode.artifacts import Artifacts, GitAccess, history
-from edgenode.artifacts.repos import validate_repo_name
+from edgenode.artifacts.repos import BRANCH_NAME, REPO_NAME, validate_repo_name
 from edgenode.auth import DEFAULT_TENANT, validate_tenant
 from edgenode.errors import (
     ArtifactNotFound,
@@ -40,6 +42,148 @@ _NO_CACHE = {"Cache-Control": "no-cache, max-age=0, must-revalidate", "Pragma": 
              "Expires": "Fri, 01 Jan 1980 00:00:00 GMT"}
 
 
+_REPO_NAME = "^(?!.*\\.\\.)(?!.*\\.git$)(?!.*\\.lock$)" + REPO_NAME.pattern[1:].replace("\\Z", "$")
+RepoName = Annotated[str, Field(pattern=_REPO_NAME,
+                                description="A repository: 1-100 lower-case letters, digits, '.', '_', '-'; "
+                                            "no '..', not ending in .git or .lock")]
+Branch = Annotated[str, pattern(BRANCH_NAME, "A branch name")]
+Text = Annotated[str, Field(max_length=PATH_MAX)]
+Revision = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
+
+
+class ImportSource(Body):
+    """A Git URL to import from."""
+
+    url: str = Field(pattern="^https?://[^/?#@]+")
+    branch: str | None = None
+    depth: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class CreateRepo(Body):
+    """A new repository, empty or imported."""
+
+    name: RepoName
+    default_branch: Branch = "main"
+    import_: ImportSource | None = Field(None, alias="import")
+
+
+class ForkRepo(Body):
+    """A fork's name."""
+
+    name: RepoName
+    default_branch_only: bool = False
+
+
+class Author(Body):
+    """A commit's author."""
+
+    name: str
+    email: str
+
+
+class FileContent(Body):
+    """A file's content as ``text`` or ``base64`` bytes, and whether it is executable."""
+
+    requires_one_of = ("text", "base64")
+
+    text: str | None = None
+    base64: Base64 | None = None
+    executable: bool = False
+
+
+class Commit(Body):
+    """Files to commit on a branch: text, ``{"base64"}`` or null (delete)."""
+
+    branch: Branch
+    message: str = Field(pattern="^\\s*\\S", max_length=64 * 1024)
+    author: Author | None = None
+    files: dict[str, str | FileContent | None] = Field(min_length=1, description="Path to text, a FileContent, "
+                                                                                "or null to delete the file")
+    parent: str | None = Field(None, description="The commit the branch must be at; \"\" for a new branch")
+
+
+class CreateRepoToken(Body):
+    """A repository token's access and time to live."""
+
+    access: Literal["read", "write"]
+    ttl_s: float | None = Field(None, gt=0)
+
+
+class Repo(Reply):
+    """A repository with its refs."""
+
+    name: str
+    tenant: str
+    default_branch: str
+    fork_of: str | None = None
+
+
+class RepoList(Reply):
+    """The caller's repositories."""
+
+    repos: list[dict[str, Any]]
+
+
+class Refs(Reply):
+    """Every ref and HEAD."""
+
+    head: str | None
+    refs: dict[str, str]
+
+
+class Committed(Reply):
+    """The new commit."""
+
+
+class Log(Reply):
+    """Commits, newest first."""
+
+    ref: str
+    commits: list[dict[str, Any]]
+
+
+class TreeEntry(Reply):
+    """A directory's entries, or a file's content."""
+
+    ref: str
+    type: str
+    path: str
+
+
+class Diff(Reply):
+    """Changes between two revisions, with a unified patch."""
+
+
+class RepoEvents(Reply):
+    """The repository's events."""
+
+    events: list[dict[str, Any]]
+
+
+class RepoToken(Reply):
+    """A repository token, with its secret (shown once)."""
+
+    id: str
+    access: str
+    created_at: float
+    expires_at: float | None
+    token: str
+
+
+class RepoTokens(Reply):
+    """A repository's tokens, without secrets."""
+
+    tokens: list[dict[str, Any]]
+
+
+class PeerMessage(Reply):
+    """A signed fleet message (its shape belongs to the gossip protocol)."""
+
+
+_REPO = {"name": RepoName}
+_GIT = {"name": RepoName, "tenant": Annotated[str, Field(max_length=63)]}
+
+
 def _artifacts(request: Request) -> Artifacts:
     cap: Artifacts | None = getattr(node_of(request), "artifacts", None)
     if cap is None:
@@ -50,17 +194,16 @@ def _artifacts(request: Request) -> Artifacts:
 # -- repositories ----------------------------------------------------------------------
 
 
+@operation(body=CreateRepo, responses={201: Repo, 202: JobInfo}, errors=(400, 409, 502), headers=PREFER)
 async def create_repo(request: Request) -> Response:
     """Create a repository: ``{"name", "default_branch"?, "import"?: {"url", "branch"?, "depth"?}}``."""
     tenant = principal(request).tenant
-    data = await read_json(request)
-    name = validate_repo_name(field(data, "name", str, required=True))
+    body = await read_model(request, CreateRepo)
+    name = validate_repo_name(body.name)
     arts = _artifacts(request)
-    source = field(data, "import", dict, None)
+    source = body.import_
     if source is not None:
-        url = field(source, "url", str, required=True)
-        branch = field(source, "branch", str, None)
-        depth = field(source, "depth", int, None, lo=1, hi=2**31 - 1)
+        url, branch, depth = source.url, source.branch, source.depth
 
         async def run_import(job: Job | None = None) -> tuple[int, Any]:
             progress = None if job is None else (lambda received: job.report(bytes_received=received))
@@ -69,67 +212,71 @@ async def create_repo(request: Request) -> Response:
 
         if wants_job(request):  # an import may take minutes: answer at once, the caller follows the job
             return accepted(node_of(request).jobs.start(tenant, "repo_import", run_import))
-        status, body = await run_import()
-        return json(body, status=status)
-    info = await arts.create(tenant, name, default_branch=field(data, "default_branch", str, "main"))
+        status, described = await run_import()
+        return json(described, status=status)
+    info = await arts.create(tenant, name, default_branch=body.default_branch)
     return json(await arts.describe(tenant, info.name), status=201)
 
 
+@operation(responses={200: RepoList})
 async def list_repos(request: Request) -> Response:
     """The caller's repositories."""
     return json({"repos": await _artifacts(request).list_repos(principal(request).tenant)})
 
 
+@operation(responses={200: Repo}, errors=(404,), path=_REPO)
 async def get_repo(request: Request) -> Response:
     """A repository with its refs."""
     return json(await _artifacts(request).describe(principal(request).tenant, request.path_params["name"]))
 
 
+@operation(responses={204: None}, errors=(404,), path=_REPO)
 async def delete_repo(request: Request) -> Response:
     """Delete a repository; its forks keep their history."""
     await _artifacts(request).delete(principal(request).tenant, request.path_params["name"])
     return Response(status_code=204)
 
 
+@operation(body=ForkRepo, responses={201: Repo}, errors=(400, 404, 409), path=_REPO)
 async def fork_repo(request: Request) -> Response:
     """Fork: ``{"name", "default_branch_only"?}``; shares objects with the source, copies none."""
     tenant = principal(request).tenant
-    data = await read_json(request)
+    body = await read_model(request, ForkRepo)
     arts = _artifacts(request)
-    info = await arts.fork(tenant, request.path_params["name"], validate_repo_name(field(data, "name", str,
-                                                                                        required=True)),
-                           default_branch_only=field(data, "default_branch_only", bool, False))
+    info = await arts.fork(tenant, request.path_params["name"], validate_repo_name(body.name),
+                           default_branch_only=body.default_branch_only)
     return json(await arts.describe(tenant, info.name), status=201)
 
 
 # -- history ---------------------------------------------------------------------------
 
 
+@operation(body=Commit, responses={201: Committed}, errors=(400, 404, 409, 413), path=_REPO)
 async def commit(request: Request) -> Response:
     """Commit files: ``{"branch", "message", "author"?, "files": {path: text|{base64}|null}, "parent"?}``."""
-    data = await read_json(request)
+    body, data = await read_validated(request, Commit)
     arts = _artifacts(request)
-    parent = data.get("parent")
-    if parent is not None and not isinstance(parent, str):
-        raise ValidationFailed("parent must be a commit id, or an empty string for a new branch", field="parent")
     result = await arts.commit(
         principal(request).tenant,
         request.path_params["name"],
-        branch=field(data, "branch", str, required=True),
-        message=field(data, "message", str, required=True),
+        branch=body.branch,
+        message=body.message,
         author=data.get("author"),
         files=data.get("files"),
-        parent=parent,
+        parent=body.parent,
     )
     return json(result, status=201)
 
 
+@operation(responses={200: Refs}, errors=(404,), path=_REPO)
 async def refs(request: Request) -> Response:
     """Every ref of the repository, and HEAD."""
     return json(await _artifacts(request).read(principal(request).tenant, request.path_params["name"],
                                                history.refs))
 
 
+@operation(responses={200: Log}, errors=(400, 404), path=_REPO,
+           query={"ref": Text | None, "path": Text | None, "limit": Annotated[int, Field(ge=1, le=1000)] | None})
 async def log(request: Request) -> Response:
     """Commits from ``?ref=`` (default: the default branch), newest first; ``?limit=``, ``?path=``."""
     tenant, name = principal(request).tenant, request.path_params["name"]
@@ -140,6 +287,7 @@ async def log(request: Request) -> Response:
     return json({"ref": ref, "commits": commits})
 
 
+@operation(responses={200: TreeEntry}, errors=(400, 404), path={**_REPO, "rest": str})
 async def tree(request: Request) -> Response:
     """``/tree/{ref}/{path}``: a directory listing, or a file's content inline."""
     tenant, name = principal(request).tenant, request.path_params["name"]
@@ -172,6 +320,7 @@ def _split_ref(repo: Any, rest: str) -> tuple[str, str]:
     raise ArtifactNotFound(f"no revision at the start of {rest!r}", ref=parts[0])
 
 
+@operation(responses={200: Raw()}, errors=(400, 404), path={**_REPO, "rest": str})
 async def blob(request: Request) -> Response:
     """``/blob/{ref}/{path}``: the file's raw bytes."""
     tenant, name = principal(request).tenant, request.path_params["name"]
@@ -179,6 +328,7 @@ async def blob(request: Request) -> Response:
     return Response(data, media_type="application/octet-stream")
 
 
+@operation(responses={200: Diff}, errors=(400, 404), path=_REPO, query={"from": Revision, "to": Revision})
 async def diff(request: Request) -> Response:
     """Changes and a unified patch between ``?from=`` and ``?to=``."""
     base, head = query_str(request, "from"), query_str(request, "to")
@@ -188,6 +338,9 @@ async def diff(request: Request) -> Response:
                                                history.diff, base, head))
 
 
+@operation(responses={200: RepoEvents}, errors=(404,), path=_REPO,
+           query={"after": Annotated[int, Field(ge=0, le=2**62)] | None,
+                  "limit": Annotated[int, Field(ge=1, le=1000)] | None, "kind": Text | None})
 async def events(request: Request) -> Response:
     """The repository's events, oldest first; ``?after=<id>``, ``?limit=``, ``?kind=``."""
     tenant, name = principal(request).tenant, request.path_params["name"]
@@ -202,16 +355,16 @@ async def events(request: Request) -> Response:
 # -- tokens ----------------------------------------------------------------------------
 
 
+@operation(body=CreateRepoToken, responses={201: RepoToken}, errors=(400, 404), path=_REPO)
 async def create_token(request: Request) -> Response:
     """A repository token: ``{"access": "read"|"write", "ttl_s"?}``."""
-    data = await read_json(request)
-    issued = await _artifacts(request).issue_token(
-        principal(request).tenant, request.path_params["name"], field(data, "access", str, required=True),
-        field(data, "ttl_s", (int, float), None),
-    )
+    body = await read_model(request, CreateRepoToken)
+    issued = await _artifacts(request).issue_token(principal(request).tenant, request.path_params["name"],
+                                                   body.access, body.ttl_s)
     return json(issued, status=201)
 
 
+@operation(responses={200: RepoTokens}, errors=(404,), path=_REPO)
 async def list_tokens(request: Request) -> Response:
     """The repository's tokens (never their secrets)."""
     tenant, name = principal(request).tenant, request.path_params["name"]
@@ -220,6 +373,7 @@ async def list_tokens(request: Request) -> Response:
     return json({"tokens": await arts.tokens.list(tenant, name)})
 
 
+@operation(responses={204: None}, errors=(404,), path=_REPO)
 async def revoke_token(request: Request) -> Response:
     """Revoke a repository token."""
     tenant, name = principal(request).tenant, request.path_params["name"]
@@ -263,6 +417,10 @@ async def _git_access(request: Request, *, write: bool) -> tuple[Artifacts, str,
     return arts, tenant, name, access
 
 
+@operation(responses={200: Stream("application/x-git-upload-pack-advertisement", "git",
+                                  description="or application/x-git-receive-pack-advertisement")},
+           errors=(401, 403, 404), path=_GIT, security="git",
+           query={"service": Literal["git-upload-pack", "git-receive-pack"]})
 async def git_info_refs(request: Request) -> Response:
     """``info/refs?service=git-upload-pack|git-receive-pack``: the ref advertisement."""
     service = query_str(request, "service", "")
@@ -283,6 +441,9 @@ def _gzipped(request: Request) -> bool:
     return request.headers.get("content-encoding", "").lower() in ("gzip", "x-gzip")
 
 
+@operation(body=Stream("application/x-git-upload-pack-request", "git"),
+           responses={200: Stream("application/x-git-upload-pack-result", "git")}, errors=(401, 403, 404, 415),
+           path=_GIT, security="git")
 async def git_upload_pack(request: Request) -> Response:
     """A fetch or clone; the pack streams back as dulwich writes it."""
     _check_type(request, "git-upload-pack")
@@ -305,6 +466,9 @@ class _ClosingStream(StreamingResponse):
                 await closer()
 
 
+@operation(body=Stream("application/x-git-receive-pack-request", "git"),
+           responses={200: Stream("application/x-git-receive-pack-result", "git")}, errors=(401, 403, 404, 413, 415),
+           path=_GIT, security="git")
 async def git_receive_pack(request: Request) -> Response:
     """A push: refused whole with 413 past the pack limit, per ref by policy."""
     _check_type(request, "git-receive-pack")
@@ -316,6 +480,7 @@ async def git_receive_pack(request: Request) -> Response:
 # -- peer gossip -----------------------------------------------------------------------
 
 
+@operation(body=PeerMessage, responses={202: PeerMessage}, errors=(400, 401, 503), security="peer")
 async def peer_announce(request: Request) -> Response:
     """A fleet-signed ref announcement from a peer."""
     node = node_of(request)
@@ -326,6 +491,8 @@ async def peer_announce(request: Request) -> Response:
     return json(await _artifacts(request).gossip.receive(peer_id, body), status=202)
 
 
+@operation(responses={200: PeerMessage}, errors=(401, 503), security="peer",
+           query={"nonce": Annotated[str, Field(max_length=PATH_MAX)] | None})
 async def peer_refs(request: Request) -> Response:
     """Every repository's branches and tags, signed, for a peer's anti-entropy round."""
     node = node_of(request)

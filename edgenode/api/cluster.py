@@ -11,11 +11,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.common import admin, json, node_of
+from edgenode.api.schema import Reply, operation
 
 #: Peer routes check the fleet signature themselves.
 public = ("/v1/peer/cluster/",)
 
 
+class PeerReply(Reply):
+    """A fleet-internal answer (its shape belongs to the cluster protocol)."""
+
+
+class ClusterView(Reply):
+    """This node, the fleet's members, their health and replication lag."""
+
+
+@operation(responses={200: ClusterView}, errors=(403,))
 async def cluster(request: Request) -> Response:
     """This node, the fleet's members, their health and replication lag (admin: addresses are fleet-internal)."""
     admin(request)
@@ -23,6 +33,7 @@ async def cluster(request: Request) -> Response:
     return json({**await node.cluster.describe(), "blocked_namespaces": node.state.blocked_namespaces()})
 
 
+@operation(responses={200: PeerReply}, errors=(401,), security="peer")
 async def route(request: Request) -> Response:
     """Where a joining node's NATS server routes to: this node's route and its healthy members' (signed)."""
     node = node_of(request)

@@ -3,22 +3,123 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode import tenants
-from edgenode.api.common import admin, field, json, node_of, principal, read_json
+from edgenode.api.common import admin, json, node_of, principal
 from edgenode.api.openapi import openapi
-from edgenode.api.parsing import query_str
+from edgenode.api.parsing import PATH_MAX, query_str
+from edgenode.api.reference import REFERENCE_HEADERS, render
+from edgenode.api.schema import Body, Raw, Reply, operation, pattern, read_model
+from edgenode.auth.tokens import MAX_TOKEN_TTL_S, TENANT_NAME
 from edgenode.errors import EdgenodeError
 from edgenode.metrics import CONTENT_TYPE_LATEST
 
 #: Paths that skip bearer-token auth.
-public = ("/healthz", "/metrics", "/openapi.json")
+public = ("/healthz", "/metrics", "/openapi.json", "/docs")
+
+TenantName = Annotated[str, pattern(TENANT_NAME, "A tenant: 1-63 lower-case letters, digits and dashes")]
 
 
+class Health(Reply):
+    """The node's health."""
+
+    status: Literal["ok", "degraded", "unhealthy"]
+    node: str
+    version: str
+    store: dict[str, Any]
+
+
+class NodeStatus(Reply):
+    """Identity, uptime and capabilities (admins see more)."""
+
+    node: str
+    version: str
+    uptime_s: float | None
+    capabilities: dict[str, Any]
+
+
+class Document(Reply):
+    """An OpenAPI 3.1 document."""
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+
+
+class WhoAmI(Reply):
+    """The caller."""
+
+    tenant: str
+    admin: bool
+    token_id: str | None
+
+
+class CreateTenant(Body):
+    """A new tenant."""
+
+    name: TenantName
+
+
+class Tenant(Reply):
+    """A tenant."""
+
+    name: str
+    created_at: float
+
+
+class TenantList(Reply):
+    """Tenants with their live token counts."""
+
+    tenants: list[Tenant]
+
+
+class CreateToken(Body):
+    """A token to issue."""
+
+    tenant: TenantName
+    name: str = Field("", max_length=200)
+    ttl_s: float | None = Field(None, gt=0, le=MAX_TOKEN_TTL_S, description="Seconds to live; none: never expires")
+    admin: bool = False
+
+
+class IssuedToken(Reply):
+    """A new token, with its secret (shown once)."""
+
+    id: str
+    tenant: str
+    name: str
+    admin: bool
+    created_at: float
+    expires_at: float | None
+    token: str
+
+
+class TokenInfo(Reply):
+    """A token without its secret."""
+
+    id: str
+    tenant: str
+    name: str
+    admin: bool
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    state: Literal["live", "expired", "revoked"]
+
+
+class TokenList(Reply):
+    """Tokens without their secrets."""
+
+    tokens: list[TokenInfo]
+
+
+@operation(responses={200: Health, 503: Health}, security="public")
 async def healthz(request: Request) -> Response:
     """Health: the node id, version and the store's state; no token needed.
 
@@ -35,6 +136,7 @@ async def healthz(request: Request) -> Response:
     return json({"status": status, "node": node.id, "version": node.version, "store": store}, status=code)
 
 
+@operation(responses={200: Raw("text/plain", "Prometheus text format")}, security="public")
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in text format; no token needed.
 
@@ -53,11 +155,30 @@ async def metrics(request: Request) -> Response:
     return Response(node.metrics.render(labelled=labelled), media_type=CONTENT_TYPE_LATEST)
 
 
+@operation(responses={200: Document}, security="public")
 async def openapi_json(request: Request) -> Response:
-    """The OpenAPI 3.1 description of the public routes."""
-    return json(openapi(request.app.routes, node_of(request).version))
+    """The OpenAPI 3.1 description of the node's API."""
+    return json(document(request))
 
 
+@operation(responses={200: Raw("text/html")}, security="public")
+async def docs(request: Request) -> Response:
+    """The API reference: a page rendered from the OpenAPI document, with no scripts or outside assets."""
+    page: bytes | None = getattr(request.app.state, "reference_page", None)
+    if page is None:
+        page = request.app.state.reference_page = render(document(request)).encode()
+    return Response(page, media_type="text/html; charset=utf-8", headers=REFERENCE_HEADERS)
+
+
+def document(request: Request) -> dict[str, Any]:
+    """The app's OpenAPI document, made once per app (its routes do not change while it runs)."""
+    doc: dict[str, Any] | None = getattr(request.app.state, "openapi", None)
+    if doc is None:
+        doc = request.app.state.openapi = openapi(request.app.routes, node_of(request).version)
+    return doc
+
+
+@operation(responses={200: NodeStatus})
 async def status(request: Request) -> Response:
     """The node's identity, uptime and capabilities; admins also see each one's summary and the settings."""
     node = node_of(request)
@@ -72,26 +193,30 @@ async def status(request: Request) -> Response:
     return json(body)
 
 
+@operation(responses={200: WhoAmI})
 async def whoami(request: Request) -> Response:
     """The tenant the caller's token acts for."""
     p = principal(request)
     return json({"tenant": p.tenant, "admin": p.admin, "token_id": p.token_id})
 
 
+@operation(body=CreateTenant, responses={201: Tenant}, errors=(400, 403))
 async def create_tenant(request: Request) -> Response:
     """Create a tenant (admin)."""
     admin(request)
-    data = await read_json(request)
-    tenant = await node_of(request).auth.create_tenant(field(data, "name", str, required=True))
+    body = await read_model(request, CreateTenant)
+    tenant = await node_of(request).auth.create_tenant(body.name)
     return json(tenant, status=201)
 
 
+@operation(responses={200: TenantList}, errors=(403,))
 async def list_tenants(request: Request) -> Response:
     """List tenants with their live token counts (admin)."""
     admin(request)
     return json({"tenants": await node_of(request).auth.list_tenants()})
 
 
+@operation(responses={204: None}, errors=(403, 404), path={"name": TenantName})
 async def delete_tenant(request: Request) -> Response:
     """Delete a tenant with everything it owns on this node, and revoke its tokens (admin)."""
     admin(request)
@@ -99,16 +224,13 @@ async def delete_tenant(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@operation(body=CreateToken, responses={201: IssuedToken}, errors=(400, 403))
 async def create_token(request: Request) -> Response:
     """Issue a token for a tenant: ``{"tenant", "name"?, "ttl_s"?, "admin"?}`` (admin)."""
     admin(request)
-    data = await read_json(request)
-    issued = await node_of(request).auth.create_token(
-        field(data, "tenant", str, required=True),
-        name=field(data, "name", str, ""),
-        ttl_s=field(data, "ttl_s", (int, float), None),
-        admin=field(data, "admin", bool, False),
-    )
+    body = await read_model(request, CreateToken)
+    issued = await node_of(request).auth.create_token(body.tenant, name=body.name, ttl_s=body.ttl_s,
+                                                      admin=body.admin)
     return json(
         {
             "id": issued.id,
@@ -123,13 +245,16 @@ async def create_token(request: Request) -> Response:
     )
 
 
+@operation(responses={200: TokenList}, query={"tenant": Annotated[str, Field(max_length=PATH_MAX)] | None})
 async def list_tokens(request: Request) -> Response:
     """List tokens without their secrets: all of them for admins, a tenant's own otherwise."""
     p = principal(request)
-    tenant = query_str(request, "tenant") if p.admin else p.tenant
+    wanted = query_str(request, "tenant")  # checked for every caller; only an admin's picks the tenant
+    tenant = wanted if p.admin else p.tenant
     return json({"tokens": await node_of(request).auth.list_tokens(tenant)})
 
 
+@operation(responses={204: None}, errors=(404,))
 async def revoke_token(request: Request) -> Response:
     """Revoke a token: any for admins, the tenant's own otherwise."""
     p = principal(request)
@@ -141,6 +266,7 @@ routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
     Route("/v1/status", status, methods=["GET"]),
     Route("/v1/whoami", whoami, methods=["GET"]),
     Route("/v1/tenants", create_tenant, methods=["POST"]),

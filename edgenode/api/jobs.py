@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.common import json, node_of, principal
-from edgenode.api.parsing import query_int
+from edgenode.api.parsing import PATH_MAX, query_int
+from edgenode.api.schema import Json, Reply, operation
 from edgenode.jobs import Job
 
 #: The longest ``?wait=`` a follower may ask for, in seconds.
@@ -17,6 +19,26 @@ MAX_WAIT_S = 30
 
 #: The request header that asks a route to answer with a job (RFC 7240).
 PREFER_ASYNC = "respond-async"
+
+
+class JobInfo(Reply):
+    """A job: its status, progress while it runs, then the route's answer (``result_status``, ``result``) or error."""
+
+    id: str
+    kind: str
+    status: Literal["running", "succeeded", "failed"]
+    progress: dict[str, Json] | None
+    result: Json = None
+    error: dict[str, Json] | None
+    result_status: int | None
+    created_at: float
+    finished_at: float | None
+    url: str
+
+
+#: The request header a route that may answer with a job declares (``headers=PREFER`` in its ``@operation``).
+PREFER = {"Prefer": Annotated[str, Field(description="respond-async: answer 202 with a job at once "
+                                                  "(its URL in Location); other preferences are ignored")] | None}
 
 
 def wants_job(request: Request) -> bool:
@@ -29,6 +51,10 @@ def accepted(job: Job) -> Response:
     return json(job.wire(), status=202, headers={"location": f"/v1/jobs/{job.id}"})
 
 
+@operation(responses={200: JobInfo}, errors=(400, 404),
+           path={"id": Annotated[str, Field(min_length=1, max_length=PATH_MAX)]},
+           query={"wait": Annotated[int, Field(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the end")]
+                  | None})
 async def get_job(request: Request) -> Response:
     """A job: status (running, succeeded, failed), progress, and the result or error once finished.
 
@@ -43,4 +69,4 @@ async def get_job(request: Request) -> Response:
 
 routes = [Route("/v1/jobs/{id}", get_job, methods=["GET"])]
 
-__all__ = ["accepted", "routes", "wants_job"]
+__all__ = ["PREFER", "JobInfo", "accepted", "routes", "wants_job"]

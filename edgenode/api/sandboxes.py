@@ -12,17 +12,18 @@ import stat
 from collections.abc import AsyncIterator, Coroutine
 from json.encoder import encode_basestring as _json_text
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import httpcore
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from edgenode.api.common import TENANT_HEADER, admin, field, json, node_of, principal, read_json
-from edgenode.api.parsing import INT_MAX, check_path, dumps, parse_json, query_bool, query_int, query_str
+from edgenode.api.common import TENANT_HEADER, admin, json, node_of, principal
+from edgenode.api.parsing import INT_MAX, PATH_MAX, check_path, dumps, parse_json, query_bool, query_int, query_str
+from edgenode.api.schema import Base64, Body, NoNul, Raw, Reply, Stream, operation, read_model, read_validated
 from edgenode.auth import Principal
 from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, ValidationFailed
 from edgenode.sandboxes import Sandboxes, parse_exec
@@ -43,6 +44,164 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _SIGNALS = {"HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT"}
 
 
+# -- models ------------------------------------------------------------------------
+
+FilePath = Annotated[str, Field(pattern="^[^\\x00]*$", max_length=PATH_MAX)]
+#: A sandbox's or an image's name.
+SandboxName = Annotated[str, Field(pattern="^[a-z0-9][a-z0-9_.-]{0,62}$")]
+ImageName = SandboxName
+EnvName = Annotated[str, Field(pattern="^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Host = Annotated[str, Field(pattern="^(?:node|(?:\\*\\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                                    "(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*(?::[1-9][0-9]{0,4})?)$")]
+
+
+class NetworkAllow(Body, extra="forbid"):
+    """Hosts a sandbox may reach through its egress proxy (``node`` for this node's own API)."""
+
+    allow: list[Host] = Field([], max_length=256)
+
+
+class SandboxLimits(Body, extra="forbid"):
+    """Limits, each at most the node's maximum (defaults: the node's)."""
+
+    memory_mb: int | None = Field(None, ge=64, le=INT_MAX)
+    pids: int | None = Field(None, ge=8, le=INT_MAX)
+    cpu_s: int | None = Field(None, ge=1, le=INT_MAX)
+    timeout_s: int | None = Field(None, ge=1, le=INT_MAX)
+    disk_mb: int | None = Field(None, ge=1, le=INT_MAX)
+    open_files: int | None = Field(None, ge=32, le=INT_MAX)
+
+
+class CreateSandbox(Body, extra="forbid"):
+    """A new sandbox: a name, its network policy and limits."""
+
+    name: str | None = Field(None, pattern="^(?!sb_)[a-z0-9][a-z0-9_.-]{0,62}$")
+    network: Literal["none"] | NetworkAllow | None = None
+    limits: SandboxLimits | None = None
+    image: ImageName | None = Field(None, description="A sandbox image (GET /v1/sandbox-images); default the node's")
+
+
+class Sandbox(Reply):
+    """A sandbox: its state, limits and use."""
+
+    id: str
+    state: str
+
+
+class SandboxList(Reply):
+    """The caller's sandboxes."""
+
+    sandboxes: list[Sandbox]
+
+
+class Exec(Body, extra="forbid"):
+    """A command: a shell string or argv, or Python source (``code``, not with ``cmd``), with its directory,
+    variables, input and bounds."""
+
+    requires_one_of = ("cmd", "code")
+
+    cmd: (Annotated[str, Field(pattern="^[^\\x00]*[^\\s\\x00][^\\x00]*$")]
+          | Annotated[list[NoNul], Field(min_length=1)] | None) = None
+    code: NoNul | None = Field(None, description="Python source, run as python3 -c would (not with cmd)")
+    cwd: NoNul | None = None
+    env: dict[EnvName, NoNul] | None = None
+    stdin: str | None = None
+    stdin_b64: Base64 | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    max_output_bytes: int | None = Field(None, gt=0, le=INT_MAX)
+    session: NoNul | None = Field(None, description="A session's id: its cwd and env are the defaults")
+
+
+class ExecResult(Reply):
+    """How a command ended, with its output."""
+
+    exit_code: int | None
+    signal: int | None
+    duration_ms: float
+    timed_out: bool
+    truncated: dict[str, bool]
+    stopped_by: str | None = None
+    error: str | None = None
+    stdout: str
+    stderr: str
+
+
+class ExecLine(Reply):
+    """One line of output (event ``stdout`` or ``stderr``); the last event, ``exit``, is an ExecResult without
+    the output."""
+
+    line: str
+    partial: bool = False
+
+
+class Listing(Reply):
+    """A directory's entries."""
+
+    path: str
+    type: Literal["directory"]
+    entries: list[dict[str, Any]]
+
+
+class Written(Reply):
+    """A file written."""
+
+    path: str
+    size: int
+
+
+class Mkdir(Body):
+    """A directory to create."""
+
+    path: FilePath
+    parents: bool = True
+
+
+class Made(Reply):
+    """The directory made."""
+
+    path: str
+
+
+class Move(Body):
+    """A rename."""
+
+    from_: FilePath = Field(alias="from")
+    to: FilePath
+    overwrite: bool = False
+
+
+class Moved(Reply):
+    """The rename done."""
+
+    from_: str = Field(alias="from")
+    to: str
+
+
+class Process(Reply):
+    """A background process."""
+
+
+class ProcessList(Reply):
+    """Background processes."""
+
+    processes: list[dict[str, Any]]
+
+
+_SIGNAL_NAMES = "|".join(sorted(_SIGNALS))
+
+
+class Signal(Body):
+    """A signal, by number or name (``TERM``, ``SIGTERM``; any case)."""
+
+    signal: Annotated[int, Field(ge=1, le=64)] | Annotated[str, Field(pattern=f"^(?i:(?:sig)?(?:{_SIGNAL_NAMES}))$")] \
+        = "TERM"
+
+
+_ID = {"id": Annotated[str, Field(min_length=1, max_length=255)]}
+_PROC = {**_ID, "pid": Annotated[str, Field(pattern="^[0-9]{1,18}$")]}
+_FILE = {**_ID, "path": str}
+
+
 def _sandboxes(request: Request) -> Sandboxes:
     caps: Sandboxes = node_of(request).sandboxes
     return caps
@@ -56,28 +215,33 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
+@operation(body=CreateSandbox, responses={201: Sandbox}, errors=(400, 429, 503))
 async def create(request: Request) -> Response:
     """Create a sandbox: ``{"name"?, "network": "none" | {"allow": [...]}, "limits": {...}}``."""
-    data = await read_json(request)
+    _, data = await read_validated(request, CreateSandbox)
     return json(await _sandboxes(request).create(principal(request), data), status=201)
 
 
+@operation(responses={200: SandboxList})
 async def list_sandboxes(request: Request) -> Response:
     """The caller's sandboxes."""
     return json({"sandboxes": await _sandboxes(request).list_sandboxes(principal(request))})
 
 
+@operation(responses={200: Sandbox}, errors=(404,), path=_ID)
 async def get(request: Request) -> Response:
     """One sandbox, with its state, limits, disk use and egress counters."""
     return json(await _sandboxes(request).get(principal(request), request.path_params["id"]))
 
 
+@operation(responses={204: None}, errors=(404,), path=_ID)
 async def delete(request: Request) -> Response:
     """Destroy a sandbox and its workspace."""
     await _sandboxes(request).delete(principal(request), request.path_params["id"])
     return Response(status_code=204)
 
 
+@operation(responses={204: None}, errors=(404,), path=_ID)
 async def release(request: Request) -> Response:
     """Release the sandbox's processes now; files stay."""
     await _sandboxes(request).release(principal(request), request.path_params["id"])
@@ -85,10 +249,13 @@ async def release(request: Request) -> Response:
 
 
 async def _spec(request: Request) -> Any:
-    data = await read_json(request)
+    _, data = await read_validated(request, Exec)
     return parse_exec(data, max_stdin=node_of(request).config.http.max_body_bytes)
 
 
+@operation(body=Exec, responses={200: (ExecResult, Stream("text/event-stream", "sse", ExecLine,
+                                                           "with Accept: text/event-stream"))},
+           errors=(400, 404, 409), path=_ID)
 async def exec_command(request: Request) -> Response:
     """Run a command; JSON result, or with ``Accept: text/event-stream`` its output line by line."""
     spec = await _spec(request)
@@ -184,6 +351,7 @@ async def _events(execution: Execution) -> AsyncIterator[bytes]:
 # -- files ---------------------------------------------------------------------
 
 
+@operation(responses={200: (Listing, Raw())}, errors=(400, 404, 409), path=_FILE)
 async def read_file(request: Request) -> Response:
     """A file's bytes (streamed), or a directory's entries as JSON."""
     path = request.path_params.get("path", "")
@@ -213,6 +381,7 @@ async def read_file(request: Request) -> Response:
                              headers={"content-length": str(st.st_size)})
 
 
+@operation(body=Raw(), body_required=False, responses={201: Written}, errors=(400, 404, 409, 413), path=_FILE)
 async def write_file(request: Request) -> Response:
     """Write a file from the request body, streamed; parents must exist (see mkdir)."""
     path = request.path_params.get("path", "")
@@ -224,6 +393,7 @@ async def write_file(request: Request) -> Response:
     return json({"path": path, "size": size}, status=201)
 
 
+@operation(responses={204: None}, errors=(400, 404, 409), path=_FILE, query={"recursive": bool | None})
 async def delete_file(request: Request) -> Response:
     """Delete a file or directory (``?recursive=true`` for a non-empty one)."""
     path = request.path_params.get("path", "")
@@ -233,24 +403,23 @@ async def delete_file(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@operation(body=Mkdir, responses={201: Made}, errors=(400, 404, 409), path=_ID)
 async def mkdir(request: Request) -> Response:
     """Create a directory: ``{"path", "parents": true}``."""
-    data = await read_json(request)
-    path = check_path(field(data, "path", str, required=True), "path")
-    parents = field(data, "parents", bool, True)
+    body = await read_model(request, Mkdir)
+    path = check_path(body.path, "path")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.mkdir, path, parents=parents)
+    await asyncio.to_thread(ws.mkdir, path, parents=body.parents)
     return json({"path": path}, status=201)
 
 
+@operation(body=Move, responses={200: Moved}, errors=(400, 404, 409), path=_ID)
 async def move(request: Request) -> Response:
     """Rename a file or directory: ``{"from", "to", "overwrite": false}``."""
-    data = await read_json(request)
-    source = check_path(field(data, "from", str, required=True), "from")
-    destination = check_path(field(data, "to", str, required=True), "to")
-    overwrite = field(data, "overwrite", bool, False)
+    body = await read_model(request, Move)
+    source, destination = check_path(body.from_, "from"), check_path(body.to, "to")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.move, source, destination, overwrite=overwrite)
+    await asyncio.to_thread(ws.move, source, destination, overwrite=body.overwrite)
     return json({"from": source, "to": destination})
 
 
@@ -264,6 +433,7 @@ def _proc_id(request: Request) -> int:
     return int(raw)
 
 
+@operation(body=Exec, responses={201: Process}, errors=(400, 404, 409), path=_ID)
 async def start_process(request: Request) -> Response:
     """Start a background process: the same body as exec; output goes to its log."""
     spec = await _spec(request)
@@ -271,18 +441,23 @@ async def start_process(request: Request) -> Response:
     return json(proc, status=201)
 
 
+@operation(responses={200: ProcessList}, errors=(404,), path=_ID)
 async def list_processes(request: Request) -> Response:
     """Background processes started since the sandbox's processes last started."""
     procs = await _sandboxes(request).list_processes(principal(request), request.path_params["id"])
     return json({"processes": procs})
 
 
+@operation(responses={200: Process}, errors=(400, 404), path=_PROC)
 async def get_process(request: Request) -> Response:
     """One background process."""
     proc = await _sandboxes(request).get_process(principal(request), request.path_params["id"], _proc_id(request))
     return json(proc.as_dict())
 
 
+@operation(responses={200: Stream("text/plain", "text", description="until the process exits with ?follow=true")},
+           errors=(400, 404), path=_PROC,
+           query={"follow": bool | None, "offset": Annotated[int, Field(ge=0, le=INT_MAX)] | None})
 async def process_logs(request: Request) -> Response:
     """A process's output; ``?follow=true`` streams until it exits; ``?offset=N`` skips bytes."""
     follow = query_bool(request, "follow")
@@ -303,15 +478,17 @@ def _parse_signal(value: Any) -> int:
                            field="signal")
 
 
+@operation(body=Signal, responses={200: Process}, errors=(400, 404, 409), path=_PROC)
 async def signal_process(request: Request) -> Response:
     """Send a signal to a process's group: ``{"signal": "TERM"}``."""
-    data = await read_json(request)
-    sig = _parse_signal(data.get("signal", "TERM"))
+    body = await read_model(request, Signal)
+    sig = _parse_signal(body.signal)
     proc = await _sandboxes(request).signal_process(principal(request), request.path_params["id"],
                                                     _proc_id(request), sig)
     return json(proc)
 
 
+@operation(responses={200: Process}, errors=(400, 404, 409), path=_PROC)
 async def kill_process(request: Request) -> Response:
     """Kill a process's group (SIGKILL)."""
     proc = await _sandboxes(request).signal_process(principal(request), request.path_params["id"],
@@ -322,17 +499,15 @@ async def kill_process(request: Request) -> Response:
 # -- forks -------------------------------------------------------------------------
 
 
-class ForkRequest(BaseModel):
+class ForkRequest(Body, extra="forbid"):
     """``POST /v1/sandboxes/{id}/fork``: the new sandbox's optional name."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="Unique per tenant.")
+    name: SandboxName | None = Field(None, description="Unique per tenant.")
 
 
-class ForkResponse(BaseModel):
+class ForkResponse(Reply):
     """The new sandbox (as ``GET /v1/sandboxes/{id}`` shows it) and how it was made."""
 
-    model_config = ConfigDict(extra="allow")
     id: str
     name: str | None
     state: str
@@ -342,10 +517,11 @@ class ForkResponse(BaseModel):
     fork_ms: float = Field(description="Time the node took to make the fork, in ms.")
 
 
+@operation(body=ForkRequest, body_required=False, responses={201: ForkResponse}, errors=(400, 404, 409, 429),
+           path=_ID)
 async def fork(request: Request) -> Response:
     """Fork a sandbox: a new one whose workspace is a copy-on-write copy of this one's."""
-    data = await read_json(request, optional=True)
-    field(data, "name", str, None)  # its kind here; its pattern and uniqueness by the capability
+    _, data = await read_validated(request, ForkRequest, optional=True)  # uniqueness by the capability
     body = await _sandboxes(request).fork(principal(request), request.path_params["id"], data)
     return json(body, status=201)
 
@@ -353,15 +529,14 @@ async def fork(request: Request) -> Response:
 # -- exposed ports ------------------------------------------------------------------
 
 
-class ExposePortRequest(BaseModel):
+class ExposePortRequest(Body, extra="forbid"):
     """``POST /v1/sandboxes/{id}/ports``: a TCP port a server in the sandbox listens on (127.0.0.1)."""
 
-    model_config = ConfigDict(extra="forbid")
     port: int = Field(ge=1, le=65535)
     public: bool = Field(False, description="Reachable without a token under /sp/ (needs sandboxes.public_ports).")
 
 
-class ExposedPort(BaseModel):
+class ExposedPort(Reply):
     """An exposed port and where the node serves it."""
 
     port: int
@@ -370,9 +545,10 @@ class ExposedPort(BaseModel):
     url: str
     public_path: str | None = None
     public_url: str | None = None
+    host_url: str | None = Field(None, description="The port's own origin, PORT-ID.NAME (with sandboxes.ports_host).")
 
 
-class ExposedPorts(BaseModel):
+class ExposedPorts(Reply):
     """``GET /v1/sandboxes/{id}/ports``."""
 
     ports: list[ExposedPort]
@@ -388,23 +564,25 @@ def _port(raw: Any) -> int:
     return raw
 
 
+_PORT = {**_ID, "port": Annotated[int, Field(ge=1, le=65535)]}
+
+
+@operation(body=ExposePortRequest, responses={201: ExposedPort}, errors=(400, 403, 404, 409), path=_ID)
 async def expose_port(request: Request) -> Response:
     """Expose a port: ``{"port", "public"?}``; answers its URL."""
-    data = await read_json(request)
-    unknown = set(data) - {"port", "public"}
-    if unknown:
-        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-    port = _port(field(data, "port", int, required=True))
-    exposed = await _sandboxes(request).expose_port(principal(request), request.path_params["id"], port,
-                                                    field(data, "public", bool, False))
+    body = await read_model(request, ExposePortRequest)
+    exposed = await _sandboxes(request).expose_port(principal(request), request.path_params["id"], body.port,
+                                                    body.public)
     return json(exposed, status=201)
 
 
+@operation(responses={200: ExposedPorts}, errors=(404,), path=_ID)
 async def list_ports(request: Request) -> Response:
     """The sandbox's exposed ports."""
     return json({"ports": await _sandboxes(request).list_ports(principal(request), request.path_params["id"])})
 
 
+@operation(responses={204: None}, errors=(400, 404), path=_PORT)
 async def unexpose_port(request: Request) -> Response:
     """Stop serving a port."""
     await _sandboxes(request).unexpose_port(principal(request), request.path_params["id"],
@@ -565,15 +743,14 @@ async def ws_public_port(websocket: WebSocket) -> None:
 # -- images -------------------------------------------------------------------------
 
 
-class ImageRequest(BaseModel):
+class ImageRequest(Body, extra="forbid"):
     """``POST /v1/sandbox-images`` (admins): a directory or tarball on the node's own file system."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-    path: str = Field(description="Absolute path on the node: a root file system with usr/bin/python3.")
+    name: ImageName
+    path: FilePath = Field(description="Absolute path on the node: a root file system with usr/bin/python3.")
 
 
-class ImageInfo(BaseModel):
+class ImageInfo(Reply):
     """A sandbox image; create a sandbox on it with ``{"image": name}``."""
 
     name: str
@@ -582,23 +759,27 @@ class ImageInfo(BaseModel):
     created_at: float
 
 
+class ImageList(Reply):
+    """The node's sandbox images."""
+
+    images: list[ImageInfo]
+
+
+@operation(body=ImageRequest, responses={201: ImageInfo}, errors=(400, 403, 404, 409))
 async def add_image(request: Request) -> Response:
     """Make a sandbox image from a directory or tarball on the node (admins only)."""
     admin(request)
-    data = await read_json(request)
-    unknown = set(data) - {"name", "path"}
-    if unknown:
-        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-    name = field(data, "name", str, required=True)
-    path = field(data, "path", str, required=True, max_len=4096)
-    return json(await _sandboxes(request).add_image(name, path), status=201)
+    body = await read_model(request, ImageRequest)
+    return json(await _sandboxes(request).add_image(body.name, body.path), status=201)
 
 
+@operation(responses={200: ImageList})
 async def list_images(request: Request) -> Response:
     """The node's sandbox images (any tenant may list them, to name one)."""
     return json({"images": await _sandboxes(request).list_images()})
 
 
+@operation(responses={204: None}, errors=(400, 403, 404, 409), path={"name": ImageName})
 async def remove_image(request: Request) -> Response:
     """Remove an image no sandbox runs on (admins only)."""
     admin(request)
@@ -609,17 +790,16 @@ async def remove_image(request: Request) -> Response:
 # -- git checkout -------------------------------------------------------------------
 
 
-class GitCheckoutRequest(BaseModel):
+class GitCheckoutRequest(Body, extra="forbid"):
     """``POST /v1/sandboxes/{id}/git/checkout``: an http(s) URL, or this node's repository ([tenant/]name)."""
 
-    model_config = ConfigDict(extra="forbid")
-    url: str
-    branch: str | None = None
-    depth: int | None = Field(None, ge=1)
-    path: str | None = Field(None, description="Where in the workspace; default the repository's name.")
+    url: NoNul
+    branch: NoNul | None = None
+    depth: int | None = Field(None, ge=1, le=INT_MAX)
+    path: FilePath | None = Field(None, description="Where in the workspace; default the repository's name.")
 
 
-class GitCheckoutResponse(BaseModel):
+class GitCheckoutResponse(Reply):
     """Where the checkout is and the commit checked out."""
 
     path: str
@@ -629,13 +809,10 @@ class GitCheckoutResponse(BaseModel):
     duration_ms: float
 
 
+@operation(body=GitCheckoutRequest, responses={201: GitCheckoutResponse}, errors=(400, 404, 409, 502), path=_ID)
 async def git_checkout(request: Request) -> Response:
     """Clone a repository into the workspace in one call."""
-    data = await read_json(request)
-    field(data, "url", str, required=True)
-    field(data, "branch", str, None)
-    field(data, "depth", int, None)
-    field(data, "path", str, None)
+    _, data = await read_validated(request, GitCheckoutRequest)  # the URL and path rules by the capability
     body = await _sandboxes(request).git_checkout(principal(request), request.path_params["id"], data)
     return json(body, status=201)
 
@@ -643,7 +820,7 @@ async def git_checkout(request: Request) -> Response:
 # -- file watch ---------------------------------------------------------------------
 
 
-class WatchEvent(BaseModel):
+class WatchEvent(Reply):
     """One server-sent event of ``GET /v1/sandboxes/{id}/watch``: ``event:`` created, modified, deleted,
     moved (with ``from``) or overflow; ``ready`` first, once the watches are in place."""
 
@@ -652,6 +829,8 @@ class WatchEvent(BaseModel):
     from_: str | None = Field(None, alias="from")
 
 
+@operation(responses={200: Stream("text/event-stream", "sse", WatchEvent, "changes until the client leaves")},
+           errors=(400, 404, 409), path=_ID, query={"path": FilePath | None, "recursive": bool | None})
 async def watch(request: Request) -> Response:
     """Changes under ``?path=`` (default the workspace), ``?recursive=true`` for subdirectories, as events
     while ``?follow=true`` (until the client leaves); without it, only ``ready`` (the path can be watched),
@@ -686,15 +865,14 @@ async def watch(request: Request) -> Response:
 # -- sessions ------------------------------------------------------------------------
 
 
-class SessionRequest(BaseModel):
+class SessionRequest(Body, extra="forbid"):
     """``POST /v1/sandboxes/{id}/sessions``: the defaults of the commands that name the session."""
 
-    model_config = ConfigDict(extra="forbid")
-    cwd: str | None = Field(None, description="Relative to /workspace unless absolute.")
-    env: dict[str, str] | None = None
+    cwd: NoNul | None = Field(None, description="Relative to /workspace unless absolute.")
+    env: dict[EnvName, NoNul] | None = None
 
 
-class SessionResponse(BaseModel):
+class SessionResponse(Reply):
     """A session: pass ``"session": id`` to exec, processes or ``?session=`` to the terminal."""
 
     id: str
@@ -702,21 +880,30 @@ class SessionResponse(BaseModel):
     env: dict[str, str]
 
 
+class SessionList(Reply):
+    """The sandbox's sessions."""
+
+    sessions: list[SessionResponse]
+
+
+@operation(body=SessionRequest, body_required=False, responses={201: SessionResponse}, errors=(400, 404, 409),
+           path=_ID)
 async def create_session(request: Request) -> Response:
     """A session with its own cwd and env, sharing the sandbox's files."""
-    data = await read_json(request, optional=True)
-    field(data, "cwd", str, None)
-    field(data, "env", dict, None)
+    _, data = await read_validated(request, SessionRequest, optional=True)
     body = await _sandboxes(request).create_session(principal(request), request.path_params["id"], data)
     return json(body, status=201)
 
 
+@operation(responses={200: SessionList}, errors=(404,), path=_ID)
 async def list_sessions(request: Request) -> Response:
     """The sandbox's sessions."""
     return json({"sessions": await _sandboxes(request).list_sessions(principal(request),
                                                                      request.path_params["id"])})
 
 
+@operation(responses={204: None}, errors=(404,), path={**_ID, "session": Annotated[str, Field(min_length=1,
+                                                                                            max_length=255)]})
 async def delete_session(request: Request) -> Response:
     """Forget a session."""
     await _sandboxes(request).delete_session(principal(request), request.path_params["id"],
@@ -727,16 +914,15 @@ async def delete_session(request: Request) -> Response:
 # -- terminals -----------------------------------------------------------------------
 
 
-class TerminalControl(BaseModel):
+class TerminalControl(Body, extra="forbid"):
     """A text message on ``GET /v1/sandboxes/{id}/pty`` (binary messages are keystrokes)."""
 
-    model_config = ConfigDict(extra="forbid")
     resize: tuple[int, int] | None = Field(None, description="[rows, cols]")
     signal: str | int | None = Field(None, description="To the terminal's foreground process group.")
     input: str | None = Field(None, description="Keystrokes as text.")
 
 
-class TerminalExit(BaseModel):
+class TerminalExit(Reply):
     """The last text message before the server closes: how the terminal's command ended."""
 
     exit: int | None
@@ -838,8 +1024,12 @@ routes = [
     Route("/v1/sandboxes/{id}/ports", expose_port, methods=["POST"]),
     Route("/v1/sandboxes/{id}/ports", list_ports, methods=["GET"]),
     Route("/v1/sandboxes/{id}/ports/{port}", unexpose_port, methods=["DELETE"]),
-    Route("/v1/sandboxes/{id}/ports/{port}/{path:path}", proxy_port, methods=_ALL_METHODS),
-    Route("/sp/{id}/{port}/{path:path}", proxy_public_port, methods=_ALL_METHODS),
+    # Left out of the API's description: these pass any method, body and answer through to a server the
+    # sandbox runs (its own API, not the node's), so no schema of the node's can say what they take or answer.
+    Route("/v1/sandboxes/{id}/ports/{port}/{path:path}", proxy_port, methods=_ALL_METHODS, include_in_schema=False),
+    Route("/sp/{id}/{port}/{path:path}", proxy_public_port, methods=_ALL_METHODS, include_in_schema=False),
+    # WebSockets: OpenAPI describes no WebSocket, and the document holds only HTTP routes. The terminal's
+    # messages are typed by TerminalControl (client text messages) and TerminalExit (the last server message).
     WebSocketRoute("/v1/sandboxes/{id}/ports/{port}/{path:path}", ws_port),
     WebSocketRoute("/sp/{id}/{port}/{path:path}", ws_public_port),
     WebSocketRoute("/v1/sandboxes/{id}/pty", terminal),

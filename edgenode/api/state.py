@@ -9,14 +9,65 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Annotated, Any
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edgenode.api.common import field, json, node_of, principal, read_body, read_json
-from edgenode.api.parsing import INT_MAX, query_int, query_str
+from edgenode.api.common import json, node_of, principal, read_body
+from edgenode.api.parsing import INT_MAX, PATH_MAX, query_int, query_str
+from edgenode.api.schema import Body, Json, Raw, Reply, operation, pattern, read_model
 from edgenode.errors import NotFound, ValidationFailed
+from edgenode.state.names import NAMESPACE
+
+Namespace = Annotated[str, pattern(NAMESPACE, "A namespace: 1-128 letters, digits, dots, dashes, underscores")]
+Params = list[Json] | dict[str, Json]
+
+
+class KvWritten(Reply):
+    """A key's new version (also its ETag)."""
+
+    key: str
+    version: str
+
+
+class KvKeys(Reply):
+    """A page of keys; ``cursor`` fetches the next (null on the last page)."""
+
+    keys: list[str]
+    cursor: str | None
+
+
+class Statement(Body):
+    """One parameterized statement."""
+
+    sql: str = Field(min_length=1)
+    params: Params | None = Field(None, description="Positional (array) or named (object) parameters")
+
+
+class SqlRequest(Body):
+    """One statement (``sql``, ``params``), or a ``batch`` of them run in one transaction."""
+
+    requires_one_of = ("sql", "batch")
+
+    sql: str | None = Field(None, min_length=1)
+    params: Params | None = None
+    batch: list[Statement] | None = None
+
+
+class SqlResult(Reply):
+    """A statement's columns, rows and rows changed; a batch answers ``results`` of these instead."""
+
+    columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
+    rows_affected: int | None = None
+    results: list[dict[str, Any]] | None = None
+
+
+_KV = {"namespace": Namespace, "key": Annotated[str, Field(min_length=1, max_length=PATH_MAX)]}
+_ETAG = Annotated[str, Field(pattern='^(?:\\*|(?:W/)?"[^",]+")$', max_length=256)]
 
 
 def _tag(version: str) -> str:
@@ -37,6 +88,7 @@ def _precondition(request: Request, name: str) -> str | None:
     return value[1:-1]
 
 
+@operation(responses={200: Raw()}, errors=(404,), path=_KV)
 async def kv_get(request: Request) -> Response:
     """The raw value of a key, with its version as ETag."""
     p = principal(request)
@@ -49,6 +101,8 @@ async def kv_get(request: Request) -> Response:
     return Response(value, media_type="application/octet-stream", headers={"etag": _tag(version)})
 
 
+@operation(body=Raw(), body_required=False, responses={200: KvWritten}, errors=(400, 412, 413), path=_KV,
+           headers={"if-match": _ETAG, "if-none-match": _ETAG})
 async def kv_put(request: Request) -> Response:
     """Set a key to the raw request body; compare-and-set with If-Match / If-None-Match."""
     p = principal(request)
@@ -61,6 +115,7 @@ async def kv_put(request: Request) -> Response:
     return json({"key": request.path_params["key"], "version": version}, headers={"etag": _tag(version)})
 
 
+@operation(responses={204: None}, errors=(400, 412), path=_KV, headers={"if-match": _ETAG})
 async def kv_delete(request: Request) -> Response:
     """Delete a key (idempotent); with If-Match only if it is at that version."""
     p = principal(request)
@@ -78,6 +133,10 @@ def _decode_cursor(cursor: str | None) -> str | None:
         raise ValidationFailed("cursor is not one this API returned", field="cursor") from exc
 
 
+@operation(responses={200: KvKeys}, path={"namespace": Namespace},
+           query={"prefix": Annotated[str, Field(max_length=PATH_MAX)] | None,
+                  "cursor": Annotated[str, Field(max_length=PATH_MAX)] | None,
+                  "limit": Annotated[int, Field(ge=1, le=INT_MAX)] | None})
 async def kv_list(request: Request) -> Response:
     """Keys by prefix, in order, a page at a time: ``?prefix=&cursor=&limit=``."""
     p = principal(request)
@@ -89,6 +148,7 @@ async def kv_list(request: Request) -> Response:
     return json({"keys": keys, "cursor": cursor})
 
 
+@operation(body=SqlRequest, responses={200: SqlResult}, errors=(400, 409), path={"namespace": Namespace})
 async def sql(request: Request) -> Response:
     """Run one parameterized statement in the namespace's database: ``{"sql", "params"}``.
 
@@ -96,18 +156,13 @@ async def sql(request: Request) -> Response:
     and answers ``{"results": [...]}``.
     """
     p = principal(request)
-    data = await read_json(request)
-    if "batch" in data:
-        batch = field(data, "batch", list, required=True)
-        statements = []
-        for item in batch:
-            if not isinstance(item, dict):
-                raise ValidationFailed("each batch entry is an object {\"sql\", \"params\"}", field="batch")
-            statements.append((field(item, "sql", str, required=True), field(item, "params", (list, dict), None)))
+    body = await read_model(request, SqlRequest)
+    if body.batch is not None:
+        statements = [(s.sql, s.params) for s in body.batch]
         return json(await node_of(request).state.asql_batch(p.tenant, request.path_params["namespace"], statements))
-    query = field(data, "sql", str, required=True)
-    params = field(data, "params", (list, dict), None)
-    result = await node_of(request).state.asql(p.tenant, request.path_params["namespace"], query, params)
+    if body.sql is None:
+        raise ValidationFailed("field 'sql' is required (or 'batch')", field="sql")
+    result = await node_of(request).state.asql(p.tenant, request.path_params["namespace"], body.sql, body.params)
     return json(result)
 
 

@@ -192,7 +192,7 @@ def test_bad_input_gets_clear_json_errors(api: httpx.Client, agent_node: NodePro
         (api.put("/v1/agents/broken", content=b"{not json", headers={"content-type": "application/json"}),
          400, "invalid_json"),
         (api.put("/v1/agents/Bad Name!", json={"files": {"main.py": ""}}), 400, "validation_failed"),
-        (api.put("/v1/agents/runs", json={"files": {"main.py": ""}}), 400, "validation_failed"),
+        (api.put("/v1/agents/runs", json={"files": {"main.py": ""}}), 405, "method_not_allowed"),  # a reserved path
         (api.put("/v1/agents/nomain", json={"files": {"other.py": ""}}), 400, "validation_failed"),
         (api.put("/v1/agents/escape", json={"files": {"../main.py": ""}}), 400, "validation_failed"),
         (api.post("/v1/agents/ghost/runs", json={"id": "bad id!"}), 400, "validation_failed"),

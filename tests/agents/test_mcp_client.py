@@ -61,7 +61,8 @@ def test_an_mcp_tool_call_is_journaled_once_across_a_node_restart(
             for servers in ({"counter": "ftp://x"}, {"bad name!": url}, ["counter"], {"counter": 5}):
                 r = api.put("/v1/agents/mcp-user", json={"files": {"main.py": AGENT}, "mcp_servers": servers})
                 assert r.status_code == 400 and error_code(r) == "validation_failed", (servers, r.text)
-                assert r.json()["error"]["field"] == "mcp_servers"
+                field = r.json()["error"]["field"]  # the server's entry when the model names it
+                assert field == "mcp_servers" or field.startswith("mcp_servers."), r.text
             # Deployed with the command line's --mcp-server NAME=URL.
             source = directory / "main.py"
             source.write_text(AGENT)

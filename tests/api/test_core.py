@@ -170,7 +170,7 @@ def _public_prefixes() -> set[str]:
 def test_public_paths_are_exactly_the_reviewed_ones() -> None:
     # Adding a path that skips bearer auth must be a deliberate, reviewed change to this list.
     assert _public_prefixes() == {
-        "/healthz", "/metrics", "/openapi.json",  # no secrets
+        "/healthz", "/metrics", "/openapi.json", "/docs",  # no secrets
         "/git/",  # Git smart HTTP: basic auth with a repo or tenant token
         "/v1/peer/cluster/", "/v1/peer/artifacts/",  # fleet-signed peer requests
         "/p/",  # workers deployed with "public": true
