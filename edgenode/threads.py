@@ -6,9 +6,12 @@ up the store, or the other way round:
 
 - ``STORE``: SQLite reads, namespace opens and other short store calls;
 - ``FILES``: workspace and cache file system work (writes, walks, removals, disk measures);
-- ``GIT``: repository work (dulwich, git subprocesses) and name resolution;
+- ``GIT``: repository work (dulwich, git subprocesses);
+- ``NET``: blocking network calls: name resolution, a model provider's reply;
 - ``CPU``: short pure-Python work too large for the loop (parsing a big body, hashing).
 
+Waits that last as long as what they wait for (a supervised child's exit, a pool's shutdown)
+stay on asyncio's own threads: they would hold a bounded bridge's thread for that long.
 Isolates and agent runs have pools of their own, with per-tenant shares (``isolates.pool``,
 ``agents.engine``). Each bridge copies the caller's context (the request id reaches the
 thread's log lines) and reports its busy threads and queued calls as metrics.
@@ -30,7 +33,7 @@ from prometheus_client.registry import Collector
 
 T = TypeVar("T")
 
-__all__ = ["CPU", "FILES", "GIT", "STORE", "Bridge", "register_metrics"]
+__all__ = ["CPU", "FILES", "GIT", "NET", "STORE", "Bridge", "register_metrics"]
 
 
 class Bridge:
@@ -74,12 +77,14 @@ class Bridge:
 STORE = Bridge("store", 32)
 #: File system work on workspaces, caches and data directories.
 FILES = Bridge("files", 8)
-#: Git repositories, git subprocesses and name resolution.
+#: Git repositories and git subprocesses.
 GIT = Bridge("git", 8)
+#: Blocking network calls: name resolution, synchronous provider clients.
+NET = Bridge("net", 16)
 #: Short CPU-bound work too large for the event loop.
 CPU = Bridge("cpu", 4)
 
-BRIDGES = (STORE, FILES, GIT, CPU)
+BRIDGES = (STORE, FILES, GIT, NET, CPU)
 
 
 class _BridgeCollector(Collector):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from edgenode.api.parsing import INT_MAX, INT_MIN, PATH_MAX, dumps, query_int, q
 from edgenode.api.schema import Body, Json, Reply, Stream, operation, pattern, read_model
 from edgenode.auth import Principal
 from edgenode.errors import NotFound, Unavailable, ValidationFailed
+from edgenode.threads import NET
 
 #: JSON around an event payload or deployment that a body may carry beyond the payload limit.
 _ENVELOPE = 64 * 1024
@@ -524,7 +524,7 @@ async def model_chat(request: Request) -> Response:
     """One model call through the gateway: ``{"model", "messages", "tools"?, "options"?}``."""
     agents = _agents(request)
     body = await read_model(request, ModelChat)
-    reply = await asyncio.to_thread(agents.models.chat, principal(request).tenant, body.model, body.messages,
+    reply = await NET.run(agents.models.chat, principal(request).tenant, body.model, body.messages,
                                     tools=body.tools, options=body.options)
     return json(reply)
 

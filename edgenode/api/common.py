@@ -7,7 +7,6 @@ turned into JSON bodies by the app's exception handlers.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -17,6 +16,7 @@ from edgenode.api.parsing import dumps, field, parse_json
 from edgenode.auth import Principal
 from edgenode.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
 from edgenode.streams import read_limited
+from edgenode.threads import CPU
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -76,7 +76,7 @@ async def read_json(request: Request, limit: int | None = None, *, optional: boo
             return {}
         raise InvalidJson("request body is empty; expected a JSON object")
     # A big body takes milliseconds to parse and check: off the event loop, so other requests go on.
-    data = parse_json(body) if len(body) < _PARSE_INLINE_BYTES else await asyncio.to_thread(parse_json, body)
+    data = parse_json(body) if len(body) < _PARSE_INLINE_BYTES else await CPU.run(parse_json, body)
     if not isinstance(data, dict):
         raise InvalidJson(f"expected a JSON object, got {type(data).__name__}")
     return data

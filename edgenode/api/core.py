@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -19,6 +18,7 @@ from edgenode.api.schema import Body, Raw, Reply, operation, pattern, read_model
 from edgenode.auth.tokens import MAX_TOKEN_TTL_S, TENANT_NAME
 from edgenode.errors import EdgenodeError
 from edgenode.metrics import CONTENT_TYPE_LATEST
+from edgenode.threads import STORE
 
 #: Paths that skip bearer-token auth.
 public = ("/healthz", "/metrics", "/openapi.json", "/docs")
@@ -149,7 +149,7 @@ async def metrics(request: Request) -> Response:
     labelled = False
     if auth.lower().startswith("bearer "):
         try:
-            labelled = (await asyncio.to_thread(node.auth.authenticate, auth[7:].strip())).admin
+            labelled = (await STORE.run(node.auth.authenticate, auth[7:].strip())).admin
         except EdgenodeError:
             labelled = False
     return Response(node.metrics.render(labelled=labelled), media_type=CONTENT_TYPE_LATEST)

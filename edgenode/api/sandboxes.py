@@ -29,6 +29,7 @@ from edgenode.errors import Conflict, EdgenodeError, SandboxPortUnreachable, Val
 from edgenode.sandboxes import Sandboxes, parse_exec
 from edgenode.sandboxes.execution import Execution
 from edgenode.sandboxes.ports import _Stream as _PortStream
+from edgenode.threads import FILES
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -357,11 +358,11 @@ async def read_file(request: Request) -> Response:
     path = request.path_params.get("path", "")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
     # O_NONBLOCK: opening a FIFO planted in the workspace must not hang a node thread.
-    fd = await asyncio.to_thread(ws.open, path, os.O_RDONLY | os.O_NONBLOCK)
+    fd = await FILES.run(ws.open, path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            entries = await asyncio.to_thread(ws.list, path)
+            entries = await FILES.run(ws.list, path)
             os.close(fd)
             return json({"path": path, "type": "directory", "entries": entries})
         if not stat.S_ISREG(st.st_mode):
@@ -372,7 +373,7 @@ async def read_file(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
-            while chunk := await asyncio.to_thread(os.read, fd, READ_CHUNK):
+            while chunk := await FILES.run(os.read, fd, READ_CHUNK):
                 yield chunk
         finally:
             os.close(fd)
@@ -399,7 +400,7 @@ async def delete_file(request: Request) -> Response:
     path = request.path_params.get("path", "")
     recursive = query_bool(request, "recursive")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.delete, path, recursive=recursive)
+    await FILES.run(ws.delete, path, recursive=recursive)
     return Response(status_code=204)
 
 
@@ -409,7 +410,7 @@ async def mkdir(request: Request) -> Response:
     body = await read_model(request, Mkdir)
     path = check_path(body.path, "path")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.mkdir, path, parents=body.parents)
+    await FILES.run(ws.mkdir, path, parents=body.parents)
     return json({"path": path}, status=201)
 
 
@@ -419,7 +420,7 @@ async def move(request: Request) -> Response:
     body = await read_model(request, Move)
     source, destination = check_path(body.from_, "from"), check_path(body.to, "to")
     ws, _ = await _sandboxes(request).workspace(principal(request), request.path_params["id"])
-    await asyncio.to_thread(ws.move, source, destination, overwrite=body.overwrite)
+    await FILES.run(ws.move, source, destination, overwrite=body.overwrite)
     return json({"from": source, "to": destination})
 
 

@@ -36,6 +36,7 @@ from edgenode.artifacts.history import ZERO, is_ancestor
 from edgenode.artifacts.repos import SHARED_REF_PREFIXES, RepoInfo, validate_repo_name
 from edgenode.auth import validate_tenant
 from edgenode.errors import AnnouncementRejected, EdgenodeError, InvalidJson, Unavailable
+from edgenode.threads import GIT
 
 if TYPE_CHECKING:
     from edgenode.artifacts.service import Artifacts
@@ -192,7 +193,7 @@ class RefGossip:
         now = self._now()
         deleted = [(r, o) for r, o, n in shared if n is None and o is not None]
         if deleted:
-            await asyncio.to_thread(self._record_tombstones, info.tenant, info.name, deleted, now)
+            await GIT.run(self._record_tombstones, info.tenant, info.name, deleted, now)
         payload = sign(secret, {
             "v": 1, "kind": "refs", **self._meta(info), "origin": self.node.id, "url": self.self_url(),
             "at": now, "nonce": secrets.token_hex(8),
@@ -207,7 +208,7 @@ class RefGossip:
                 return [(k.decode(), None, v.decode()) for k, v in repo.refs.as_dict().items()
                         if k.startswith(SHARED_REF_PREFIXES)]
 
-        await self.announce(info, await asyncio.to_thread(read))
+        await self.announce(info, await GIT.run(read))
 
     async def announce_delete(self, info: RepoInfo) -> None:
         """Tell peers the repository was deleted."""
@@ -305,7 +306,7 @@ class RefGossip:
             return {"node": self.node.id, "url": self.self_url(), "nonce": nonce, "repos": repos,
                     "tombstones": tombstones, "ref_tombstones": ref_tombstones}
 
-        body = await asyncio.to_thread(read)
+        body = await GIT.run(read)
         secret = self.secret()
         return sign(secret, body, "edgenode-ref-listing-v1") if secret else body
 
@@ -315,7 +316,7 @@ class RefGossip:
                      deleted: list[tuple[str, str]] | None = None, at: float | None = None) -> bool:
         """Apply an announcement's updates; False when its objects could not be fetched."""
         try:
-            results = await asyncio.to_thread(self._apply_sync, meta, wanted, origin, url, deleted or [], at)
+            results = await GIT.run(self._apply_sync, meta, wanted, origin, url, deleted or [], at)
         except Exception as exc:
             self.counters["fetch_errors"] += 1
             log.warning("applying a ref announcement failed",
@@ -486,7 +487,7 @@ class RefGossip:
             store.delete_sync(info)
             return True
 
-        if await asyncio.to_thread(run):
+        if await GIT.run(run):
             await self.artifacts.events.record(meta["tenant"], meta["repo"], "delete", via="gossip")
         return True
 
@@ -532,7 +533,7 @@ class RefGossip:
                 continue
             await self._apply_delete(meta, float(stone["deleted_at"]))
         await self._apply_ref_tombstones(listing.get("ref_tombstones", []), origin, url)
-        local = await asyncio.to_thread(self._local_refs)
+        local = await GIT.run(self._local_refs)
         for entry in listing.get("repos", []):
             try:
                 meta = _parse_meta(entry)
@@ -561,10 +562,10 @@ class RefGossip:
             if _shared(ref) and sha is not None:
                 by_repo.setdefault(key, []).append((ref, sha, at))
         for (tenant, name), deletions in by_repo.items():
-            info = await asyncio.to_thread(self.artifacts.repos.find_sync, tenant, name)
+            info = await GIT.run(self.artifacts.repos.find_sync, tenant, name)
             if info is None:
                 continue
-            known = await asyncio.to_thread(self._tombstones, tenant, name)
+            known = await GIT.run(self._tombstones, tenant, name)
             for ref, sha, at in deletions:
                 if known.get(ref, ("", -1.0))[1] >= at:
                     continue  # heard of this deletion already

@@ -37,6 +37,7 @@ from edgenode.errors import (
     ValidationFailed,
 )
 from edgenode.store.faults import insufficient, nearly_full, storage_fault
+from edgenode.threads import GIT
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -107,9 +108,9 @@ class Artifacts:
             self.git_upload_pack.home.mkdir(exist_ok=True, mode=0o700)
         # A crash in the middle of a push leaves its quarantine behind; nothing in it was ever used.
         for leftover in self.repos.root.glob("*/*.git/objects/incoming-*"):
-            await asyncio.to_thread(shutil.rmtree, leftover, True)
+            await GIT.run(shutil.rmtree, leftover, True)
         # Earlier versions cached clone answers here; git upload-pack made that cache pointless.
-        await asyncio.to_thread(shutil.rmtree, self.repos.root / ".packcache", True)
+        await GIT.run(shutil.rmtree, self.repos.root / ".packcache", True)
         await self.gossip.start()
 
     async def stop(self) -> None:
@@ -142,7 +143,7 @@ class Artifacts:
     async def get(self, tenant: str, name: str) -> RepoInfo:
         """A repository of ``tenant``; 404 if missing."""
         validate_repo_name(name)
-        return await asyncio.to_thread(self.repos.get_sync, tenant, name)
+        return await GIT.run(self.repos.get_sync, tenant, name)
 
     async def describe(self, tenant: str, name: str) -> dict[str, Any]:
         """A repository's metadata, refs and size."""
@@ -153,16 +154,16 @@ class Artifacts:
                 refs = history.refs(repo)
             return {**info.as_dict(), **refs, "size_bytes": self.repos.disk_usage(info)}
 
-        return await asyncio.to_thread(read)
+        return await GIT.run(read)
 
     async def list_repos(self, tenant: str) -> list[dict[str, Any]]:
         """The tenant's repositories."""
-        infos = await asyncio.to_thread(self.repos.list_sync, tenant)
+        infos = await GIT.run(self.repos.list_sync, tenant)
         return [i.as_dict() for i in infos]
 
     async def create(self, tenant: str, name: str, *, default_branch: str = "main") -> RepoInfo:
         """An empty repository."""
-        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, default_branch=default_branch,
+        info = await GIT.run(self.repos.create_sync, tenant, name, default_branch=default_branch,
                                        cap=self.settings.max_repos_per_tenant)
         await self.events.record(tenant, name, "create", default_branch=default_branch)
         self.spawn(self.gossip.announce(info, []))
@@ -171,7 +172,7 @@ class Artifacts:
     async def fork(self, tenant: str, source: str, name: str, *, default_branch_only: bool = False) -> RepoInfo:
         """A fork of ``source`` that shares its objects (no copy)."""
         src = await self.get(tenant, source)
-        info = await asyncio.to_thread(self.repos.fork_sync, src, name, default_branch_only=default_branch_only,
+        info = await GIT.run(self.repos.fork_sync, src, name, default_branch_only=default_branch_only,
                                        cap=self.settings.max_repos_per_tenant)
         await self.events.record(tenant, name, "fork", source=source)
         await self.events.record(tenant, source, "fork", fork=name)
@@ -183,7 +184,7 @@ class Artifacts:
         info = await self.get(tenant, name)
         token_ids = await self.db.read(lambda c: [r[0] for r in c.execute(
             "SELECT id FROM repo_tokens WHERE tenant = ? AND repo = ?", (tenant, name))])
-        await asyncio.to_thread(self.repos.delete_sync, info)
+        await GIT.run(self.repos.delete_sync, info)
         for token_id in token_ids:  # gone with the repository, fleet-wide
             await self.tokens.changes.emit("repotoken", token_id)
         await self.events.record(tenant, name, "delete")
@@ -191,7 +192,7 @@ class Artifacts:
 
     async def purge_tenant(self, tenant: str) -> None:
         """Delete every repository of ``tenant``, with its tokens and events."""
-        for info in await asyncio.to_thread(self.repos.list_sync, tenant):
+        for info in await GIT.run(self.repos.list_sync, tenant):
             await self.delete(tenant, info.name)
         await self.db.write(lambda c: [c.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
                                        for table in ("repo_tokens", "repo_events")])
@@ -216,11 +217,11 @@ class Artifacts:
                                            max_redirects=self.node.config.egress.max_redirects,
                                            max_bytes=self.settings.max_pack_bytes)
         client.budget.progress = progress
-        info = await asyncio.to_thread(self.repos.create_sync, tenant, name, cap=self.settings.max_repos_per_tenant)
+        info = await GIT.run(self.repos.create_sync, tenant, name, cap=self.settings.max_repos_per_tenant)
         try:
-            imported = await asyncio.to_thread(self._import_sync, info, client, path, url, branch, depth)
+            imported = await GIT.run(self._import_sync, info, client, path, url, branch, depth)
         except BaseException:
-            await asyncio.to_thread(self.repos.delete_sync, info)
+            await GIT.run(self.repos.delete_sync, info)
             raise
         await self.events.record(tenant, name, "import", url=_redact_url(url), refs=len(imported))
         self.spawn(self.gossip.announce_all_refs(info))
@@ -289,7 +290,7 @@ class Artifacts:
                                             changes=changes, parent=parent, now=self._now())
 
         try:
-            sha, old = await asyncio.to_thread(run)
+            sha, old = await GIT.run(run)
         except OSError as exc:
             raise (storage_fault(exc, info.path, "git repositories") or exc) from exc
         ref = f"refs/heads/{branch}"
@@ -305,7 +306,7 @@ class Artifacts:
             with self.repos.open(info) as repo:
                 return fn(repo, *args, **kwargs)
 
-        return await asyncio.to_thread(run)
+        return await GIT.run(run)
 
     # -- tokens and Git auth -----------------------------------------------
 
@@ -323,7 +324,7 @@ class Artifacts:
             raise GitAuthRequired("this repository needs credentials: a repository token as the password")
         try:
             if looks_like_repo_token(password):
-                token_id, access = await asyncio.to_thread(self.tokens.check_sync, tenant, name, password)
+                token_id, access = await GIT.run(self.tokens.check_sync, tenant, name, password)
                 found = GitAccess("repo_token", access, token_id)
             elif password.startswith("edp_"):
                 secret = self.node.config.fleet_secret_bytes()
@@ -331,7 +332,7 @@ class Artifacts:
                     raise Unauthorized("invalid peer credentials")
                 found = GitAccess("peer", "read")
             else:
-                principal: Principal = await asyncio.to_thread(self.node.auth.authenticate, password)
+                principal: Principal = await GIT.run(self.node.auth.authenticate, password)
                 if principal.tenant != tenant and not principal.admin:
                     raise Unauthorized("this token is not for this repository's tenant")
                 found = GitAccess("tenant_token", "write", principal.token_id)
@@ -360,7 +361,7 @@ class Artifacts:
         info = await self.get(tenant, name)
         if service == "git-upload-pack" and self.git_upload_pack is not None:
             return await self.git_upload_pack.advertise(str(info.path), git_protocol(protocol))
-        return await asyncio.to_thread(smart.advertise, str(info.path), service)
+        return await GIT.run(smart.advertise, str(info.path), service)
 
     async def upload_pack(
         self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess,
@@ -430,7 +431,7 @@ class Artifacts:
                                    limit=limit) from exc
             spool.seek(0)
             try:
-                outcome = await asyncio.to_thread(
+                outcome = await GIT.run(
                     smart.receive_pack, str(info.path), spool, protected=self.settings.protected_branches,
                     git=self.git_tools)
             except GitProtocolError as exc:

@@ -10,7 +10,6 @@ may hold secrets) travel sealed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from edgenode.fleet.buckets import BlobStore
 from edgenode.fleet.control import ApplyPending, Record
 from edgenode.fleet.secrets import SecretBox
 from edgenode.isolates.registry import Version
+from edgenode.threads import FILES
 
 if TYPE_CHECKING:
     from edgenode.agents import Agents
@@ -49,7 +49,7 @@ class WorkerDeployments:
         if version.kind == "python":
             code = canonical(version.source)
         else:
-            code = await asyncio.to_thread(self.workers.component_path(version).read_bytes)
+            code = await FILES.run(self.workers.component_path(version).read_bytes)
         settings = dict(version.settings)
         env = settings.pop("env", {})
         settings["env_sealed"] = self.box.seal(json.dumps(env), f"worker.{tenant}.{name}")

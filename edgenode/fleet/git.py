@@ -34,6 +34,7 @@ from nats.js.errors import BadRequestError
 
 from edgenode.artifacts.gossip import sign, verify
 from edgenode.store import Database
+from edgenode.threads import GIT
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -202,7 +203,7 @@ class RefBus:
             self.counters["rejected"] += 1
             return
         url = self.gossip.self_url()
-        holds: bool = bool(url) and await asyncio.to_thread(self._holds, tenant, repo, shas)
+        holds: bool = bool(url) and await GIT.run(self._holds, tenant, repo, shas)
         if holds:
             self.counters["who_answers"] += 1
             reply = sign(self._secret, {"tenant": tenant, "repo": repo, "shas": shas, "url": url,

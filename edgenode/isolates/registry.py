@@ -6,7 +6,6 @@ cache can be rebuilt); a component version refers to its content-addressed file.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sqlite3
@@ -16,6 +15,7 @@ from typing import Any
 
 from edgenode.errors import TenantQuotaExceeded, ValidationFailed, WorkerNotFound
 from edgenode.store import Database, Migration
+from edgenode.threads import STORE
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
@@ -183,7 +183,7 @@ class Registry:
 
     async def current(self, tenant: str, name: str) -> Version:
         """Awaitable :meth:`current_sync`."""
-        return await asyncio.to_thread(self.current_sync, tenant, name)
+        return await STORE.run(self.current_sync, tenant, name)
 
     async def versions(self, tenant: str, name: str) -> list[Version]:
         """Every version of a worker, newest first."""

@@ -34,6 +34,7 @@ from edgenode.isolates.registry import MIGRATIONS, Registry, Version, validate_n
 from edgenode.isolates.runtime import CompiledCache, GuestRequest, Outcome, Runtime, Usage
 from edgenode.isolates.wasi import WasiResult, WasiRunner, parse_request, wasm_kind
 from edgenode.store.faults import storage_fault, write_atomic
+from edgenode.threads import FILES
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -174,7 +175,7 @@ class Workers:
     def python_ready(self) -> asyncio.Future[Any]:
         """A future done once the shared Python runtime is loaded (started on first call)."""
         if self._python_ready is None:
-            self._python_ready = asyncio.ensure_future(asyncio.to_thread(self.python.component))
+            self._python_ready = asyncio.ensure_future(FILES.run(self.python.component))
             self._python_ready.add_done_callback(_log_runtime_failure)
         return self._python_ready
 
@@ -221,12 +222,12 @@ class Workers:
         key = hashlib.sha256(data).hexdigest()
         path = self.uploads / f"{key}.wasm"
         if kind == "module":
-            await asyncio.to_thread(self.wasi.module, data)
+            await FILES.run(self.wasi.module, data)
         else:
-            component = await asyncio.to_thread(self._compile_upload, key, path, data)
-            await asyncio.to_thread(self.runtime.check_world, component, settings.limits)
+            component = await FILES.run(self._compile_upload, key, path, data)
+            await FILES.run(self.runtime.check_world, component, settings.limits)
         if not path.exists():
-            await asyncio.to_thread(_write_atomic, path, data)
+            await FILES.run(_write_atomic, path, data)
         version = await self.registry.add(tenant, name, kind="wasi" if kind == "module" else "component", hash=key,
                                           settings=settings.as_dict(), source=None)
         self._deployed.pop((tenant, name), None)
@@ -258,7 +259,7 @@ class Workers:
     async def _prune(self) -> None:
         try:
             keep = await self.registry.all_hashes()
-            await asyncio.to_thread(prune, self.cache_dir, keep=keep, max_bytes=self.settings.cache_max_mb << 20,
+            await FILES.run(prune, self.cache_dir, keep=keep, max_bytes=self.settings.cache_max_mb << 20,
                                     fingerprint=self.engine.fingerprint)
         except Exception:
             log.exception("could not prune the worker cache")
@@ -303,7 +304,7 @@ class Workers:
         if component is not None:
             path = self.uploads / f"{version.hash}.wasm"
             if not path.exists():
-                await asyncio.to_thread(_write_atomic, path, component)
+                await FILES.run(_write_atomic, path, component)
         await self.registry.install(version)
         self._deployed.pop((version.tenant, version.name), None)
 
@@ -420,10 +421,10 @@ class Workers:
             if deployed.version.kind != "wasi":
                 raise BadRequest(f"{worker!r} is not a WASI command module")
             path = await self._component_path(deployed.version)
-            wasm = await asyncio.to_thread(path.read_bytes)
+            wasm = await FILES.run(path.read_bytes)
         else:
             raise ValidationFailed("give module_b64 or the name of a deployed WASI module", field="module_b64")
-        _, module = await asyncio.to_thread(self.wasi.module, wasm)
+        _, module = await FILES.run(self.wasi.module, wasm)
         if worker == WASI_WORKER:
             self.prune_soon()  # one-off modules leave compiled code behind
         try:

@@ -7,7 +7,6 @@ turns both into MCP tool results. Nothing here loops back over HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -16,13 +15,15 @@ import stat
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-# The same usage shape and error context (logs, usage) POST /v1/run answers with.
 from edgenode.api.workers import _usage, _with_context
 from edgenode.artifacts import history
 from edgenode.auth import Principal
 from edgenode.errors import Conflict, PayloadTooLarge, Unavailable, ValidationFailed
 from edgenode.isolates import GuestRequest
 from edgenode.sandboxes import parse_exec
+
+# The same usage shape and error context (logs, usage) POST /v1/run answers with.
+from edgenode.threads import FILES
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -113,7 +114,7 @@ async def sandbox_write_file(node: Node, who: Principal, sandbox: str, path: str
     parent = posixpath.dirname(path.strip("/"))
     if parent:
         workspace, _ = await sandboxes.workspace(who, sandbox)
-        await asyncio.to_thread(workspace.mkdir, parent, parents=True)
+        await FILES.run(workspace.mkdir, parent, parents=True)
 
     async def chunks() -> AsyncIterator[bytes]:
         yield data
@@ -125,7 +126,7 @@ async def sandbox_write_file(node: Node, who: Principal, sandbox: str, path: str
 async def sandbox_read_file(node: Node, who: Principal, sandbox: str, path: str) -> dict[str, Any]:
     """A file's content (text or base64, at most 1 MiB), or a directory's entries."""
     workspace, _ = await _capability(node, "sandboxes").workspace(who, sandbox)
-    return await asyncio.to_thread(_read_workspace, workspace, path)
+    return await FILES.run(_read_workspace, workspace, path)
 
 
 def _read_workspace(workspace: Any, path: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from edgenode.egress import AddressPolicy, AllowList, HostPattern, normalise_host
 from edgenode.errors import EgressDenied, ValidationFailed
+from edgenode.threads import NET
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class EgressProxy:
         """A connection to the destination by an address the policy permits, or the reason it is refused."""
         if checked:
             try:
-                addresses = await asyncio.to_thread(self.addresses.addresses, host, port)
+                addresses = await NET.run(self.addresses.addresses, host, port)
             except EgressDenied as exc:
                 return exc.message
         else:

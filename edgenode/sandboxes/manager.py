@@ -66,6 +66,7 @@ from edgenode.sandboxes.seccomp import RULES, compile_filter, native_arch
 from edgenode.sandboxes.store import MIGRATIONS, SandboxRecord, SandboxStore
 from edgenode.sandboxes.watch import Watch
 from edgenode.store.faults import storage_fault
+from edgenode.threads import FILES
 
 if TYPE_CHECKING:
     from edgenode.node import Node
@@ -140,9 +141,9 @@ class Sandboxes:
             self.python = guest_python()
             self.seccomp = compile_filter()
             if self.as_root:
-                await asyncio.to_thread(self._open_path_to_root)
-            await asyncio.to_thread(self._remove_orphans)
-            await asyncio.to_thread(self._mount_stacked)
+                await FILES.run(self._open_path_to_root)
+            await FILES.run(self._remove_orphans)
+            await FILES.run(self._mount_stacked)
         except (Unavailable, RuntimeError, OSError) as exc:
             self.unavailable = str(exc)
             log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
@@ -163,7 +164,7 @@ class Sandboxes:
         await asyncio.gather(*(self._release(sid) for sid in list(self.runtimes)), return_exceptions=True)
         if self.forks_unavailable is None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._unmount_stacked)
+                await FILES.run(self._unmount_stacked)
         self.db.close()
 
     def status(self) -> dict[str, Any]:
@@ -253,7 +254,7 @@ class Sandboxes:
         runtime: SandboxRuntime | None = None
         try:
             async with self._warming:
-                spec = await asyncio.to_thread(self._prepare, record, policy)
+                spec = await FILES.run(self._prepare, record, policy)
                 spec.preload = True
                 runtime = self._runtime_for(record, policy, spec)
                 await runtime.start()
@@ -263,14 +264,14 @@ class Sandboxes:
                 if runtime is not None:
                     await asyncio.shield(runtime.stop())
                 self.reserved_slots.discard(slot)
-                await asyncio.shield(asyncio.to_thread(shutil.rmtree, self._dir(record.id), True))
+                await asyncio.shield(FILES.run(shutil.rmtree, self._dir(record.id), True))
             raise
         return Prestarted(record.id, slot, self._dir(record.id), runtime, (time.perf_counter() - began) * 1000)
 
     async def _discard_prestarted(self, entry: Prestarted) -> None:
         await entry.runtime.stop()
         self.reserved_slots.discard(entry.uid_slot)
-        await asyncio.to_thread(shutil.rmtree, entry.root, True)
+        await FILES.run(shutil.rmtree, entry.root, True)
 
     async def _create_from_pool(self, principal: Principal, policy: EgressPolicy,
                                 limits: Limits) -> SandboxRecord | None:
@@ -355,7 +356,7 @@ class Sandboxes:
         limits = resolve_limits(data.get("limits"), self.settings)
         image = data.get("image")
         if image is not None:
-            await asyncio.to_thread(self.images.rootfs, check_image_name(image))
+            await FILES.run(self.images.rootfs, check_image_name(image))
         await self._check_count(principal.tenant)
         self.pool.wake()  # the first create of any kind starts the pool filling
         if name is None and image is None:
@@ -368,7 +369,7 @@ class Sandboxes:
                                          network=policy.as_json(), limits=limits.as_dict(),
                                          reserved=self.reserved_slots, image=image)
         try:
-            await asyncio.to_thread(self._make_dirs, record)
+            await FILES.run(self._make_dirs, record)
         except OSError:
             await self.store.delete(sandbox_id)
             raise
@@ -407,7 +408,7 @@ class Sandboxes:
         async with self._fork_locks.setdefault(source.id, asyncio.Lock()):
             source = await self.store.get(principal.tenant, source.id)
             layers = source.layers
-            if not layers or not await asyncio.to_thread(self.layers.upper_is_empty, self._dir(source.id)):
+            if not layers or not await FILES.run(self.layers.upper_is_empty, self._dir(source.id)):
                 if len(layers) >= MAX_LAYERS:
                     raise Conflict(f"this workspace is a fork {MAX_LAYERS} levels deep, the most a node stacks; "
                                    "fork an earlier one")
@@ -418,16 +419,16 @@ class Sandboxes:
                             await starting
                     await self._release(source.id)
                     released = True
-                layers = await asyncio.to_thread(self._freeze, source)
+                layers = await FILES.run(self._freeze, source)
                 await self.store.set_layers(source.id, layers)
             record = await self.store.insert(id="sb_" + secrets.token_hex(8), tenant=principal.tenant, name=name,
                                              network=source.network, limits=source.limits,
                                              reserved=self.reserved_slots, layers=layers, image=source.image)
             try:
-                await asyncio.to_thread(self._make_stacked, record)
+                await FILES.run(self._make_stacked, record)
             except BaseException:
                 await self.store.delete(record.id)
-                await asyncio.to_thread(self._remove_dir, record)
+                await FILES.run(self._remove_dir, record)
                 raise
         return {**self._describe(record), "forked_from": source.id, "source_released": released,
                 "fork_ms": round((time.perf_counter() - began) * 1000, 3)}
@@ -475,7 +476,7 @@ class Sandboxes:
         """One of the caller's sandboxes, with its disk use."""
         record = await self.store.get(principal.tenant, ref)
         body = self._describe(record)
-        body["disk_used_bytes"] = await asyncio.to_thread(self._disk_used, record)
+        body["disk_used_bytes"] = await FILES.run(self._disk_used, record)
         runtime = self.runtimes.get(record.id)
         # Whether its processes were stopped for being over the disk quota (bytes or files) and it still is.
         body["disk_quota_exceeded"] = runtime is not None and runtime.disk_exceeded
@@ -510,7 +511,7 @@ class Sandboxes:
         await self._release(record.id)
         await self.store.delete(record.id)
         self._sessions.pop(record.id, None)
-        await asyncio.to_thread(self._remove_dir, record)
+        await FILES.run(self._remove_dir, record)
 
     # -- processes -------------------------------------------------------------
 
@@ -559,7 +560,7 @@ class Sandboxes:
 
     async def _start_runtime(self, record: SandboxRecord) -> SandboxRuntime:
         policy = parse_policy(record.network)
-        spec = await asyncio.to_thread(self._prepare, record, policy)
+        spec = await FILES.run(self._prepare, record, policy)
         runtime = self._runtime_for(record, policy, spec)
         try:
             try:
@@ -569,7 +570,7 @@ class Sandboxes:
                     raise
                 # A chmod on a directory above DATA (which clears ACL masks) raced this start:
                 # grant search again and try once more.
-                await asyncio.to_thread(self._open_path_to_root)
+                await FILES.run(self._open_path_to_root)
                 runtime = self._runtime_for(record, policy, spec)
                 await runtime.start()
         finally:
@@ -674,18 +675,18 @@ class Sandboxes:
 
     async def add_image(self, name: str, path: str) -> dict[str, Any]:
         """Make a sandbox image from a directory or tarball on the node (admins only, checked by the API)."""
-        return await asyncio.to_thread(self.images.add, check_image_name(name), Path(path))
+        return await FILES.run(self.images.add, check_image_name(name), Path(path))
 
     async def list_images(self) -> list[dict[str, Any]]:
         """The node's sandbox images."""
-        return await asyncio.to_thread(self.images.list)
+        return await FILES.run(self.images.list)
 
     async def remove_image(self, name: str) -> None:
         """Remove an image no sandbox runs on; 409 otherwise."""
         check_image_name(name)
         if await self.store.image_in_use(name):
             raise Conflict(f"sandboxes run on image {name!r}; delete them first")
-        await asyncio.to_thread(self.images.remove, name)
+        await FILES.run(self.images.remove, name)
 
     # -- git checkout ------------------------------------------------------------
 
@@ -877,7 +878,7 @@ class Sandboxes:
         """Changes under ``path`` of the caller's workspace, started (close it when done)."""
         ws, _ = await self.workspace(principal, ref)
         try:
-            found = await asyncio.to_thread(lambda: Watch(ws, path, recursive=recursive))
+            found = await FILES.run(lambda: Watch(ws, path, recursive=recursive))
         except OSError as exc:
             from edgenode.sandboxes.paths import _translate
 
@@ -890,29 +891,29 @@ class Sandboxes:
         """Stream ``chunks`` into ``path`` atomically; 413 past the disk quota. Returns the size."""
         ws, record = await self.workspace(principal, ref)
         quota = self._limits(record).disk_mb * MIB
-        used = await asyncio.to_thread(self._disk_used, record)
+        used = await FILES.run(self._disk_used, record)
         over = SandboxQuotaExceeded(f"the workspace's disk quota of {quota} bytes would be exceeded",
                                     limit=quota, used=used)
         if declared is not None and used + declared > quota:
             await _drain(chunks)
             raise over
-        fd, parent, temp, name = await asyncio.to_thread(ws.begin_write, path)
+        fd, parent, temp, name = await FILES.run(ws.begin_write, path)
         written = 0
         try:
             async for chunk in chunks:
                 written += len(chunk)
                 if used + written > quota:
                     break
-                await asyncio.to_thread(_write_all, fd, chunk)
+                await FILES.run(_write_all, fd, chunk)
         except BaseException as exc:
-            await asyncio.to_thread(ws.abort, fd, parent, temp)
+            await FILES.run(ws.abort, fd, parent, temp)
             raise (storage_fault(exc, self._dir(record.id), "sandbox workspaces") or exc) from exc
         if used + written > quota:
-            await asyncio.to_thread(ws.abort, fd, parent, temp)
+            await FILES.run(ws.abort, fd, parent, temp)
             await _drain(chunks)
             raise over
         try:
-            await asyncio.to_thread(ws.commit, fd, parent, temp, name, path)
+            await FILES.run(ws.commit, fd, parent, temp, name, path)
         except OSError as exc:
             raise (storage_fault(exc, self._dir(record.id), "sandbox workspaces") or exc) from exc
         return written

@@ -20,6 +20,7 @@ from typing import Any
 import httpcore
 
 from edgenode.errors import SandboxPortUnreachable
+from edgenode.threads import NET
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -70,7 +71,7 @@ def socket_in_namespace(pid: int) -> socket.socket:
 
 async def connect(bwrap_pid: int, port: int, timeout: float = 10.0) -> socket.socket:
     """A connected, non-blocking socket to ``127.0.0.1:port`` inside the sandbox."""
-    sock = await asyncio.to_thread(lambda: socket_in_namespace(sandbox_init_pid(bwrap_pid)))
+    sock = await NET.run(lambda: socket_in_namespace(sandbox_init_pid(bwrap_pid)))
     sock.setblocking(False)
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), timeout)

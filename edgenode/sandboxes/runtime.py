@@ -20,6 +20,7 @@ from edgenode.sandboxes.egress import EgressPolicy, EgressProxy
 from edgenode.sandboxes.execution import KILL_GRACE_S, STREAMS, ExecSpec, Execution
 from edgenode.sandboxes.guest import Command, Guest, GuestSpec
 from edgenode.sandboxes.limits import MIB, DiskUsage, Limits, measure
+from edgenode.threads import FILES
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class SandboxRuntime:
         while True:
             await asyncio.sleep(interval)
             began = time.perf_counter()
-            used = self.disk = await asyncio.to_thread(self.measure_disk)
+            used = self.disk = await FILES.run(self.measure_disk)
             interval = max(DISK_CHECK_INTERVAL_S, 5 * (time.perf_counter() - began))
             if used.bytes <= quota and used.files <= self.max_files:
                 self.disk_exceeded = False
@@ -275,7 +276,7 @@ class SandboxRuntime:
         # measure again once they are gone, or the next command (the ``rm``) would be stopped too.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in stopped)), KILL_GRACE_S)
-        after = await asyncio.to_thread(self.measure_disk)
+        after = await FILES.run(self.measure_disk)
         return DiskUsage(max(used.bytes, after.bytes), max(used.files, after.files))
 
     async def _stop_all(self, reason: str) -> None:
@@ -285,7 +286,7 @@ class SandboxRuntime:
             await self.guest.signal(command, signal.SIGKILL)
         proc = self.guest.proc
         if proc is not None and proc.returncode is None:
-            await asyncio.to_thread(kill_inner_processes, proc.pid)
+            await FILES.run(kill_inner_processes, proc.pid)
 
 
 def kill_inner_processes(bwrap_pid: int) -> int:

@@ -42,6 +42,7 @@ from edgenode.cluster.transport import NatsTransport, dumps
 from edgenode.errors import EdgenodeError, MalformedChanges, NamespaceDamaged
 from edgenode.state.names import NAMESPACE, ORIGIN
 from edgenode.state.payload import Changes, parse_changes
+from edgenode.threads import STORE
 
 if TYPE_CHECKING:
     from edgenode.cluster.cluster import Cluster
@@ -222,7 +223,7 @@ class Replicator:
         me = self.state.origin
         budget = self.settings.sync_batch_rows
         while True:
-            changes = await asyncio.to_thread(self.state.read_changes, tenant, namespace, {me: versions}, budget)
+            changes = await STORE.run(self.state.read_changes, tenant, namespace, {me: versions}, budget)
             if changes is None:  # the namespace is gone (its tenant was purged)
                 return versions
             body = dumps({"origin": me, "namespaces": [changes.to_json()]})
@@ -370,7 +371,7 @@ class Replicator:
         key = (changes.tenant, changes.namespace)
         was_blocked = key in self.state.blocked
         try:
-            applied = await asyncio.to_thread(self.state.merge, origin, changes)
+            applied = await STORE.run(self.state.merge, origin, changes)
         except NamespaceDamaged:
             self._refetch.add(key)  # it refuses its writes (its health says why); fetched again once repaired
             return 0
@@ -442,10 +443,10 @@ class Replicator:
             if not missing:
                 continue
             if sum(rs.count() for rs in missing.values()) > self.settings.snapshot_threshold_versions:
-                changes = await asyncio.to_thread(self.state.read_snapshot, tenant, namespace)
+                changes = await STORE.run(self.state.read_snapshot, tenant, namespace)
                 self.m_snapshots.inc()
             else:
-                changes = await asyncio.to_thread(self.state.read_changes, tenant, namespace, missing, budget)
+                changes = await STORE.run(self.state.read_changes, tenant, namespace, missing, budget)
                 if changes is not None and any(changes.seen.get(o) != rs for o, rs in missing.items()):
                     more = True
             if changes is None:
