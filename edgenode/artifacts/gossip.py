@@ -356,6 +356,16 @@ class RefGossip:
         except EdgenodeError:  # created concurrently by another announcement
             return store.find_sync(tenant, name)
 
+    def record_deletions(self, tenant: str, repo: str, updates: list[tuple[str, str | None, str | None]]) -> None:
+        """Remember the shared refs ``updates`` deletes, now: call under the repository's lock, as they move.
+
+        A peer's listing that arrives between a push's deletion and its announcement must already
+        find the tombstone, or it would set the deleted ref again.
+        """
+        deleted = [(r, o) for r, o, n in updates if n is None and o is not None and _shared(r)]
+        if self.enabled and deleted:
+            self._record_tombstones(tenant, repo, deleted, self._now())
+
     def _record_tombstones(self, tenant: str, repo: str, deleted: list[tuple[str, str]], at: float) -> None:
         """Remember refs deleted at ``at`` (the latest deletion of a ref is kept)."""
         self.artifacts.db.write_sync(lambda c: c.executemany(

@@ -414,6 +414,15 @@ class Artifacts:
 
         return kind, ClosingStream(rest(), stop_thread)
 
+    def _receive(self, info: RepoInfo, spool: Any) -> smart.PushOutcome:
+        # Under the lock every ref write of this node to the repository takes (a peer's sync too),
+        # with the deletions' tombstones recorded before it is released.
+        with self.repos.lock(info.tenant, info.name):
+            outcome = smart.receive_pack(str(info.path), spool, protected=self.settings.protected_branches,
+                                         git=self.git_tools)
+            self.gossip.record_deletions(info.tenant, info.name, outcome.updated)
+            return outcome
+
     async def receive_pack(
         self, tenant: str, name: str, body: AsyncIterator[bytes], *, gzipped: bool, access: GitAccess
     ) -> bytes:
@@ -431,9 +440,7 @@ class Artifacts:
                                    limit=limit) from exc
             spool.seek(0)
             try:
-                outcome = await GIT.run(
-                    smart.receive_pack, str(info.path), spool, protected=self.settings.protected_branches,
-                    git=self.git_tools)
+                outcome = await GIT.run(self._receive, info, spool)
             except GitProtocolError as exc:
                 raise BadRequest(f"git protocol error: {exc}") from exc
         except OSError as exc:  # spooling the pack
