@@ -88,8 +88,8 @@ class CreateToken(Body):
     admin: bool = False
 
 
-class IssuedToken(Reply):
-    """A new token, with its secret (shown once)."""
+class _Token(Reply):
+    """What every answer about a token says of it."""
 
     id: str
     tenant: str
@@ -97,18 +97,17 @@ class IssuedToken(Reply):
     admin: bool
     created_at: float
     expires_at: float | None
+
+
+class IssuedToken(_Token):
+    """A new token, with its secret (shown once)."""
+
     token: str
 
 
-class TokenInfo(Reply):
+class TokenInfo(_Token):
     """A token without its secret."""
 
-    id: str
-    tenant: str
-    name: str
-    admin: bool
-    created_at: float
-    expires_at: float | None
     revoked_at: float | None
     state: Literal["live", "expired", "revoked"]
 
