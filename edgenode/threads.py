@@ -66,12 +66,6 @@ class Bridge:
             with self._lock:
                 self.busy -= 1
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Start ``fn`` on this bridge from any thread (no event loop needed)."""
-        with self._lock:
-            self.waiting += 1
-        return self._executor.submit(self._call, contextvars.copy_context(), fn, args, {})
-
 
 #: SQLite calls (the store's writers have threads of their own; these serve reads and opens).
 STORE = Bridge("store", 32)
