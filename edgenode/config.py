@@ -248,6 +248,14 @@ class ClusterSettings:
     snapshot_threshold_versions: int = setting(
         5000, "A peer missing more versions of a namespace than this gets a snapshot instead of the change tail."
     )
+    tombstone_collect_s: float = setting(
+        600.0, "How often a node asks every member for its books and deletes the tombstones all of them have "
+        "seen, in seconds.", minimum=0.5,
+    )
+    tombstone_grace_s: float = setting(
+        86400.0, "Tombstones younger than this stay even when every member has seen them, in seconds: a margin "
+        "for a member that is briefly forgotten and returns (keep it above forget_peer_after_s).", minimum=0.0,
+    )
     sync_batch_rows: int = setting(2000, "Rows in one published batch or catch-up answer before the rest follows.")
     max_peer_body_bytes: int = setting(64 * 1024 * 1024, "Largest peer request body, in bytes.")
 

@@ -316,14 +316,15 @@ def acknowledged_by_all(books: Iterable[Mapping[str, RangeSet]]) -> dict[str, in
     return out or {}
 
 
-def collect_tombstones(conn: sqlite3.Connection, acknowledged: Mapping[str, int]) -> int:
+def collect_tombstones(conn: sqlite3.Connection, acknowledged: Mapping[str, int], before_hlc: int = 0) -> int:
     """Delete tombstones written by ``origin`` at versions up to ``acknowledged[origin]``; returns how many went.
 
     Call it only with versions every member has seen (:func:`acknowledged_by_all`): a member
     that has not yet applied a delete would otherwise send the deleted row back for good.
+    ``before_hlc`` (if not 0) keeps tombstones stamped at or after it.
     """
     gone = 0
     for origin, upto in acknowledged.items():
-        gone += conn.execute("DELETE FROM _crdt_clock WHERE origin = ? AND version <= ? AND deleted = 1",
-                             (origin, upto)).rowcount
+        gone += conn.execute("DELETE FROM _crdt_clock WHERE origin = ? AND version <= ? AND deleted = 1 "
+                             "AND (? = 0 OR hlc < ?)", (origin, upto, before_hlc, before_hlc)).rowcount
     return gone

@@ -423,9 +423,10 @@ class Replica:
         """Every origin's seen versions, as stored."""
         return self.db.read_sync(schema.read_book)
 
-    def collect_tombstones(self, acknowledged: dict[str, int]) -> int:
-        """Delete tombstones of versions every member has seen (per origin, up to the version given)."""
-        return self.db.write_sync(lambda conn: merge.collect_tombstones(conn, acknowledged))
+    def collect_tombstones(self, acknowledged: dict[str, int], before_hlc: int = 0) -> int:
+        """Delete tombstones of versions every member has seen (per origin, up to the version given),
+        stamped before ``before_hlc`` if it is not 0."""
+        return self.db.write_sync(lambda conn: merge.collect_tombstones(conn, acknowledged, before_hlc))
 
     def check(self, changes: Changes) -> None:
         """Refuse changes this namespace could not apply whole (MalformedChanges), without writing."""

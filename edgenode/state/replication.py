@@ -13,6 +13,13 @@
   dropped batches it never saw, or it is new to a stream that no longer starts at 1),
   it asks a healthy member for what its books lack (``<prefix>.state.sync.<member>``):
   the missing tail, or a snapshot of a namespace when the tail is long.
+* **Collect tombstones.** Every ``tombstone_collect_s`` a node asks every member for its
+  books (``<prefix>.state.books.<member>``); per namespace, the versions every member has
+  seen (``merge.acknowledged_by_all``, this node's own book included) may lose their
+  tombstones, if older than ``tombstone_grace_s``. A round in which any member heard of is
+  down or does not answer collects nothing: that member may still hold the deleted row. A
+  node silent for longer than ``forget_peer_after_s`` is no longer a member; it should come
+  back restored or empty, as a database replica would (the grace covers a short absence).
 
 A namespace whose batch cannot be merged (its table diverged, the clock bound, its file
 is damaged) is blocked alone: ``State.merge`` refuses the batch and records it in
@@ -36,10 +43,11 @@ from nats.aio.msg import Msg
 from nats.js import api
 from prometheus_client import Counter, Gauge, Histogram
 
-from edgenode.cluster.hlc import physical_ms
+from edgenode.cluster.hlc import pack, physical_ms
 from edgenode.cluster.ranges import RangeSet
 from edgenode.cluster.transport import NatsTransport, dumps
 from edgenode.errors import EdgenodeError, MalformedChanges, NamespaceDamaged
+from edgenode.state.merge import acknowledged_by_all
 from edgenode.state.names import NAMESPACE, ORIGIN
 from edgenode.state.payload import Changes, parse_changes
 from edgenode.threads import STORE
@@ -84,6 +92,9 @@ class Replicator:
         self._refetch: set[tuple[str, str]] = set()
         self._catch_up = asyncio.Event()
         self._stream_state: dict[str, Any] = {}
+        #: Per namespace, what the last collection round found every member had seen.
+        self._acknowledged: dict[tuple[str, str], dict[str, int]] = {}
+        self.tombstones: dict[str, Any] = {"collected": 0, "last_round_at": None, "last_round": "not run yet"}
         registry = state.node.metrics.registry
         self.m_applied = Counter("edgenode_replication_rows_applied", "Peer rows that won and were applied.",
                                  registry=registry)
@@ -99,6 +110,8 @@ class Replicator:
         self.m_unpublished.set_function(lambda: sum(rs.count() for rs in self._pending.values()))
         self.m_stream = Gauge("edgenode_replication_stream", "The fleet's change stream (messages, bytes, "
                               "first_seq, last_seq) as last measured.", ["field"], registry=registry)
+        self.m_collected = Counter("edgenode_replication_tombstones_collected",
+                                   "Tombstones deleted because every member had seen them.", registry=registry)
         self.m_lag = Histogram(
             "edgenode_replication_lag_seconds", "From a change's HLC stamp at its origin to its apply here.",
             registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
@@ -118,9 +131,11 @@ class Replicator:
         self.cluster.on_peer_recovered = lambda peer: self._wake.set()
         subject = self.transport.subject("state", "sync", self.state.origin)
         await self.transport.subscribe(subject, self._answer_sync)
+        await self.transport.subscribe(self.transport.subject("state", "books", self.state.origin),
+                                       self._answer_books)
         for coro, name in ((self._publisher(), "state-publish"), (self._consumer(), "state-consume"),
                            (self._catch_up_loop(), "state-catch-up"), (self._measure_loop(), "state-measure"),
-                           (self._refetch_loop(), "state-refetch")):
+                           (self._refetch_loop(), "state-refetch"), (self._collect_loop(), "state-collect")):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
@@ -526,6 +541,60 @@ class Replicator:
                 await asyncio.sleep(2.0)
                 self._catch_up.set()
 
+    # -- tombstone collection (every member has seen the delete) ------------------------------
+
+    async def _answer_books(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(dumps({"books": self.wanted_body()["books"]}))
+
+    async def _collect_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tombstone_collect_s * random.uniform(0.8, 1.2))
+            try:
+                await self.collect_tombstones()
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                self._round(f"failed: {type(exc).__name__}: {exc}")
+
+    def _round(self, outcome: str) -> None:
+        self.tombstones.update(last_round_at=round(time.time(), 3), last_round=outcome)
+        log.debug("tombstone collection", extra={"outcome": outcome})
+
+    async def collect_tombstones(self) -> int:
+        """One round: ask every member for its books and delete what all of them have seen; how many went."""
+        assert self.transport is not None
+        members = self.cluster.members
+        if members is None:
+            self._round("skipped: no membership")
+            return 0
+        await members.refresh(max_age_s=1.0)
+        others = [m for m in members.members() if m.node_id != self.state.origin]
+        down = sorted(m.node_id for m in others if not members.healthy(m))
+        if down:
+            self._round(f"skipped: member(s) {', '.join(down)} down")
+            return 0
+        books = [self.state.books()]
+        for member in others:
+            try:
+                reply = await self.transport.request(self.transport.subject("state", "books", member.node_id),
+                                                     b"{}", timeout_s=max(5.0, self.settings.push_timeout_s))
+                books.append(self._parse_books(json.loads(reply.data)))
+            except Exception as exc:  # noqa: BLE001 - a member that cannot say what it has seen blocks the round
+                self._round(f"skipped: member {member.node_id} did not answer ({type(exc).__name__})")
+                return 0
+        before = pack(int(time.time() * 1000 - self.settings.tombstone_grace_s * 1000), 0) \
+            if self.settings.tombstone_grace_s > 0 else 0
+        gone = 0
+        for key, mine in books[0].items():
+            acknowledged = acknowledged_by_all([mine, *(b.get(key, {}) for b in books[1:])])
+            if not acknowledged or (before == 0 and self._acknowledged.get(key) == acknowledged):
+                continue  # nothing every member has seen, or nothing new since the last round
+            gone += await STORE.run(self.state.collect_tombstones, key[0], key[1], acknowledged, before)
+            self._acknowledged[key] = acknowledged
+        self.m_collected.inc(gone)
+        self.tombstones["collected"] += gone
+        self._round(f"collected {gone} of {len(books)} members' books")
+        return gone
+
     # -- measuring and reporting ---------------------------------------------------------------
 
     async def _measure(self) -> dict[str, Any]:
@@ -567,4 +636,5 @@ class Replicator:
             "replication": {"applied_seq": self.applied_seq,
                             "unpublished_versions": sum(rs.count() for rs in self._pending.values())},
             "blocked_namespaces": self.state.blocked_namespaces(),
+            "tombstones": dict(self.tombstones),
         }

@@ -423,13 +423,16 @@ class State:
         """Namespaces a peer's changes could not be merged into, with why (for ``GET /v1/cluster``)."""
         return self.blocked.listing()
 
-    def collect_tombstones(self, tenant: str, namespace: str, acknowledged: dict[str, int]) -> int:
+    def collect_tombstones(self, tenant: str, namespace: str, acknowledged: dict[str, int],
+                           before_hlc: int = 0) -> int:
         """Delete a namespace's tombstones every member has seen: per origin, versions up to ``acknowledged``.
 
         ``acknowledged`` is what every member has seen of the namespace (``merge.acknowledged_by_all``
-        over their books); returns how many tombstones went (0 if the namespace does not exist).
+        over their books); tombstones stamped at or after ``before_hlc`` (if not 0) stay. Returns how
+        many tombstones went (0 if the namespace does not exist).
         """
-        return self._with(tenant, namespace, lambda r: r.collect_tombstones(acknowledged), create=False, default=0)
+        return self._with(tenant, namespace, lambda r: r.collect_tombstones(acknowledged, before_hlc),
+                          create=False, default=0)
 
     def check(self, changes: Changes) -> None:
         """Refuse (MalformedChanges) changes that could not be applied whole, writing nothing."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,13 +17,15 @@ from click.testing import CliRunner
 
 from edgenode.cli import cli
 from edgenode.cluster.hlc import pack
-from tests.cluster.helpers import KEYS, child_pid, cluster, start_fleet, wait_members
+from tests.cluster.helpers import KEYS, child_pid, cluster, converged, start_fleet, wait_members
 from tests.support import NodeProcess, wait_for
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    nodes = start_fleet(tmp_path_factory.mktemp("fleet"), 5)
+    # Tombstone collection every second, with no grace: the tests watch it happen (or not).
+    nodes = start_fleet(tmp_path_factory.mktemp("fleet"), 5, env={"EDGENODE_CLUSTER_TOMBSTONE_COLLECT_S": "1",
+                                                                  "EDGENODE_CLUSTER_TOMBSTONE_GRACE_S": "0"})
     try:
         yield nodes
     finally:
@@ -202,6 +205,40 @@ def _durable(node: NodeProcess) -> str:
     return f"state-{node.node_id}" + (f"-{generation}" if generation else "")
 
 
+def _tombstones(node: NodeProcess, namespace: str) -> list[str]:
+    """The deleted keys' tombstones in the node's own namespace file."""
+    paths = list(node.data_dir.glob(f"**/default/{namespace}.db"))
+    if not paths:
+        return []
+    conn = sqlite3.connect(f"file:{paths[0]}?mode=ro", uri=True, timeout=30)
+    try:
+        return [r[0] for r in conn.execute("SELECT pk FROM _crdt_clock WHERE deleted = 1 ORDER BY pk")]
+    finally:
+        conn.close()
+
+
+def _delete_everywhere(nodes: list[NodeProcess], namespace: str, key: str) -> None:
+    with nodes[0].client() as c:
+        assert c.put(f"/v1/kv/{namespace}/{key}", content=b"soon gone").status_code == 200
+        assert c.put(f"/v1/kv/{namespace}/stays", content=b"here").status_code == 200
+    wait_for(lambda: converged(nodes, namespace, {key: b"soon gone", "stays": b"here"}),
+             message="both keys on every node")
+    with nodes[1].client() as c:
+        assert c.delete(f"/v1/kv/{namespace}/{key}").status_code in (200, 204)
+    wait_for(lambda: converged(nodes, namespace, {"stays": b"here"}), message="the delete on every node")
+
+
+def test_a_tombstone_goes_once_every_member_has_seen_the_delete(fleet: list[NodeProcess]) -> None:
+    _delete_everywhere(fleet, "tomb", "k1")
+    wait_for(lambda: all(_tombstones(n, "tomb") == [] for n in fleet),
+             message="every node to collect the tombstone every member has seen")
+    assert all(cluster(n)["tombstones"]["collected"] >= 1 for n in fleet)
+    # Nothing brings the key back: later writes and catch-ups go on without it.
+    with fleet[3].client() as c:
+        assert c.put("/v1/kv/tomb/later", content=b"x").status_code == 200
+    wait_for(lambda: converged(fleet, "tomb", {"stays": b"here", "later": b"x"}), message="the later write")
+
+
 def test_kill_9_of_a_node_shows_it_down_everywhere_and_takes_its_server(fleet: list[NodeProcess]) -> None:
     # Kill a node whose server holds another node's stream consumer, if there is one: that node
     # must notice its consumer is gone with the server and make it again elsewhere.
@@ -228,3 +265,18 @@ def test_kill_9_of_a_node_shows_it_down_everywhere_and_takes_its_server(fleet: l
         with n.client() as c:
             wait_for(lambda c=c: c.get("/v1/kv/shared/after-kill").content == b"four",
                      message="a write after the kill to reach every live node")
+
+
+def test_no_tombstone_goes_while_a_member_is_down(fleet: list[NodeProcess]) -> None:
+    live = [n for n in fleet if n.proc is not None and n.proc.poll() is None]
+    dead = [n for n in fleet if n not in live]
+    assert dead, "runs after the kill -9 test, with its node still down"
+    _delete_everywhere(live, "tomb2", "k2")
+
+    def skipped_for_the_dead_node() -> bool:
+        last = cluster(live[0])["tombstones"]
+        return "skipped" in last["last_round"] and dead[0].node_id in last["last_round"]
+
+    wait_for(skipped_for_the_dead_node, message="a collection round that names the down member")
+    # Rounds go on every second; the dead member may still hold the row, so the tombstone stays.
+    assert all(_tombstones(n, "tomb2") == ['["k2"]'] for n in live)

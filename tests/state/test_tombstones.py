@@ -3,12 +3,14 @@ history (restored, or deleted and started again) loses no write made since. Real
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgenode.cluster import Hlc, RangeSet
+from edgenode.cluster.hlc import pack
 from edgenode.state import NamespaceDatabase, Replica
 from edgenode.state.merge import acknowledged_by_all
 
@@ -97,3 +99,13 @@ def test_a_namespace_that_lost_its_history_sends_its_new_writes_again(tmp_path: 
         assert fresh.kv_put("next", b"x")[1].version == 5  # past everything the fleet has seen of n-a
     finally:
         fresh.db.close()
+
+
+def test_a_tombstone_younger_than_the_grace_stays(fleet: list[Replica]) -> None:
+    a = fleet[0]
+    a.kv_put("k", b"1")
+    a.kv_delete("k")
+    acknowledged = {"n-a": 2}
+    an_hour_ago = pack(int(time.time() * 1000) - 3_600_000, 0)
+    assert a.collect_tombstones(acknowledged, an_hour_ago) == 0 and tombstones(a) == ['["k"]']
+    assert a.collect_tombstones(acknowledged, pack(int(time.time() * 1000) + 1000, 0)) == 1
