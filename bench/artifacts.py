@@ -32,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stats import quantile  # noqa: E402
 from tests.support import NodeProcess  # noqa: E402
 
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Bench",
@@ -240,11 +241,6 @@ def bench_propagation(work: Path, nodes: int, rounds: int) -> list[float]:
             n.stop()
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
@@ -270,8 +266,8 @@ def main(argv: list[str] | None = None) -> None:
           "artifacts.upload_pack = \"dulwich\")")
     print(f"\nref propagation across {args.nodes} nodes ({len(samples)} samples: {args.rounds} commits x "
           f"{args.nodes - 1} peers)")
-    print(f"{'p50':<6}{_pct(samples, 0.5) * 1000:>8.0f} ms")
-    print(f"{'p99':<6}{_pct(samples, 0.99) * 1000:>8.0f} ms   (target < 2000 ms)")
+    print(f"{'p50':<6}{quantile(samples, 0.5) * 1000:>8.0f} ms")
+    print(f"{'p99':<6}{quantile(samples, 0.99) * 1000:>8.0f} ms   (target < 2000 ms)")
     print(f"{'max':<6}{max(samples) * 1000:>8.0f} ms")
 
 

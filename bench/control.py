@@ -6,7 +6,6 @@ the same operation on the node that makes it (the call's own duration, when it h
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import nats  # noqa: E402
 
+from bench.stats import quantile  # noqa: E402
 from edgenode.config import Config  # noqa: E402
 from edgenode.errors import TokenRevoked, Unauthorized, WorkerNotFound  # noqa: E402
 from edgenode.fleet.control import MIGRATIONS  # noqa: E402
@@ -109,16 +109,12 @@ def main() -> None:
                   "fleet: until it holds on another node)")
             print(f"{'operation':<10} {'local p50':>10} {'local p99':>10} {'fleet p50':>10} {'fleet p99':>10}")
             for name, (local, remote) in rows.items():
-                print(f"{name:<10} {_p(local, 50):>10.1f} {_p(local, 99):>10.1f} {_p(remote, 50):>10.1f} "
-                      f"{_p(remote, 99):>10.1f}")
+                print(f"{name:<10} {quantile(local, 0.5):>10.1f} {quantile(local, 0.99):>10.1f} "
+                      f"{quantile(remote, 0.5):>10.1f} {quantile(remote, 0.99):>10.1f}")
         finally:
             loop.run(_close(opened))
             loop.close()
             server.stop()
-
-
-def _p(values: list[float], pct: int) -> float:
-    return statistics.quantiles(values, n=100)[pct - 1] if len(values) > 1 else values[0]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.stats import quantile
 from tests.support import NodeProcess
 
 BASELINE_COMMIT = "08cf768"
@@ -47,11 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
 class CountingProxy:
@@ -235,8 +231,8 @@ def measure(fleet: Fleet, *, idle_s: float, writes: int, catchup: int) -> dict[s
                     seen.add(j)
         lags.append(time.perf_counter() - t0)
     m1, b1 = fleet.traffic()
-    out["lag_p50_ms"] = pct(lags, 50) * 1000
-    out["lag_p99_ms"] = pct(lags, 99) * 1000
+    out["lag_p50_ms"] = quantile(lags, 0.5) * 1000
+    out["lag_p99_ms"] = quantile(lags, 0.99) * 1000
     out["write_msgs"] = (m1 - m0) / writes
     out["write_bytes"] = (b1 - b0) / writes
     # Catch-up: the last node misses `catchup` writes made on the first.

@@ -8,7 +8,6 @@ drift on a busy machine affects both alike; the table shows p50 and p90 per call
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.stats import quantile  # noqa: E402
 from edgenode.client import Client  # noqa: E402
 from tests.support import NodeProcess  # noqa: E402
 
@@ -40,10 +40,6 @@ def _pair(baseline: Callable[[], Any], candidate: Callable[[], Any]) -> tuple[li
         base += [_timed(baseline) for _ in range(PER_ROUND)]
         cand += [_timed(candidate) for _ in range(PER_ROUND)]
     return base, cand
-
-
-def _q(samples: list[float], q: int) -> float:
-    return statistics.quantiles(samples, n=10)[q - 1] if q != 5 else statistics.median(samples)
 
 
 def _mcp_run_code_samples(url: str, token: str, n: int) -> list[float]:
@@ -85,11 +81,11 @@ def main() -> None:
         }
         for name, (baseline, candidate) in pairs.items():
             base, cand = _pair(baseline, candidate)
-            rows.append((name, "raw httpx", _q(base, 5), _q(base, 9)))
-            rows.append((name, "edgenode.client", _q(cand, 5), _q(cand, 9)))
-            rows.append((name, "  overhead", _q(cand, 5) - _q(base, 5), None))
+            rows.append((name, "raw httpx", quantile(base, 0.5), quantile(base, 0.9)))
+            rows.append((name, "edgenode.client", quantile(cand, 0.5), quantile(cand, 0.9)))
+            rows.append((name, "  overhead", quantile(cand, 0.5) - quantile(base, 0.5), None))
         mcp = _mcp_run_code_samples(node.url, token, ROUNDS * PER_ROUND // 2)
-        rows.append(("run_code via MCP", "official mcp client", _q(mcp, 5), _q(mcp, 9)))
+        rows.append(("run_code via MCP", "official mcp client", quantile(mcp, 0.5), quantile(mcp, 0.9)))
         raw.close()
         sdk.close()
     print(f"{'call':<20} {'client':<22} {'p50 ms':>8} {'p90 ms':>8}")

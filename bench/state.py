@@ -26,14 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.stats import quantile
 from edgenode.config import Config
 from edgenode.node import Node
 from tests.support import NodeProcess
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def concurrent(fn: Callable[[int], Any], n: int, threads: int) -> float:
@@ -45,7 +41,7 @@ def concurrent(fn: Callable[[int], Any], n: int, threads: int) -> float:
 
 def row(name: str, lat: list[float] | None, ops: float) -> str:
     if lat:
-        return f"{name:<44} {pct(lat, 50) * 1000:>8.3f} {pct(lat, 99) * 1000:>8.3f} {ops:>10.0f}"
+        return f"{name:<44} {quantile(lat, 0.5) * 1000:>8.3f} {quantile(lat, 0.99) * 1000:>8.3f} {ops:>10.0f}"
     return f"{name:<44} {'-':>8} {'-':>8} {ops:>10.0f}"
 
 

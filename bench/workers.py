@@ -39,6 +39,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.stats import quantile  # noqa: E402
 from tests.support import NodeProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,15 +129,9 @@ Row = tuple[str, str, str, str]
 # -- small helpers ----------------------------------------------------------------
 
 
-def pct(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of samples (nearest rank; with few samples p99 is the maximum)."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def ms_row(label: str, samples: list[float], extra: str = "") -> Row:
     """A table row of p50/p99 milliseconds."""
-    return label, f"{pct(samples, 0.5):.2f}", f"{pct(samples, 0.99):.2f}", extra
+    return label, f"{quantile(samples, 0.5):.2f}", f"{quantile(samples, 0.99):.2f}", extra
 
 
 def print_table(title: str, rows: list[Row], heads: tuple[str, str, str] = ("p50 ms", "p99 ms", "")) -> None:
@@ -293,7 +289,7 @@ def per_program_figures(ip: InProcess, work: Path) -> tuple[list[Row], Any]:
         return [("baseline: per-program componentize-py path", "skipped", "", "EDGENODE_BENCH_BUILDS=0")], None
     return [
         ms_row(f"baseline: per-program path, total ({BUILDS} snippets)", totals,
-               f"{pct(totals, 0.5) / 1000:.1f} s p50: seconds, not ms"),
+               f"{quantile(totals, 0.5) / 1000:.1f} s p50: seconds, not ms"),
         ms_row("  of which componentize-py build", builds, f"{size / 2**20:.0f} MiB component"),
         ms_row("  of which wasmtime compile", compiles),
         ms_row("  of which first request", firsts),
@@ -413,7 +409,8 @@ def instantiate_figures(ip: InProcess, per_program: Any) -> tuple[list[Row], lis
         rows.append(ms_row("baseline: per-program component, instantiate + handle", samples["old"],
                            f"{len(samples['old'])} runs"))
     split = [ms_row(step, values) if not step.startswith("page faults") else
-             (step, f"{pct(values, 0.5):.0f}", f"{pct(values, 0.99):.0f}", "") for step, values in steps.items()]
+             (step, f"{quantile(values, 0.5):.0f}", f"{quantile(values, 0.99):.0f}", "")
+             for step, values in steps.items()]
     return rows, split
 
 
@@ -571,8 +568,8 @@ def end_to_end_figures(node: NodeProcess, client: httpx.Client, work: Path) -> t
         ms_row("floor: same handler, plain Starlette route", floor, f"{floor_rps:.0f}"),
         ms_row("baseline: CPython subprocess per request", sub, f"{sub_rps:.0f}"),
     ]
-    summary = (f"  overhead over the floor: p50 {pct(worker, 0.5) - pct(floor, 0.5):+.2f} ms, "
-               f"p99 {pct(worker, 0.99) - pct(floor, 0.99):+.2f} ms (target p50 <= 1 ms)\n"
+    summary = (f"  overhead over the floor: p50 {quantile(worker, 0.5) - quantile(floor, 0.5):+.2f} ms, "
+               f"p99 {quantile(worker, 0.99) - quantile(floor, 0.99):+.2f} ms (target p50 <= 1 ms)\n"
                f"  throughput vs the subprocess baseline: worker {worker_rps / max(sub_rps, 1e-9):.1f}x "
                f"(target >= 20x), floor {floor_rps / max(sub_rps, 1e-9):.1f}x; worker/floor "
                f"{worker_rps / max(floor_rps, 1e-9):.2f}\n"
