@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -120,11 +121,14 @@ class ScratchMeter:
     def __init__(self, root: Path, *, max_bytes: int, max_entries: int) -> None:
         self.root, self.max_bytes, self.max_entries = root, max_bytes, max_entries
         self.used_bytes = self.entries = 0
+        #: Regular files found by the last walk that kept them: (path relative to the root, size).
+        self.files: list[tuple[str, int]] = []
         self._skip = 0
 
-    def measure(self) -> None:
-        """Walk the directory now (does not follow symbolic links)."""
+    def measure(self, *, keep_files: bool = False) -> None:
+        """Walk the directory now (does not follow symbolic links); ``keep_files`` lists its regular files."""
         used = entries = 0
+        files: list[tuple[str, int]] = []
         stack = [str(self.root)]
         while stack and entries <= self.max_entries:
             with os.scandir(stack.pop()) as it:
@@ -134,11 +138,14 @@ class ScratchMeter:
                     used += st.st_blocks * 512
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
+                    elif keep_files and stat.S_ISREG(st.st_mode):
+                        files.append((os.path.relpath(entry.path, self.root), st.st_size))
         self.used_bytes, self.entries = used, entries
+        self.files = sorted(files)
 
-    def over(self) -> bool:
+    def over(self, *, keep_files: bool = False) -> bool:
         """True if the module holds more than it may (measured now)."""
-        self.measure()
+        self.measure(keep_files=keep_files)
         return self.used_bytes > self.max_bytes or self.entries > self.max_entries
 
     def __call__(self) -> bool:
@@ -249,28 +256,23 @@ class WasiRunner:
                     raise self._classify(exc, budget, limits, stderr.value(), meter) from None
                 cpu_ms, wall_ms = budget.cpu_used() * 1000, budget.wall_used() * 1000
             del store
-            if meter.over():  # what it wrote after the last tick counts too
+            if meter.over(keep_files=True):  # what it wrote after the last tick counts too
                 raise self._disk_error(meter)
-            out_files, truncated = self._collect(scratch)
+            out_files, truncated = self._collect(scratch, meter.files)
             return WasiResult(exit_code, stdout.value(), stderr.value(), out_files,
                               truncated or stdout.truncated or stderr.truncated, cpu_ms, wall_ms)
 
-    def _collect(self, scratch: Path) -> tuple[dict[str, bytes], bool]:
+    def _collect(self, scratch: Path, files: list[tuple[str, int]]) -> tuple[dict[str, bytes], bool]:
+        """The contents of ``files`` (the meter's last walk: the module has stopped), up to the output limit."""
         out: dict[str, bytes] = {}
         total = 0
         truncated = False
-        for root, dirs, names in os.walk(scratch, followlinks=False):
-            dirs.sort()
-            for name in sorted(names):
-                path = Path(root) / name
-                if path.is_symlink() or not path.is_file():
-                    continue
-                size = path.stat().st_size
-                if total + size > self.max_output_bytes:
-                    truncated = True
-                    continue
-                total += size
-                out[path.relative_to(scratch).as_posix()] = path.read_bytes()
+        for name, size in files:
+            if total + size > self.max_output_bytes:
+                truncated = True
+                continue
+            total += size
+            out[Path(name).as_posix()] = (scratch / name).read_bytes()
         return out, truncated
 
     def _disk_error(self, meter: ScratchMeter) -> DiskLimitExceeded:
