@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -161,16 +162,18 @@ def _file(path: str, content: bytes, digest: str | None = None) -> dict[str, Any
 @pytest.mark.parametrize(("case", "entries", "reason"), [
     ("dotdot", [_file("../escaped", b"x")], "escapes"),
     ("absolute", [_file("/tmp/escaped", b"x")], "escapes"),
-    ("through-link", [{"path": "out", "type": "symlink", "target": "/tmp"}, _file("out/escaped", b"x")], "escapes"),
+    ("through-link", [{"path": "out", "type": "symlink", "target": "OUTSIDE"}, _file("out/escaped", b"x")],
+     "escapes"),
     ("no-parent", [_file("missing/escaped", b"x")], "escapes"),
     ("bad-digest", [_file("ok.txt", b"x", digest="0" * 64)], "digest"),
 ])
 def test_a_hostile_checkpoint_is_refused_and_writes_nothing(fleet: list[NodeProcess],
                                                             clients: tuple[httpx.Client, httpx.Client],
                                                             case: str, entries: list[dict[str, Any]],
-                                                            reason: str) -> None:
+                                                            reason: str, tmp_path: Path) -> None:
     _, b = clients
     sandbox = "sb_" + hashlib.sha256(case.encode()).hexdigest()[:16]
+    entries = [{**e, "target": str(tmp_path)} if e.get("target") == "OUTSIDE" else e for e in entries]
     asyncio.run(_inject(_client_port(fleet[1]), "default", sandbox, {"v": 1, "entries": entries}, [b"x"]))
     wait_for(lambda: _latest(b, sandbox), message="the injected record on node B")
     error = assert_error(b.post("/v1/sandboxes", json={"checkpoint": sandbox}), 422, "checkpoint_invalid")
@@ -178,6 +181,7 @@ def test_a_hostile_checkpoint_is_refused_and_writes_nothing(fleet: list[NodeProc
     assert_error(b.get(f"/v1/sandboxes/{sandbox}"), 404, "sandbox_not_found")
     assert not (fleet[1].data_dir / "sandboxes" / sandbox).exists()
     assert not list((fleet[1].data_dir / "sandboxes").glob("escaped")) and not (fleet[1].data_dir / "escaped").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_another_tenant_can_never_see_or_restore_a_checkpoint(fleet: list[NodeProcess],
@@ -193,23 +197,26 @@ def test_another_tenant_can_never_see_or_restore_a_checkpoint(fleet: list[NodePr
             assert_error(acme.get(f"/v1/sandboxes/{ref}/checkpoints"), 404, "checkpoint_not_found")
             assert_error(acme.post("/v1/sandboxes", json={"checkpoint": ref}), 404, "checkpoint_not_found")
             assert_error(acme.delete(f"/v1/sandboxes/{ref}/checkpoints"), 404, "checkpoint_not_found")
-        # acme's own sandbox of the same name is acme's alone.
+    # acme's own sandbox of the same name, on node A, is acme's alone.
+    with fleet[0].client(token=token) as acme:
         created = acme.post("/v1/sandboxes", json={"name": "work"})
         assert created.status_code == 201, created.text
         assert run(acme, "work", "echo acme > mine.txt")["exit_code"] == 0
         made = acme.post("/v1/sandboxes/work/checkpoints").json()
-    assert made["manifest"] != work["first"]["manifest"]
-    wait_for(lambda: _latest(a, work["id"]), message="default's checkpoint still on A")
-    assert _latest(a, "work")["sandbox"] == work["id"]  # default's, not acme's
-    # Deleting the tenant removes its checkpoint records on every node.
-    assert a.delete("/v1/tenants/acme").status_code == 204
+    assert made["sandbox"] == created.json()["id"] != work["id"]
     with fleet[1].client(token=token) as acme:
-        wait_for(lambda: acme.get("/v1/sandboxes").status_code == 401, message="acme deleted on node B")
-    r = b.post("/v1/tokens", json={"tenant": "acme", "name": "again"})
-    with fleet[1].client(token=r.json()["token"]) as acme:
-        wait_for(lambda: acme.get("/v1/sandboxes/work/checkpoints").status_code == 404,
-                 message="acme's checkpoint gone on node B")
-        assert_error(acme.post("/v1/sandboxes", json={"checkpoint": "work"}), 404, "checkpoint_not_found")
+        wait_for(lambda: _latest(acme, "work", made["manifest"]), message="acme's checkpoint on node B")
+    assert _latest(b, "work")["sandbox"] == work["id"]  # default's, not acme's
+    # Deleting the tenant on B (which holds only the record) removes its checkpoints on every node.
+    assert b.delete("/v1/tenants/acme").status_code == 204
+    with fleet[0].client(token=token) as acme:
+        wait_for(lambda: acme.get("/v1/sandboxes").status_code == 401, message="acme deleted on node A")
+    r = a.post("/v1/tokens", json={"tenant": "acme", "name": "again"})
+    for node in fleet:
+        with node.client(token=r.json()["token"]) as acme:
+            wait_for(lambda acme=acme: acme.get("/v1/sandboxes/work/checkpoints").status_code == 404,
+                     message=f"acme's checkpoint gone on {node.node_id}")
+            assert_error(acme.post("/v1/sandboxes", json={"checkpoint": "work"}), 404, "checkpoint_not_found")
 
 
 def test_bad_input_gets_a_clear_error(clients: tuple[httpx.Client, httpx.Client], work: dict[str, Any]) -> None:
