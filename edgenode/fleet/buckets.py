@@ -102,9 +102,12 @@ class BlobStore:
         """Store ``data`` (once) and return its name, the SHA-256 of its bytes."""
         return (await self.add(data))[0]
 
-    async def add(self, data: bytes) -> tuple[str, bool]:
-        """Store ``data`` (once): its name, the SHA-256 of its bytes, and whether it was new to the bucket."""
-        digest = hashlib.sha256(data).hexdigest()
+    async def add(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
+        """Store ``data`` (once): its name, the SHA-256 of its bytes, and whether it was new to the bucket.
+
+        ``digest`` is that SHA-256 when the caller has it already (hashed off the event loop).
+        """
+        digest = digest or hashlib.sha256(data).hexdigest()
         if await self.bucket.get(digest) is not None:
             return digest, False
         chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]

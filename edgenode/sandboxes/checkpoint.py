@@ -59,14 +59,16 @@ log = logging.getLogger(__name__)
 #: The kind of the control records naming each sandbox's latest checkpoint.
 KIND = "checkpoint"
 _SCOPE = b"edgenode-checkpoint-v1\x00"
+#: Files read and sent (or fetched and written) at once: the fleet's round trips overlap.
+PARALLEL_FILES = 4
 Record = dict[str, Any]
 
 
 class Blobs(Protocol):
     """Content-addressed blobs in the fleet (``edgenode.fleet.buckets.BlobStore``)."""
 
-    async def add(self, data: bytes) -> tuple[str, bool]:
-        """Store ``data`` once; its SHA-256 name and whether it was new to the fleet."""
+    async def add(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
+        """Store ``data`` once (``digest``: its SHA-256, if known); its name and whether it was new to the fleet."""
 
     async def get(self, digest: str) -> bytes | None:
         """The bytes named ``digest`` (checked against it), or None while they are not all there."""
@@ -141,8 +143,9 @@ class Checkpoints:
         index = await self.db.read(lambda c: {r["path"]: r for r in c.execute(
             "SELECT * FROM checkpoint_index WHERE sandbox_id = ?", (record.id,))})
         scope = _scope(record.tenant)
-        uploaded = reused = hashed = 0
+        uploaded = reused = 0
         fresh: list[Entry] = []
+        changed: list[Entry] = []
         for entry in found.entries:
             if entry.type != "file":
                 continue
@@ -151,13 +154,20 @@ class Checkpoints:
                 entry.digest, entry.blobs = known["digest"], json.loads(known["blobs"])
                 reused += entry.size
                 fresh.append(entry)
-                continue
-            up, steady = await self._upload(blobs, root, entry, scope)
+            else:
+                changed.append(entry)
+        gate = asyncio.Semaphore(PARALLEL_FILES)
+
+        async def upload(entry: Entry) -> tuple[int, bool]:
+            async with gate:
+                return await self._upload(blobs, root, entry, scope)
+
+        for entry, (up, steady) in zip(changed, await asyncio.gather(*map(upload, changed)), strict=True):
             uploaded += up
             reused += entry.size - up
-            hashed += 1
             if steady:
                 fresh.append(entry)
+        hashed = len(changed)
         manifest = dump_manifest(found.entries)
         name, new = await blobs.add(scope + manifest)
         if new:
@@ -185,28 +195,25 @@ class Checkpoints:
     async def _upload(self, blobs: Blobs, root: Any, entry: Entry, scope: bytes) -> tuple[int, bool]:
         """Hash and upload ``entry``'s pieces: bytes sent, and whether the file stayed unchanged meanwhile."""
         try:
-            reader = await FILES.run(PieceReader, root, entry.path)
+            reader = await FILES.run(PieceReader, root, entry.path, scope)
         except OSError as exc:
             raise Unavailable(f"cannot read {entry.path!r} of the workspace: {exc.strerror}") from None
-        whole = hashlib.sha256()
         names: list[str] = []
-        size = sent = 0
+        sent = 0
         try:
             while True:
-                piece = await FILES.run(reader.read)
-                if not piece and names:
-                    break
-                whole.update(piece)
-                size += len(piece)
-                name, new = await blobs.add(scope + piece)
+                blob, name, length = await FILES.run(reader.read)
+                if not length and names:
+                    break  # the end (an empty file is one empty piece)
+                name, new = await blobs.add(blob, name)
                 names.append(name)
-                sent += len(piece) if new else 0
-                if not piece:
+                sent += length if new else 0
+                if not length:
                     break
         finally:
             steady = await FILES.run(reader.close)
-        entry.digest, entry.blobs, entry.size = whole.hexdigest(), names, size
-        return sent, steady and size == entry.stamp[0]
+        entry.digest, entry.blobs, entry.size = reader.whole.hexdigest(), names, reader.size
+        return sent, steady and reader.size == entry.stamp[0]
 
     # -- records -----------------------------------------------------------------------
 
@@ -334,18 +341,34 @@ class Checkpoints:
         draft = SandboxRecord(sandbox_id, tenant, name, time.time(), time.time(), found.get("network"), limits, slot,
                               [], found.get("image"))
         index: list[tuple[Any, ...]] = []
+        gate = asyncio.Semaphore(PARALLEL_FILES)
+        failed: list[BaseException] = []
+
+        async def write(entry: Entry) -> None:
+            async with gate:
+                if failed:
+                    return  # another file failed: the restore is abandoned
+                try:
+                    stamp = await self._write_file(blobs, restorer, entry, scope)
+                except Exception as exc:
+                    failed.append(exc)
+                    return
+            index.append((sandbox_id, entry.path, *stamp, entry.digest, json.dumps(entry.blobs)))
+
         try:
             await FILES.run(boxes._make_dirs, draft)
             restorer = await FILES.run(Restorer, boxes._dir(sandbox_id) / "workspace", boxes._owner(draft))
             try:
+                # Directories (parents first) and links, then the files, several at once.
                 for entry in entries:
                     if entry.type == "directory":
                         await FILES.run(restorer.directory, entry)
                     elif entry.type == "symlink":
                         await FILES.run(restorer.symlink, entry)
-                    else:
-                        stamp = await self._write_file(blobs, restorer, entry, scope)
-                        index.append((sandbox_id, entry.path, *stamp, entry.digest, json.dumps(entry.blobs)))
+                # Not cancelled on a failure: a file's thread may be writing to its descriptor.
+                await asyncio.gather(*(write(e) for e in entries if e.type == "file"))
+                if failed:
+                    raise failed[0]
             finally:
                 await FILES.run(restorer.close)
             record = await boxes.store.insert(id=sandbox_id, tenant=tenant, name=name, network=draft.network,
@@ -371,10 +394,9 @@ class Checkpoints:
                 data = await blobs.get(name)
                 if data is None or not data.startswith(scope):
                     raise Unavailable(f"a piece of {entry.path!r} has not reached this node yet; try again shortly")
-                piece = data[len(scope):]
-                whole.update(piece)
+                piece = memoryview(data)[len(scope):]
                 size += len(piece)
-                await FILES.run(restorer.write, fd, piece)
+                await FILES.run(restorer.write, fd, piece, whole)
         except BaseException:
             await FILES.run(os.close, fd)
             raise

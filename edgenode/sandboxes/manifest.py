@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -147,27 +148,39 @@ def scan(root: Path, *, max_entries: int) -> Scan:
 
 
 class PieceReader:
-    """A workspace file opened beneath the root without following symlinks, read piece by piece."""
+    """A workspace file opened beneath the root without following symlinks, read and hashed piece by piece.
 
-    def __init__(self, root: Path, path: str) -> None:
+    Each piece comes back prefixed with ``scope`` and with its blob's name (the SHA-256 of both),
+    and the file's own SHA-256 (``whole``) grows with it: the hashing happens on the thread that
+    reads, not on the event loop.
+    """
+
+    def __init__(self, root: Path, path: str, scope: bytes) -> None:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.fd = openat2(root_fd, path, os.O_RDONLY | os.O_NOFOLLOW)
         finally:
             os.close(root_fd)
+        self.scope = scope
         self.before = _stamp(os.fstat(self.fd))
+        self.whole = hashlib.sha256()
+        self.size = 0
 
-    def read(self) -> bytes:
-        """The next piece (up to :data:`PIECE_BYTES`); empty at the end."""
-        parts: list[bytes] = []
+    def read(self) -> tuple[bytes, str, int]:
+        """The next piece as a blob (scope + up to :data:`PIECE_BYTES`), its name, and its length (0: the end)."""
+        parts: list[bytes] = [self.scope]
         wanted = PIECE_BYTES
         while wanted:
             chunk = os.read(self.fd, min(wanted, 1 << 20))
             if not chunk:
                 break
             parts.append(chunk)
+            self.whole.update(chunk)
             wanted -= len(chunk)
-        return b"".join(parts)
+        blob = b"".join(parts)
+        length = len(blob) - len(self.scope)
+        self.size += length
+        return blob, hashlib.sha256(blob).hexdigest(), length
 
     def close(self) -> bool:
         """Close it; whether the file stayed unchanged while it was read."""
@@ -338,9 +351,10 @@ class Restorer:
         return fd
 
     @staticmethod
-    def write(fd: int, data: bytes) -> None:
-        """Append ``data`` to a file being restored."""
-        view = memoryview(data)
+    def write(fd: int, data: memoryview, whole: Any) -> None:
+        """Append ``data`` to a file being restored, and to ``whole`` (its hash so far)."""
+        whole.update(data)
+        view = data
         while view:
             view = view[os.write(fd, view):]
 
