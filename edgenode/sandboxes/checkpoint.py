@@ -33,6 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from prometheus_client import Counter
+
 from edgenode.errors import (
     CheckpointInvalid,
     CheckpointNotFound,
@@ -95,6 +97,12 @@ class Checkpoints:
         self.read_fleet: FleetReader | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self.counters = {"made": 0, "failed": 0, "restored": 0, "uploaded_bytes": 0, "reused_bytes": 0}
+        self._metric = Counter("edgenode_sandbox_checkpoints", "Sandbox checkpoints made, failed and restored "
+                               "on this node.", ["result"], registry=sandboxes.node.metrics.registry)
+
+    def _count(self, result: str) -> None:
+        self.counters[result] += 1
+        self._metric.labels(result).inc()
 
     def attach(self, blobs: Blobs, read_fleet: FleetReader | None = None) -> None:
         """Keep checkpoints in ``blobs`` from now on (the fleet wiring calls this on a node in a fleet)."""
@@ -126,9 +134,9 @@ class Checkpoints:
             try:
                 result = await self._make(blobs, record)
             except BaseException:
-                self.counters["failed"] += 1
+                self._count("failed")
                 raise
-        self.counters["made"] += 1
+        self._count("made")
         return result
 
     async def _make(self, blobs: Blobs, record: SandboxRecord) -> dict[str, Any]:
@@ -326,6 +334,8 @@ class Checkpoints:
         if name is not None and await _named(boxes, tenant, str(name)):
             raise Conflict(f"a sandbox named {name!r} already exists on this node")
         await boxes._check_count(tenant)
+        if found.get("image"):
+            await FILES.run(boxes.images.rootfs, str(found["image"]))  # 404 when this node lacks the image
         scope = _scope(tenant)
         data = await blobs.get(str(found["manifest"]))
         if data is None or not data.startswith(scope):
@@ -380,7 +390,7 @@ class Checkpoints:
             boxes.reserved_slots.discard(slot)
         await self.db.write(lambda c: c.executemany(
             "INSERT OR REPLACE INTO checkpoint_index VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index))
-        self.counters["restored"] += 1
+        self._count("restored")
         boxes.start_warm(record)
         return {**boxes._describe(record), "pooled": False,
                 "restored_from": {**_public(found), "restore_ms": round((time.perf_counter() - began) * 1000, 1)}}

@@ -127,7 +127,8 @@ def test_a_second_checkpoint_sends_only_what_changed(clients: tuple[httpx.Client
     assert _latest(b, sandbox, second["manifest"]) is not None
 
 
-async def _inject(port: int, tenant: str, sandbox: str, manifest: dict[str, Any], blobs: list[bytes]) -> None:
+async def _inject(port: int, tenant: str, sandbox: str, manifest: dict[str, Any], blobs: list[bytes],
+                  limits: dict[str, int] | None = None) -> None:
     """Write ``blobs`` and a fleet-signed checkpoint record of ``manifest`` as a fleet member could."""
     nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
     try:
@@ -139,7 +140,7 @@ async def _inject(port: int, tenant: str, sandbox: str, manifest: dict[str, Any]
         name = await store.put(scope + json.dumps(manifest).encode())
         key = f"checkpoint.{tenant}.{sandbox}"
         record = {"tenant": tenant, "id": sandbox, "name": None, "manifest": name, "network": {"allow": []},
-                  "limits": {}, "image": None, "files": 1, "bytes": 1, "entries": 1,
+                  "limits": limits or {}, "image": None, "files": 1, "bytes": 1, "entries": 1,
                   "checkpointed_at": time.time(), "node": "elsewhere"}
         envelope = sign(SECRET.encode(), {"v": 1, "key": key, "stamp": time.time_ns() << 8, "origin": "elsewhere",
                                           "record": record}, SIGNING_DOMAIN)
@@ -182,6 +183,19 @@ def test_a_hostile_checkpoint_is_refused_and_writes_nothing(fleet: list[NodeProc
     assert not (fleet[1].data_dir / "sandboxes" / sandbox).exists()
     assert not list((fleet[1].data_dir / "sandboxes").glob("escaped")) and not (fleet[1].data_dir / "escaped").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_larger_than_its_quota_is_refused(fleet: list[NodeProcess],
+                                                       clients: tuple[httpx.Client, httpx.Client]) -> None:
+    _, b = clients
+    sandbox = "sb_overquota"
+    big = {**_file("big.bin", b"x"), "size": 2 * 1024 * 1024}
+    asyncio.run(_inject(_client_port(fleet[1]), "default", sandbox, {"v": 1, "entries": [big]}, [b"x"],
+                        limits={"disk_mb": 1}))
+    wait_for(lambda: _latest(b, sandbox), message="the injected record on node B")
+    error = assert_error(b.post("/v1/sandboxes", json={"checkpoint": sandbox}), 413, "disk_quota_exceeded")
+    assert error["limit"] == 1024 * 1024 and error["used"] == 2 * 1024 * 1024
+    assert not (fleet[1].data_dir / "sandboxes" / sandbox).exists()
 
 
 def test_another_tenant_can_never_see_or_restore_a_checkpoint(fleet: list[NodeProcess],
@@ -279,6 +293,7 @@ def test_a_run_on_another_node_gets_its_sandbox_back(clients: tuple[httpx.Client
     assert b.get(f"/v1/sandboxes/{box}").status_code == 200
     counters = b.get("/v1/status").json()["capabilities"]["sandboxes"]["checkpoints"]
     assert counters["restored"] >= 1 and counters["failed"] == 0, counters
+    assert 'edgenode_sandbox_checkpoints_total{result="restored"}' in b.get("/metrics").text
 
 
 READER = """
