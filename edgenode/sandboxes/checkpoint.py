@@ -106,7 +106,7 @@ class Checkpoints:
 
     def attach(self, blobs: Blobs, read_fleet: FleetReader | None = None) -> None:
         """Keep checkpoints in ``blobs`` from now on (the fleet wiring calls this on a node in a fleet)."""
-        self.blobs = blobs
+        self.blobs = _Reported(blobs)
         self.read_fleet = read_fleet
 
     @property
@@ -455,6 +455,30 @@ class Checkpoints:
             log.warning("a sandbox checkpoint after a run's step failed", extra={"sandbox": ref,
                                                                                  "error": repr(exc)[:300]})
             return None
+
+
+class _Reported:
+    """The fleet's blobs, their failures (NATS away, a timeout) answered as 503 ``unavailable``."""
+
+    def __init__(self, blobs: Blobs) -> None:
+        self.blobs = blobs
+
+    async def add(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
+        try:
+            return await self.blobs.add(data, digest)
+        except Exception as exc:
+            raise _unreachable(exc) from exc
+
+    async def get(self, digest: str) -> bytes | None:
+        try:
+            return await self.blobs.get(digest)
+        except Exception as exc:
+            raise _unreachable(exc) from exc
+
+
+def _unreachable(exc: Exception) -> Unavailable:
+    return Unavailable(f"the fleet's blob store cannot be reached ({type(exc).__name__}: {str(exc)[:200]}); "
+                       "try again shortly")
 
 
 def _put(c: Any, record: Record) -> None:
