@@ -17,7 +17,13 @@ workspaces of 10 MB, 100 MB and 1 GB (1 MiB files), beside what the other ways t
 workspace cost on the same file system in the same run: ``cp -a``, ``cp --reflink=always``
 and a hard-link farm.
 
-    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|fork|exec]
+A checkpoint table: on a two-node fleet, ``POST /v1/sandboxes/{id}/checkpoints`` of a
+workspace of 200 files / 20 MB (random content, in 4 subdirectories): the first checkpoint,
+one after changing one file, one after changing nothing, and the restore on the other node
+(``POST /v1/sandboxes {"checkpoint": ...}``), with the bytes each sent; beside ``tar -c`` of the
+same directory to a file and ``tar -x`` of it into an empty one, in the same run.
+
+    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|fork|checkpoint|exec]
 """
 
 from __future__ import annotations
@@ -278,10 +284,80 @@ def fork_bench(runs: int) -> None:
     print()
 
 
+CHECKPOINT_FILES = 200
+CHECKPOINT_MB = 20
+
+
+def checkpoint_bench(runs: int) -> None:
+    """Checkpoint (first, incremental, unchanged) and restore of 200 files / 20 MB, beside tar -c and tar -x."""
+    from tests.cluster.helpers import start_fleet, wait_members
+
+    size = CHECKPOINT_MB * 1_000_000 // CHECKPOINT_FILES
+    fill = (f"for d in 0 1 2 3; do mkdir -p d$d; done; i=0; while [ $i -lt {CHECKPOINT_FILES} ]; do "
+            f"head -c {size} /dev/urandom > d$((i % 4))/f$i; i=$((i+1)); done")
+    rows: dict[str, list[tuple[float, int]]] = {k: [] for k in ("first", "one changed", "unchanged", "restore",
+                                                                "tar -c", "tar -x")}
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        nodes = start_fleet(Path(tmp) / "fleet", 2)
+        try:
+            wait_members(nodes)
+            a, b = nodes
+            with a.client(timeout=600) as ca, b.client(timeout=600) as cb:
+                for _ in range(runs):
+                    sid = ca.post("/v1/sandboxes", json={}).json()["id"]
+                    r = ca.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": fill, "timeout_s": 300}).json()
+                    assert r["exit_code"] == 0, r
+                    os.sync()
+                    for label, change in (("first", None), ("one changed", f"head -c {size} /dev/urandom > d0/f0"),
+                                          ("unchanged", None)):
+                        if change:
+                            ca.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": change})
+                        began = time.perf_counter()
+                        made = ca.post(f"/v1/sandboxes/{sid}/checkpoints")
+                        assert made.status_code == 201, made.text
+                        rows[label].append(((time.perf_counter() - began) * 1000, made.json()["uploaded_bytes"]))
+                    manifest = made.json()["manifest"]
+                    while cb.get(f"/v1/sandboxes/{sid}/checkpoints").json().get("manifest") != manifest:
+                        time.sleep(0.02)
+                    began = time.perf_counter()
+                    restored = cb.post("/v1/sandboxes", json={"checkpoint": sid})
+                    assert restored.status_code == 201, restored.text
+                    rows["restore"].append(((time.perf_counter() - began) * 1000, 0))
+                    workspace = a.data_dir / "sandboxes" / sid / "workspace"
+                    archive = Path(tmp) / "ws.tar"
+                    began = time.perf_counter()
+                    subprocess.run(["tar", "-cf", str(archive), "-C", str(workspace), "."], check=True)
+                    rows["tar -c"].append(((time.perf_counter() - began) * 1000, archive.stat().st_size))
+                    target = Path(tmp) / "untar"
+                    target.mkdir()
+                    began = time.perf_counter()
+                    subprocess.run(["tar", "-xf", str(archive), "-C", str(target)], check=True)
+                    os.sync()  # the restore syncs what it wrote; so does this
+                    rows["tar -x"].append(((time.perf_counter() - began) * 1000, 0))
+                    subprocess.run(["rm", "-rf", str(target), str(archive)], check=True)
+                    ca.delete(f"/v1/sandboxes/{sid}")
+                    cb.delete(f"/v1/sandboxes/{sid}")
+        finally:
+            for n in nodes:
+                n.stop()
+    print(f"checkpoint of {CHECKPOINT_FILES} files / {CHECKPOINT_MB} MB on a 2-node fleet, {runs} runs "
+          "(ms over HTTP; MB sent to the fleet)")
+    print(f"{'measure':<40}{'p50 ms':>9}{'max ms':>9}{'MB sent':>9}")
+    for label, values in rows.items():
+        times = [v[0] for v in values]
+        sent = statistics.median(v[1] for v in values) / 1e6
+        name = {"first": "checkpoint, first", "one changed": "checkpoint, one file changed",
+                "unchanged": "checkpoint, nothing changed", "restore": "restore on the other node",
+                "tar -c": "baseline: tar -c to a file", "tar -x": "baseline: tar -x + sync"}[label]
+        print(f"{name:<40}{statistics.median(times):9.1f}{max(times):9.1f}{sent:9.2f}")
+    print("tar rows: the same workspace on node A's disk, no network, no hashing (MB: the archive's size)")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--only", choices=["coldstart", "fork", "exec"], default=None)
+    parser.add_argument("--only", choices=["coldstart", "fork", "checkpoint", "exec"], default=None)
     args = parser.parse_args()
     runs = args.runs
     bwrap = find_bwrap()
@@ -292,7 +368,9 @@ def main() -> None:
         cold_start(max(10, runs // 3), bare_bwrap)
     if args.only in (None, "fork"):
         fork_bench(max(10, runs // 5))
-    if args.only in ("coldstart", "fork"):
+    if args.only in (None, "checkpoint"):
+        checkpoint_bench(max(3, runs // 20))
+    if args.only in ("coldstart", "fork", "checkpoint"):
         return
 
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:

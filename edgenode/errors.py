@@ -585,6 +585,29 @@ class SandboxUnavailable(Unavailable):
     code = "sandbox_unavailable"
 
 
+class CheckpointNotFound(NotFound):
+    """The fleet holds no checkpoint of a sandbox with this id or name for the caller's tenant."""
+
+    code = "checkpoint_not_found"
+
+
+class FleetRequired(Conflict):
+    """The action keeps its data in the fleet, and this node is not part of one."""
+
+    code = "fleet_required"
+
+
+class CheckpointInvalid(EdgenodeError):
+    """A checkpoint's manifest is malformed or would write outside the workspace (``reason``); nothing was restored."""
+
+    code = "checkpoint_invalid"
+    status = 422
+
+    def __init__(self, message: str, *, reason: str, **details: Any) -> None:
+        super().__init__(message, reason=reason, **details)
+        self.reason = reason
+
+
 # -- workers (isolates) ----------------------------------------------------
 
 

@@ -231,6 +231,24 @@ class Effects:
 
         return Principal(tenant=act.run["tenant"])
 
+    # -- sandboxes follow their run: the checkpoint hooks ------------------------------------
+
+    def _sandbox_before(self, act: Activation, sandboxes: Any, ref: str) -> None:
+        """Before a sandbox call: a sandbox missing here but checkpointed in the fleet is restored first.
+
+        This is how a run taken over by another node gets its workspace back (files only; its
+        processes start afresh). Outside a fleet it does nothing.
+        """
+        self.engine.run_async(lambda: sandboxes.checkpoints.restore_if_missing(self._principal(act), ref))
+
+    def _sandbox_after(self, act: Activation, sandboxes: Any, ref: str) -> None:
+        """After a step that may change files, before it is journaled: checkpoint the sandbox into the fleet.
+
+        Best effort: a failed checkpoint is logged and counted (``checkpoints.failed`` in the
+        sandboxes' status), never the step's failure. Outside a fleet it does nothing.
+        """
+        self.engine.run_async(lambda: sandboxes.checkpoints.after_step(self._principal(act), ref))
+
     def _tool_sandbox_exec(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
         from edgenode.sandboxes import parse_exec
 
@@ -241,7 +259,10 @@ class Effects:
             execution = await sandboxes.exec(self._principal(act), name, spec)
             return await execution.collect()
 
-        return self.engine.run_async(run)
+        self._sandbox_before(act, sandboxes, name)
+        result = self.engine.run_async(run)
+        self._sandbox_after(act, sandboxes, name)
+        return result
 
     def _tool_sandbox_write(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
         sandboxes = self._capability("sandboxes")
@@ -250,13 +271,17 @@ class Effects:
         async def chunks() -> Any:
             yield data
 
-        return self.engine.run_async(lambda: sandboxes.write_file(self._principal(act), name,
-                                                                  str(request.get("path")), chunks()))
+        self._sandbox_before(act, sandboxes, name)
+        result = self.engine.run_async(lambda: sandboxes.write_file(self._principal(act), name,
+                                                                    str(request.get("path")), chunks()))
+        self._sandbox_after(act, sandboxes, name)
+        return result
 
     def _tool_sandbox_read(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
         import os
 
         sandboxes = self._capability("sandboxes")
+        self._sandbox_before(act, sandboxes, name)
         workspace, _ = self.engine.run_async(lambda: sandboxes.workspace(self._principal(act), name))
         fd = workspace.open(str(request.get("path")))
         try:
@@ -311,6 +336,7 @@ class Effects:
         sandboxes = self._capability("sandboxes")
         data = {k: request[k] for k in ("name", "network", "limits") if request.get(k) is not None}
         described: dict[str, Any] = self.engine.run_async(lambda: sandboxes.create(self._principal(act), data))
+        self._sandbox_after(act, sandboxes, str(described["id"]))
         return described
 
     def _tool_sandbox_delete(self, act: Activation, name: str, request: dict[str, Any]) -> None:
@@ -322,6 +348,11 @@ class Effects:
             self.engine.run_async(lambda: sandboxes.delete(self._principal(act), name))
         except NotFound:
             pass  # deleted already (at least once: the delete may be repeated after a crash)
+        if sandboxes.checkpoints.enabled:
+            try:  # the run is done with it: its checkpoint goes too, wherever the sandbox was made
+                self.engine.run_async(lambda: sandboxes.checkpoints.delete(self._principal(act), name))
+            except NotFound:
+                pass
 
     def _tool_repo_token(self, act: Activation, name: str, request: dict[str, Any]) -> Any:
         """A short-lived read or write token for repo ``name``, with the URLs a sandbox clones from.

@@ -74,12 +74,16 @@ class SandboxLimits(Body, extra="forbid"):
 
 
 class CreateSandbox(Body, extra="forbid"):
-    """A new sandbox: a name, its network policy and limits."""
+    """A new sandbox: a name, its network policy and limits; or one restored from its fleet checkpoint."""
 
     name: str | None = Field(None, pattern="^(?!sb_)[a-z0-9][a-z0-9_.-]{0,62}$")
     network: Literal["none"] | NetworkAllow | None = None
     limits: SandboxLimits | None = None
     image: ImageName | None = Field(None, description="A sandbox image (GET /v1/sandbox-images); default the node's")
+    checkpoint: Annotated[str, Field(min_length=1, max_length=255, pattern="^[a-z0-9][a-z0-9_.-]*$")] | None = Field(
+        None, description="Restore this sandbox (its id or name) of the tenant from its latest checkpoint in the "
+                          "fleet, with its id, name, network, limits and image; alone, without the other fields. "
+                          "Files come back, processes do not.")
 
 
 class Sandbox(Reply):
@@ -216,9 +220,10 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
-@operation(body=CreateSandbox, responses={201: Sandbox}, errors=(400, 429, 503))
+@operation(body=CreateSandbox, responses={201: Sandbox}, errors=(400, 404, 409, 413, 422, 429, 503))
 async def create(request: Request) -> Response:
-    """Create a sandbox: ``{"name"?, "network": "none" | {"allow": [...]}, "limits": {...}}``."""
+    """Create a sandbox: ``{"name"?, "network": "none" | {"allow": [...]}, "limits": {...}}``, or restore one:
+    ``{"checkpoint": id or name}``."""
     _, data = await read_validated(request, CreateSandbox)
     return json(await _sandboxes(request).create(principal(request), data), status=201)
 
@@ -525,6 +530,52 @@ async def fork(request: Request) -> Response:
     _, data = await read_validated(request, ForkRequest, optional=True)  # uniqueness by the capability
     body = await _sandboxes(request).fork(principal(request), request.path_params["id"], data)
     return json(body, status=201)
+
+
+# -- checkpoints --------------------------------------------------------------------
+
+
+class CheckpointInfo(Reply):
+    """A sandbox's latest checkpoint in the fleet."""
+
+    sandbox: str = Field(description="The sandbox's id (kept when it is restored).")
+    name: str | None
+    manifest: str = Field(description="The SHA-256 naming the manifest's blob in the fleet.")
+    files: int | None
+    entries: int | None = Field(description="Files, directories and symlinks.")
+    bytes: int | None = Field(description="Bytes of file content.")
+    checkpointed_at: float
+    node: str | None = Field(description="The node that made it.")
+
+
+class CheckpointMade(CheckpointInfo):
+    """A checkpoint just made, and what it cost."""
+
+    uploaded_bytes: int = Field(description="Bytes sent to the fleet (content it did not hold yet, and the manifest).")
+    reused_bytes: int = Field(description="Bytes of files the fleet held already (unchanged or shared content).")
+    hashed_files: int = Field(description="Files read and hashed (the others were unchanged since the last one).")
+    skipped: list[str] = Field(description="Sockets, FIFOs and devices, which are not checkpointed.")
+    duration_ms: float
+
+
+@operation(responses={201: CheckpointMade}, errors=(404, 409, 413, 422, 503), path=_ID)
+async def make_checkpoint(request: Request) -> Response:
+    """Checkpoint the sandbox's workspace into the fleet now (files only; processes are not checkpointed)."""
+    body = await _sandboxes(request).checkpoint(principal(request), request.path_params["id"])
+    return json(body, status=201)
+
+
+@operation(responses={200: CheckpointInfo}, errors=(404, 409), path=_ID)
+async def get_checkpoint(request: Request) -> Response:
+    """The sandbox's latest checkpoint in the fleet (on any node, whether or not the sandbox is here)."""
+    return json(await _sandboxes(request).checkpoints.describe(principal(request), request.path_params["id"]))
+
+
+@operation(responses={204: None}, errors=(404, 409), path=_ID)
+async def delete_checkpoint(request: Request) -> Response:
+    """Forget the sandbox's checkpoint fleet-wide (the sandbox itself, where it is, stays)."""
+    await _sandboxes(request).checkpoints.delete(principal(request), request.path_params["id"])
+    return Response(status_code=204)
 
 
 # -- exposed ports ------------------------------------------------------------------
@@ -1022,6 +1073,9 @@ routes = [
     Route("/v1/sandboxes/{id}", delete, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/release", release, methods=["POST"]),
     Route("/v1/sandboxes/{id}/fork", fork, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/checkpoints", make_checkpoint, methods=["POST"]),
+    Route("/v1/sandboxes/{id}/checkpoints", get_checkpoint, methods=["GET"]),
+    Route("/v1/sandboxes/{id}/checkpoints", delete_checkpoint, methods=["DELETE"]),
     Route("/v1/sandboxes/{id}/ports", expose_port, methods=["POST"]),
     Route("/v1/sandboxes/{id}/ports", list_ports, methods=["GET"]),
     Route("/v1/sandboxes/{id}/ports/{port}", unexpose_port, methods=["DELETE"]),

@@ -164,6 +164,52 @@ def remove(client: ClientContext, sandbox_refs: tuple[str, ...]) -> None:
     emit({"removed": list(sandbox_refs)}, lambda _: click.echo("\n".join(f"removed {ref}" for ref in sandbox_refs)))
 
 
+# -- checkpoints -------------------------------------------------------------------
+
+
+@sandbox.command("checkpoint")
+@click.argument("sandbox_ref")
+@click.option("--show", is_flag=True, help="Print the latest checkpoint instead of making one (on any node).")
+@click.option("--forget", is_flag=True, help="Forget the sandbox's checkpoint fleet-wide.")
+@pass_client
+def checkpoint(client: ClientContext, sandbox_ref: str, show: bool, forget: bool) -> None:
+    """Checkpoint SANDBOX_REF's workspace into the fleet (files only; processes are not kept).
+
+    Another node restores it with `edgenode sandbox restore SANDBOX_REF`.
+    """
+    if show and forget:
+        raise click.UsageError("--show and --forget do not go together")
+    sdk = client.sdk()
+    if forget:
+        sdk.sandboxes.forget_checkpoint(sandbox_ref)
+        emit({"forgotten": sandbox_ref}, lambda _: click.echo(f"forgot the checkpoint of {sandbox_ref}"))
+        return
+    if show:
+        emit(sdk.sandboxes.checkpoint(sandbox_ref), _print_checkpoint)
+        return
+    emit(sdk.send(calls.sandbox_checkpoint(sandbox_ref)), _print_checkpoint)
+
+
+def _print_checkpoint(info: dict[str, Any]) -> None:
+    click.echo(f"manifest {info['manifest']}")
+    click.echo(f"sandbox  {info['sandbox']}" + (f" ({info['name']})" if info.get("name") else ""))
+    click.echo(f"files    {info.get('files')} ({byte_size(info.get('bytes') or 0)}), {info.get('entries')} entries")
+    if "uploaded_bytes" in info:
+        click.echo(f"uploaded {byte_size(info['uploaded_bytes'])}, reused {byte_size(info['reused_bytes'])}, "
+                   f"{info['duration_ms']} ms")
+        if info.get("skipped"):
+            click.echo(f"skipped  {', '.join(info['skipped'])} (not files)")
+
+
+@sandbox.command("restore")
+@click.argument("sandbox_ref")
+@pass_client
+def restore(client: ClientContext, sandbox_ref: str) -> None:
+    """Make SANDBOX_REF again on this node from its latest fleet checkpoint (same id and name); print its id."""
+    box = client.sdk().sandboxes.restore(sandbox_ref)
+    emit(box.info, lambda info: click.echo(info["id"]))
+
+
 # -- background processes --------------------------------------------------------
 
 

@@ -108,6 +108,21 @@ class AsyncSandboxes:
         """A sandbox by id or name."""
         return AsyncSandbox(self._client, await self._client.send(calls.sandbox_get(ref)))
 
+    async def restore(self, ref: str) -> AsyncSandbox:
+        """The tenant's sandbox ``ref`` (id or name) made again on this node from its latest fleet checkpoint.
+
+        It keeps its id, name, network, limits and image; files come back, processes do not.
+        """
+        return AsyncSandbox(self._client, await self._client.send(calls.sandbox_restore(ref)))
+
+    async def checkpoint(self, ref: str) -> dict[str, Any]:
+        """The latest fleet checkpoint of sandbox ``ref``, whether or not the sandbox is on this node."""
+        return await self._client.send(calls.sandbox_checkpoint_get(ref))
+
+    async def forget_checkpoint(self, ref: str) -> None:
+        """Forget sandbox ``ref``'s checkpoint fleet-wide."""
+        await self._client.send(calls.sandbox_checkpoint_delete(ref))
+
     async def list(self) -> list[AsyncSandbox]:
         """The tenant's sandboxes."""
         return [AsyncSandbox(self._client, info) for info in await self._client.send(calls.sandbox_list())]
@@ -145,6 +160,10 @@ class AsyncSandbox:
         """Fetch the sandbox's current description into ``info``."""
         self.info = await self._client.send(calls.sandbox_get(self.id))
         return self
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Checkpoint the workspace into the fleet now: its ``manifest``, ``uploaded_bytes`` and ``reused_bytes``."""
+        return await self._client.send(calls.sandbox_checkpoint(self.id))
 
     async def fork(self, name: str | None = None) -> AsyncSandbox:
         """A new sandbox whose workspace starts as a copy-on-write copy of this one's (independent after)."""

@@ -193,6 +193,26 @@ def sandbox_delete(ref: str) -> Call[None]:
     return Call("DELETE", f"/v1/sandboxes/{seg(ref)}", _none)
 
 
+def sandbox_checkpoint(ref: str) -> Call[dict[str, Any]]:
+    """``POST /v1/sandboxes/{id}/checkpoints``: checkpoint the workspace into the fleet now."""
+    return Call("POST", f"/v1/sandboxes/{seg(ref)}/checkpoints", _dict)
+
+
+def sandbox_checkpoint_get(ref: str) -> Call[dict[str, Any]]:
+    """``GET /v1/sandboxes/{id}/checkpoints``: the sandbox's latest checkpoint in the fleet."""
+    return Call("GET", f"/v1/sandboxes/{seg(ref)}/checkpoints", _dict)
+
+
+def sandbox_checkpoint_delete(ref: str) -> Call[None]:
+    """``DELETE /v1/sandboxes/{id}/checkpoints``: forget the sandbox's checkpoint fleet-wide."""
+    return Call("DELETE", f"/v1/sandboxes/{seg(ref)}/checkpoints", _none)
+
+
+def sandbox_restore(ref: str) -> Call[dict[str, Any]]:
+    """``POST /v1/sandboxes`` with ``{"checkpoint": ref}``: the sandbox again, here, from its latest checkpoint."""
+    return Call("POST", "/v1/sandboxes", _dict, json={"checkpoint": ref})
+
+
 def sandbox_fork(ref: str, name: str | None) -> Call[dict[str, Any]]:
     """``POST /v1/sandboxes/{id}/fork``: a copy-on-write copy of the workspace as a new sandbox."""
     return Call("POST", f"/v1/sandboxes/{seg(ref)}/fork", _dict, json=compact({"name": name}))

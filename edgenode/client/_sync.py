@@ -142,6 +142,21 @@ class Sandboxes:
         """A sandbox by id or name."""
         return Sandbox(self._client, self._client.send(calls.sandbox_get(ref)))
 
+    def restore(self, ref: str) -> Sandbox:
+        """The tenant's sandbox ``ref`` (id or name) made again on this node from its latest fleet checkpoint.
+
+        It keeps its id, name, network, limits and image; files come back, processes do not.
+        """
+        return Sandbox(self._client, self._client.send(calls.sandbox_restore(ref)))
+
+    def checkpoint(self, ref: str) -> dict[str, Any]:
+        """The latest fleet checkpoint of sandbox ``ref``, whether or not the sandbox is on this node."""
+        return self._client.send(calls.sandbox_checkpoint_get(ref))
+
+    def forget_checkpoint(self, ref: str) -> None:
+        """Forget sandbox ``ref``'s checkpoint fleet-wide."""
+        self._client.send(calls.sandbox_checkpoint_delete(ref))
+
     def list(self) -> list[Sandbox]:
         """The tenant's sandboxes."""
         return [Sandbox(self._client, info) for info in self._client.send(calls.sandbox_list())]
@@ -177,6 +192,10 @@ class Sandbox:
         """Fetch the sandbox's current description into ``info``."""
         self.info = self._client.send(calls.sandbox_get(self.id))
         return self
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Checkpoint the workspace into the fleet now: its ``manifest``, ``uploaded_bytes`` and ``reused_bytes``."""
+        return self._client.send(calls.sandbox_checkpoint(self.id))
 
     def fork(self, name: str | None = None) -> Sandbox:
         """A new sandbox whose workspace starts as a copy-on-write copy of this one's (independent after)."""

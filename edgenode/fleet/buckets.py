@@ -100,15 +100,22 @@ class BlobStore:
 
     async def put(self, data: bytes) -> str:
         """Store ``data`` (once) and return its name, the SHA-256 of its bytes."""
-        digest = hashlib.sha256(data).hexdigest()
+        return (await self.add(data))[0]
+
+    async def add(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
+        """Store ``data`` (once): its name, the SHA-256 of its bytes, and whether it was new to the bucket.
+
+        ``digest`` is that SHA-256 when the caller has it already (hashed off the event loop).
+        """
+        digest = digest or hashlib.sha256(data).hexdigest()
         if await self.bucket.get(digest) is not None:
-            return digest
+            return digest, False
         chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
         for n, chunk in enumerate(chunks):
             await self.bucket.put(f"{digest}.{n}", chunk or b"\0")
         # the manifest last: whoever sees it finds every chunk
         await self.bucket.put(digest, json.dumps({"size": len(data), "chunks": len(chunks)}).encode())
-        return digest
+        return digest, True
 
     async def get(self, digest: str) -> bytes | None:
         """The bytes named ``digest``, or None while they are not all there (or do not match their name)."""

@@ -14,6 +14,7 @@ from nats.js.client import JetStreamContext
 from edgenode.cluster.transport import Bucket as FleetBucket
 from edgenode.fleet.access import RepoTokenRecords, Tenants, Tokens
 from edgenode.fleet.buckets import BlobStore, Bucket, DeferredBucket, open_bucket
+from edgenode.fleet.checkpoints import SandboxCheckpoints
 from edgenode.fleet.control import MIGRATIONS, ControlPlane
 from edgenode.fleet.deployments import AgentDeployments, WorkerDeployments
 from edgenode.fleet.git import RETENTION_S, RefBus
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from edgenode.auth import Auth
     from edgenode.isolates import Workers
     from edgenode.node import Node
+    from edgenode.sandboxes import Sandboxes
 
 
 async def open_buckets(js: JetStreamContext, *, subject_prefix: str, stream_prefix: str,
@@ -44,7 +46,7 @@ def build_control_plane(js: JetStreamContext, control: Bucket, blobs: Bucket, *,
                         fleet_secret: bytes, db: Database, auth: Auth,
                         purge_tenant: Callable[[str], Awaitable[None]] | None = None,
                         repo_tokens: RepoTokens | None = None, workers: Workers | None = None,
-                        agents: Agents | None = None) -> ControlPlane:
+                        agents: Agents | None = None, sandboxes: Sandboxes | None = None) -> ControlPlane:
     """A control plane replicating tenants and tokens, plus whichever of the other services are given.
 
     ``control`` and ``blobs`` are two buckets of the fleet (:func:`open_buckets`, or the fleet
@@ -69,6 +71,12 @@ def build_control_plane(js: JetStreamContext, control: Bucket, blobs: Bucket, *,
         plane.add(AgentDeployments(agents, code))
         plane.add(TenantSecrets(agents, box))
         plane.follow(agents.changes)
+    if sandboxes is not None:
+        # Workspace checkpoints: files as blobs beside the deployments' code, the latest manifest a record.
+        kind = SandboxCheckpoints(sandboxes.checkpoints)
+        plane.add(kind)
+        plane.follow(sandboxes.checkpoints.changes)
+        sandboxes.checkpoints.attach(code, kind.read_fleet)
     return plane
 
 
@@ -138,7 +146,8 @@ class FleetControl:
         self.plane = build_control_plane(
             transport.jetstream, control, blobs, node_id=node.id, fleet_secret=secret, db=db, auth=node.auth,
             purge_tenant=purge, repo_tokens=getattr(artifacts, "tokens", None),
-            workers=getattr(node, "workers", None), agents=getattr(node, "agents", None))
+            workers=getattr(node, "workers", None), agents=getattr(node, "agents", None),
+            sandboxes=getattr(node, "sandboxes", None))
         if artifacts is not None:
             self.bus = RefBus(transport.nc, transport.jetstream, artifacts.gossip, subject_prefix=transport.prefix,
                               stream=transport.stream_name("GIT"), node_id=node.id, fleet_secret=secret, db=db,

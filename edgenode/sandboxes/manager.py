@@ -3,7 +3,9 @@
 Files and the record persist (SQLite plus ``DATA/sandboxes/<id>/workspace``);
 processes do not: they are released when a sandbox is idle for
 ``idle_timeout_s``, when it is destroyed, and when the node stops. The next exec
-starts the sandbox's processes again, with an empty ``/tmp``.
+starts the sandbox's processes again, with an empty ``/tmp``. In a fleet, a
+workspace can be checkpointed into the fleet and restored on another node
+(checkpoint.py); files come back, processes do not.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from edgenode.errors import (
 from edgenode.sandboxes import bwrap as bw
 from edgenode.sandboxes.acl import grant_group_search, has_group_search
 from edgenode.sandboxes.checkout import TOKEN_TTL_S, node_clone, parse_checkout
+from edgenode.sandboxes.checkpoint import Checkpoints
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
 from edgenode.sandboxes.execution import ExecSpec, Execution, parse_exec
 from edgenode.sandboxes.guest import Command, GuestSpec, guest_python
@@ -115,6 +118,8 @@ class Sandboxes:
         #: uid slots held by pooled sandboxes that have no record yet.
         self.reserved_slots: set[int] = set()
         self.pool = WarmPool(self.settings.pool_size, self._prestart, self._discard_prestarted)
+        #: Checkpoints of workspaces into the fleet (enabled by the fleet wiring on a node in a fleet).
+        self.checkpoints = Checkpoints(self)
         self.layers = LayerStore(self.root / "layers")
         self.images = Images(self.root / "images")
         self.forks_unavailable = overlay_supported()
@@ -188,6 +193,7 @@ class Sandboxes:
             "pool": self.pool.status(),
             "forks": "overlayfs" if self.forks_unavailable is None else f"unavailable: {self.forks_unavailable}",
             "idle_timeout_s": self.settings.idle_timeout_s,
+            "checkpoints": self.checkpoints.status(),
         }
 
     @property
@@ -345,8 +351,18 @@ class Sandboxes:
         }
 
     async def create(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
-        """Create a sandbox: ``{"name"?, "network"?, "limits"?}``; its processes start in the background."""
+        """Create a sandbox: ``{"name"?, "network"?, "limits"?}``; its processes start in the background.
+
+        ``{"checkpoint": id or name}`` instead restores that sandbox of the tenant from its latest
+        checkpoint in the fleet, with its id, name, network, limits and image (checkpoint.py).
+        """
         self._require()
+        if "checkpoint" in data:
+            if set(data) != {"checkpoint"} or not isinstance(data["checkpoint"], str) or not data["checkpoint"]:
+                raise ValidationFailed("a sandbox restored from a checkpoint takes only 'checkpoint' (its id or "
+                                       "name): name, network, limits and image are the checkpoint's",
+                                       field="checkpoint")
+            return await self.checkpoints.restore(principal, data["checkpoint"])
         self.node.store.require_space("sandbox workspaces")
         unknown = set(data) - {"name", "network", "limits", "image"}
         if unknown:
@@ -373,11 +389,14 @@ class Sandboxes:
         except OSError:
             await self.store.delete(sandbox_id)
             raise
-        # Warm the processes now so the first exec does not wait for bwrap and the supervisor.
-        warm = asyncio.create_task(self._warm(record))
-        self._warm_tasks[sandbox_id] = warm
-        warm.add_done_callback(lambda t: self._warm_tasks.pop(sandbox_id, None))
+        self.start_warm(record)
         return {**self._describe(record), "pooled": False}
+
+    def start_warm(self, record: SandboxRecord) -> None:
+        """Warm a new sandbox's processes now, so its first exec does not wait for bwrap and the supervisor."""
+        warm = asyncio.create_task(self._warm(record))
+        self._warm_tasks[record.id] = warm
+        warm.add_done_callback(lambda t: self._warm_tasks.pop(record.id, None))
 
     async def _check_count(self, tenant: str) -> None:
         cap = self.settings.max_per_tenant
@@ -494,9 +513,14 @@ class Sandboxes:
         await self._destroy(await self.store.get(principal.tenant, ref))
 
     async def purge_tenant(self, tenant: str) -> None:
-        """Destroy every sandbox of ``tenant``."""
+        """Destroy every sandbox of ``tenant`` and forget its checkpoints."""
         for record in await self.store.list_for(tenant):
             await self._destroy(record)
+        await self.checkpoints.purge_tenant(tenant)
+
+    async def checkpoint(self, principal: Principal, ref: str) -> dict[str, Any]:
+        """Checkpoint the caller's sandbox into the fleet now (see checkpoint.py)."""
+        return await self.checkpoints.make(await self.store.get(principal.tenant, ref))
 
     async def _destroy(self, record: SandboxRecord) -> None:
         warm = self._warm_tasks.get(record.id)
@@ -512,6 +536,7 @@ class Sandboxes:
         await self.store.delete(record.id)
         self._sessions.pop(record.id, None)
         await FILES.run(self._remove_dir, record)
+        await self.checkpoints.forget(record)
 
     # -- processes -------------------------------------------------------------
 

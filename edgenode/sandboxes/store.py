@@ -49,8 +49,39 @@ def _add_ports(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_checkpoints(conn: sqlite3.Connection) -> None:
+    # The latest checkpoint of each sandbox of the fleet (a replicated control record), and what this
+    # node last uploaded of its own sandboxes' files (so unchanged files are not read again).
+    conn.execute(
+        """CREATE TABLE checkpoints (
+            tenant TEXT NOT NULL,
+            sandbox_id TEXT NOT NULL,
+            name TEXT,
+            manifest TEXT NOT NULL,
+            record TEXT NOT NULL,
+            checkpointed_at REAL NOT NULL,
+            PRIMARY KEY (tenant, sandbox_id)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute("CREATE INDEX checkpoints_name ON checkpoints(tenant, name)")
+    conn.execute(
+        """CREATE TABLE checkpoint_index (
+            sandbox_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            ino INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            blobs TEXT NOT NULL,
+            PRIMARY KEY (sandbox_id, path)
+        ) WITHOUT ROWID"""
+    )
+
+
 MIGRATIONS = [Migration("sandboxes-0001-records", _create_tables), Migration("sandboxes-0002-layers", _add_layers),
-              Migration("sandboxes-0003-ports", _add_ports), Migration("sandboxes-0004-images", _add_image)]
+              Migration("sandboxes-0003-ports", _add_ports), Migration("sandboxes-0004-images", _add_image),
+              Migration("sandboxes-0005-checkpoints", _add_checkpoints)]
 
 
 @dataclass
