@@ -6,13 +6,19 @@ a mix: worker requests that spin on the CPU, KV writes, SQL statements that open
 namespaces, and one-off ``/v1/run`` programs. The node's own event-loop lag (what a blocking
 call on the loop costs every request) is read from ``/v1/status`` after each phase.
 
-    python bench/loop_lag.py [--requests 200] [--flood 8] [--namespaces 40]
+Alice floods from a process of her own, as another client would: in bob's process her eight
+client threads would take his interpreter's lock, and his figures would measure his own
+client (``--flood-in-process`` measures that way). The table ends with how many of alice's
+guests ran at a lowered priority (the isolate pool's ``lowered``).
+
+    python bench/loop_lag.py [--requests 200] [--flood 8] [--flood-in-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -71,6 +77,24 @@ def flood(alice: httpx.Client, kind: str, stop: threading.Event, counter: iterto
             alice.post("/v1/run", json={"code": f"def handle(request):\n    return {{'i': {i}}}\n"})
 
 
+def flood_process(url: str, token: str, inflight: int, ready: Any, stop: Any, sent: Any) -> None:
+    """Alice's flood from a process of her own, until ``stop`` is set; ``sent`` gets her request count."""
+    alice = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=120)
+    done = threading.Event()
+    counter = itertools.count()
+    kinds = ["spin", "kv", "sql", "run"]
+    threads = [threading.Thread(target=flood, args=(alice, kinds[i % len(kinds)], done, counter), daemon=True)
+               for i in range(inflight)]
+    for t in threads:
+        t.start()
+    ready.set()
+    stop.wait()
+    done.set()
+    for t in threads:
+        t.join(timeout=120)
+    sent.value = next(counter)
+
+
 def lag_buckets(admin: httpx.Client) -> dict[float, float]:
     """The node's event-loop lag histogram: cumulative count per upper bound (seconds)."""
     out = {}
@@ -99,7 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--flood", type=int, default=8, help="alice's requests in flight")
-    parser.add_argument("--namespaces", type=int, default=40, help="new SQL namespaces alice opens per phase")
+    parser.add_argument("--flood-in-process", action="store_true",
+                        help="alice's client threads in bob's process (sharing his interpreter lock)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         node = NodeProcess(Path(tmp) / "node").start()
@@ -107,6 +132,7 @@ def main() -> None:
             admin = httpx.Client(base_url=node.url, headers={"authorization": f"Bearer {node.admin_token}"},
                                  timeout=120)
             bob, alice = tenant_client(node, admin, "bob"), tenant_client(node, admin, "alice")
+            alice_token = alice.headers["authorization"].removeprefix("Bearer ")
             bob.put("/v1/workers/hello", json={"files": {"main.py": HELLO}}).raise_for_status()
             bob.put("/v1/kv/notes/greeting", content=b"hi").raise_for_status()
             alice.put("/v1/workers/spin", json={"files": {"main.py": SPIN}}).raise_for_status()
@@ -115,27 +141,42 @@ def main() -> None:
             alone = bob_requests(bob, args.requests)
             quiet_lag = lag_between(before, lag_buckets(admin))
 
-            stop = threading.Event()
-            counter = itertools.count()
-            kinds = ["spin", "kv", "sql", "run"]
-            threads = [threading.Thread(target=flood, args=(alice, kinds[i % len(kinds)], stop, counter), daemon=True)
-                       for i in range(args.flood)]
-            for t in threads:
-                t.start()
+            if args.flood_in_process:
+                stop = threading.Event()
+                counter = itertools.count()
+                kinds = ["spin", "kv", "sql", "run"]
+                threads = [threading.Thread(target=flood, args=(alice, kinds[i % len(kinds)], stop, counter),
+                                            daemon=True) for i in range(args.flood)]
+                for t in threads:
+                    t.start()
+            else:
+                ctx = multiprocessing.get_context("spawn")
+                ready, stopping, sent = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
+                child = ctx.Process(target=flood_process, args=(node.url, alice_token, args.flood, ready, stopping,
+                                                                 sent), daemon=True)
+                child.start()
+                ready.wait(120)
             time.sleep(1.0)
             before = lag_buckets(admin)
             flooded = bob_requests(bob, args.requests)
             flood_lag = lag_between(before, lag_buckets(admin))
-            status_lag = admin.get("/v1/status").raise_for_status().json()["event_loop_lag"]
-            stop.set()
-            for t in threads:
-                t.join(timeout=120)
-            opened = next(counter)
+            status = admin.get("/v1/status").raise_for_status().json()
+            status_lag = status["event_loop_lag"]
+            if args.flood_in_process:
+                stop.set()
+                for t in threads:
+                    t.join(timeout=120)
+                opened = next(counter)
+            else:
+                stopping.set()
+                child.join(timeout=180)
+                opened = sent.value
         finally:
             node.stop()
 
     print(f"\nbob's requests (KV read and worker invoke, alternating), {args.requests} per phase; "
-          f"alice: {args.flood} in flight (spinning workers, KV writes, new SQL namespaces, /v1/run), "
+          f"alice: {args.flood} in flight (spinning workers, KV writes, new SQL namespaces, /v1/run) "
+          f"from {'bob' if args.flood_in_process else 'her own'} process, "
           f"{opened} requests in the flood phase\n")
     print(f"{'phase':<26}{'bob p50 ms':>11}{'bob p99 ms':>11}{'lag samples':>12}{'lag p50 ms':>12}{'lag p99 ms':>12}")
     for name, samples, lagged in (("bob alone (baseline)", alone, quiet_lag),
@@ -143,6 +184,9 @@ def main() -> None:
         print(f"{name:<26}{statistics.median(samples):>11.2f}{pct(samples, 0.99):>11.2f}"
               f"{lagged['samples']:>12}{lagged['p50']:>12}{lagged['p99']:>12}")
     print(f"\n/v1/status event_loop_lag at the end of the flood (last minute): {status_lag}")
+    workers = status.get("capabilities", {}).get("workers", {})
+    print(f"isolate pool: {workers.get('lowered', '?')} guests ran at a lowered priority "
+          f"({workers.get('guest_priority', '?')})")
     ratio = statistics.median(flooded) / statistics.median(alone)
     print(f"\nbob's p50 under the flood: {ratio:.2f}x his p50 alone (goal: within 2x)")
 

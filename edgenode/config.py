@@ -45,6 +45,8 @@ class HttpSettings:
     max_body_bytes: int = setting(16 * 1024 * 1024, "Largest request body most routes accept, in bytes (413 beyond).")
     shutdown_timeout_s: float = setting(10.0, "How long SIGTERM waits for in-flight requests before closing them.")
     keep_alive_s: float = setting(30.0, "Idle keep-alive timeout for client connections, in seconds.")
+    tenant_requests: int = setting(32, "Requests one tenant (admins aside) may have in flight while another "
+                                   "tenant has requests in flight (0: no limit); 429 with Retry-After beyond.")
 
 
 @dataclass
@@ -95,6 +97,9 @@ class WorkerSettings:
     max_per_tenant: int = setting(200, "Workers one tenant may deploy (0: no limit); 429 beyond (new versions "
                                   "of a deployed worker always go through).")
     tenant_queue_depth: int = setting(16, "Invocations one tenant may have waiting beyond its threads before 429.")
+    over_share_nice: int = setting(10, "Added to the OS nice value of the threads that run the guests of a tenant "
+                                   "that used more than an equal share of the recent guest CPU (0: off, at most "
+                                   "19), so the event loop, the store and other tenants' guests go first.")
     max_cpu_ms: int = setting(30_000, "Node-wide ceiling on a deployment's CPU time per request, in ms.")
     max_memory_mb: int = setting(256, "Node-wide ceiling on an isolate's linear memory, in MiB.")
     max_wall_ms: int = setting(120_000, "Node-wide ceiling on a request's wall time, in ms.")
@@ -408,12 +413,14 @@ _MINIMA: dict[str, float] = {
     "agents.max_active_runs": 1, "agents.tenant_active_runs": 0, "artifacts.max_repos_per_tenant": 0,
     "state.sql_max_length_bytes": 1024 * 1024, "egress.max_redirects": 0, "artifacts.import_timeout_s": 0.001,
     "workers.wasi_scratch_mb": 1, "workers.wasi_scratch_files": 1,
+    "workers.over_share_nice": 0, "http.tenant_requests": 0,
     "cluster.max_clock_offset_ms": 1,
 }
 #: Settings with an upper bound (inclusive).
 _MAXIMA: dict[str, float] = {
     # Past a minute, a bad clock stamps writes that win over honest ones for longer than anyone would notice.
     "cluster.max_clock_offset_ms": 60_000,
+    "workers.over_share_nice": 19,
 }
 
 

@@ -1,8 +1,10 @@
-"""The one ASGI middleware every request passes: request id, auth, metrics, access log.
+"""The one ASGI middleware every request passes: request id, auth, admission, metrics, access log.
 
 Authentication is deny-by-default: every path needs a bearer token unless it
 starts with one of the app's public prefixes (those routes check their own
-credentials, such as Git basic auth or the fleet signature).
+credentials, such as Git basic auth or the fleet signature). An authenticated request runs with
+its tenant in ``threads.current_tenant`` (the bridges to threads queue by it) and is admitted by
+the tenant's share of requests in flight (``api.admission``).
 
 A request body the route did not read (a refusal before reading it: 401, 403, 415)
 would make the server drop the keep-alive connection without saying so, and the
@@ -24,6 +26,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgenode.api.admission import Admission
 from edgenode.api.common import TENANT_HEADER
 from edgenode.api.errors import error_body
 from edgenode.auth import Auth
@@ -31,6 +34,7 @@ from edgenode.errors import EdgenodeError
 from edgenode.logs import request_id_var
 from edgenode.metrics import Metrics
 from edgenode.store import run_blocking
+from edgenode.threads import current_tenant
 
 log = logging.getLogger("edgenode.access")
 
@@ -79,12 +83,13 @@ class EdgeMiddleware:
     """Request ids, bearer-token auth, Prometheus metrics and one access-log line per request."""
 
     def __init__(
-        self, app: ASGIApp, *, auth: Auth, metrics: Metrics, public: Iterable[str]
+        self, app: ASGIApp, *, auth: Auth, metrics: Metrics, public: Iterable[str], admission: Admission | None = None
     ) -> None:
         self.app = app
         self.auth = auth
         self.metrics = metrics
         self.public = tuple(public)
+        self.admission = admission or Admission(0)
 
     def is_public(self, path: str) -> bool:
         """Whether ``path`` skips bearer-token auth (it checks credentials itself, or has none)."""
@@ -104,6 +109,8 @@ class EdgeMiddleware:
         raw_id = request_id.encode()
         body = RequestBody(receive, headers)
         drain = False
+        admitted: str | None = None
+        tenant_token = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal drain
@@ -134,16 +141,24 @@ class EdgeMiddleware:
                     found = self.auth.authenticate_cached(bearer)
                     principal = found if found is not None else await run_blocking(self.auth.authenticate, bearer)
                     principal = principal.acting_for(headers.get(TENANT_HEADER) or None)
+                    if not principal.admin:
+                        self.admission.enter(principal.tenant)
+                        admitted = principal.tenant
                 except EdgenodeError as exc:
                     await _send_error(send_wrapper, exc, request_id)
                     return
                 scope["edgenode.principal"] = principal
+                tenant_token = current_tenant.set(principal.tenant)
             try:
                 await self.app(scope, body.receive, send_wrapper)
             except ClientDisconnect:
                 # Nobody is left to answer; not a server error.
                 status_holder["status"] = CLIENT_CLOSED
         finally:
+            if admitted is not None:
+                self.admission.leave(admitted)
+            if tenant_token is not None:
+                current_tenant.reset(tenant_token)
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"

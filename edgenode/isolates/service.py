@@ -116,7 +116,7 @@ class Workers:
         self.wasi = WasiRunner(self.engine, self.cache_dir / "compiled", max_output_bytes=s.max_wasi_output_bytes,
                                scratch_mb=s.wasi_scratch_mb, scratch_files=s.wasi_scratch_files)
         self.pool = IsolatePool(s.pool_size, s.queue_depth, tenant_threads=s.tenant_threads,
-                                tenant_queue_depth=s.tenant_queue_depth)
+                                tenant_queue_depth=s.tenant_queue_depth, over_share_nice=s.over_share_nice)
         self.db = node.database("workers.db", MIGRATIONS)
         self.registry = Registry(self.db, max_per_tenant=s.max_per_tenant)
         self.meter = Meter(node.metrics, self.registry)
@@ -154,6 +154,8 @@ class Workers:
             "pool_size": self.pool.size,
             "in_flight": self.pool.in_flight,
             "rejected": self.pool.rejected,
+            "guest_priority": self.pool.priority_status(),
+            "lowered": self.pool.lowered,
             "python_runtime": self.python.status(),
             "compiles": self.cache.compiles,
             "cache_loads": self.cache.loads,
