@@ -316,6 +316,11 @@ class AgentSettings:
     anthropic_api_key: str = setting("", "API key for anthropic: models (a tenant secret ANTHROPIC_API_KEY wins).",
                                      secret=True)
     anthropic_base_url: str = setting("", "Base URL for anthropic: models; empty uses the provider's default.")
+    placement: str = setting("auto", "Where new runs execute: fleet (owned by lease, survive their node), "
+                             "local (pinned to this node, run cut off from the fleet) or auto (fleet in a fleet, "
+                             "else local); a run request's placement wins.")
+    lease_ttl_s: float = setting(10.0, "A fleet run's lease lasts this long unless renewed (every third of it); "
+                                 "another node takes the run over once it expires, in seconds.", minimum=0.5)
     model_endpoints: list[str] = setting([], "OpenAI-compatible servers as NAME=BASE_URL (vLLM, llama.cpp, "
                                          "Ollama); NAME:model then calls that server. Key: tenant secret "
                                          "NAME_API_KEY, if any.")

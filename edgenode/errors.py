@@ -492,6 +492,12 @@ class RunStateConflict(Conflict):
     code = "run_state_conflict"
 
 
+class RunFenced(Conflict):
+    """This node no longer owns the fleet run: another node holds its lease, so its journal refused the append."""
+
+    code = "run_fenced"
+
+
 class ReplayMismatch(Conflict):
     """On replay, the code made a different call than the journal holds at that position."""
 

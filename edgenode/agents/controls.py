@@ -4,12 +4,18 @@ Each control is one write transaction on the run's row (plus an event row), so a
 control and the run's own progress never interleave halfway. A run that is
 executing right now learns of pause, cancel and terminate at its next host call;
 terminate also kills the activation at once.
+
+A control on a fleet run is done where the run may be written (:func:`_route`): on this
+node if it holds the run's lease or can claim it (a parked run holds none), else on the
+node executing the run now, which gets it over NATS and runs the same function. So an
+approval, event or cancel sent to any node reaches the run.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgenode.agents.replay import APPROVAL_EVENT
 from edgenode.agents.store import (
@@ -30,6 +36,43 @@ if TYPE_CHECKING:
     from edgenode.agents.engine import Agents
     from edgenode.auth import Principal
 
+T = TypeVar("T")
+
+
+async def _route(engine: Agents, who: Principal, run_id: str, op: str, args: dict[str, Any],
+                 here: Callable[[], Awaitable[T]], forwarded: bool) -> T:
+    """Run the control ``here`` on this node, or on the node that owns the fleet run now."""
+    fleet = engine.fleet
+    if fleet is None:
+        return await here()
+    key = run_key(who.tenant, run_id)
+    row = await engine.db.read(lambda c: c.execute("SELECT placement, status FROM runs WHERE key = ?",
+                                                   (key,)).fetchone())
+    if row is None or row["placement"] != "fleet" or row["status"] in TERMINAL:
+        return await here()  # local, unknown (404) or finished (409): nothing to claim
+    result: T = await fleet.act(key, who, op, args, here, forwarded=forwarded)
+    return result
+
+
+async def dispatch(engine: Agents, op: str, who: Principal, run_id: str, args: dict[str, Any], *,
+                   forwarded: bool = False) -> Any:
+    """A control by name (what another node forwards)."""
+    if op == "event":
+        return await send_event(engine, who, run_id, args.get("type"), args.get("payload"), forwarded=forwarded)
+    if op == "decide":
+        return await decide(engine, who, run_id, bool(args.get("approved")), str(args.get("comment") or ""),
+                            args.get("approver"), forwarded=forwarded)
+    if op == "pause":
+        return await pause(engine, who, run_id, forwarded=forwarded)
+    if op == "resume":
+        return await resume(engine, who, run_id, forwarded=forwarded)
+    if op in ("cancel", "terminate"):
+        return await stop(engine, who, run_id, terminate=op == "terminate", cascade=bool(args.get("cascade", True)),
+                          forwarded=forwarded)
+    if op == "move":
+        return await move(engine, who, run_id, args.get("version"), forwarded=forwarded)
+    raise ValidationFailed(f"unknown control {op!r}", field="op")
+
 
 def _checked(engine: Agents, conn: sqlite3.Connection, who: Principal, run_id: str) -> sqlite3.Row:
     row = get_run(conn, run_key(who.tenant, run_id))
@@ -44,7 +87,8 @@ def _open(row: sqlite3.Row, action: str) -> None:
                           status=row["status"])
 
 
-async def send_event(engine: Agents, who: Principal, run_id: str, type: str, payload: Any) -> dict[str, Any]:
+async def send_event(engine: Agents, who: Principal, run_id: str, type: Any, payload: Any, *,
+                     forwarded: bool = False) -> dict[str, Any]:
     """Deliver an event to a run; it wakes the run if it waits for this type, else waits for it."""
     if not isinstance(type, str) or not type or len(type) > 200 or type.startswith("edgenode."):
         raise ValidationFailed("event type must be a non-empty string (not starting with 'edgenode.')",
@@ -69,14 +113,17 @@ async def send_event(engine: Agents, who: Principal, run_id: str, type: str, pay
                          (now, now, row["key"]))
         return {"id": cur.lastrowid, "run": run_id, "type": type, "delivered": woke}
 
-    result = await engine.db.write(txn)
-    engine.feed.changed(run_key(who.tenant, run_id))
-    engine.kick()
-    return result
+    async def here() -> dict[str, Any]:
+        result: dict[str, Any] = await engine.db.write(txn)
+        engine.feed.changed(run_key(who.tenant, run_id))
+        engine.kick()
+        return result
+
+    return await _route(engine, who, run_id, "event", {"type": type, "payload": payload}, here, forwarded)
 
 
 async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, comment: str = "",
-                 approver: str | None = None) -> dict[str, Any]:
+                 approver: str | None = None, *, forwarded: bool = False) -> dict[str, Any]:
     """Approve or reject the approval a run is waiting for; ``approver`` (a token's name) is recorded as its sender."""
     now = engine.now()
 
@@ -99,10 +146,14 @@ async def decide(engine: Agents, who: Principal, run_id: str, approved: bool, co
         return {"run": run_id, "approved": bool(approved), "position": waiting.get("position"),
                 "by": approver or who.tenant}
 
-    result = await engine.db.write(txn)
-    engine.feed.changed(run_key(who.tenant, run_id))
-    engine.kick()
-    return result
+    async def here() -> dict[str, Any]:
+        result: dict[str, Any] = await engine.db.write(txn)
+        engine.feed.changed(run_key(who.tenant, run_id))
+        engine.kick()
+        return result
+
+    args = {"approved": bool(approved), "comment": comment, "approver": approver}
+    return await _route(engine, who, run_id, "decide", args, here, forwarded)
 
 
 async def list_approvals(engine: Agents, tenant: str) -> list[dict[str, Any]]:
@@ -121,7 +172,7 @@ async def list_approvals(engine: Agents, tenant: str) -> list[dict[str, Any]]:
     return out
 
 
-async def pause(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
+async def pause(engine: Agents, who: Principal, run_id: str, *, forwarded: bool = False) -> dict[str, Any]:
     """Stop scheduling a run; a running activation stops at its next host call."""
     def txn(conn: sqlite3.Connection) -> dict[str, Any]:
         row = _checked(engine, conn, who, run_id)
@@ -131,15 +182,18 @@ async def pause(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
         conn.execute("UPDATE runs SET status = 'paused', updated_at = ? WHERE key = ?", (engine.now(), row["key"]))
         return run_dict(get_run(conn, row["key"]))  # type: ignore[arg-type]
 
-    run = await engine.db.write(txn)
-    engine.feed.changed(run_key(who.tenant, run_id))
-    act = engine.active.get(run_key(who.tenant, run_id))
-    if act is not None:
-        act.stop_reason = "paused"
-    return run
+    async def here() -> dict[str, Any]:
+        run: dict[str, Any] = await engine.db.write(txn)
+        engine.feed.changed(run_key(who.tenant, run_id))
+        act = engine.active.get(run_key(who.tenant, run_id))
+        if act is not None:
+            act.stop_reason = "paused"
+        return run
+
+    return await _route(engine, who, run_id, "pause", {}, here, forwarded)
 
 
-async def resume(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
+async def resume(engine: Agents, who: Principal, run_id: str, *, forwarded: bool = False) -> dict[str, Any]:
     """Make a paused (or blocked) run runnable again; it replays to where it stopped."""
     now = engine.now()
 
@@ -152,17 +206,22 @@ async def resume(engine: Agents, who: Principal, run_id: str) -> dict[str, Any]:
                      (now, now, row["key"]))
         return run_dict(get_run(conn, row["key"]))  # type: ignore[arg-type]
 
-    run = await engine.db.write(txn)
-    engine.feed.changed(run_key(who.tenant, run_id))
-    engine.kick()
-    return run
+    async def here() -> dict[str, Any]:
+        run: dict[str, Any] = await engine.db.write(txn)
+        engine.feed.changed(run_key(who.tenant, run_id))
+        engine.kick()
+        return run
+
+    return await _route(engine, who, run_id, "resume", {}, here, forwarded)
 
 
-async def stop(engine: Agents, who: Principal, run_id: str, *, terminate: bool) -> dict[str, Any]:
+async def stop(engine: Agents, who: Principal, run_id: str, *, terminate: bool, cascade: bool = True,
+               forwarded: bool = False) -> dict[str, Any]:
     """Cancel (stop at the next host call) or terminate (kill now) a run; its outcome is final.
 
     The run's unfinished sub-agent runs, at any depth, get the same outcome in the same
-    transaction: a parent that will never read their results leaves none running.
+    transaction: a parent that will never read their results leaves none running. Sub-runs
+    of a fleet run have leases of their own: each is stopped after the parent, where it is owned.
     """
     status = "terminated" if terminate else "cancelled"
 
@@ -170,26 +229,42 @@ async def stop(engine: Agents, who: Principal, run_id: str, *, terminate: bool) 
         row = _checked(engine, conn, who, run_id)
         _open(row, "cancel" if not terminate else "terminate")
         now = engine.now()
-        children = descendants(conn, who.tenant, run_id)
+        children = descendants(conn, who.tenant, run_id) if cascade else []
+        if row["placement"] == "fleet" and engine.fleet is not None:
+            children = []  # stopped one by one below, each where it is owned
         finish_run(conn, row["key"], status, now, error={"code": status, "message": f"run {status} by {who.tenant}"})
         for child in children:
             finish_run(conn, child["key"], status, now, error={
                 "code": status, "message": f"run {status} with its parent {run_id}"})
         return run_dict(get_run(conn, row["key"])), [row["key"], *(c["key"] for c in children)]  # type: ignore[arg-type]
 
-    run, keys = await engine.db.write(txn)
-    for key in keys:
-        engine.feed.changed(key)
-        act = engine.active.get(key)
-        if act is not None:
-            act.stop_reason = status
-            if terminate:
-                engine.runner.kill(act.handle)
-    engine.kick()
+    async def here() -> dict[str, Any]:
+        run, keys = await engine.db.write(txn)
+        for key in keys:
+            engine.feed.changed(key)
+            act = engine.active.get(key)
+            if act is not None:
+                act.stop_reason = status
+                if terminate:
+                    engine.runner.kill(act.handle)
+        engine.kick()
+        result: dict[str, Any] = run
+        return result
+
+    op = "terminate" if terminate else "cancel"
+    run = await _route(engine, who, run_id, op, {"cascade": cascade}, here, forwarded)
+    if cascade and engine.fleet is not None and run.get("placement") == "fleet":
+        children = await engine.db.read(lambda c: descendants(c, who.tenant, run_id))
+        for child in children:
+            try:
+                await stop(engine, who, child["id"], terminate=terminate, cascade=False)
+            except RunFinished:
+                pass
     return run
 
 
-async def move(engine: Agents, who: Principal, run_id: str, version: Any) -> dict[str, Any]:
+async def move(engine: Agents, who: Principal, run_id: str, version: Any, *,
+               forwarded: bool = False) -> dict[str, Any]:
     """Pin a run to another version of its agent; it replays its journal against that code.
 
     If the new code makes the same journaled calls up to where the run stopped, the run
@@ -216,10 +291,13 @@ async def move(engine: Agents, who: Principal, run_id: str, version: Any) -> dic
                          "updated_at = ? WHERE key = ?", (version, now, now, row["key"]))
         return run_dict(get_run(conn, row["key"]))  # type: ignore[arg-type]
 
-    run = await engine.db.write(txn)
-    engine.feed.changed(run_key(who.tenant, run_id))
-    engine.kick()
-    return run
+    async def here() -> dict[str, Any]:
+        run: dict[str, Any] = await engine.db.write(txn)
+        engine.feed.changed(run_key(who.tenant, run_id))
+        engine.kick()
+        return run
+
+    return await _route(engine, who, run_id, "move", {"version": version}, here, forwarded)
 
 
 async def restart(engine: Agents, who: Principal, run_id: str, from_step: int, *, new_id: str | None = None,
@@ -261,7 +339,8 @@ async def restart(engine: Agents, who: Principal, run_id: str, from_step: int, *
                                        f"({entry['status']}); restart from position {entry['position']} at the "
                                        "latest", field="from_step")
         run, _ = engine.create_run_txn(conn, tenant=who.tenant, agent=row["agent"], input=loads(row["input"]),
-                                       run_id=new_id, version=version, restarted_from=(run_id, from_step))
+                                       run_id=new_id, version=version, restarted_from=(run_id, from_step),
+                                       placement=row["placement"])
         now = engine.now()
         key = run_key(who.tenant, run["id"])
         for entry in kept:

@@ -77,7 +77,7 @@ class Effects:
         if kind == "agent.call":
             self.engine.create_run_txn(
                 conn, tenant=act.run["tenant"], agent=spec["agent"], input=spec["input"], run_id=spec["child"],
-                parent_id=act.run_id,
+                parent_id=act.run_id, placement=act.run.get("placement"),
             )
 
     # -- immediate effects ----------------------------------------------------

@@ -6,12 +6,21 @@ journal (``edgenode.agents.replay``) and ends with an outcome. Nothing is held
 for a waiting run. At start, runs left ``running`` by a crash go back to
 ``pending``, so they resume from their last journaled call, and overdue timers
 fire on the first scheduler tick.
+
+In a fleet, a run is placed ``fleet`` (the default there) or ``local``. A fleet run is
+executed by whichever node holds its lease, and its journal is replicated
+(:mod:`edgenode.agents.fleetjournal`): the scheduler's claim acquires the lease, the end of
+an activation releases it unless the run is to go on here, and runs whose owner is gone
+are taken over. A local run is pinned to its node: it never needs the fleet, works cut off
+from it, and never fails over. A node without a fleet has only local runs and behaves as
+before fleets existed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import re
@@ -30,6 +39,7 @@ from edgenode.agents.runner import Runner, make_runner
 from edgenode.agents.schedules import Schedules
 from edgenode.agents.store import (
     MIGRATIONS,
+    PLACEMENTS,
     TERMINAL,
     dumps,
     finish_run,
@@ -46,12 +56,15 @@ from edgenode.errors import (
     Conflict,
     PayloadTooLarge,
     ReplayMismatch,
+    RunFenced,
     RunNotFound,
+    Unavailable,
     ValidationFailed,
 )
 from edgenode.fleet.changes import ChangeFeed
 
 if TYPE_CHECKING:
+    from edgenode.agents.fleetjournal import FleetJournal
     from edgenode.auth import Principal
     from edgenode.node import Node
 
@@ -115,21 +128,31 @@ class Agents:
         self.activations = 0
         #: Told of every deployment and tenant secret that changed (the fleet control plane listens).
         self.changes = ChangeFeed()
+        #: Fleet runs' leases and replicated journal (None for a node outside a fleet).
+        self.fleet: FleetJournal | None = None
 
     # -- lifecycle of the capability --------------------------------------------
 
     async def start(self) -> None:
         """Open the database, recover runs a crash left running, start the scheduler."""
         self.db.open()
+        # Fleet runs left running stay so until a node claims their lease (this one, or another).
         recovered = await self.db.write(lambda c: c.execute(
-            "UPDATE runs SET status = 'pending', wake_at = ? WHERE status = 'running'", (self.now(),)
-        ).rowcount)
+            "UPDATE runs SET status = 'pending', wake_at = ? WHERE status = 'running' AND placement = 'local'",
+            (self.now(),)).rowcount)
         if recovered:
             log.info("recovered in-flight agent runs", extra={"runs": recovered})
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, self.settings.max_active_runs),
                                                            thread_name_prefix="agent")
         self._loop = asyncio.get_running_loop()
         self._kick = asyncio.Event()
+        transport = getattr(self.node, "transport", None)
+        if transport is not None:
+            from edgenode.agents.fleetjournal import FleetJournal
+
+            members = getattr(getattr(self.node, "cluster", None), "members", None)
+            self.fleet = FleetJournal(self, transport, stopped=_stopped_by(members))
+            await self.fleet.start()
         self._task = asyncio.create_task(self._scheduler(), name="agents-scheduler")
 
     async def stop(self) -> None:
@@ -152,6 +175,8 @@ class Agents:
                 await asyncio.wait_for(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True), 5.0)
             except TimeoutError:
                 log.warning("agent activations still busy at stop", extra={"runs": list(self.active)})
+        if self.fleet is not None:
+            await self.fleet.stop()
         self.egress.close()
         self.db.close()
 
@@ -180,7 +205,7 @@ class Agents:
         except Exception:  # a status call must never fail the node's status
             rows = []
         return {"runner": self.runner.name, "active": len(self.active), "activations": self.activations,
-                "runs": {r[0]: r[1] for r in rows}}
+                "runs": {r[0]: r[1] for r in rows}, "fleet": self.fleet.status() if self.fleet else None}
 
     def run_async(self, make: Callable[[], Any], timeout_s: float = 900.0) -> Any:
         """Run a coroutine of another capability on the node's loop, from an activation thread."""
@@ -227,15 +252,22 @@ class Agents:
         free = self.settings.max_active_runs - len(self.active)
         if free <= 0:
             return
+        fleet = self.fleet
+        if fleet is not None and fleet.joined.is_set():
+            await fleet.adopt_unpublished()
+            await fleet.take_due(now, free - sum(1 for k in fleet.held if k not in self.active))
+        held = [k for k in (fleet.held if fleet is not None else ()) if k not in self.active]
         busy = list(self.active)
         share = self.tenant_share()
-        held: dict[str, int] = {}
+        taken: dict[str, int] = {}
         for running in self.active.values():
-            held[running.run["tenant"]] = held.get(running.run["tenant"], 0) + 1
+            taken[running.run["tenant"]] = taken.get(running.run["tenant"], 0) + 1
 
         def claim(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             marks = ",".join("?" * len(busy))
             exclude = f"AND key NOT IN ({marks})" if busy else ""
+            # A fleet run only once this node holds its lease.
+            exclude += f" AND (placement = 'local' OR key IN ({','.join('?' * len(held))}))"
             # Due runs taken tenant by tenant in turn (each tenant's oldest first), and no tenant
             # past its share of the activation slots: one tenant's backlog cannot hold them all.
             due = conn.execute(
@@ -243,13 +275,13 @@ class Agents:
                                    FROM runs WHERE (status = 'pending' OR (status = 'waiting' AND wake_at <= ?))
                                    {exclude})
                     WHERE turn <= ? ORDER BY turn, wake_at LIMIT ?""",
-                (now, *busy, share, free + len(held) * share),
+                (now, *busy, *held, share, free + len(taken) * share),
             ).fetchall()
             rows: list[sqlite3.Row] = []
             for row in due:
-                if len(rows) >= free or held.get(row["tenant"], 0) >= share:
+                if len(rows) >= free or taken.get(row["tenant"], 0) >= share:
                     continue
-                held[row["tenant"]] = held.get(row["tenant"], 0) + 1
+                taken[row["tenant"]] = taken.get(row["tenant"], 0) + 1
                 rows.append(row)
             for row in rows:
                 conn.execute("UPDATE runs SET status = 'running', activations = activations + 1, updated_at = ? "
@@ -258,6 +290,17 @@ class Agents:
 
         for row in await self.db.write(claim):
             run = {**run_dict(row), "key": row["key"]}
+            if fleet is not None and run["placement"] == "fleet":
+                try:
+                    await fleet.append(row["key"])
+                except RunFenced:
+                    await fleet.resync(row["key"])
+                    continue
+                except Exception as exc:  # cut off from the fleet: the run stays for a later tick
+                    log.info("could not record a fleet run's activation", extra={"run": run["id"],
+                                                                                 "error": repr(exc)[:200]})
+                    await self.db.write(functools.partial(_unclaim, key=row["key"]))
+                    continue
             act = self._prepare(run)
             if act is None:
                 continue
@@ -275,6 +318,12 @@ class Agents:
             "SELECT files, config FROM agent_versions WHERE tenant = ? AND name = ? AND version = ?",
             (run["tenant"], run["agent"], run["version"]),
         ).fetchone())
+        if version is None and run["placement"] == "fleet":
+            # Deployed on another node and not installed here yet: the control plane brings it.
+            self.db.write_sync(lambda c: c.execute(
+                "UPDATE runs SET status = 'pending', wake_at = ? WHERE key = ? AND status = 'running'",
+                (self.now() + 1.0, run["key"])))
+            return None
         if version is None:
             self.db.write_sync(lambda c: finish_run(c, run["key"], "failed", self.now(), error={
                 "code": "agent_not_found", "message": f"agent {run['agent']} v{run['version']} no longer exists"}))
@@ -296,6 +345,8 @@ class Agents:
             outcome = {"status": "crashed", "error": {"type": type(exc).__name__, "message": str(exc)}}
         try:
             self._settle(act, outcome)
+            if self.fleet is not None and act.run.get("placement") == "fleet":
+                self._settle_fleet(act)
         except Exception:
             log.exception("could not record an activation's outcome", extra={"run": act.run_id})
         finally:
@@ -303,9 +354,26 @@ class Agents:
             self.feed.changed(act.key)
             self.kick()
 
+    def _settle_fleet(self, act: Activation) -> None:
+        """Append the activation's outcome to the fleet journal and release the lease if it parked or ended."""
+        fleet = self.fleet
+        assert fleet is not None
+        key = act.key
+        self.active.pop(key, None)
+        if act.stop_reason != "fenced":
+            try:
+                self.run_async(lambda: fleet.settle(key), timeout_s=30.0)
+                return
+            except RunFenced:
+                pass
+        log.warning("stopped a fleet run here: another node owns it now", extra={"run": act.run_id})
+        self.run_async(lambda: fleet.resync(key), timeout_s=30.0)
+
     def _settle(self, act: Activation, outcome: dict[str, Any]) -> None:
         now = self.now()
         status = outcome.get("status")
+        if act.stop_reason == "fenced":
+            return  # another node owns the run: nothing of this activation's end is ours to record
         if status == "crashed" and act.open_step is not None and act.stop_reason is None:
             # The runner cut a step off at its timeout: that is the step's failure, not the run's.
             act.step_timed_out()
@@ -449,7 +517,7 @@ class Agents:
     def create_run_txn(self, conn: sqlite3.Connection, *, tenant: str, agent: str, input: Any,
                        run_id: str | None = None, version: int | None = None, parent_id: str | None = None,
                        schedule: str | None = None, restarted_from: tuple[str, int] | None = None,
-                       ) -> tuple[dict[str, Any], bool]:
+                       placement: str | None = None) -> tuple[dict[str, Any], bool]:
         """Create a run (or find the one with this id: idempotent start); returns (run, created)."""
         if run_id is not None:
             existing = get_run(conn, run_key(tenant, run_id))
@@ -473,24 +541,62 @@ class Agents:
         run_id = run_id or "run_" + secrets.token_hex(8)
         conn.execute(
             "INSERT INTO runs (key, id, tenant, agent, version, status, input, wake_at, parent_id, schedule, "
-            "restarted_from, restart_step, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "restarted_from, restart_step, placement, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_key(tenant, run_id), run_id, tenant, agent, version, text, now, parent_id, schedule,
              None if restarted_from is None else restarted_from[0],
-             None if restarted_from is None else restarted_from[1], now, now))
+             None if restarted_from is None else restarted_from[1], placement or self.placement(None), now, now))
         row = get_run(conn, run_key(tenant, run_id))
         assert row is not None
         return run_dict(row), True
 
+    def placement(self, requested: Any) -> str:
+        """Where a new run executes: the request's choice, else ``agents.placement`` (auto: fleet in a fleet)."""
+        choice = requested if requested is not None else self.settings.placement
+        if choice == "auto":
+            return "fleet" if self.fleet is not None else "local"
+        if choice not in PLACEMENTS:
+            raise ValidationFailed("placement must be 'local' or 'fleet'", field="placement")
+        if choice == "fleet" and self.fleet is None:
+            raise ValidationFailed("placement 'fleet' needs a node in a fleet; this node is alone",
+                                   field="placement")
+        return str(choice)
+
     async def start_run(self, tenant: str, agent: str, input: Any = None, *, run_id: str | None = None,
-                        version: int | None = None) -> tuple[dict[str, Any], bool]:
-        """Start a run of ``agent``; with ``run_id``, a second start returns the first run."""
+                        version: int | None = None, placement: Any = None) -> tuple[dict[str, Any], bool]:
+        """Start a run of ``agent``; with ``run_id``, a second start returns the first run.
+
+        A fleet run is in the fleet's journal before this returns (and a run id already used
+        anywhere in the fleet returns that run).
+        """
         if run_id is not None:
             validate_run_id(run_id)
-        result = await self.db.write(lambda c: self.create_run_txn(
-            c, tenant=tenant, agent=agent, input=input, run_id=run_id, version=version))
+        where = self.placement(placement)
+        if where == "fleet":
+            assert self.fleet is not None
+            await self.fleet.ready()
+            if run_id is not None:
+                await self.fleet.catch_up(run_key(tenant, run_id))
+        run, created = await self.db.write(lambda c: self.create_run_txn(
+            c, tenant=tenant, agent=agent, input=input, run_id=run_id, version=version, placement=where))
+        if created and where == "fleet":
+            assert self.fleet is not None
+            key = run_key(tenant, run["id"])
+            try:
+                adopted = await self.fleet.adopt(key)
+            except Exception as exc:
+                await self.db.write(lambda c: c.execute("DELETE FROM runs WHERE key = ?", (key,)))
+                raise Unavailable(f"the fleet did not take the run: {exc!r}"[:300], retry_after=1) from None
+            if not adopted:  # started on another node meanwhile: that run is the one
+                await self.db.write(lambda c: c.execute(
+                    "DELETE FROM runs WHERE key = ? AND key NOT IN (SELECT key FROM fleet_runs)", (key,)))
+                await self.fleet.catch_up(key)
+                row = await self.db.read(lambda c: get_run(c, key))
+                if row is None or row["agent"] != agent:
+                    raise Conflict(f"run id {run_id!r} is already used in the fleet")
+                run, created = run_dict(row), False
         self.kick()
-        return result
+        return run, created
 
     async def get_run(self, who: Principal, run_id: str) -> dict[str, Any]:
         """A run the caller may see."""
@@ -533,7 +639,7 @@ class Agents:
         """Delete the journals and events of runs finished longer ago than the retention; how many."""
         cutoff = (now or self.now()) - self.settings.retention_days * 86_400
 
-        def txn(conn: sqlite3.Connection) -> int:
+        def txn(conn: sqlite3.Connection) -> list[str]:
             keys = [r[0] for r in conn.execute(
                 "SELECT key FROM runs WHERE finished_at IS NOT NULL AND finished_at <= ? AND journal_pruned = 0 "
                 "LIMIT 1000", (cutoff,))]
@@ -542,13 +648,28 @@ class Agents:
                 conn.execute("DELETE FROM events WHERE run_id = ?", (key,))
                 conn.execute("DELETE FROM run_log WHERE run_key = ?", (key,))
                 conn.execute("UPDATE runs SET journal_pruned = 1 WHERE key = ?", (key,))
-            return len(keys)
+            return keys
 
-        pruned = await self.db.write(txn)
-        if pruned:
-            log.info("pruned finished agent runs", extra={"runs": pruned})
-        return pruned
+        keys: list[str] = await self.db.write(txn)
+        if keys:
+            log.info("pruned finished agent runs", extra={"runs": len(keys)})
+            if self.fleet is not None:
+                await self.fleet.forget(keys)
+        return len(keys)
 
     def is_terminal(self, status: str) -> bool:
         """Whether a run in ``status`` has finished."""
         return status in TERMINAL
+
+
+def _unclaim(conn: sqlite3.Connection, key: str) -> None:
+    conn.execute("UPDATE runs SET status = 'pending' WHERE key = ? AND status = 'running'", (key,))
+
+
+def _stopped_by(members: Any) -> Callable[[str], bool]:
+    """Whether the membership view reports ``node`` stopped cleanly (its runs are free at once)."""
+    def stopped(node: str) -> bool:
+        if members is None:
+            return False
+        return any(m.node_id == node and m.stopped for m in members.members())
+    return stopped

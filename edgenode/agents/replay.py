@@ -9,6 +9,10 @@ the run with ``replay_mismatch``, naming both: no silent divergence.
 Waiting calls (sleep, events, approvals, sub-agents, step back-off) write a
 ``waiting`` entry and the run's wake-up row in one transaction, then tell the
 guest to unwind; the activation ends and nothing stays behind but rows.
+
+For a fleet run, every write is appended to the fleet journal before the guest hears of it
+(:meth:`Activation._replicate`); a refused append stops the activation (``fenced``). Once
+this node's lease is lost, the activation starts no new effect.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgenode.agents.store import TERMINAL, dumps, loads, run_key, write_entry
-from edgenode.errors import EdgenodeError
+from edgenode.errors import EdgenodeError, RunFenced
 
 if TYPE_CHECKING:
     from edgenode.agents.engine import Agents
@@ -65,6 +69,8 @@ class Activation:
         self._name_at_begin = ""
         #: The step whose body runs now, if it has a timeout: (position, name, options).
         self.open_step: tuple[int, str, dict[str, Any]] | None = None
+        #: A fleet run: its writes go to the fleet journal too.
+        self.fleet = run.get("placement") == "fleet"
 
     # -- the one entry point --------------------------------------------------
 
@@ -85,6 +91,11 @@ class Activation:
             self.stop_reason = "journal_full"
             return {"stop": "journal_full"}
         entry = self.entries.get(position)
+        if kind != "step.end" and self.fleet and self.engine.fleet is not None and self.engine.fleet.lost(self.key):
+            # Another node owns the run: start nothing new (a finished step's result is still offered
+            # to the journal, which refuses it if the new owner has claimed the run).
+            self.stop_reason = "fenced"
+            return {"stop": "fenced"}
         journal_kind = "step" if kind in ("step.begin", "step.end") else kind
         if entry is not None and (entry["kind"], entry["name"]) != (journal_kind, name):
             return self._diverged(position, entry, journal_kind, name)
@@ -102,6 +113,9 @@ class Activation:
             if kind in WAITS:
                 return self._wait(position, entry, kind, name, request or {})
             return self._perform(position, kind, name, request)
+        except RunFenced:
+            self.stop_reason = "fenced"
+            return {"stop": "fenced"}
         except EdgenodeError as exc:
             # Only storage failures get here; the guest unwinds and the run is retried later.
             log.warning("host call failed", extra={"run": self.run_id, "kind": kind, "error": exc.message})
@@ -238,6 +252,7 @@ class Activation:
 
         outcome, result = engine.db.write_sync(txn)
         engine.feed.changed(self.key)
+        self._replicate(events=True)
         self.entries[position] = {"position": position, "kind": kind, "name": name, "request": spec,
                                   "result": result, "status": "ok" if outcome == "ok" else "waiting", "attempts": 1}
         if outcome == "ok":
@@ -253,6 +268,7 @@ class Activation:
             (dumps({**waiting, "position": position, "until": until}), until, now, self.key),
         ))
         self.engine.feed.changed(self.key)
+        self._replicate()
         return {"suspend": waiting["kind"]}
 
     # -- journal writes -------------------------------------------------------
@@ -264,8 +280,15 @@ class Activation:
         self.engine.db.write_sync(lambda c: write_entry(c, self.key, position, kind, name, req, res, status,
                                                         attempts, now))
         self.engine.feed.changed(self.key)
+        self._replicate()
         self.entries[position] = {"position": position, "kind": kind, "name": name, "request": json.loads(req),
                                   "result": json.loads(res), "status": status, "attempts": attempts}
+
+    def _replicate(self, *, events: bool = False) -> None:
+        """Append this run's change to the fleet journal (RunFenced if another node owns the run now)."""
+        fleet = self.engine.fleet
+        if self.fleet and fleet is not None:
+            fleet.append_sync(self.key, events=events)
 
 
 def _public_spec(spec: dict[str, Any]) -> dict[str, Any]:

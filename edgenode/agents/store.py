@@ -210,8 +210,31 @@ def _tenant_run_ids(conn: sqlite3.Connection) -> None:
     )
 
 
+def _fleet_runs(conn: sqlite3.Connection) -> None:
+    """Runs get a placement (``local``: this node only; ``fleet``: owned by lease, journal replicated).
+
+    ``fleet_runs`` is this node's bookkeeping of each fleet run's replicated journal: the stream
+    sequence of the last record applied here, and the owner and fence that record named.
+    Existing runs stay ``local``: they were started before the node was in a fleet.
+    """
+    conn.execute("ALTER TABLE runs ADD COLUMN placement TEXT NOT NULL DEFAULT 'local'")
+    conn.execute(
+        """CREATE TABLE fleet_runs (
+            key TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            owner TEXT,
+            fence INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID"""
+    )
+    conn.execute("CREATE INDEX runs_placement ON runs(placement, status, wake_at) WHERE placement = 'fleet'")
+
+
 MIGRATIONS = [Migration("agents-0001-tables", _create_tables),
-              Migration("agents-0002-tenant-run-ids", _tenant_run_ids)]
+              Migration("agents-0002-tenant-run-ids", _tenant_run_ids),
+              Migration("agents-0003-fleet-runs", _fleet_runs)]
+
+#: Where a run executes: ``local`` (pinned to the node that started it) or ``fleet`` (any node, by lease).
+PLACEMENTS = ("local", "fleet")
 
 
 def run_key(tenant: str, run_id: str) -> str:
@@ -251,6 +274,7 @@ def run_dict(row: sqlite3.Row) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "finished_at": row["finished_at"],
+        "placement": row["placement"],
     }
 
 

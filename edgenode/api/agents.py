@@ -98,6 +98,8 @@ class StartRun(Body):
     input: Json = None
     id: RunId | None = None
     version: Version | None = None
+    placement: Literal["local", "fleet"] | None = Field(
+        None, description="fleet: owned by lease, survives its node; local: pinned to this node")
 
 
 class Run(Reply):
@@ -323,11 +325,11 @@ async def get_agent(request: Request) -> Response:
 
 @operation(body=StartRun, responses={200: StartedRun, 201: StartedRun}, errors=(400, 404, 409, 413), path=_NAME)
 async def start_run(request: Request) -> Response:
-    """Start a run: ``{"input"?, "id"? (idempotency), "version"?}``; 201, or 200 for a known id."""
+    """Start a run: ``{"input"?, "id"? (idempotency), "version"?, "placement"?}``; 201, or 200 for a known id."""
     agents = _agents(request)
     body = await read_model(request, StartRun, agents.settings.max_event_bytes + _ENVELOPE)
     run, created = await agents.start_run(principal(request).tenant, request.path_params["name"], body.input,
-                                          run_id=body.id, version=body.version)
+                                          run_id=body.id, version=body.version, placement=body.placement)
     return json({**run, "created": created}, status=201 if created else 200)
 
 

@@ -1,0 +1,340 @@
+"""Agents that outlive their node: three real nodes, kill -9 of a run's owner, the run finishes elsewhere.
+
+The agent charges (a step calling a side-effect server on loopback with an idempotency
+key), asks a model (the loopback model double, through a gate here), waits for approval and
+ships (another step). The side-effect server can hold a key's first call until the test
+lets it go, so a kill lands inside a step or inside the model call on purpose, not by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+from tests.agents.helpers import FAST as AGENTS_FAST
+from tests.agents.helpers import deploy
+from tests.agents.model_servers import ModelServer
+from edgenode.agents.lease import token
+from tests.cluster.helpers import KEYS, start_fleet, wait_members
+from tests.support import NodeProcess, wait_for
+
+AGENT = """
+import json
+import urllib.request
+
+
+def call(url, key):
+    request = urllib.request.Request(url + "/effect?key=" + key, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        return json.loads(reply.read())
+
+
+def run(ctx, input):
+    url, rid = input["effects"], input["id"]
+    charge = ctx.step("charge", lambda: call(url, rid + ":charge"))
+    answer = ctx.model("local:m").chat([{"role": "user", "content": "quote " + rid}])
+    decision = ctx.approval("ship?", {"id": rid})
+    ship = ctx.step("ship", lambda: call(url, rid + ":ship"))
+    return {"approved": decision.approved, "answer": answer.text, "charge": charge, "ship": ship}
+"""
+
+
+class Effects:
+    """Records side effects by idempotency key; holds a key's first call while the key is in ``hold``.
+
+    ``/model/...`` is passed on to the model double the same way (held while the run id in
+    the prompt is in ``hold``), so a test can stop a node inside its model call.
+    """
+
+    def __init__(self, model_url: str) -> None:
+        self.calls: dict[str, int] = {}
+        self.hold: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                url = urlsplit(self.path)
+                if url.path.startswith("/model/"):
+                    key = "model:" + _run_in_prompt(body)
+                else:
+                    key = parse_qs(url.query)["key"][0]
+                with server.lock:
+                    n = server.calls[key] = server.calls.get(key, 0) + 1
+                gate = server.hold.get(key)
+                if gate is not None and n == 1:
+                    gate.wait(120)  # bounded: a failing test must not hang the server
+                if url.path.startswith("/model/"):
+                    forward = urllib.request.Request(model_url + url.path[len("/model"):], data=body,
+                                                     headers={"content-type": "application/json"})
+                    with urllib.request.urlopen(forward, timeout=30) as reply:
+                        raw = reply.read()
+                else:
+                    raw = json.dumps({"key": key, "call": n}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def held(self, key: str) -> threading.Event:
+        gate = self.hold[key] = threading.Event()
+        return gate
+
+    def close(self) -> None:
+        for gate in self.hold.values():
+            gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _run_in_prompt(body: bytes) -> str:
+    messages = json.loads(body or b"{}").get("messages") or [{}]
+    return str(messages[-1].get("content", "")).removeprefix("quote ")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeProcess], Effects]]:
+    with ModelServer() as models:
+        effects = Effects(models.url)
+        env = {**AGENTS_FAST, "EDGENODE_AGENTS_LEASE_TTL_S": "2", "EDGENODE_EGRESS_ALLOW_NETWORKS": "127.0.0.0/8",
+               "EDGENODE_AGENTS_MODEL_ENDPOINTS": f"local={effects.url}/model/compat/v1",
+               "EDGENODE_AGENTS_MODEL_RETRIES": "0", "EDGENODE_AGENTS_MODEL_TIMEOUT_S": "60"}
+        nodes = start_fleet(tmp_path_factory.mktemp("takeover"), 3, env=env)
+        try:
+            wait_members(nodes)
+            # The first node made the streams alone; a kill is survivable once they have three copies.
+            # (Only n3 is ever killed: the members bucket keeps one copy, on the first node.)
+            wait_for(lambda: not _fewer_copies(nodes[0]), timeout=60, message="every fleet stream on three servers")
+            with nodes[0].client() as c:
+                deploy(c, "shop", AGENT)
+            for n in nodes:
+                wait_for(lambda n=n: _get(n, "/v1/agents/shop").status_code == 200, message="the deployment")
+            yield nodes, effects
+        finally:
+            effects.close()
+            for n in nodes:
+                n.stop()
+
+
+def _port(node: NodeProcess) -> int:
+    port: int = json.loads((node.data_dir / "nats" / "ports.json").read_text())["client"]
+    return port
+
+
+async def _stream_replicas(port: int) -> dict[str, int]:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
+    try:
+        return {s.config.name or "": int(s.config.num_replicas or 1) for s in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+
+
+def _fewer_copies(node: NodeProcess) -> dict[str, int]:
+    """The agent journal and lease streams, if either has fewer than three copies."""
+    return {name: n for name, n in asyncio.run(_stream_replicas(_port(node))).items()
+            if name.endswith(("_AGENTS", "_KV_LEASES")) and n < 3}
+
+
+def _get(node: NodeProcess, path: str) -> httpx.Response:
+    with node.client() as c:
+        return c.get(path)
+
+
+def _run(node: NodeProcess, run_id: str) -> dict[str, Any] | None:
+    r = _get(node, f"/v1/agents/runs/{run_id}")
+    return r.json() if r.status_code == 200 else None
+
+
+def _status(node: NodeProcess, run_id: str, *statuses: str) -> dict[str, Any] | None:
+    run = _run(node, run_id)
+    return run if run is not None and run["status"] in statuses else None
+
+
+def _fleet(node: NodeProcess) -> dict[str, Any]:
+    data: dict[str, Any] = _get(node, "/v1/status").json()["capabilities"]["agents"]["fleet"]
+    return data
+
+
+def _start(node: NodeProcess, effects: Effects, run_id: str) -> None:
+    with node.client() as c:
+        r = c.post("/v1/agents/shop/runs", json={"id": run_id, "input": {"effects": effects.url, "id": run_id}})
+        assert r.status_code == 201, r.text
+        assert r.json()["placement"] == "fleet"
+
+
+def _finish_elsewhere(nodes: list[NodeProcess], run_id: str) -> dict[str, Any]:
+    """Approve on one survivor once the run waits there; the run completes, seen from the other."""
+    a, b = nodes
+    wait_for(lambda: _status(a, run_id, "waiting"), timeout=60, message=f"{run_id} to wait for approval")
+    with a.client() as c:
+        r = c.post(f"/v1/agents/runs/{run_id}/approve", json={"comment": "ok"})
+        assert r.status_code == 200, r.text
+    run: dict[str, Any] = wait_for(lambda: _status(b, run_id, "completed"), timeout=60,
+                                   message=f"{run_id} to complete")
+    return run
+
+
+def _once_each(node: NodeProcess, run_id: str) -> list[dict[str, Any]]:
+    """The run's journal, after checking each journaled call is there exactly once, settled."""
+    journal: list[dict[str, Any]] = _get(node, f"/v1/agents/runs/{run_id}/history").json()["journal"]
+    names = [(e["kind"], e["name"]) for e in journal]
+    assert names == [("step", "charge"), ("model.chat", "local:m"), ("approval", "ship?"), ("step", "ship")], names
+    assert all(e["status"] == "ok" for e in journal)
+    return journal
+
+
+async def _read_records(port: int, key: str) -> list[dict[str, Any]]:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
+    try:
+        js = nc.jetstream()
+        stream = next(s.config for s in await js.streams_info() if (s.config.name or "").endswith("_AGENTS"))
+        subject = (stream.subjects or [""])[0].replace(">", token(key))
+        out, seq = [], 1
+        while True:
+            try:
+                msg = await js.get_msg(stream.name or "", seq, subject=subject, next=True)
+            except NotFoundError:
+                return out
+            out.append(json.loads(msg.data or b"{}"))
+            seq = int(msg.seq or 0) + 1
+    finally:
+        await nc.close()
+
+
+def _recorded_once(node: NodeProcess, run_id: str) -> None:
+    """In the replicated journal itself: each position settled in one record, the outcome in one record."""
+    records = asyncio.run(_read_records(_port(node), f"default/{run_id}"))
+    settled = [e[0] for r in records for e in r["entries"] if e[5] in ("ok", "error")]
+    assert sorted(settled) == [0, 1, 2, 3], settled
+    assert [r["run"]["status"] for r in records].count("completed") == 1, [(r["node"], r["fence"], r["run"]["status"], [e[:1] + e[5:6] for e in r["entries"]]) for r in records]
+    fences = [r["fence"] for r in records]
+    assert fences == sorted(fences)  # a later owner's fence is higher; no record of an older one after it
+
+
+def _restart(node: NodeProcess, others: list[NodeProcess]) -> None:
+    node.start()
+    wait_members([node, *others])
+
+
+def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    gate = effects.held("a:charge")
+    _start(n3, effects, "a")
+    wait_for(lambda: effects.calls.get("a:charge") == 1, message="the owner to be inside its first step")
+    n3.kill()
+    gate.set()  # the killed owner's call ends unanswered; the new owner's goes through at once
+    run = _finish_elsewhere([n1, n2], "a")
+    assert run["output"]["approved"] is True
+    # The step ran again on the new owner (at least once), and is journaled once, with that result.
+    assert effects.calls["a:charge"] == 2 and effects.calls["a:ship"] == 1
+    for node in (n1, n2):
+        journal = _once_each(node, "a")
+        assert journal[0]["result"] == {"key": "a:charge", "call": 2} == run["output"]["charge"]
+    assert sum(_fleet(n)["takeovers"] for n in (n1, n2)) >= 1
+    _recorded_once(n1, "a")
+    _restart(n3, [n1, n2])
+    # The old owner's copy catches up from the stream: the run it lost is completed there too.
+    wait_for(lambda: _status(n3, "a", "completed"), timeout=60, message="the restarted node's copy")
+
+
+def test_kill_9_of_the_owner_during_the_model_call(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    gate = effects.held("model:b")
+    _start(n3, effects, "b")
+    wait_for(lambda: effects.calls.get("model:b") == 1, message="the owner to be inside its model call")
+    n3.kill()
+    gate.set()
+    run = _finish_elsewhere([n2, n1], "b")
+    assert run["output"]["answer"] == "echo: quote b"
+    assert effects.calls["b:charge"] == 1 and effects.calls["model:b"] == 2 and effects.calls["b:ship"] == 1
+    for node in (n1, n2):
+        _once_each(node, "b")
+    _recorded_once(n2, "b")
+    _restart(n3, [n1, n2])
+
+
+def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    _start(n3, effects, "c")
+    wait_for(lambda: _status(n3, "c", "waiting"), message="c to park")
+    # Parked: no lease held for it anywhere, and every node lists it and its approval.
+    wait_for(lambda: _fleet(n3)["held"] == 0, message="the parked run's lease to be released")
+    for node in (n1, n2):
+        wait_for(lambda node=node: any(a["run"] == "c" for a in _get(node, "/v1/agents/approvals")
+                                       .json()["approvals"]), message="the approval listed on every node")
+        assert "c" in {r["id"] for r in _get(node, "/v1/agents/runs").json()["runs"]}
+    n3.kill()
+    run = _finish_elsewhere([n1, n2], "c")
+    assert run["output"]["approved"] is True
+    assert effects.calls["c:charge"] == 1 and effects.calls["model:c"] == 1 and effects.calls["c:ship"] == 1
+    for node in (n1, n2):
+        _once_each(node, "c")
+    _recorded_once(n1, "c")
+    _restart(n3, [n1, n2])
+
+
+def test_a_former_owner_that_lost_its_lease_cannot_append(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    refused = _fleet(n3)["appends_refused"]
+    gate = effects.held("f:charge")
+    _start(n3, effects, "f")
+    wait_for(lambda: effects.calls.get("f:charge") == 1, message="the owner to be inside its first step")
+    n3.signal(signal.SIGSTOP)
+    try:
+        # Paused past its lease: another node takes the run over and runs the step again.
+        wait_for(lambda: _status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
+        assert effects.calls["f:charge"] == 2
+        gate.set()  # the paused owner's step now finishes; it offers the result when it wakes
+    finally:
+        n3.signal(signal.SIGCONT)
+    wait_for(lambda: _fleet(n3)["appends_refused"] > refused, timeout=60, message="the stale append to be refused")
+    # It stopped the run locally and re-read its copy: the run waits for approval, as on the others.
+    wait_for(lambda: _status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
+    assert _get(n3, "/v1/status").json()["capabilities"]["agents"]["active"] == 0
+    run = _finish_elsewhere([n3, n2], "f")
+    assert run["output"]["charge"] == {"key": "f:charge", "call": 2}
+    for node in (n1, n2, n3):
+        journal = _once_each(node, "f")
+        assert journal[0]["result"] == {"key": "f:charge", "call": 2}
+    _recorded_once(n1, "f")
+
+
+def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, _ = nodes
+    with n2.client() as c:
+        r = c.post("/v1/agents/shop/runs", json={"id": "pinned", "placement": "local",
+                                                 "input": {"effects": effects.url, "id": "pinned"}})
+        assert r.status_code == 201 and r.json()["placement"] == "local", r.text
+        bad = c.post("/v1/agents/shop/runs", json={"placement": "everywhere"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_failed"
+    wait_for(lambda: _status(n2, "pinned", "waiting"), message="the pinned run to park")
+    assert _run(n1, "pinned") is None  # never replicated
+    with n2.client() as c:
+        assert c.post("/v1/agents/runs/pinned/approve", json={}).status_code == 200
+    wait_for(lambda: _status(n2, "pinned", "completed"), message="the pinned run to complete")
