@@ -47,6 +47,8 @@ REQUIRED = ("memory", "pids")
 OPTIONAL = ("cpu",)
 #: The directory under the node's cgroup that holds every node's sandboxes.
 TOP = "edgenode"
+#: The leaf of a delegated v2 cgroup that the node itself lives in.
+LEAF = "node"
 #: How long removing a sandbox's cgroup waits for its last processes to go, in seconds.
 REMOVE_TIMEOUT_S = 10.0
 
@@ -307,7 +309,7 @@ class V2Tree(CgroupTree):
         if not self.controllers <= enabled:
             if base != _v2_mount_of(base):
                 # No internal processes: the node (and its children) move into a leaf of their own first.
-                leaf = base / "node"
+                leaf = base / LEAF
                 leaf.mkdir(exist_ok=True)
                 for pid in sorted(_pids_in(base)):
                     with contextlib.suppress(ProcessLookupError):
@@ -408,6 +410,11 @@ def find_v2(key: str, proc_cgroup: str, mountinfo: str) -> V2Tree:
     base = _locate(mount, unified) if mount is not None else None
     if base is None:
         raise CgroupUnavailable("the node's cgroup v2 directory is not visible under a cgroup2 mount")
+    if base.name == LEAF and _delegated(base.parent):
+        # Started in the leaf already (systemd's DelegateSubgroup=node, or a node started anew in the
+        # cgroup an earlier one moved into): the delegated cgroup is the parent.
+        base = base.parent
+        unified = unified.rsplit("/", 1)[0] or "/"
     try:
         available = set(_read(base / "cgroup.controllers").split())
     except OSError as exc:
@@ -428,6 +435,15 @@ def find_v2(key: str, proc_cgroup: str, mountinfo: str) -> V2Tree:
                                     "(under systemd: Delegate=yes in the node's unit)")
     controllers = {c for c in (*REQUIRED, *OPTIONAL) if c in available}
     return V2Tree(base, controllers, key)
+
+
+def _delegated(directory: Path) -> bool:
+    """Whether ``directory`` lists memory and pids among its controllers and the node may write it."""
+    try:
+        available = set(_read(directory / "cgroup.controllers").split())
+    except OSError:
+        return False
+    return set(REQUIRED) <= available and os.access(directory / "cgroup.subtree_control", os.W_OK)
 
 
 def _ours(pid: int) -> bool:

@@ -53,7 +53,7 @@ def _why_no_cgroup() -> str | None:
 
 
 WHY_NOT = _why_no_cgroup()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no writable cgroup on this host: {WHY_NOT}")
+needs_cgroups = pytest.mark.skipif(WHY_NOT is not None, reason=f"no writable cgroup on this host: {WHY_NOT}")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,7 @@ def _cgroup_dirs(status: dict[str, Any], sandbox_id: str) -> dict[str, Path]:
     return {controller: Path(subtree) / sandbox_id for controller, subtree in status["cgroup"].items()}
 
 
+@needs_cgroups
 def test_the_status_says_sandboxes_are_bounded_by_cgroups(admin: httpx.Client, status: dict[str, Any]) -> None:
     enforcement = status["enforcement"]
     assert enforcement["mode"] in {"cgroup-v1", "cgroup-v2"}, enforcement
@@ -112,6 +113,7 @@ for pid, _ in children:
 """
 
 
+@needs_cgroups
 def test_memory_is_bounded_for_the_whole_sandbox(admin: httpx.Client) -> None:
     box = _make(admin, memory_mb=64)
     try:
@@ -131,6 +133,7 @@ def test_memory_is_bounded_for_the_whole_sandbox(admin: httpx.Client) -> None:
         admin.delete(f"/v1/sandboxes/{box}")
 
 
+@needs_cgroups
 def test_a_command_killed_at_the_memory_limit_says_so(admin: httpx.Client) -> None:
     box = _make(admin, memory_mb=64)
     try:
@@ -162,6 +165,7 @@ for pid in children:
 """
 
 
+@needs_cgroups
 def test_a_fork_bomb_is_bounded_by_the_sandboxes_pids_limit(admin: httpx.Client) -> None:
     other = _make(admin)
     bomb = _make(admin, pids=32)
@@ -194,6 +198,7 @@ def _pids_with(directory: Path, marker: bytes) -> list[int]:
     return found
 
 
+@needs_cgroups
 def test_a_detached_process_is_in_the_sandboxes_cgroup_until_it_is_deleted(admin: httpx.Client,
                                                                            status: dict[str, Any]) -> None:
     box = _make(admin)
@@ -226,6 +231,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+@needs_cgroups
 def test_a_released_sandbox_leaves_no_cgroup_and_a_new_start_makes_one(admin: httpx.Client,
                                                                         status: dict[str, Any]) -> None:
     box = _make(admin)
@@ -259,6 +265,7 @@ def _missing_version() -> str:
     return "v1"
 
 
+@needs_cgroups
 def test_a_cgroup_version_asked_for_and_missing_is_said_clearly(v2_node: NodeProcess) -> None:
     with v2_node.client(timeout=60) as admin:
         status = admin.get("/v1/status").json()["capabilities"]["sandboxes"]
@@ -298,8 +305,20 @@ def test_the_v2_layout_enables_controllers_and_writes_the_bounds(tmp_path: Path)
     assert (leaf / "pids.max").read_text() == "32"
     assert (leaf / "cpu.weight").read_text() == "200"
     assert cgroup.paths == [leaf]
+    # Started in the leaf already (DelegateSubgroup=node): the delegated cgroup is its parent.
+    (service / "node").mkdir()
+    assert find_v2("nkey", "0::/system.slice/edgenode.service/node\n", mountinfo).base == service
     with pytest.raises(CgroupUnavailable, match="not delegated the memory and pids"):
         (service / "cgroup.controllers").write_text("cpu\n")
         find_v2("nkey", "0::/system.slice/edgenode.service\n", mountinfo)
     with pytest.raises(CgroupUnavailable, match="mounted as cgroup v1"):
         find_v2("nkey", "4:memory:/x\n8:pids:/\n0::/\n", mountinfo)
+
+
+def test_the_unit_delegates_its_cgroup_to_the_node() -> None:
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "edgenode.service"
+    settings = dict(line.split("=", 1) for line in unit.read_text().splitlines()
+                    if "=" in line and not line.startswith(("#", "[")))
+    assert settings["Delegate"] == "yes"
+    # A read-only /sys/fs/cgroup would leave the node rlimits only.
+    assert settings.get("ProtectControlGroups", "no") == "no"
