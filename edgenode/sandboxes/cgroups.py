@@ -301,20 +301,40 @@ class V2Tree(CgroupTree):
         self.base = base
 
     def _enable(self, directory: Path) -> None:
-        _write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(self.controllers)))
+        """Enable the controllers for ``directory``'s children (without cpu if the kernel refuses it)."""
+        try:
+            _write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(self.controllers)))
+        except OSError as exc:
+            if exc.errno == errno.EBUSY or "cpu" not in self.controllers:
+                raise
+            self.controllers.discard("cpu")  # e.g. real-time processes below: memory and pids still hold
+            _write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(self.controllers)))
 
     def open(self) -> None:
         base = self.base
-        enabled = set(_read(base / "cgroup.subtree_control").split())
-        if not self.controllers <= enabled:
-            if base != _v2_mount_of(base):
-                # No internal processes: the node (and its children) move into a leaf of their own first.
+        if not self.controllers <= set(_read(base / "cgroup.subtree_control").split()):
+            try:
+                self._enable(base)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                # No internal processes: a cgroup with processes cannot enable controllers for its
+                # children, so the node (and its own children) move into a leaf of their own first.
                 leaf = base / LEAF
                 leaf.mkdir(exist_ok=True)
                 for pid in sorted(_pids_in(base)):
-                    with contextlib.suppress(ProcessLookupError):
-                        _write(leaf / "cgroup.procs", str(pid))
-            self._enable(base)
+                    if _ours(pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            _write(leaf / "cgroup.procs", str(pid))
+                try:
+                    self._enable(base)
+                except OSError as again:
+                    if again.errno != errno.EBUSY:
+                        raise
+                    raise CgroupUnavailable(
+                        f"the node's cgroup {base} holds {len(_pids_in(base))} process(es) other than the node and "
+                        "its children; run the node in a cgroup of its own (under systemd: Delegate=yes in the "
+                        "node's unit)") from None
         subtree = self._subtree(base)
         for directory in (subtree.parent, subtree):
             _mkdir_retrying(directory)
@@ -357,19 +377,6 @@ def _mounts(mountinfo: str) -> list[_Mount]:
         point = fields[4].replace("\\040", " ")
         found.append(_Mount(fields[3], Path(point), tail[0], frozenset(tail[2].split(","))))
     return found
-
-
-def _v2_mount_of(path: Path) -> Path:
-    """The cgroup2 mount point ``path`` sits under (the root cgroup of that hierarchy)."""
-    try:
-        mounts = _mounts(_read(Path("/proc/self/mountinfo")))
-    except OSError:
-        return path
-    best = path
-    for m in mounts:
-        if m.fstype == "cgroup2" and (path == m.point or m.point in path.parents):
-            best = m.point
-    return best
 
 
 def _locate(mount: _Mount, cgroup_path: str) -> Path | None:
@@ -426,13 +433,6 @@ def find_v2(key: str, proc_cgroup: str, mountinfo: str) -> V2Tree:
     if not os.access(base, os.W_OK) or not os.access(base / "cgroup.subtree_control", os.W_OK):
         raise CgroupUnavailable(f"the node's cgroup {unified} is not writable by it "
                                 "(under systemd: Delegate=yes in the node's unit)")
-    if base != _v2_mount_of(base):
-        strangers = [p for p in _pids_in(base) if not _ours(p)]
-        enabled = set(_read(base / "cgroup.subtree_control").split())
-        if strangers and not set(REQUIRED) <= enabled:
-            raise CgroupUnavailable(f"the node's cgroup {unified} holds {len(strangers)} process(es) other than "
-                                    "the node and its children; run the node in a cgroup of its own "
-                                    "(under systemd: Delegate=yes in the node's unit)")
     controllers = {c for c in (*REQUIRED, *OPTIONAL) if c in available}
     return V2Tree(base, controllers, key)
 

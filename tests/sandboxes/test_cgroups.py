@@ -322,3 +322,22 @@ def test_the_unit_delegates_its_cgroup_to_the_node() -> None:
     assert settings["Delegate"] == "yes"
     # A read-only /sys/fs/cgroup would leave the node rlimits only.
     assert settings.get("ProtectControlGroups", "no") == "no"
+
+
+@needs_cgroups
+def test_a_restarted_node_removes_what_a_killed_one_left_and_a_stopped_one_leaves_nothing(make_node: Any) -> None:
+    node = make_node("restarted")
+    with node.client(timeout=60) as c:
+        status = c.get("/v1/status").json()["capabilities"]["sandboxes"]
+        box = c.post("/v1/sandboxes", json={"limits": {"pids": 40}}).json()["id"]
+        run(c, box, "true")
+    left = _cgroup_dirs(status, box)
+    node.kill()  # no chance to clean up: its sandboxes die with it (bwrap --die-with-parent), their cgroups stay
+    assert all(d.is_dir() for d in left.values())
+    node.start()
+    with node.client(timeout=60) as c:
+        assert c.get("/v1/status").json()["capabilities"]["sandboxes"]["cgroup"] == status["cgroup"]
+        assert not any(d.exists() for d in left.values())
+    node.stop()
+    for subtree in status["cgroup"].values():
+        assert not Path(subtree).exists(), subtree
