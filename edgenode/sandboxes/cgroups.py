@@ -49,6 +49,8 @@ OPTIONAL = ("cpu",)
 TOP = "edgenode"
 #: The leaf of a delegated v2 cgroup that the node itself lives in.
 LEAF = "node"
+#: How long a sandbox cgroup of another node must have been empty before a starting node removes it, in s.
+STALE_S = 60.0
 #: How long removing a sandbox's cgroup waits for its last processes to go, in seconds.
 REMOVE_TIMEOUT_S = 10.0
 
@@ -234,6 +236,7 @@ class CgroupTree:
                     directory.rmdir()
 
     def _clear_leftovers(self) -> None:
+        self._sweep_others()
         for base in dict.fromkeys(self.bases.values()):
             subtree = self._subtree(base)
             deadline = time.monotonic() + REMOVE_TIMEOUT_S
@@ -242,6 +245,27 @@ class CgroupTree:
                     log.info("removing a sandbox cgroup left by an earlier run", extra={"path": str(child)})
                     with contextlib.suppress(OSError):
                         _rmdir_when_empty(child, deadline)
+
+    def _sweep_others(self) -> None:
+        """Remove what other nodes, killed and never started again, left beside this one: their sandbox
+        cgroups that hold no process and were made over :data:`STALE_S` ago (a live node's hold its
+        sandbox's processes from a moment after they are made), and their subtrees once empty (a live
+        node whose subtree goes makes it again at its next sandbox start)."""
+        now = time.time()
+        for base in dict.fromkeys(self.bases.values()):
+            top = base / TOP
+            with contextlib.suppress(OSError):
+                for subtree in list(top.iterdir()):
+                    if subtree.name == self.key or not subtree.is_dir():
+                        continue
+                    stale = now - subtree.stat().st_mtime > STALE_S  # before a removal below touches it
+                    for child in list(subtree.iterdir()):
+                        with contextlib.suppress(OSError):
+                            if child.is_dir() and not _pids_in(child) and now - child.stat().st_mtime > STALE_S:
+                                child.rmdir()
+                    if stale:
+                        with contextlib.suppress(OSError):
+                            subtree.rmdir()
 
     def describe(self) -> dict[str, str]:
         """Where the node's subtree is, per controller (for the admin's status)."""
@@ -342,7 +366,12 @@ class V2Tree(CgroupTree):
         self._clear_leftovers()
 
     def create(self, name: str, limits: CgroupLimits) -> SandboxCgroup:
-        directory = self._subtree(self.base) / name
+        subtree = self._subtree(self.base)
+        if not subtree.is_dir():  # removed meanwhile: made again, with the controllers enabled
+            for level in (subtree.parent, subtree):
+                _mkdir_retrying(level)
+                self._enable(level)
+        directory = subtree / name
         _mkdir_retrying(directory)
         _write(directory / "memory.max", str(limits.memory_bytes))
         if (directory / "memory.swap.max").exists():

@@ -6,7 +6,9 @@ only when the host has no writable cgroup of either version.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,9 @@ def test_the_status_says_sandboxes_are_bounded_by_cgroups(admin: httpx.Client, s
 # Two children of one process each take 48 MiB (touched), then wait to be let go: together they
 # are over the sandbox's 64 MiB, each alone is not (and nothing bounds memory per process).
 TWO_HOGS = """
+import contextlib
 import os
+import subprocess
 hold_r, hold_w = os.pipe()
 children = []
 for _ in range(2):
@@ -341,3 +345,42 @@ def test_a_restarted_node_removes_what_a_killed_one_left_and_a_stopped_one_leave
     node.stop()
     for subtree in status["cgroup"].values():
         assert not Path(subtree).exists(), subtree
+
+
+@needs_cgroups
+def test_a_starting_node_removes_empty_sandbox_cgroups_other_killed_nodes_left(make_node: Any) -> None:
+    first = make_node("first")
+    with first.client(timeout=60) as c:
+        subtrees = [Path(p) for p in c.get("/v1/status").json()["capabilities"]["sandboxes"]["cgroup"].values()]
+    first.stop()
+    # What a node killed long ago (never started again) left: its subtree and an empty sandbox cgroup.
+    # A live node's sandbox cgroup beside it (it holds a process) and a fresh empty one (just made) stay.
+    made: list[Path] = []
+    keeper = None
+    try:
+        keeper = subprocess.Popen(["sleep", "300"])
+        for subtree in subtrees:
+            for name in ("ndead", "nlive"):
+                (subtree.parent / name).mkdir(parents=True)
+                made.append(subtree.parent / name)
+            for path in (subtree.parent / "ndead" / "sb_old", subtree.parent / "nlive" / "sb_busy",
+                         subtree.parent / "nlive" / "sb_new"):
+                path.mkdir()
+                made.append(path)
+            (subtree.parent / "nlive" / "sb_busy" / "cgroup.procs").write_text(str(keeper.pid))
+            for path in (subtree.parent / "ndead", subtree.parent / "ndead" / "sb_old", subtree.parent / "nlive",
+                         subtree.parent / "nlive" / "sb_busy"):
+                os.utime(path, (0, 0))
+        second = make_node("second")
+        with second.client(timeout=60) as c:
+            assert c.get("/v1/status").json()["capabilities"]["sandboxes"]["available"] is True
+        for subtree in subtrees:
+            assert not (subtree.parent / "ndead").exists()
+            assert (subtree.parent / "nlive" / "sb_busy").is_dir() and (subtree.parent / "nlive" / "sb_new").is_dir()
+    finally:
+        if keeper is not None:
+            keeper.kill()
+            keeper.wait()
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
