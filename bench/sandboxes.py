@@ -23,7 +23,11 @@ one after changing one file, one after changing nothing, and the restore on the 
 (``POST /v1/sandboxes {"checkpoint": ...}``), with the bytes each sent; beside ``tar -c`` of the
 same directory to a file and ``tar -x`` of it into an empty one, in the same run.
 
-    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|fork|checkpoint|exec]
+A cgroup table: create call to first exec finished, and the delete, on a node that puts
+each sandbox in a cgroup of its own (``sandboxes.cgroups = auto``) beside one that does not
+(``off``, rlimits only), runs interleaved in the same run.
+
+    .venv/bin/python bench/sandboxes.py [--runs 100] [--only coldstart|fork|checkpoint|cgroups|exec]
 """
 
 from __future__ import annotations
@@ -198,6 +202,48 @@ def cold_start(runs: int, bare_bwrap: list[str]) -> None:
     print()
 
 
+def cgroup_bench(runs: int) -> None:
+    """Create + first exec, and delete, with and without per-sandbox cgroups, interleaved."""
+    modes = ("off", "auto")
+    cold: dict[str, list[float]] = {m: [] for m in modes}
+    gone: dict[str, list[float]] = {m: [] for m in modes}
+    enforced: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        nodes = {m: NodeProcess(Path(tmp) / m, env={"EDGENODE_SANDBOXES_POOL_SIZE": "0",
+                                                    "EDGENODE_SANDBOXES_CGROUPS": m}).start() for m in modes}
+        try:
+            clients = {m: nodes[m].client(timeout=60) for m in modes}
+            for m in modes:
+                enforced[m] = clients[m].get("/v1/status").json()["capabilities"]["sandboxes"]["limits"]
+            for i in range(runs + 2):
+                for m in modes:
+                    c = clients[m]
+                    began = time.perf_counter()
+                    sid = c.post("/v1/sandboxes", json={}).json()["id"]
+                    result = c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]}).json()
+                    created = (time.perf_counter() - began) * 1000
+                    assert result["exit_code"] == 0, result
+                    began = time.perf_counter()
+                    assert c.delete(f"/v1/sandboxes/{sid}").status_code == 204
+                    deleted = (time.perf_counter() - began) * 1000
+                    if i >= 2:  # two warm-up rounds
+                        cold[m].append(created)
+                        gone[m].append(deleted)
+            for c in clients.values():
+                c.close()
+        finally:
+            for n in nodes.values():
+                n.stop()
+    print(f"sandbox create + first exec `true`, and delete, with and without a cgroup per sandbox, "
+          f"{runs} runs each, interleaved (ms)")
+    print(f"{'measure':<44}{'p50':>9}{'p99':>9} {'off p50':>9} {'overhead':>10}")
+    for m in modes:
+        label = f"cgroups={m} ({enforced[m]})"
+        print(row(f"create+exec {label}"[:44], cold[m], cold["off"] if m != "off" else None))
+        print(row(f"delete {label}"[:44], gone[m], gone["off"] if m != "off" else None))
+    print()
+
+
 FORK_SIZES_MB = (10, 100, 1000)
 
 
@@ -357,7 +403,7 @@ def checkpoint_bench(runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--only", choices=["coldstart", "fork", "checkpoint", "exec"], default=None)
+    parser.add_argument("--only", choices=["coldstart", "fork", "checkpoint", "cgroups", "exec"], default=None)
     args = parser.parse_args()
     runs = args.runs
     bwrap = find_bwrap()
@@ -370,7 +416,9 @@ def main() -> None:
         fork_bench(max(10, runs // 5))
     if args.only in (None, "checkpoint"):
         checkpoint_bench(max(3, runs // 20))
-    if args.only in ("coldstart", "fork", "checkpoint"):
+    if args.only in (None, "cgroups"):
+        cgroup_bench(max(10, runs // 3))
+    if args.only in ("coldstart", "fork", "checkpoint", "cgroups"):
         return
 
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:

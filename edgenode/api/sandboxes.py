@@ -127,6 +127,9 @@ class ExecResult(Reply):
     truncated: dict[str, bool]
     stopped_by: str | None = None
     error: str | None = None
+    memory_limit_hit: bool = Field(False, description="a process of the sandbox was killed at its memory limit "
+                                   "while this ran (per-sandbox cgroups only)")
+    oom_kills: int = 0
     stdout: str
     stderr: str
 

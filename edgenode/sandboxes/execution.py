@@ -112,6 +112,8 @@ class ExecResult:
     truncated: dict[str, bool]
     stopped_by: str | None
     error: str | None = None
+    #: Processes of the sandbox the kernel killed at its memory limit (its cgroup's) while this ran.
+    oom_kills: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON."""
@@ -126,6 +128,9 @@ class ExecResult:
             out["stopped_by"] = self.stopped_by
         if self.error:
             out["error"] = self.error
+        if self.oom_kills:
+            out["memory_limit_hit"] = True
+            out["oom_kills"] = self.oom_kills
         return out
 
 

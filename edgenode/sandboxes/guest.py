@@ -26,6 +26,7 @@ from typing import Any
 from edgenode.errors import SandboxUnavailable
 from edgenode.sandboxes import bwrap as bw
 from edgenode.sandboxes import guest_init
+from edgenode.sandboxes.cgroups import SandboxCgroup
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ _GUEST_SOURCE = Path(guest_init.__file__).read_text()
 #: Longest protocol line the node accepts from a supervisor (a 64 KiB chunk in base64 plus framing).
 MAX_LINE = 1024 * 1024
 READY_TIMEOUT_S = 15.0
+#: The shell that holds a sandbox's first process until it is in its cgroup.
+GATE_SHELL = "/bin/sh"
 
 
 @dataclass
@@ -90,6 +93,8 @@ class GuestSpec:
     preload: bool = False
     #: An image's root file system, whose system dirs replace the host's.
     system_root: Path | None = None
+    #: The sandbox's own cgroup, which its bwrap is placed in before it runs (None: rlimits only).
+    cgroup: SandboxCgroup | None = None
 
 
 class Guest:
@@ -143,11 +148,19 @@ class Guest:
                 init=pipe_with(_GUEST_SOURCE.encode()),
                 run=path_fd(spec.run_dir) if spec.run_dir is not None else None,
             )
-            config = {"rlimits": {"nproc": spec.pids, "core": 0}, "proxy": spec.run_dir is not None,
-                      "preload": spec.preload}
+            # With a cgroup, the cgroup bounds the sandbox's processes (per sandbox even when sandboxes
+            # share the node's uid); RLIMIT_NPROC counts per uid.
+            rlimits = {"core": 0} if spec.cgroup is not None else {"nproc": spec.pids, "core": 0}
+            config = {"rlimits": rlimits, "proxy": spec.run_dir is not None, "preload": spec.preload}
             argv = bw.sandbox_argv(spec.bwrap, mounts, env=spec.env, hostname=spec.hostname,
                                    system_root=str(spec.system_root) if spec.system_root else "",
                                    command=[spec.python, "-I", "-S", bw.GUEST_INIT_PATH, json.dumps(config)])
+            if spec.cgroup is not None:
+                # The gate: a shell that waits for one line on stdin before it becomes bwrap, so the node
+                # puts it in the sandbox's cgroup before anything of the sandbox runs (and all of it
+                # inherits the cgroup). A shell's read takes one byte at a time from a pipe: nothing
+                # meant for the supervisor is consumed.
+                argv = [GATE_SHELL, "-c", 'read -r line && exec "$@"', "edgenode-sandbox", *argv]
             kwargs: dict[str, Any] = {}
             if spec.owner is not None:
                 kwargs.update(user=spec.owner[0], group=spec.owner[1], extra_groups=spec.groups)
@@ -161,6 +174,8 @@ class Guest:
         finally:
             for fd in fds:
                 os.close(fd)
+        if spec.cgroup is not None:
+            await self._open_gate(spec.cgroup)
         self._ready = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_events())
         self._stderr = asyncio.create_task(self._read_stderr())
@@ -171,6 +186,20 @@ class Guest:
             await self.stop()
             raise SandboxUnavailable(f"the sandbox did not start: {detail or exc}") from None
         self.started_at = time.time()
+
+    async def _open_gate(self, cgroup: SandboxCgroup) -> None:
+        """Place the gated process in ``cgroup``, then let it become bwrap."""
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            cgroup.place(self.proc.pid)
+            self.proc.stdin.write(b"\n")
+            await self.proc.stdin.drain()
+        except (OSError, ConnectionError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 10)
+            raise SandboxUnavailable(f"cannot place the sandbox in its cgroup: {exc}") from exc
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

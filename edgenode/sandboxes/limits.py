@@ -1,9 +1,9 @@
 """A sandbox's resource limits, how they are enforced, and disk accounting.
 
-bwrap sets no limits of its own. Where the node can write a cgroup v2 subtree
-with the memory and pids controllers, cgroups would bound the sandbox as a whole;
-otherwise (as on hosts whose memory and pids controllers sit in cgroup v1) the
-sandbox is bounded by rlimits, which the in-sandbox supervisor sets:
+bwrap sets no limits of its own. Where the node can write cgroups (a delegated v2
+subtree, or the v1 memory and pids hierarchies; see cgroups.py), each sandbox's
+cgroup bounds its memory and processes as a whole. Otherwise the sandbox is
+bounded by rlimits, which the in-sandbox supervisor sets:
 
 - pids: ``RLIMIT_NPROC`` on the supervisor, inherited by everything in the sandbox.
   Each sandbox runs as its own host uid, so the count is per sandbox;
@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from edgenode.config import SandboxSettings
 from edgenode.errors import ValidationFailed
+from edgenode.sandboxes.cgroups import CgroupTree
 
 MIB = 1024 * 1024
 
@@ -40,10 +41,12 @@ class Limits:
         """The limits as plain JSON."""
         return asdict(self)
 
-    def rlimits(self) -> dict[str, int]:
-        """rlimits for one command (names the guest supervisor understands)."""
+    def rlimits(self, *, memory_per_process: bool = True) -> dict[str, int]:
+        """rlimits for one command (names the guest supervisor understands); without
+        ``memory_per_process`` (a cgroup bounds the whole sandbox) no address-space limit."""
+        per_process = {"as": self.memory_mb * MIB} if memory_per_process else {}
         return {
-            "as": self.memory_mb * MIB,
+            **per_process,
             "cpu": self.cpu_s,
             "fsize": self.disk_mb * MIB,
             "nofile": self.open_files,
@@ -111,63 +114,31 @@ def limits_from_json(data: dict[str, Any], settings: SandboxSettings) -> Limits:
     return Limits(**values)
 
 
-def cgroup_v2_writable(root: Path = Path("/sys/fs/cgroup")) -> Path | None:
-    """The cgroup v2 directory of this process if the node can delegate memory and pids limits there.
-
-    The node's own cgroup must be on a cgroup2 mount, list ``memory`` and ``pids`` among its
-    controllers, and be writable. On hosts with the v1 layout (v2 mounted at
-    ``/sys/fs/cgroup/unified`` with no controllers) this is None.
-    """
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if relative is None:
-        return None
-    for mount in (root, root / "unified"):
-        candidate = mount / relative.lstrip("/")
-        controllers = candidate / "cgroup.controllers"
-        try:
-            available = set(controllers.read_text().split())
-        except OSError:
-            continue
-        if {"memory", "pids"} <= available and os.access(candidate, os.W_OK):
-            return candidate
-    return None
-
-
-def cgroup_v2_reason(proc_cgroup: str | None = None) -> str:
-    """Why the node cannot bound sandboxes with cgroup v2 here (from ``/proc/self/cgroup``, or the text
-    given), in words an operator can act on."""
-    try:
-        lines = (proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()).splitlines()
-    except OSError as exc:
-        return f"cannot read /proc/self/cgroup ({exc})"
-    v1 = sorted({c for line in lines if not line.startswith("0::") for c in line.split(":")[1].split(",")}
-                & {"memory", "pids"})
-    if v1:
-        return (f"the {' and '.join(v1)} controller(s) are mounted as cgroup v1 on this host, so cgroup v2 "
-                "cannot use them (boot with the unified hierarchy, systemd.unified_cgroup_hierarchy=1)")
-    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if relative is None:
-        return "no cgroup v2 hierarchy is mounted"
-    return (f"the node's cgroup {relative} is not delegated to it with the memory and pids controllers "
-            "(under systemd: Delegate=yes in the node's unit)")
-
-
-def enforcement(cgroup: Path | None) -> dict[str, str]:
-    """How each limit is enforced on this node, and why not per sandbox when it is not."""
-    reason = cgroup_v2_reason() if cgroup is None else (
-        f"cgroup v2 with memory and pids is writable at {cgroup}, but this version does not place "
-        "sandboxes in cgroups yet")
+def enforcement(tree: CgroupTree | None, why: str) -> dict[str, str]:
+    """How each limit is enforced on this node (``why``: the sentence :func:`open_tree` gave), plainly."""
+    common = {"cpu_s": "RLIMIT_CPU per process", "disk_mb": "measured continuously, processes stopped past it"}
+    if tree is None:
+        return {
+            "mode": "rlimits",
+            "reason": f"no per-sandbox cgroup: {why}",
+            "memory": "RLIMIT_AS per process: a sandbox of N processes may use up to N times memory_mb",
+            "pids": "RLIMIT_NPROC on the sandbox's own host uid (per sandbox when the node runs as root)",
+            **common,
+        }
+    if tree.version == "v2":
+        memory = "memory.max of the sandbox's cgroup (memory.swap.max 0): the whole sandbox"
+        pids, cpu = "pids.max of the sandbox's cgroup: the whole sandbox", "cpu.weight per sandbox"
+    else:
+        memory = ("memory.limit_in_bytes of the sandbox's cgroup (and memory.memsw.limit_in_bytes, swap "
+                  "included, where the host accounts swap): the whole sandbox")
+        pids, cpu = "pids.max of the sandbox's cgroup: the whole sandbox", "cpu.shares per sandbox"
     return {
-        "mode": "rlimits",
-        "reason": reason,
-        "memory": "RLIMIT_AS per process: a sandbox of N processes may use up to N times memory_mb",
-        "pids": "RLIMIT_NPROC on the sandbox's own host uid (per sandbox when the node runs as root)",
-        "cpu_s": "RLIMIT_CPU per process",
-        "disk_mb": "measured continuously, processes stopped past it",
+        "mode": f"cgroup-{tree.version}",
+        "reason": why,
+        "memory": memory + "; past it the kernel kills a process inside the sandbox (reported as oom_kills)",
+        "pids": pids,
+        "cpu": cpu if "cpu" in tree.controllers else "no cpu controller: no CPU share per sandbox",
+        **common,
     }
 
 
@@ -207,5 +178,5 @@ def disk_usage(*roots: Path) -> int:
     return measure(*roots).bytes
 
 
-__all__ = ["DiskUsage", "Limits", "cgroup_v2_reason", "cgroup_v2_writable", "disk_usage", "enforcement",
+__all__ = ["DiskUsage", "Limits", "disk_usage", "enforcement",
            "limits_from_json", "measure", "resolve_limits"]

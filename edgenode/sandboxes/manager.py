@@ -45,6 +45,7 @@ from edgenode.errors import (
 )
 from edgenode.sandboxes import bwrap as bw
 from edgenode.sandboxes.acl import grant_group_search, has_group_search
+from edgenode.sandboxes.cgroups import CgroupTree, CgroupUnavailable, node_key, open_tree
 from edgenode.sandboxes.checkout import TOKEN_TTL_S, node_clone, parse_checkout
 from edgenode.sandboxes.checkpoint import Checkpoints
 from edgenode.sandboxes.egress import NODE_ALIAS, EgressPolicy, parse_policy
@@ -55,7 +56,6 @@ from edgenode.sandboxes.layers import MAX_LAYERS, LayerStore, overlay_supported
 from edgenode.sandboxes.limits import (
     MIB,
     Limits,
-    cgroup_v2_writable,
     disk_usage,
     enforcement,
     limits_from_json,
@@ -110,7 +110,9 @@ class Sandboxes:
         self.unavailable: str | None = None
         self.seccomp = b""
         self.as_root = os.geteuid() == 0
-        self.cgroup_v2 = cgroup_v2_writable()
+        #: The node's subtree of per-sandbox cgroups (None: rlimits only), and why this one or none.
+        self.cgroups: CgroupTree | None = None
+        self.cgroups_why = "not set up yet"
         #: Directories where the sandboxes' group was granted search permission (see acl.py).
         self.search_granted: list[str] = []
         #: Running slots taken by pooled sandboxes whose record is being written.
@@ -149,9 +151,16 @@ class Sandboxes:
                 await FILES.run(self._open_path_to_root)
             await FILES.run(self._remove_orphans)
             await FILES.run(self._mount_stacked)
+            self.cgroups, self.cgroups_why = await FILES.run(
+                lambda: open_tree(self.settings.cgroups, node_key(self.node.data_dir)))
+        except CgroupUnavailable as exc:
+            # Asked for one cgroup version by name: not bounding sandboxes as asked would be worse than none.
+            self.unavailable = self.cgroups_why = str(exc)
+            log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
         except (Unavailable, RuntimeError, OSError) as exc:
             self.unavailable = str(exc)
             log.warning("sandboxes unavailable", extra={"reason": self.unavailable})
+        log.info("sandbox limits", extra={"mode": self.enforced_by, "reason": self.cgroups_why})
         self._reaper = asyncio.create_task(self._reap_idle())
 
     async def stop(self) -> None:
@@ -170,6 +179,9 @@ class Sandboxes:
         if self.forks_unavailable is None:
             with contextlib.suppress(Exception):
                 await FILES.run(self._unmount_stacked)
+        if self.cgroups is not None:
+            with contextlib.suppress(Exception):
+                await FILES.run(self.cgroups.close)
         self.db.close()
 
     def status(self) -> dict[str, Any]:
@@ -181,10 +193,11 @@ class Sandboxes:
             "bwrap": self.bwrap.path if self.bwrap else None,
             "bwrap_version": self.bwrap.version_text if self.bwrap else None,
             "bwrap_source": self.bwrap.source if self.bwrap else None,
-            "limits": "rlimits+disk-accounting",
-            "cgroup_v2": f"writable at {self.cgroup_v2} (not used yet)" if self.cgroup_v2 else "not writable",
-            # Said plainly: per-sandbox memory and pids need cgroup v2, which this host may not delegate.
-            "enforcement": enforcement(self.cgroup_v2),
+            "limits": f"{self.enforced_by}+disk-accounting",
+            "cgroups": self.settings.cgroups,
+            "cgroup": self.cgroups.describe() if self.cgroups is not None else None,
+            # Said plainly: whether memory and pids hold per sandbox here, or per process only, and why.
+            "enforcement": enforcement(self.cgroups, self.cgroups_why),
             "seccomp": f"bpf {arch.name if arch else '?'} {len(RULES)} rules",
             "per_sandbox_uid": self.as_root,
             "search_granted": self.search_granted,
@@ -195,6 +208,11 @@ class Sandboxes:
             "idle_timeout_s": self.settings.idle_timeout_s,
             "checkpoints": self.checkpoints.status(),
         }
+
+    @property
+    def enforced_by(self) -> str:
+        """``cgroup-v2``, ``cgroup-v1`` or ``rlimits``: what bounds a sandbox's memory and processes."""
+        return f"cgroup-{self.cgroups.version}" if self.cgroups is not None else "rlimits"
 
     @property
     def group(self) -> int:
@@ -340,7 +358,7 @@ class Sandboxes:
             "last_used_at": last_used,
             "network": record.network,
             "limits": self._limits(record).as_dict(),
-            "limits_enforced_by": "rlimits",
+            "limits_enforced_by": self.enforced_by,
             "state": "running" if running else "stopped",
             # Files and the record survive restarts and idle release; processes never do.
             "persistence": {"files": True, "processes": False},
@@ -499,6 +517,11 @@ class Sandboxes:
         runtime = self.runtimes.get(record.id)
         # Whether its processes were stopped for being over the disk quota (bytes or files) and it still is.
         body["disk_quota_exceeded"] = runtime is not None and runtime.disk_exceeded
+        if runtime is not None and runtime.cgroup is not None:
+            # Use of the sandbox's cgroup now, and whether its limits were hit since its processes started.
+            usage = await FILES.run(runtime.cgroup.usage)
+            body["cgroup"] = usage
+            body["memory_limit_hit"] = bool(usage["oom_kills"])
         if runtime is not None and runtime.proxy is not None:
             stats = runtime.proxy.stats
             body["egress"] = {"allowed": stats.allowed, "denied": stats.denied, "last_denied": stats.last_denied}
@@ -607,7 +630,8 @@ class Sandboxes:
         return SandboxRuntime(
             record.id, spec, policy=policy, limits=self._limits(record), base_env=self._base_env(record, policy),
             root=self._dir(record.id), node_url=lambda: self.node.url, log_cap=self.settings.max_output_bytes,
-            addresses=self.addresses, max_files=self.settings.max_files,
+            addresses=self.addresses, max_files=self.settings.max_files, cgroups=self.cgroups,
+            cpu_weight=self.settings.cgroup_cpu_weight,
         )
 
     def _prepare(self, record: SandboxRecord, policy: EgressPolicy) -> GuestSpec:

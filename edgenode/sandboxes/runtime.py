@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from edgenode.egress import AddressPolicy
-from edgenode.errors import SandboxProcessNotFound
+from edgenode.errors import SandboxProcessNotFound, SandboxUnavailable
+from edgenode.sandboxes.cgroups import CgroupLimits, CgroupTree, SandboxCgroup
 from edgenode.sandboxes.egress import EgressPolicy, EgressProxy
 from edgenode.sandboxes.execution import KILL_GRACE_S, STREAMS, ExecSpec, Execution
 from edgenode.sandboxes.guest import Command, Guest, GuestSpec
@@ -43,6 +44,8 @@ class BackgroundProcess:
     truncated: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
+    #: The sandbox's OOM kills when it started (to tell whether it was one of them).
+    oom_kills_before: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The process as JSON."""
@@ -67,7 +70,8 @@ class SandboxRuntime:
     def __init__(self, sandbox_id: str, spec: GuestSpec, *, policy: EgressPolicy, limits: Limits,
                  base_env: dict[str, str], root: Path, node_url: Callable[[], str | None],
                  log_cap: int, addresses: AddressPolicy | None = None,
-                 max_files: int = DEFAULT_MAX_FILES) -> None:
+                 max_files: int = DEFAULT_MAX_FILES, cgroups: CgroupTree | None = None,
+                 cpu_weight: int = 100) -> None:
         self.sandbox_id = sandbox_id
         self.spec = spec
         self.policy = policy
@@ -86,18 +90,60 @@ class SandboxRuntime:
         self.max_files = max_files
         self.disk_exceeded = False
         self.disk: DiskUsage = DiskUsage(0, 0)
+        #: Where the sandbox's cgroup comes from (None: rlimits only), and the cgroup while it runs.
+        self.cgroups = cgroups
+        self.cpu_weight = cpu_weight
+        self.cgroup: SandboxCgroup | None = None
+        #: The cgroup's OOM kills already told to someone (a command's result, or no one).
+        self._oom_seen = 0
 
     async def start(self) -> None:
-        """Start the proxy (if any), then bwrap and the supervisor."""
-        if self.proxy is not None:
-            await self.proxy.start()
+        """Make the sandbox's cgroup (if the node bounds sandboxes with cgroups), start the proxy (if any),
+        then bwrap and the supervisor inside that cgroup."""
+        if self.cgroups is not None:
+            tree = self.cgroups
+            bounds = CgroupLimits(self.limits.memory_mb * MIB, self.limits.pids, self.cpu_weight)
+            try:
+                self.cgroup = self.spec.cgroup = await FILES.run(tree.create, self.sandbox_id, bounds)
+            except OSError as exc:
+                raise SandboxUnavailable(f"cannot make the sandbox's cgroup: {exc}") from exc
         try:
-            await self.guest.start()
-        except BaseException:
             if self.proxy is not None:
-                await self.proxy.stop()
+                await self.proxy.start()
+            try:
+                await self.guest.start()
+            except BaseException:
+                if self.proxy is not None:
+                    await self.proxy.stop()
+                raise
+        except BaseException:
+            await self._remove_cgroup()
             raise
         self._watch = asyncio.create_task(self._watch_disk())
+
+    async def _remove_cgroup(self) -> None:
+        cgroup, self.cgroup = self.cgroup, None
+        if cgroup is not None:
+            await asyncio.shield(FILES.run(cgroup.remove))
+
+    @property
+    def memory_per_process(self) -> bool:
+        """Whether memory is bounded per process (RLIMIT_AS), not by a cgroup for the whole sandbox."""
+        return self.cgroups is None
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed at the sandbox's memory limit since it started (0 without a cgroup)."""
+        return self.cgroup.oom_kills() if self.cgroup is not None else 0
+
+    def note_exit(self, command: Command, kills_before: int) -> int:
+        """After ``command`` ended: the OOM kills in the sandbox while it ran (``kills_before`` at its start),
+        and ``stopped_by: memory_limit`` on it when it was one of them (killed, and by no one else)."""
+        kills = self.oom_kills()
+        during = max(0, kills - max(kills_before, 0))
+        if during and command.signal == signal.SIGKILL and command.stopped_by is None and kills > self._oom_seen:
+            command.stopped_by = "memory_limit"
+        self._oom_seen = max(self._oom_seen, kills)
+        return during
 
     async def stop(self) -> None:
         """Release every process: the sandbox's PID namespace goes away with bwrap."""
@@ -115,6 +161,8 @@ class SandboxRuntime:
                     await asyncio.wait_for(proc.pump, 5)
         if self.proxy is not None:
             await self.proxy.stop()
+        # The PID namespace died with bwrap; what is left of the cgroup (a process still exiting) goes now.
+        await self._remove_cgroup()
 
     @property
     def alive(self) -> bool:
@@ -135,32 +183,45 @@ class SandboxRuntime:
         """Start an exec; the caller iterates its output."""
         self.last_used = time.time()
         timeout = min(spec.timeout_s or self.limits.timeout_s, float(self.limits.timeout_s))
+        kills_before = self.oom_kills()
         command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
-                                         rlimits=self.limits.rlimits(), cap=cap, code=spec.code)
-        return Execution(self.guest, command, timeout_s=timeout, cap=cap, on_done=self._touch)
+                                         rlimits=self._rlimits(), cap=cap, code=spec.code)
+        execution = Execution(self.guest, command, timeout_s=timeout, cap=cap)
 
-    def _touch(self) -> None:
-        # The end of a long exec counts as use: the idle clock starts then, not at its start.
-        self.last_used = time.time()
+        def done() -> None:
+            # The end of a long exec counts as use: the idle clock starts then, not at its start.
+            self.last_used = time.time()
+            result = execution.result
+            if result is not None and self.cgroup is not None:
+                result.oom_kills = self.note_exit(command, kills_before)
+                result.stopped_by = result.stopped_by or command.stopped_by
+
+        execution.on_done = done
+        return execution
+
+    def _rlimits(self) -> dict[str, int]:
+        return self.limits.rlimits(memory_per_process=self.memory_per_process)
 
     async def start_terminal(self, argv: list[str], *, cwd: str, env: dict[str, str], rows: int,
                              cols: int) -> Command:
         """Start ``argv`` on a new terminal of ``rows`` x ``cols``; no output cap (it streams to a client)."""
         self.last_used = time.time()
         return await self.guest.spawn(argv, cwd=cwd, env=self.env_for({"TERM": "xterm-256color", **env}), stdin=None,
-                                      rlimits=self.limits.rlimits(), cap=0, pty=(rows, cols))
+                                      rlimits=self._rlimits(), cap=0, pty=(rows, cols))
 
     # -- background processes ------------------------------------------------
 
     async def start_process(self, spec: ExecSpec) -> BackgroundProcess:
         """Start a background command whose output is logged on the host."""
         self.last_used = time.time()
+        kills_before = self.oom_kills()
         command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
-                                         rlimits=self.limits.rlimits(), cap=self.log_cap, code=spec.code)
+                                         rlimits=self._rlimits(), cap=self.log_cap, code=spec.code)
         self._next_proc += 1
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True, mode=0o700)
-        proc = BackgroundProcess(self._next_proc, command, spec.argv, logs / f"{self._next_proc}.log")
+        proc = BackgroundProcess(self._next_proc, command, spec.argv, logs / f"{self._next_proc}.log",
+                                 oom_kills_before=kills_before)
         proc.log_path.write_bytes(b"")
         proc.pump = asyncio.create_task(self._pump(proc))
         self.processes[proc.id] = proc
@@ -183,6 +244,8 @@ class SandboxRuntime:
                 elif event.kind == "failed":
                     out.write(f"[edgenode] could not start: {event.message}\n".encode())
                     out.flush()
+                if event.kind == "exit" and self.cgroup is not None:
+                    self.note_exit(proc.command, proc.oom_kills_before)
                 proc.changed.set()
                 if event.kind == "exit":
                     return

@@ -1,10 +1,15 @@
-"""Resource limits: a fork bomb, a memory hog and a disk filler are each stopped; the node and others go on."""
+"""Resource limits: a fork bomb, a memory hog and a disk filler are each stopped; the node and others go on.
+
+The module's node bounds sandboxes with rlimits only (``sandboxes.cgroups = off``), as a host that
+offers no writable cgroup does; per-sandbox cgroups are tested in test_cgroups.py.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +19,29 @@ from starlette.testclient import TestClient
 from edgenode.node import Node
 from tests.sandboxes.conftest import run
 from tests.support import NodeProcess, wait_for
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node bounding sandboxes with rlimits only."""
+    proc = NodeProcess(tmp_path_factory.mktemp("node"), env={"EDGENODE_SANDBOXES_CGROUPS": "off"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_the_status_says_only_rlimits_apply(admin: httpx.Client) -> None:
+    status = admin.get("/v1/status").json()["capabilities"]["sandboxes"]
+    assert status["limits"] == "rlimits+disk-accounting" and status["cgroup"] is None
+    enforcement = status["enforcement"]
+    assert enforcement["mode"] == "rlimits"
+    assert enforcement["reason"] == "no per-sandbox cgroup: sandboxes.cgroups is off"
+    assert "per process" in enforcement["memory"] and "RLIMIT_NPROC" in enforcement["pids"]
+    box = _make(admin)
+    try:
+        assert admin.get(f"/v1/sandboxes/{box}").json()["limits_enforced_by"] == "rlimits"
+    finally:
+        admin.delete(f"/v1/sandboxes/{box}")
 
 
 def _make(admin: httpx.Client, **limits: int) -> str:
