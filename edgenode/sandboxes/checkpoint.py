@@ -25,6 +25,7 @@ A node that is not part of a fleet has nowhere to keep checkpoints: the routes a
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -158,16 +159,26 @@ class Checkpoints:
                 changed.append(entry)
         gate = asyncio.Semaphore(PARALLEL_FILES)
 
-        async def upload(entry: Entry) -> tuple[int, bool]:
+        async def upload(entry: Entry) -> tuple[int, bool] | None:
             async with gate:
                 return await self._upload(blobs, root, entry, scope)
 
-        for entry, (up, steady) in zip(changed, await asyncio.gather(*map(upload, changed)), strict=True):
+        gone: set[str] = set()
+        outcomes = await asyncio.gather(*map(upload, changed), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for entry, outcome in zip(changed, outcomes, strict=True):
+            if outcome is None or isinstance(outcome, BaseException):
+                gone.add(entry.path)
+                continue
+            up, steady = outcome
             uploaded += up
             reused += entry.size - up
             if steady:
                 fresh.append(entry)
-        hashed = len(changed)
+        hashed = len(changed) - len(gone)
+        found.entries = [e for e in found.entries if e.path not in gone]
         manifest = dump_manifest(found.entries)
         name, new = await blobs.add(scope + manifest)
         if new:
@@ -192,11 +203,16 @@ class Checkpoints:
         return {**_public(body), "uploaded_bytes": uploaded, "reused_bytes": reused, "hashed_files": hashed,
                 "skipped": found.skipped, "duration_ms": round((time.perf_counter() - began) * 1000, 1)}
 
-    async def _upload(self, blobs: Blobs, root: Any, entry: Entry, scope: bytes) -> tuple[int, bool]:
-        """Hash and upload ``entry``'s pieces: bytes sent, and whether the file stayed unchanged meanwhile."""
+    async def _upload(self, blobs: Blobs, root: Any, entry: Entry, scope: bytes) -> tuple[int, bool] | None:
+        """Hash and upload ``entry``'s pieces: bytes sent, and whether the file stayed unchanged meanwhile.
+
+        None when it is no longer a file of the workspace (removed, or swapped for a link, since the walk).
+        """
         try:
             reader = await FILES.run(PieceReader, root, entry.path, scope)
         except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                return None
             raise Unavailable(f"cannot read {entry.path!r} of the workspace: {exc.strerror}") from None
         names: list[str] = []
         sent = 0
