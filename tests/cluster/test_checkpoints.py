@@ -280,6 +280,12 @@ def test_the_sdk_and_the_cli_checkpoint_show_and_restore(fleet: list[NodeProcess
     missing = runner.invoke(cli, ["--url", b.url, "--token", b.admin_token, "sandbox", "checkpoint", "nosuch",
                                   "--show"])
     assert missing.exit_code == 1 and "checkpoint_not_found" in missing.output + missing.stderr
+    r = runner.invoke(cli, ["--url", b.url, "--token", b.admin_token, "sandbox", "checkpoint", "work", "--forget"])
+    assert r.exit_code == 0 and "forgot" in r.output, r.output
+    with a.client() as c:
+        wait_for(lambda: c.get("/v1/sandboxes/work/checkpoints").status_code == 404,
+                 message="the forgotten checkpoint gone on node A")
+        assert c.get("/v1/sandboxes/work").status_code == 200  # the sandbox itself stays
 
 
 def _latest_on(node: NodeProcess, manifest: str) -> Any:
