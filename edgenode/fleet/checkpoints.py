@@ -9,9 +9,9 @@ of a deleted tenant is not applied (a late one cannot bring it back).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from edgenode.fleet.control import Record, make_key
+from edgenode.fleet.control import Record
 from edgenode.sandboxes.checkpoint import KIND
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class SandboxCheckpoints:
         self.control: ControlPlane | None = None
 
     def bind(self, control: ControlPlane) -> None:
-        """Learn of the control plane (deleted tenants; reading a record straight from the fleet)."""
+        """Learn of the control plane (to know deleted tenants)."""
         self.control = control
 
     async def snapshot(self, parts: tuple[str, ...]) -> Record | None:
@@ -47,13 +47,6 @@ class SandboxCheckpoints:
 
     def merge(self, current: Record | None, new: Record | None) -> Record | None:
         return new
-
-    async def read_fleet(self, tenant: str, sandbox_id: str) -> Any:
-        """The record as the fleet holds it now, or None."""
-        if self.control is None:
-            return None
-        envelope = await self.control.read(make_key(KIND, (tenant, sandbox_id)))
-        return None if envelope is None else envelope.record
 
 
 __all__ = ["SandboxCheckpoints"]

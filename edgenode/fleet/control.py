@@ -331,10 +331,6 @@ class ControlPlane:
         with ChangeFeed.quiet():
             await kind.apply(parts, record)
 
-    async def read(self, key: str) -> Envelope | None:
-        """The fleet's current verified envelope of ``key`` (read from the bucket, not this node's copy)."""
-        return self._current(await self.bucket.get(key), key)
-
     async def deleted(self, key: str) -> bool:
         """Whether the last record this node applied or published for ``key`` was a deletion."""
         row = await self.db.read(lambda c: c.execute(

@@ -76,7 +76,7 @@ def build_control_plane(js: JetStreamContext, control: Bucket, blobs: Bucket, *,
         kind = SandboxCheckpoints(sandboxes.checkpoints)
         plane.add(kind)
         plane.follow(sandboxes.checkpoints.changes)
-        sandboxes.checkpoints.attach(code, kind.read_fleet)
+        sandboxes.checkpoints.attach(code)
     return plane
 
 

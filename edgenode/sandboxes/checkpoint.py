@@ -25,12 +25,12 @@ A node that is not part of a fleet has nowhere to keep checkpoints: the routes a
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter
@@ -76,11 +76,6 @@ class Blobs(Protocol):
         """The bytes named ``digest`` (checked against it), or None while they are not all there."""
 
 
-#: Reads a checkpoint record straight from the fleet (fresher than this node's applied copy):
-#: ``(tenant, sandbox_id)`` to the record, or anything else (None, Ellipsis) when it has none to give.
-FleetReader = Callable[[str, str], Awaitable[Any]]
-
-
 def _scope(tenant: str) -> bytes:
     return _SCOPE + tenant.encode() + b"\x00"
 
@@ -94,7 +89,6 @@ class Checkpoints:
         #: Told ``("checkpoint", tenant, sandbox_id)`` after each local change of a checkpoint record.
         self.changes = ChangeFeed()
         self.blobs: Blobs | None = None
-        self.read_fleet: FleetReader | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self.counters = {"made": 0, "failed": 0, "restored": 0, "uploaded_bytes": 0, "reused_bytes": 0}
         self._metric = Counter("edgenode_sandbox_checkpoints", "Sandbox checkpoints made, failed and restored "
@@ -104,10 +98,9 @@ class Checkpoints:
         self.counters[result] += 1
         self._metric.labels(result).inc()
 
-    def attach(self, blobs: Blobs, read_fleet: FleetReader | None = None) -> None:
+    def attach(self, blobs: Blobs) -> None:
         """Keep checkpoints in ``blobs`` from now on (the fleet wiring calls this on a node in a fleet)."""
         self.blobs = _Reported(blobs)
-        self.read_fleet = read_fleet
 
     @property
     def enabled(self) -> bool:
@@ -166,16 +159,26 @@ class Checkpoints:
                 changed.append(entry)
         gate = asyncio.Semaphore(PARALLEL_FILES)
 
-        async def upload(entry: Entry) -> tuple[int, bool]:
+        async def upload(entry: Entry) -> tuple[int, bool] | None:
             async with gate:
                 return await self._upload(blobs, root, entry, scope)
 
-        for entry, (up, steady) in zip(changed, await asyncio.gather(*map(upload, changed)), strict=True):
+        gone: set[str] = set()
+        outcomes = await asyncio.gather(*map(upload, changed), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for entry, outcome in zip(changed, outcomes, strict=True):
+            if outcome is None or isinstance(outcome, BaseException):
+                gone.add(entry.path)
+                continue
+            up, steady = outcome
             uploaded += up
             reused += entry.size - up
             if steady:
                 fresh.append(entry)
-        hashed = len(changed)
+        hashed = len(changed) - len(gone)
+        found.entries = [e for e in found.entries if e.path not in gone]
         manifest = dump_manifest(found.entries)
         name, new = await blobs.add(scope + manifest)
         if new:
@@ -200,11 +203,16 @@ class Checkpoints:
         return {**_public(body), "uploaded_bytes": uploaded, "reused_bytes": reused, "hashed_files": hashed,
                 "skipped": found.skipped, "duration_ms": round((time.perf_counter() - began) * 1000, 1)}
 
-    async def _upload(self, blobs: Blobs, root: Any, entry: Entry, scope: bytes) -> tuple[int, bool]:
-        """Hash and upload ``entry``'s pieces: bytes sent, and whether the file stayed unchanged meanwhile."""
+    async def _upload(self, blobs: Blobs, root: Any, entry: Entry, scope: bytes) -> tuple[int, bool] | None:
+        """Hash and upload ``entry``'s pieces: bytes sent, and whether the file stayed unchanged meanwhile.
+
+        None when it is no longer a file of the workspace (removed, or swapped for a link, since the walk).
+        """
         try:
             reader = await FILES.run(PieceReader, root, entry.path, scope)
         except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                return None
             raise Unavailable(f"cannot read {entry.path!r} of the workspace: {exc.strerror}") from None
         names: list[str] = []
         sent = 0
@@ -230,19 +238,7 @@ class Checkpoints:
         row = await self.db.read(lambda c: c.execute(
             "SELECT record FROM checkpoints WHERE tenant = ? AND (sandbox_id = ? OR name = ?)"
             " ORDER BY sandbox_id = ? DESC, checkpointed_at DESC LIMIT 1", (tenant, ref, ref, ref)).fetchone())
-        local: Record | None = json.loads(row[0]) if row else None
-        sandbox_id = str(local["id"]) if local else ref if ref.startswith("sb_") else None
-        if self.read_fleet is not None and sandbox_id is not None:
-            try:
-                fleet = await self.read_fleet(tenant, sandbox_id)
-            except Exception as exc:  # the fleet is away: this node's copy is what there is
-                log.info("cannot read a checkpoint record from the fleet", extra={"error": repr(exc)[:200]})
-                fleet = ...
-            # Only a newer record of the fleet wins: this node's own may not be published yet.
-            if isinstance(fleet, dict) and fleet.get("tenant") == tenant and (
-                    local is None or float(fleet["checkpointed_at"]) > float(local["checkpointed_at"])):
-                return fleet
-        return local
+        return json.loads(row[0]) if row else None
 
     async def describe(self, principal: Principal, ref: str) -> dict[str, Any]:
         """The latest checkpoint of ``ref``; 404 ``checkpoint_not_found`` when the fleet has none."""
@@ -298,6 +294,10 @@ class Checkpoints:
             return
         if record.get("tenant") != tenant or record.get("id") != sandbox_id:
             raise ValueError("a checkpoint record names another tenant or sandbox than its key")
+        created = await self.sandboxes.node.auth.db.read(lambda c: c.execute(
+            "SELECT created_at FROM tenants WHERE name = ?", (tenant,)).fetchone())
+        if created is not None and float(record["checkpointed_at"]) < float(created[0]):
+            return  # made for an earlier tenant of this name, deleted since
         await self.db.write(lambda c: _put(c, record))
 
     async def keys(self) -> list[tuple[str, ...]]:
@@ -503,4 +503,4 @@ async def _named(boxes: Sandboxes, tenant: str, name: str) -> bool:
     return found.name == name
 
 
-__all__ = ["KIND", "Blobs", "Checkpoints", "FleetReader"]
+__all__ = ["KIND", "Blobs", "Checkpoints"]

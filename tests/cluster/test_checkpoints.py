@@ -128,7 +128,7 @@ def test_a_second_checkpoint_sends_only_what_changed(clients: tuple[httpx.Client
 
 
 async def _inject(port: int, tenant: str, sandbox: str, manifest: dict[str, Any], blobs: list[bytes],
-                  limits: dict[str, int] | None = None) -> None:
+                  limits: dict[str, int] | None = None, at: float | None = None) -> None:
     """Write ``blobs`` and a fleet-signed checkpoint record of ``manifest`` as a fleet member could."""
     nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
     try:
@@ -141,7 +141,7 @@ async def _inject(port: int, tenant: str, sandbox: str, manifest: dict[str, Any]
         key = f"checkpoint.{tenant}.{sandbox}"
         record = {"tenant": tenant, "id": sandbox, "name": None, "manifest": name, "network": {"allow": []},
                   "limits": limits or {}, "image": None, "files": 1, "bytes": 1, "entries": 1,
-                  "checkpointed_at": time.time(), "node": "elsewhere"}
+                  "checkpointed_at": at or time.time(), "node": "elsewhere"}
         envelope = sign(SECRET.encode(), {"v": 1, "key": key, "stamp": time.time_ns() << 8, "origin": "elsewhere",
                                           "record": record}, SIGNING_DOMAIN)
         await nc.jetstream().publish(f"{KEYS.prefix}.kv.control.{key}", json.dumps(envelope).encode())
@@ -225,12 +225,28 @@ def test_another_tenant_can_never_see_or_restore_a_checkpoint(fleet: list[NodePr
     assert b.delete("/v1/tenants/acme").status_code == 204
     with fleet[0].client(token=token) as acme:
         wait_for(lambda: acme.get("/v1/sandboxes").status_code == 401, message="acme deleted on node A")
+    # A late record of the deleted tenant (a node that was cut off) does not bring a checkpoint back;
+    # a record published after it, of another tenant, shows it has been seen.
+    empty = {"v": 1, "entries": []}
+    asyncio.run(_inject(_client_port(fleet[1]), "acme", "sb_late", empty, []))
+    asyncio.run(_inject(_client_port(fleet[1]), "default", "sb_sentinel", empty, []))
+    for client in clients:
+        wait_for(lambda client=client: _latest(client, "sb_sentinel"), message="the sentinel record")
     r = a.post("/v1/tokens", json={"tenant": "acme", "name": "again"})
     for node in fleet:
         with node.client(token=r.json()["token"]) as acme:
             wait_for(lambda acme=acme: acme.get("/v1/sandboxes/work/checkpoints").status_code == 404,
                      message=f"acme's checkpoint gone on {node.node_id}")
             assert_error(acme.post("/v1/sandboxes", json={"checkpoint": "work"}), 404, "checkpoint_not_found")
+            assert_error(acme.get("/v1/sandboxes/sb_late/checkpoints"), 404, "checkpoint_not_found")
+    # Nor does one made before the new tenant of that name existed, arriving after it does.
+    asyncio.run(_inject(_client_port(fleet[1]), "acme", "sb_older", empty, [], at=time.time() - 3600))
+    asyncio.run(_inject(_client_port(fleet[1]), "default", "sb_sentinel2", empty, []))
+    for client in clients:
+        wait_for(lambda client=client: _latest(client, "sb_sentinel2"), message="the second sentinel record")
+    for node in fleet:
+        with node.client(token=r.json()["token"]) as acme:
+            assert_error(acme.get("/v1/sandboxes/sb_older/checkpoints"), 404, "checkpoint_not_found")
 
 
 def test_bad_input_gets_a_clear_error(clients: tuple[httpx.Client, httpx.Client], work: dict[str, Any]) -> None:
@@ -264,6 +280,12 @@ def test_the_sdk_and_the_cli_checkpoint_show_and_restore(fleet: list[NodeProcess
     missing = runner.invoke(cli, ["--url", b.url, "--token", b.admin_token, "sandbox", "checkpoint", "nosuch",
                                   "--show"])
     assert missing.exit_code == 1 and "checkpoint_not_found" in missing.output + missing.stderr
+    r = runner.invoke(cli, ["--url", b.url, "--token", b.admin_token, "sandbox", "checkpoint", "work", "--forget"])
+    assert r.exit_code == 0 and "forgot" in r.output, r.output
+    with a.client() as c:
+        wait_for(lambda: c.get("/v1/sandboxes/work/checkpoints").status_code == 404,
+                 message="the forgotten checkpoint gone on node A")
+        assert c.get("/v1/sandboxes/work").status_code == 200  # the sandbox itself stays
 
 
 def _latest_on(node: NodeProcess, manifest: str) -> Any:
