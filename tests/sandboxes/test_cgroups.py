@@ -144,6 +144,14 @@ def test_a_command_killed_at_the_memory_limit_says_so(admin: httpx.Client) -> No
         result = run(admin, box, ["python3", "-c", "data = b'x' * (200 << 20)"], timeout_s=60)
         assert result["signal"] == 9 and result["stopped_by"] == "memory_limit", result
         assert result["memory_limit_hit"] is True
+        # A background process killed at the limit says so too.
+        started = admin.post(f"/v1/sandboxes/{box}/processes", json={"cmd": ["python3", "-c",
+                                                                             "data = b'x' * (200 << 20)"]})
+        assert started.status_code == 201, started.text
+        url = f"/v1/sandboxes/{box}/processes/{started.json()['id']}"
+        proc = wait_for(lambda: (p := admin.get(url).json())["state"] == "exited" and p, timeout=60,
+                        message="the background hog to be killed")
+        assert proc["signal"] == 9 and proc["stopped_by"] == "memory_limit", proc
     finally:
         admin.delete(f"/v1/sandboxes/{box}")
 
