@@ -145,10 +145,6 @@ class SandboxCgroup:
         for directory in self.paths:
             _write(directory / "cgroup.procs", str(pid))
 
-    def pids(self) -> set[int]:
-        """The host pids in the cgroup now."""
-        return _pids_in(self.dirs["pids"])
-
     def oom_kills(self) -> int:
         """Processes of the sandbox the kernel killed at its memory limit, since the cgroup was made."""
         memory = self.dirs["memory"]
