@@ -238,9 +238,9 @@ def cgroup_bench(runs: int) -> None:
           f"{runs} runs each, interleaved (ms)")
     print(f"{'measure':<44}{'p50':>9}{'p99':>9} {'off p50':>9} {'overhead':>10}")
     for m in modes:
-        label = f"cgroups={m} ({enforced[m]})"
-        print(row(f"create+exec {label}"[:44], cold[m], cold["off"] if m != "off" else None))
-        print(row(f"delete {label}"[:44], gone[m], gone["off"] if m != "off" else None))
+        label = f"cgroups={m}: {enforced[m].removesuffix('+disk-accounting')}"
+        print(row(f"create+exec `true`, {label}", cold[m], cold["off"] if m != "off" else None))
+        print(row(f"delete, {label}", gone[m], gone["off"] if m != "off" else None))
     print()
 
 

@@ -15,8 +15,8 @@ Two layouts behind one interface (:class:`CgroupTree` and :class:`SandboxCgroup`
 - cgroup v2, a subtree delegated to the node (systemd: ``Delegate=yes``): ``memory.max``,
   ``memory.swap.max``, ``pids.max``, ``cpu.weight``; controllers are enabled in each level's
   ``cgroup.subtree_control``. A cgroup with processes cannot enable controllers for its
-  children, so at start the node moves itself (and its own children) into the leaf
-  ``<node cgroup>/node`` first, as delegation expects;
+  children, so when the kernel refuses them the node moves itself (and its own children)
+  into the leaf ``<node cgroup>/node`` first, as delegation expects;
 - cgroup v1, where the controllers are mounted one hierarchy each and the node can write
   them: ``memory.limit_in_bytes``, ``memory.memsw.limit_in_bytes`` when swap accounting is on,
   ``pids.max``, ``cpu.shares``, the same path in each hierarchy.
@@ -40,8 +40,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Choices of ``sandboxes.cgroups``.
-MODES = ("auto", "v2", "v1", "off")
 #: The controllers a sandbox's bounds need, and the one that is welcome when present.
 REQUIRED = ("memory", "pids")
 OPTIONAL = ("cpu",)
@@ -146,10 +144,6 @@ class SandboxCgroup:
         """Move process ``pid`` (before it starts anything) into this cgroup, in every hierarchy."""
         for directory in self.paths:
             _write(directory / "cgroup.procs", str(pid))
-
-    def pids(self) -> set[int]:
-        """The host pids in the cgroup now."""
-        return _pids_in(self.dirs["pids"])
 
     def oom_kills(self) -> int:
         """Processes of the sandbox the kernel killed at its memory limit, since the cgroup was made."""
@@ -520,7 +514,8 @@ def find_v1(key: str, proc_cgroup: str, mountinfo: str) -> V1Tree:
 
 def open_tree(mode: str, key: str, *, proc_cgroup: str | None = None,
               mountinfo: str | None = None) -> tuple[CgroupTree | None, str]:
-    """The subtree to bound sandboxes with for ``mode`` (one of :data:`MODES`), opened, and a sentence on
+    """The subtree to bound sandboxes with for ``mode`` (``auto``, ``v2``, ``v1`` or ``off``: the setting
+    ``sandboxes.cgroups``, checked when the config loads), opened, and a sentence on
     why this one (or why none: then the tree is None). ``v2`` or ``v1`` asked for and not usable raises
     :class:`CgroupUnavailable`."""
     if mode == "off":
@@ -552,5 +547,5 @@ def open_tree(mode: str, key: str, *, proc_cgroup: str | None = None,
     return None, "; ".join(reasons)
 
 
-__all__ = ["MODES", "CgroupLimits", "CgroupTree", "CgroupUnavailable", "SandboxCgroup", "V1Tree", "V2Tree",
+__all__ = ["CgroupLimits", "CgroupTree", "CgroupUnavailable", "SandboxCgroup", "V1Tree", "V2Tree",
            "find_v1", "find_v2", "node_key", "open_tree"]

@@ -200,6 +200,7 @@ class Execution:
                 truncated=dict(self.truncated),
                 stopped_by=self.command.stopped_by,
                 error=self.error,
+                oom_kills=self.command.oom_kills,
             )
             if self.on_done is not None:
                 self.on_done()

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,14 +63,23 @@ class Command:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
     signal: int | None = None
-    #: Why the node stopped it, if it did: "timeout", "disk_quota", "released".
+    #: Why it was stopped, if it was: "timeout", "disk_quota", "released", "memory_limit".
     stopped_by: str | None = None
+    #: Called once as it ends, before whoever waits hears of it (the runtime notes OOM kills there).
+    on_exit: Callable[[Command], None] | None = None
+    #: Processes of the sandbox the kernel killed at its memory limit while it ran (per-sandbox cgroups).
+    oom_kills: int = 0
 
     def finish(self, code: int | None, sig: int | None) -> None:
         """Record the exit and wake whoever waits."""
         if self.done.is_set():
             return
         self.exit_code, self.signal = code, sig
+        if self.on_exit is not None:
+            try:
+                self.on_exit(self)
+            except Exception:
+                log.exception("a command's exit hook failed")
         self.done.set()
         self.events.put_nowait(Event("exit", code=code, signal=sig))
 
@@ -284,11 +294,12 @@ class Guest:
 
     async def spawn(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bytes | None,
                     rlimits: dict[str, int], cap: int, code: str | None = None,
-                    pty: tuple[int, int] | None = None) -> Command:
+                    pty: tuple[int, int] | None = None,
+                    on_exit: Callable[[Command], None] | None = None) -> Command:
         """Start ``argv`` (or Python ``code`` in a fork of the supervisor) in the sandbox; its output and
-        exit arrive on ``Command.events``."""
+        exit arrive on ``Command.events`` (``on_exit`` is called as it ends, before either)."""
         self._next_id += 1
-        cmd = Command(self._next_id, argv)
+        cmd = Command(self._next_id, argv, on_exit=on_exit)
         self.commands[cmd.id] = cmd
         try:
             await self._send({

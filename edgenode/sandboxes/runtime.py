@@ -44,8 +44,6 @@ class BackgroundProcess:
     truncated: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
-    #: The sandbox's OOM kills when it started (to tell whether it was one of them).
-    oom_kills_before: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The process as JSON."""
@@ -183,21 +181,24 @@ class SandboxRuntime:
         """Start an exec; the caller iterates its output."""
         self.last_used = time.time()
         timeout = min(spec.timeout_s or self.limits.timeout_s, float(self.limits.timeout_s))
-        kills_before = self.oom_kills()
         command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
-                                         rlimits=self._rlimits(), cap=cap, code=spec.code)
-        execution = Execution(self.guest, command, timeout_s=timeout, cap=cap)
+                                         rlimits=self._rlimits(), cap=cap, code=spec.code, on_exit=self._on_exit())
+        return Execution(self.guest, command, timeout_s=timeout, cap=cap, on_done=self._touch)
 
-        def done() -> None:
-            # The end of a long exec counts as use: the idle clock starts then, not at its start.
-            self.last_used = time.time()
-            result = execution.result
-            if result is not None and self.cgroup is not None:
-                result.oom_kills = self.note_exit(command, kills_before)
-                result.stopped_by = result.stopped_by or command.stopped_by
+    def _touch(self) -> None:
+        # The end of a long exec counts as use: the idle clock starts then, not at its start.
+        self.last_used = time.time()
 
-        execution.on_done = done
-        return execution
+    def _on_exit(self) -> Callable[[Command], None] | None:
+        """What a command calls as it ends: with a cgroup, it notes the OOM kills while it ran."""
+        if self.cgroup is None:
+            return None
+        kills_before = self.oom_kills()
+
+        def noted(command: Command) -> None:
+            command.oom_kills = self.note_exit(command, kills_before)
+
+        return noted
 
     def _rlimits(self) -> dict[str, int]:
         return self.limits.rlimits(memory_per_process=self.memory_per_process)
@@ -207,21 +208,20 @@ class SandboxRuntime:
         """Start ``argv`` on a new terminal of ``rows`` x ``cols``; no output cap (it streams to a client)."""
         self.last_used = time.time()
         return await self.guest.spawn(argv, cwd=cwd, env=self.env_for({"TERM": "xterm-256color", **env}), stdin=None,
-                                      rlimits=self._rlimits(), cap=0, pty=(rows, cols))
+                                      rlimits=self._rlimits(), cap=0, pty=(rows, cols), on_exit=self._on_exit())
 
     # -- background processes ------------------------------------------------
 
     async def start_process(self, spec: ExecSpec) -> BackgroundProcess:
         """Start a background command whose output is logged on the host."""
         self.last_used = time.time()
-        kills_before = self.oom_kills()
         command = await self.guest.spawn(spec.argv, cwd=spec.cwd, env=self.env_for(spec.env), stdin=spec.stdin,
-                                         rlimits=self._rlimits(), cap=self.log_cap, code=spec.code)
+                                         rlimits=self._rlimits(), cap=self.log_cap, code=spec.code,
+                                         on_exit=self._on_exit())
         self._next_proc += 1
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True, mode=0o700)
-        proc = BackgroundProcess(self._next_proc, command, spec.argv, logs / f"{self._next_proc}.log",
-                                 oom_kills_before=kills_before)
+        proc = BackgroundProcess(self._next_proc, command, spec.argv, logs / f"{self._next_proc}.log")
         proc.log_path.write_bytes(b"")
         proc.pump = asyncio.create_task(self._pump(proc))
         self.processes[proc.id] = proc
@@ -244,8 +244,6 @@ class SandboxRuntime:
                 elif event.kind == "failed":
                     out.write(f"[edgenode] could not start: {event.message}\n".encode())
                     out.flush()
-                if event.kind == "exit" and self.cgroup is not None:
-                    self.note_exit(proc.command, proc.oom_kills_before)
                 proc.changed.set()
                 if event.kind == "exit":
                     return

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from edgenode.config import Config
 from edgenode.errors import ValidationFailed
 from edgenode.sandboxes.cgroups import CgroupLimits, CgroupUnavailable, find_v2, open_tree
 from tests.sandboxes.conftest import run
-from tests.support import NodeProcess, wait_for
+from tests.support import wait_for
 
 MIB = 1024 * 1024
 
@@ -144,6 +143,14 @@ def test_a_command_killed_at_the_memory_limit_says_so(admin: httpx.Client) -> No
         result = run(admin, box, ["python3", "-c", "data = b'x' * (200 << 20)"], timeout_s=60)
         assert result["signal"] == 9 and result["stopped_by"] == "memory_limit", result
         assert result["memory_limit_hit"] is True
+        # A background process killed at the limit says so too.
+        started = admin.post(f"/v1/sandboxes/{box}/processes", json={"cmd": ["python3", "-c",
+                                                                             "data = b'x' * (200 << 20)"]})
+        assert started.status_code == 201, started.text
+        url = f"/v1/sandboxes/{box}/processes/{started.json()['id']}"
+        proc = wait_for(lambda: (p := admin.get(url).json())["state"] == "exited" and p, timeout=60,
+                        message="the background hog to be killed")
+        assert proc["signal"] == 9 and proc["stopped_by"] == "memory_limit", proc
     finally:
         admin.delete(f"/v1/sandboxes/{box}")
 
@@ -251,15 +258,6 @@ def test_a_released_sandbox_leaves_no_cgroup_and_a_new_start_makes_one(admin: ht
         admin.delete(f"/v1/sandboxes/{box}")
 
 
-@pytest.fixture(scope="module")
-def v2_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """A node asked for the cgroup version this host does not offer for sandboxes."""
-    proc = NodeProcess(tmp_path_factory.mktemp("v2"), env={"EDGENODE_SANDBOXES_CGROUPS": _missing_version()})
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 def _missing_version() -> str:
     """A version the node cannot use here (v2 on a host with v1 controllers, v1 on a unified one)."""
     try:
@@ -267,17 +265,6 @@ def _missing_version() -> str:
     except CgroupUnavailable:
         return "v2"
     return "v1"
-
-
-@needs_cgroups
-def test_a_cgroup_version_asked_for_and_missing_is_said_clearly(v2_node: NodeProcess) -> None:
-    with v2_node.client(timeout=60) as admin:
-        status = admin.get("/v1/status").json()["capabilities"]["sandboxes"]
-        assert status["available"] is False
-        assert status["reason"].startswith(f"sandboxes.cgroups = {_missing_version()}, but cgroup ")
-        created = admin.post("/v1/sandboxes", json={})
-        assert created.status_code == 503, created.text
-        assert "sandboxes.cgroups" in created.json()["error"]["message"]
 
 
 def test_the_cgroups_setting_is_checked_at_start() -> None:
@@ -328,59 +315,65 @@ def test_the_unit_delegates_its_cgroup_to_the_node() -> None:
     assert settings.get("ProtectControlGroups", "no") == "no"
 
 
+def _plant_leftovers(subtrees: list[Path], keeper: int) -> list[Path]:
+    """Beside the node's subtree: what a node killed long ago left (its subtree, an empty sandbox cgroup),
+    and a live node's (an old sandbox cgroup holding a process, a fresh empty one). Returns what was made."""
+    made: list[Path] = []
+    for subtree in subtrees:
+        top = subtree.parent
+        for path in (top / "ndead", top / "ndead" / "sb_old", top / "nlive", top / "nlive" / "sb_busy",
+                     top / "nlive" / "sb_new"):
+            path.mkdir(parents=True)
+            made.append(path)
+        (top / "nlive" / "sb_busy" / "cgroup.procs").write_text(str(keeper))
+        for path in (top / "ndead", top / "ndead" / "sb_old", top / "nlive", top / "nlive" / "sb_busy"):
+            os.utime(path, (0, 0))
+    return made
+
+
 @needs_cgroups
-def test_a_restarted_node_removes_what_a_killed_one_left_and_a_stopped_one_leaves_nothing(make_node: Any) -> None:
+def test_cgroups_across_node_restarts(make_node: Any) -> None:
+    """A killed node's sandbox cgroups stay; a version asked for and missing is said clearly; a node
+    started again removes its own leftovers and the empty ones of dead nodes beside it; a stopped node
+    leaves no cgroup."""
     node = make_node("restarted")
     with node.client(timeout=60) as c:
         status = c.get("/v1/status").json()["capabilities"]["sandboxes"]
         box = c.post("/v1/sandboxes", json={"limits": {"pids": 40}}).json()["id"]
         run(c, box, "true")
     left = _cgroup_dirs(status, box)
+    subtrees = [Path(p) for p in status["cgroup"].values()]
     node.kill()  # no chance to clean up: its sandboxes die with it (bwrap --die-with-parent), their cgroups stay
     assert all(d.is_dir() for d in left.values())
-    node.start()
-    with node.client(timeout=60) as c:
-        assert c.get("/v1/status").json()["capabilities"]["sandboxes"]["cgroup"] == status["cgroup"]
-        assert not any(d.exists() for d in left.values())
-    node.stop()
-    for subtree in status["cgroup"].values():
-        assert not Path(subtree).exists(), subtree
-
-
-@needs_cgroups
-def test_a_starting_node_removes_empty_sandbox_cgroups_other_killed_nodes_left(make_node: Any) -> None:
-    first = make_node("first")
-    with first.client(timeout=60) as c:
-        subtrees = [Path(p) for p in c.get("/v1/status").json()["capabilities"]["sandboxes"]["cgroup"].values()]
-    first.stop()
-    # What a node killed long ago (never started again) left: its subtree and an empty sandbox cgroup.
-    # A live node's sandbox cgroup beside it (it holds a process) and a fresh empty one (just made) stay.
+    keeper = subprocess.Popen(["sleep", "300"])
     made: list[Path] = []
-    keeper = None
     try:
-        keeper = subprocess.Popen(["sleep", "300"])
-        for subtree in subtrees:
-            for name in ("ndead", "nlive"):
-                (subtree.parent / name).mkdir(parents=True)
-                made.append(subtree.parent / name)
-            for path in (subtree.parent / "ndead" / "sb_old", subtree.parent / "nlive" / "sb_busy",
-                         subtree.parent / "nlive" / "sb_new"):
-                path.mkdir()
-                made.append(path)
-            (subtree.parent / "nlive" / "sb_busy" / "cgroup.procs").write_text(str(keeper.pid))
-            for path in (subtree.parent / "ndead", subtree.parent / "ndead" / "sb_old", subtree.parent / "nlive",
-                         subtree.parent / "nlive" / "sb_busy"):
-                os.utime(path, (0, 0))
-        second = make_node("second")
-        with second.client(timeout=60) as c:
-            assert c.get("/v1/status").json()["capabilities"]["sandboxes"]["available"] is True
+        made = _plant_leftovers(subtrees, keeper.pid)
+        missing = _missing_version()
+        node.env["EDGENODE_SANDBOXES_CGROUPS"] = missing
+        node.start()
+        with node.client(timeout=60) as c:
+            refused = c.get("/v1/status").json()["capabilities"]["sandboxes"]
+            assert refused["available"] is False
+            assert refused["reason"].startswith(f"sandboxes.cgroups = {missing}, but cgroup "), refused["reason"]
+            created = c.post("/v1/sandboxes", json={})
+            assert created.status_code == 503, created.text
+            assert "sandboxes.cgroups" in created.json()["error"]["message"]
+        node.kill()
+        del node.env["EDGENODE_SANDBOXES_CGROUPS"]
+        node.start()
+        with node.client(timeout=60) as c:
+            assert c.get("/v1/status").json()["capabilities"]["sandboxes"]["cgroup"] == status["cgroup"]
+        assert not any(d.exists() for d in left.values())
         for subtree in subtrees:
             assert not (subtree.parent / "ndead").exists()
             assert (subtree.parent / "nlive" / "sb_busy").is_dir() and (subtree.parent / "nlive" / "sb_new").is_dir()
+        node.stop()
+        for subtree in subtrees:
+            assert not subtree.exists(), subtree
     finally:
-        if keeper is not None:
-            keeper.kill()
-            keeper.wait()
+        keeper.kill()
+        keeper.wait()
         for path in reversed(made):
             with contextlib.suppress(OSError):
                 path.rmdir()
