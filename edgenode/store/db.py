@@ -12,6 +12,11 @@ back; each write of that transaction is answered with the error, the
 connection is rolled back or reopened, and the writer goes on with the next
 batch. Every wait is bounded (``write_timeout_s``), so no caller waits on a
 future nobody will complete.
+
+Writes queue per tenant (the caller's ``threads.current_tenant``) and a batch takes them
+tenant by tenant in turn, so a tenant with hundreds of writes queued on a shared database
+(agent journals, deployments) delays another tenant's write by one transaction, not by its
+whole backlog.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from edgenode.errors import (
     StoreTimeout,
 )
 from edgenode.store.faults import storage_fault
-from edgenode.threads import STORE
+from edgenode.threads import NODE, STORE, FairQueue, current_tenant
 
 if TYPE_CHECKING:
     from edgenode.store.health import StoreMonitor
@@ -71,6 +76,54 @@ class _Job:
 
 
 _STOP = object()
+
+
+class _WriteQueue:
+    """Writes waiting for the writer, per tenant, taken tenant by tenant in turn; stop comes after the last."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._jobs: FairQueue[_Job] = FairQueue(1)
+        self._stopping = False
+
+    def put(self, key: str, job: _Job) -> None:
+        with self._cond:
+            self._jobs.put(key, job)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """After the writes queued now, :meth:`get` answers ``_STOP``."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def _take(self) -> _Job | object | None:
+        taken = self._jobs.take()
+        if taken is not None:
+            self._jobs.finished(taken[0])  # a turn only: writes run one at a time on the writer anyway
+            return taken[1]
+        return _STOP if self._stopping else None
+
+    def get(self) -> _Job | object:
+        """The next write in turn (or ``_STOP``), waiting for one."""
+        with self._cond:
+            while (item := self._take()) is None:
+                self._cond.wait()
+            return item
+
+    def get_nowait(self) -> _Job | object:
+        """The next write in turn (or ``_STOP``); ``queue.Empty`` if there is none."""
+        with self._cond:
+            item = self._take()
+        if item is None:
+            raise queue.Empty
+        return item
+
+    def empty(self) -> bool:
+        return self._jobs.waiting == 0
+
+    def qsize(self) -> int:
+        return self._jobs.waiting
 
 
 def connect(path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000,
@@ -136,7 +189,7 @@ class Database:
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
         self._wal_autocheckpoint = wal_autocheckpoint
-        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._queue = _WriteQueue()
         self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._reader_count = 0
         self._reader_lock = threading.Lock()
@@ -222,7 +275,7 @@ class Database:
         if self.monitor is not None:
             self.monitor.untrack(self)
         if self._writer is not None:
-            self._queue.put(_STOP)
+            self._queue.stop()
             self._writer.join(self.write_timeout_s)
             if self._writer.is_alive():
                 log.error("writer did not stop in time; leaving its connection open",
@@ -302,7 +355,7 @@ class Database:
         if self._writer_stopped:
             raise StoreError(f"the writer of {self.path.name} has stopped; see the node's log")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(current_tenant.get() or NODE, _Job(fn, future))
         return future
 
     def _timed_out(self, future: concurrent.futures.Future[Any]) -> StoreTimeout:
@@ -384,6 +437,8 @@ class Database:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
+                return
+            if item is _STOP:
                 return
             if isinstance(item, _Job) and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(error)
