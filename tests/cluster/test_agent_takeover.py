@@ -4,6 +4,7 @@ The agent charges (a step calling a side-effect server on loopback with an idemp
 key), asks a model (the loopback model double, through a gate here), waits for approval and
 ships (another step). The side-effect server can hold a key's first call until the test
 lets it go, so a kill lands inside a step or inside the model call on purpose, not by luck.
+Tests that need all three nodes come first; each kill test but the last restarts the node.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ def _run(node: NodeProcess, run_id: str) -> dict[str, Any] | None:
 
 def _status(node: NodeProcess, run_id: str, *statuses: str) -> dict[str, Any] | None:
     run = _run(node, run_id)
+    if run is not None and run["status"] in ("failed", "blocked") and run["status"] not in statuses:
+        raise AssertionError(f"run {run_id} is {run['status']}: {run['error']}")  # fail now, not at the bound
     return run if run is not None and run["status"] in statuses else None
 
 
@@ -261,81 +264,31 @@ def _restart(node: NodeProcess, others: list[NodeProcess]) -> None:
     wait_members([node, *others])
 
 
-def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects]) -> None:
+def test_a_former_owner_that_lost_its_lease_cannot_append(setup: tuple[list[NodeProcess], Effects]) -> None:
     nodes, effects = setup
     n1, n2, n3 = nodes
-    gate = effects.held("a:charge")
-    _start(n3, effects, "a")
-    wait_for(lambda: effects.calls.get("a:charge") == 1, message="the owner to be inside its first step")
-    n3.kill()
-    gate.set()  # the killed owner's call ends unanswered; the new owner's goes through at once
-    run = _finish_elsewhere([n1, n2], "a")
-    assert run["output"]["approved"] is True
-    # The step ran again on the new owner (at least once), and is journaled once, with that result.
-    assert effects.calls["a:charge"] == 2 and effects.calls["a:ship"] == 1
-    for node in (n1, n2):
-        journal = _once_each(node, "a")
-        assert journal[0]["result"] == {"key": "a:charge", "call": 2} == run["output"]["charge"]
-    assert sum(_fleet(n)["takeovers"] for n in (n1, n2)) >= 1
-    _recorded_once(n1, "a")
-    _restart(n3, [n1, n2])
-    # The old owner's copy catches up from the stream: the run it lost is completed there too.
-    wait_for(lambda: _status(n3, "a", "completed"), timeout=60, message="the restarted node's copy")
-
-
-def test_kill_9_of_the_owner_during_the_model_call(setup: tuple[list[NodeProcess], Effects]) -> None:
-    nodes, effects = setup
-    n1, n2, n3 = nodes
-    gate = effects.held("model:b")
-    _start(n3, effects, "b")
-    wait_for(lambda: effects.calls.get("model:b") == 1, message="the owner to be inside its model call")
-    n3.kill()
-    gate.set()
-    run = _finish_elsewhere([n2, n1], "b")
-    assert run["output"]["answer"] == "echo: quote b"
-    assert effects.calls["b:charge"] == 1 and effects.calls["model:b"] == 2 and effects.calls["b:ship"] == 1
-    for node in (n1, n2):
-        _once_each(node, "b")
-    _recorded_once(n2, "b")
-    _restart(n3, [n1, n2])
-
-
-def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effects]) -> None:
-    nodes, effects = setup
-    n1, n2, n3 = nodes
-    _start(n3, effects, "c")
-    wait_for(lambda: _status(n3, "c", "waiting"), message="c to park")
-    # Parked: no lease held for it anywhere, and every node lists it and its approval.
-    wait_for(lambda: _fleet(n3)["held"] == 0, message="the parked run's lease to be released")
-    for node in (n1, n2):
-        wait_for(lambda node=node: any(a["run"] == "c" for a in _get(node, "/v1/agents/approvals")
-                                       .json()["approvals"]), message="the approval listed on every node")
-        assert "c" in {r["id"] for r in _get(node, "/v1/agents/runs").json()["runs"]}
-    n3.kill()
-    run = _finish_elsewhere([n1, n2], "c")
-    assert run["output"]["approved"] is True
-    assert effects.calls["c:charge"] == 1 and effects.calls["model:c"] == 1 and effects.calls["c:ship"] == 1
-    for node in (n1, n2):
-        _once_each(node, "c")
-    _recorded_once(n1, "c")
-    _restart(n3, [n1, n2])
-
-
-def test_a_timer_fires_once_when_the_node_that_set_it_is_gone(setup: tuple[list[NodeProcess], Effects]) -> None:
-    nodes, effects = setup
-    n1, n2, n3 = nodes
-    with n3.client() as c:
-        r = c.post("/v1/agents/nap/runs", json={"id": "t", "input": {"effects": effects.url, "id": "t", "s": 3}})
-        assert r.status_code == 201, r.text
-    wait_for(lambda: _status(n1, "t", "waiting"), message="the timer set, seen on another node")
-    n3.kill()
-    # Both survivors see the timer due in their copy; the lease lets exactly one of them fire it.
-    run = wait_for(lambda: _status(n2, "t", "completed"), timeout=60, message="the timer to fire elsewhere")
-    assert run["output"] == {"key": "t:after", "call": 1} and effects.calls["t:after"] == 1
-    for node in (n1, n2):
-        journal = _get(node, "/v1/agents/runs/t/history").json()["journal"]
-        assert [(e["kind"], e["status"]) for e in journal] == [("sleep", "ok"), ("step", "ok")]
-    _restart(n3, [n1, n2])
+    refused = _fleet(n3)["appends_refused"]
+    gate = effects.held("f:charge")
+    _start(n3, effects, "f")
+    wait_for(lambda: effects.calls.get("f:charge") == 1, message="the owner to be inside its first step")
+    n3.signal(signal.SIGSTOP)
+    try:
+        # Paused past its lease: another node takes the run over and runs the step again.
+        wait_for(lambda: _status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
+        assert effects.calls["f:charge"] == 2
+        gate.set()  # the paused owner's step now finishes; it offers the result when it wakes
+    finally:
+        n3.signal(signal.SIGCONT)
+    wait_for(lambda: _fleet(n3)["appends_refused"] > refused, timeout=60, message="the stale append to be refused")
+    # It stopped the run locally and re-read its copy: the run waits for approval, as on the others.
+    wait_for(lambda: _status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
+    assert _get(n3, "/v1/status").json()["capabilities"]["agents"]["active"] == 0
+    run = _finish_elsewhere([n3, n2], "f")
+    assert run["output"]["charge"] == {"key": "f:charge", "call": 2}
+    for node in (n1, n2, n3):
+        journal = _once_each(node, "f")
+        assert journal[0]["result"] == {"key": "f:charge", "call": 2}
+    _recorded_once(n1, "f")
 
 
 def test_a_cancel_sent_elsewhere_reaches_the_node_running_the_run(
@@ -392,33 +345,6 @@ def test_one_of_many_contenders_wins_a_lease(setup: tuple[list[NodeProcess], Eff
     asyncio.run(scenario())
 
 
-def test_a_former_owner_that_lost_its_lease_cannot_append(setup: tuple[list[NodeProcess], Effects]) -> None:
-    nodes, effects = setup
-    n1, n2, n3 = nodes
-    refused = _fleet(n3)["appends_refused"]
-    gate = effects.held("f:charge")
-    _start(n3, effects, "f")
-    wait_for(lambda: effects.calls.get("f:charge") == 1, message="the owner to be inside its first step")
-    n3.signal(signal.SIGSTOP)
-    try:
-        # Paused past its lease: another node takes the run over and runs the step again.
-        wait_for(lambda: _status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
-        assert effects.calls["f:charge"] == 2
-        gate.set()  # the paused owner's step now finishes; it offers the result when it wakes
-    finally:
-        n3.signal(signal.SIGCONT)
-    wait_for(lambda: _fleet(n3)["appends_refused"] > refused, timeout=60, message="the stale append to be refused")
-    # It stopped the run locally and re-read its copy: the run waits for approval, as on the others.
-    wait_for(lambda: _status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
-    assert _get(n3, "/v1/status").json()["capabilities"]["agents"]["active"] == 0
-    run = _finish_elsewhere([n3, n2], "f")
-    assert run["output"]["charge"] == {"key": "f:charge", "call": 2}
-    for node in (n1, n2, n3):
-        journal = _once_each(node, "f")
-        assert journal[0]["result"] == {"key": "f:charge", "call": 2}
-    _recorded_once(n1, "f")
-
-
 def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects]) -> None:
     nodes, effects = setup
     n1, n2, _ = nodes
@@ -433,3 +359,79 @@ def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects])
     with n2.client() as c:
         assert c.post("/v1/agents/runs/pinned/approve", json={}).status_code == 200
     wait_for(lambda: _status(n2, "pinned", "completed"), message="the pinned run to complete")
+
+
+def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    gate = effects.held("a:charge")
+    _start(n3, effects, "a")
+    wait_for(lambda: effects.calls.get("a:charge") == 1, message="the owner to be inside its first step")
+    n3.kill()
+    gate.set()  # the killed owner's call ends unanswered; the new owner's goes through at once
+    run = _finish_elsewhere([n1, n2], "a")
+    assert run["output"]["approved"] is True
+    # The step ran again on the new owner (at least once), and is journaled once, with that result.
+    assert effects.calls["a:charge"] == 2 and effects.calls["a:ship"] == 1
+    for node in (n1, n2):
+        journal = _once_each(node, "a")
+        assert journal[0]["result"] == {"key": "a:charge", "call": 2} == run["output"]["charge"]
+    assert sum(_fleet(n)["takeovers"] for n in (n1, n2)) >= 1
+    _recorded_once(n1, "a")
+    _restart(n3, [n1, n2])
+    # The old owner's copy catches up from the stream: the run it lost is completed there too.
+    wait_for(lambda: _status(n3, "a", "completed"), timeout=60, message="the restarted node's copy")
+
+
+def test_kill_9_of_the_owner_during_the_model_call(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    gate = effects.held("model:b")
+    _start(n3, effects, "b")
+    wait_for(lambda: effects.calls.get("model:b") == 1, message="the owner to be inside its model call")
+    n3.kill()
+    gate.set()
+    run = _finish_elsewhere([n2, n1], "b")
+    assert run["output"]["answer"] == "echo: quote b"
+    assert effects.calls["b:charge"] == 1 and effects.calls["model:b"] == 2 and effects.calls["b:ship"] == 1
+    for node in (n1, n2):
+        _once_each(node, "b")
+    _recorded_once(n2, "b")
+    _restart(n3, [n1, n2])
+
+
+def test_a_timer_fires_once_when_the_node_that_set_it_is_gone(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    with n3.client() as c:
+        r = c.post("/v1/agents/nap/runs", json={"id": "t", "input": {"effects": effects.url, "id": "t", "s": 3}})
+        assert r.status_code == 201, r.text
+    wait_for(lambda: _status(n1, "t", "waiting"), message="the timer set, seen on another node")
+    n3.kill()
+    # Both survivors see the timer due in their copy; the lease lets exactly one of them fire it.
+    run = wait_for(lambda: _status(n2, "t", "completed"), timeout=60, message="the timer to fire elsewhere")
+    assert run["output"] == {"key": "t:after", "call": 1} and effects.calls["t:after"] == 1
+    for node in (n1, n2):
+        journal = _get(node, "/v1/agents/runs/t/history").json()["journal"]
+        assert [(e["kind"], e["status"]) for e in journal] == [("sleep", "ok"), ("step", "ok")]
+    _restart(n3, [n1, n2])
+
+
+def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    _start(n3, effects, "c")
+    wait_for(lambda: _status(n3, "c", "waiting"), message="c to park")
+    # Parked: no lease held for it anywhere, and every node lists it and its approval.
+    wait_for(lambda: _fleet(n3)["held"] == 0, message="the parked run's lease to be released")
+    for node in (n1, n2):
+        wait_for(lambda node=node: any(a["run"] == "c" for a in _get(node, "/v1/agents/approvals")
+                                       .json()["approvals"]), message="the approval listed on every node")
+        assert "c" in {r["id"] for r in _get(node, "/v1/agents/runs").json()["runs"]}
+    n3.kill()
+    run = _finish_elsewhere([n1, n2], "c")
+    assert run["output"]["approved"] is True
+    assert effects.calls["c:charge"] == 1 and effects.calls["model:c"] == 1 and effects.calls["c:ship"] == 1
+    for node in (n1, n2):
+        _once_each(node, "c")
+    _recorded_once(n1, "c")
