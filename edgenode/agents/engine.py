@@ -584,6 +584,13 @@ class Agents:
             key = run_key(tenant, run["id"])
             try:
                 adopted = await self.fleet.adopt(key)
+                for _ in range(3):
+                    # A copy of the lease bucket that is still catching up (a server that just
+                    # rejoined) can answer for a moment as if another node held a fresh run.
+                    if adopted or await self.fleet.catch_up(key, own=True):
+                        break
+                    await asyncio.sleep(0.3)
+                    adopted = await self.fleet.adopt(key)
             except Exception as exc:
                 await self.db.write(lambda c: c.execute("DELETE FROM runs WHERE key = ?", (key,)))
                 raise Unavailable(f"the fleet did not take the run: {exc!r}"[:300], retry_after=1) from None
