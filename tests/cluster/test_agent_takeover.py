@@ -150,8 +150,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeP
             with nodes[0].client() as c:
                 deploy(c, "shop", AGENT)
                 deploy(c, "nap", NAP)
+                deploy(c, "kid", "def run(ctx, input):\n    return ctx.wait_for_event('go')\n")
+                deploy(c, "boss", "def run(ctx, input):\n    return ctx.call_agent('kid', input)\n")
             for n in nodes:
-                for agent in ("shop", "nap"):
+                for agent in ("shop", "nap", "kid", "boss"):
                     wait_for(lambda n=n, a=agent: _get(n, f"/v1/agents/{a}").status_code == 200,
                              message="the deployments")
             yield nodes, effects
@@ -359,6 +361,22 @@ def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects])
     with n2.client() as c:
         assert c.post("/v1/agents/runs/pinned/approve", json={}).status_code == 200
     wait_for(lambda: _status(n2, "pinned", "completed"), message="the pinned run to complete")
+
+
+def test_cancelling_a_parent_on_another_node_cancels_its_sub_agent(
+        setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, _ = setup
+    n1, n2, n3 = nodes
+    with n2.client() as c:
+        assert c.post("/v1/agents/boss/runs", json={"id": "boss"}).status_code == 201
+    # The sub-agent's run is a fleet run of its own, replicated like its parent.
+    kid = wait_for(lambda: _status(n3, "boss.0", "waiting"), message="the sub-agent to wait, seen on n3")
+    assert kid["placement"] == "fleet" and kid["parent_id"] == "boss"
+    with n1.client() as c:
+        r = c.post("/v1/agents/runs/boss/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    wait_for(lambda: _status(n3, "boss.0", "cancelled"), message="the sub-agent cancelled with its parent")
+    assert _status(n2, "boss", "cancelled")
 
 
 def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects]) -> None:
