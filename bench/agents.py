@@ -11,7 +11,18 @@ reply; measured straight from it (an HTTP client reading the stream) and through
 process (an agent's model call, from sending the event that wakes the run to the first
 token delta on the run's event stream), median of ``--ttft-rounds`` each, in the same run.
 
+Fleet runs (``--fleet``, on by default): three node processes clustered on loopback.
+Per-step cost of a run with the replicated journal (``placement: fleet``) against the
+same node's local journal (``placement: local``) and DBOS, in the same run; takeover time
+after ``kill -9`` of a run's owner, from the kill to the first step journaled by the new
+owner (the lease TTL is ``--lease-ttl``); and parked runs per GB: ``--bulk-parked`` parked
+runs put on the fleet's journal stream in the real record format (the records of one real
+parked run, cloned per run id, published in bulk), applied by every node into its copy;
+each node's and its nats-server's memory and disk measured before and after, and
+extrapolated to 1,000,000 parked runs.
+
     python bench/agents.py [--steps 300] [--runs 50] [--parked 1000] [--runner inprocess] [--ttft-rounds 20]
+                           [--no-fleet] [--takeovers 5] [--bulk-parked 100000] [--lease-ttl 2]
 """
 
 from __future__ import annotations
@@ -252,6 +263,259 @@ def dbos_baseline(data: Path, steps: int) -> float | None:
         DBOS.destroy()
 
 
+FLEET_STEPS_AGENT = """
+import time
+
+
+def run(ctx, input):
+    for i in range(input["steps"]):
+        ctx.step("s%d" % i, lambda: time.sleep(input.get("pause", 0)))
+    return input["steps"]
+"""
+
+
+def proc_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def quantile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``samples``."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def fleet_figures(data: Path, *, steps: int, takeovers: int, bulk: int, ttl_s: float) -> dict[str, Any]:
+    """Replicated vs local journal per step, takeover after kill -9, parked runs per GB, on three nodes."""
+    from tests.cluster.helpers import start_fleet, wait_members
+    from tests.support import wait_for
+
+    env = {"EDGENODE_AGENTS_RUNNER": "inprocess", "EDGENODE_AGENTS_SCHEDULER_INTERVAL_S": "0.05",
+           "EDGENODE_AGENTS_LEASE_TTL_S": str(ttl_s), "EDGENODE_STORE_SYNCHRONOUS": "FULL"}
+    nodes = start_fleet(data / "fleet", 3, env=env)
+    out: dict[str, Any] = {}
+    try:
+        wait_members(nodes)
+        n1, n2, n3 = nodes
+        with n1.client() as c:
+            assert c.put("/v1/agents/steps", json={"files": {"main.py": FLEET_STEPS_AGENT}}).status_code in (200, 201)
+            assert c.put("/v1/agents/parked", json={"files": {"main.py": PARKED_AGENT}}).status_code in (200, 201)
+        for n in nodes:
+            wait_for(lambda n=n: _get(n, "/v1/agents/steps").status_code == 200, timeout=60, message="deploy")
+            wait_for(lambda n=n: _get(n, "/v1/agents/parked").status_code == 200, timeout=60, message="deploy")
+        wait_for(lambda: _fleet_joined(nodes), timeout=60, message="the fleet journal on three servers")
+        # Per step: the same node, the same agent, placed local then fleet, interleaved.
+        per: dict[str, list[float]] = {"local": [], "fleet": []}
+        for i in range(ROUNDS):
+            for placement in ("local", "fleet"):
+                run_id = f"steps-{placement}-{i}"
+                _post(n1, "/v1/agents/steps/runs", {"id": run_id, "placement": placement, "input": {"steps": steps}})
+                run = wait_for(lambda r=run_id: _done(n1, r), timeout=300, message=run_id)
+                per[placement].append((run["finished_at"] - run["created_at"]) / steps * 1000)
+        out["local_step_ms"] = statistics.median(per["local"])
+        out["fleet_step_ms"] = statistics.median(per["fleet"])
+        # Takeover: a run stepping every 20 ms on n3, n3 killed; the first step journaled after the kill.
+        samples: list[float] = []
+        for i in range(takeovers):
+            run_id = f"takeover-{i}"
+            _post(n3, "/v1/agents/steps/runs", {"id": run_id, "input": {"steps": 100_000, "pause": 0.02}})
+            wait_for(lambda r=run_id: len(_journal(n1, r)) >= 5, timeout=60, message="steps on the owner")
+            killed = time.time()
+            n3.kill()
+            first = wait_for(lambda r=run_id, k=killed: [e["created_at"] for e in _journal(n1, r)
+                                                         if e["created_at"] > k],
+                             timeout=120, message="a step on the new owner")
+            samples.append(min(first) - killed)
+            _post(n1, f"/v1/agents/runs/{run_id}/cancel", None)
+            n3.start()
+            wait_members(nodes)
+        out["takeover_p50_s"] = quantile(samples, 0.5)
+        out["takeover_p99_s"] = quantile(samples, 0.99)
+        out["takeovers"] = len(samples)
+        if bulk:
+            out.update(parked_per_gb(nodes, bulk))
+    finally:
+        for n in nodes:
+            n.stop()
+    return out
+
+
+def _get(node: Any, path: str) -> Any:
+    with node.client(timeout=60) as c:
+        return c.get(path)
+
+
+def _post(node: Any, path: str, body: Any) -> Any:
+    with node.client(timeout=60) as c:
+        r = c.post(path, json=body)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+
+def _done(node: Any, run_id: str) -> dict[str, Any] | None:
+    r = _get(node, f"/v1/agents/runs/{run_id}")
+    run: dict[str, Any] | None = r.json() if r.status_code == 200 else None
+    return run if run is not None and run["status"] == "completed" else None
+
+
+def _journal(node: Any, run_id: str) -> list[dict[str, Any]]:
+    r = _get(node, f"/v1/agents/runs/{run_id}/history")
+    journal: list[dict[str, Any]] = r.json()["journal"] if r.status_code == 200 else []
+    return journal
+
+
+def _nats(node: Any) -> Any:
+    import json
+
+    from tests.cluster.helpers import KEYS
+
+    port = json.loads((node.data_dir / "nats" / "ports.json").read_text())["client"]
+    return f"nats://127.0.0.1:{port}", KEYS
+
+
+def _fleet_joined(nodes: list[Any]) -> bool:
+    async def replicas() -> dict[str, int]:
+        import nats
+
+        url, keys = _nats(nodes[0])
+        nc = await nats.connect(url, user=keys.client_user, password=keys.client_password)
+        try:
+            return {s.config.name or "": int(s.config.num_replicas or 1) for s in await nc.jetstream().streams_info()}
+        finally:
+            await nc.close()
+
+    streams = asyncio.run(replicas())
+    return all(n >= 3 for name, n in streams.items() if name.endswith(("_AGENTS", "_KV_LEASES"))) and bool(streams)
+
+
+def parked_per_gb(nodes: list[Any], bulk: int) -> dict[str, Any]:
+    """Memory and disk per parked fleet run, per node and per nats-server, from ``bulk`` cloned parked runs."""
+    import json
+
+    from edgenode.agents.lease import token
+    from tests.cluster.helpers import child_pid
+    from tests.support import wait_for
+
+    n1 = nodes[0]
+    _post(n1, "/v1/agents/parked/runs", {"id": "model-parked"})
+    wait_for(lambda: _status_of(n1, "model-parked") == "waiting", timeout=60, message="a real parked run")
+    wait_for(lambda: all(_counts(n).get("waiting", 0) >= 1 for n in nodes), timeout=60, message="its copies")
+
+    def measure() -> dict[str, float]:
+        figures: dict[str, float] = {}
+        for i, n in enumerate(nodes):
+            assert n.proc is not None
+            figures[f"node{i}_rss"] = proc_kib(n.proc.pid) * 1024
+            figures[f"nats{i}_rss"] = proc_kib(child_pid(n) or 0) * 1024
+            figures[f"node{i}_disk"] = sum(p.stat().st_size for p in n.data_dir.glob("agents.db*"))
+            figures[f"nats{i}_disk"] = tree_bytes(n.data_dir / "nats")
+        return figures
+
+    async def publish() -> None:
+        import nats
+
+        url, keys = _nats(n1)
+        nc = await nats.connect(url, user=keys.client_user, password=keys.client_password)
+        try:
+            js = nc.jetstream()
+            stream = next(s.config for s in await js.streams_info() if (s.config.name or "").endswith("_AGENTS"))
+            base = (stream.subjects or [""])[0][:-1]
+            model_key = "default/model-parked"
+            records, seq = [], 1
+            while True:
+                try:
+                    msg = await js.get_msg(stream.name or "", seq, subject=base + token(model_key), next=True)
+                except Exception:
+                    break
+                records.append((msg.data or b"").decode())
+                seq = int(msg.seq or 0) + 1
+            cloned[0] = len(records)
+            writer = json.loads(records[-1])["node"]
+            for i in range(bulk):
+                key = f"default/bulk-{i}"
+                subject = base + token(key)
+                for text in records:
+                    # Written by a node that is not here, so every node applies it (its own it skips).
+                    raw = (text.replace(model_key, key).replace('"model-parked"', f'"bulk-{i}"')
+                           .replace(f'"node":"{writer}"', '"node":"nbulk"'))
+                    await nc.publish(subject, raw.encode())
+                if i % 2000 == 0:
+                    await nc.flush()
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    cloned = [0]
+    before = measure()
+    t0 = time.perf_counter()
+    asyncio.run(publish())
+    for n in nodes:
+        wait_for(lambda n=n: _counts(n).get("waiting", 0) >= bulk + 1, timeout=1800, interval=1.0,
+                 message="every node to apply the parked runs")
+    applied_s = time.perf_counter() - t0
+    time.sleep(2.0)
+    after = measure()
+    per = {k: (after[k] - before[k]) / bulk for k in before}
+    node_mem = statistics.mean(per[f"node{i}_rss"] + per[f"nats{i}_rss"] for i in range(len(nodes)))
+    node_disk = statistics.mean(per[f"node{i}_disk"] + per[f"nats{i}_disk"] for i in range(len(nodes)))
+    gib = 1024 ** 3
+    return {"bulk": bulk, "bulk_applied_s": applied_s, "mem_per_run": node_mem, "disk_per_run": node_disk,
+            "node_rss_per_run": statistics.mean(per[f"node{i}_rss"] for i in range(len(nodes))),
+            "nats_rss_per_run": statistics.mean(per[f"nats{i}_rss"] for i in range(len(nodes))),
+            "node_disk_per_run": statistics.mean(per[f"node{i}_disk"] for i in range(len(nodes))),
+            "nats_disk_per_run": statistics.mean(per[f"nats{i}_disk"] for i in range(len(nodes))),
+            "runs_per_gb_mem": gib / node_mem if node_mem > 0 else float("inf"),
+            "million_mem_gib": node_mem * 1_000_000 / gib, "million_disk_gib": node_disk * 1_000_000 / gib,
+            "records_per_run": cloned[0]}
+
+
+def _counts(node: Any) -> dict[str, int]:
+    counts: dict[str, int] = _get(node, "/v1/status").json()["capabilities"]["agents"]["runs"]
+    return counts
+
+
+def _status_of(node: Any, run_id: str) -> str | None:
+    r = _get(node, f"/v1/agents/runs/{run_id}")
+    return str(r.json()["status"]) if r.status_code == 200 else None
+
+
+def print_fleet(figures: dict[str, Any], dbos: float | None, ttl_s: float) -> None:
+    """The fleet table."""
+    rows = [
+        ("step, local journal (placement local, node in a fleet)", f"{figures['local_step_ms']:.3f} ms"),
+        ("step, replicated journal (placement fleet, R3)", f"{figures['fleet_step_ms']:.3f} ms"),
+        ("empty step (DBOS, SQLite WAL), same run", "not installed" if dbos is None else f"{dbos:.3f} ms"),
+        (f"takeover after kill -9, p50 ({figures['takeovers']} runs, lease TTL {ttl_s:g} s)",
+         f"{figures['takeover_p50_s']:.2f} s"),
+        ("takeover after kill -9, p99", f"{figures['takeover_p99_s']:.2f} s"),
+    ]
+    if "bulk" in figures:
+        kib = 1024
+        rows += [
+            (f"parked runs applied on 3 nodes ({figures['bulk']:,}, {figures['records_per_run']} records each)",
+             f"{figures['bulk_applied_s']:.1f} s"),
+            ("memory per parked run, node process", f"{figures['node_rss_per_run'] / kib:.3f} KiB"),
+            ("memory per parked run, its nats-server", f"{figures['nats_rss_per_run'] / kib:.3f} KiB"),
+            ("disk per parked run, agents.db", f"{figures['node_disk_per_run'] / kib:.3f} KiB"),
+            ("disk per parked run, JetStream store", f"{figures['nats_disk_per_run'] / kib:.3f} KiB"),
+            ("parked runs per GB of memory (node + nats-server)", f"{figures['runs_per_gb_mem']:,.0f}"),
+            ("1,000,000 parked runs: memory / disk per node",
+             f"{figures['million_mem_gib']:.2f} GiB / {figures['million_disk_gib']:.2f} GiB (box: 24 GB)"),
+        ]
+    width = max(len(r[0]) for r in rows)
+    print("fleet runs (3 nodes on loopback, inprocess runner)")
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+
+
 def main() -> None:
     """Measure and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -260,12 +524,23 @@ def main() -> None:
     parser.add_argument("--parked", type=int, default=1000)
     parser.add_argument("--runner", default="inprocess", choices=["inprocess", "process"])
     parser.add_argument("--ttft-rounds", type=int, default=20)
+    parser.add_argument("--no-fleet", dest="fleet", action="store_false", help="skip the fleet runs section")
+    parser.add_argument("--only-fleet", action="store_true", help="only the fleet runs section (and DBOS)")
+    parser.add_argument("--takeovers", type=int, default=5)
+    parser.add_argument("--bulk-parked", type=int, default=100_000)
+    parser.add_argument("--lease-ttl", type=float, default=2.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-agents-") as tmp:
         data = Path(tmp)
+        dbos = dbos_baseline(data, args.steps)
+        if args.fleet:
+            fleet = fleet_figures(data, steps=args.steps, takeovers=args.takeovers, bulk=args.bulk_parked,
+                                  ttl_s=args.lease_ttl)
+            print_fleet(fleet, dbos, args.lease_ttl)
+        if args.only_fleet:
+            return
         figures = asyncio.run(engine_figures(data, args.runner, args.steps, args.runs, args.parked))
         plain = figures["plain_ms"]
-        dbos = dbos_baseline(data, args.steps)
     ttft = ttft_figures(args.runner, args.ttft_rounds)
     rows = [
         ("journaled step (edgenode)", f"{figures['step_ms']:.3f} ms"),

@@ -584,17 +584,28 @@ class Agents:
             key = run_key(tenant, run["id"])
             try:
                 adopted = await self.fleet.adopt(key)
+                for _ in range(3):
+                    # A copy of the lease bucket that is still catching up (a server that just
+                    # rejoined) can answer for a moment as if another node held a fresh run.
+                    if adopted or await self.fleet.catch_up(key, own=True):
+                        break
+                    await asyncio.sleep(0.3)
+                    adopted = await self.fleet.adopt(key)
             except Exception as exc:
                 await self.db.write(lambda c: c.execute("DELETE FROM runs WHERE key = ?", (key,)))
                 raise Unavailable(f"the fleet did not take the run: {exc!r}"[:300], retry_after=1) from None
-            if not adopted:  # started on another node meanwhile: that run is the one
+            if not adopted:  # started on another node meanwhile (or our append went unanswered)
                 await self.db.write(lambda c: c.execute(
                     "DELETE FROM runs WHERE key = ? AND key NOT IN (SELECT key FROM fleet_runs)", (key,)))
-                await self.fleet.catch_up(key)
+                await self.fleet.catch_up(key, own=True)
                 row = await self.db.read(lambda c: get_run(c, key))
-                if row is None or row["agent"] != agent:
-                    raise Conflict(f"run id {run_id!r} is already used in the fleet")
-                run, created = run_dict(row), False
+                if row is None:
+                    raise Unavailable("the fleet did not take the run; try again", retry_after=1)
+                if row["agent"] != agent:
+                    raise Conflict(f"run id {run_id!r} is already used in the fleet by agent {row['agent']!r}")
+                owner = await self.db.read(lambda c: c.execute(
+                    "SELECT owner FROM fleet_runs WHERE key = ?", (key,)).fetchone())
+                run, created = run_dict(row), owner is not None and owner[0] == self.node.id
         self.kick()
         return run, created
 

@@ -76,6 +76,8 @@ STREAM = "AGENTS"
 LEASES = "LEASES"
 #: Records applied per transaction by the consumer.
 BATCH = 256
+#: Tries of one append that is not answered (each bounded by the transport's request timeout).
+APPEND_ATTEMPTS = 3
 #: Journal columns a record carries, in order.
 ENTRY_COLUMNS = ("position", "kind", "name", "request", "result", "status", "attempts", "created_at", "updated_at")
 EVENT_COLUMNS = ("type", "payload", "sender", "created_at", "consumed_position")
@@ -275,23 +277,31 @@ class FleetJournal:
                 lambda c: build_record(c, key, since, events=events or first, with_input=first))
             record.update(node=self.node_id, fence=lease.fence)
             expected = self._seq.get(key, 0)
-            try:
-                ack = await js.publish(self.subject(key), dumps(record), stream=self.stream,
-                                       headers={"Nats-Expected-Last-Subject-Sequence": str(expected)})
-            except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
-                self.counters["appends_refused"] += 1
-                log.warning("the fleet journal refused an append: another node owns the run",
-                            extra={"run": key, "expected": expected})
-                self._drop(key)
-                raise RunFenced(f"run {key} is owned by another node now; its journal refused this append",
-                                run=key) from None
-            except (NatsTimeout, TimeoutError, OSError) as exc:
+            # One id per (run, fence, position in the subject): a retry after an unanswered append is
+            # deduplicated by the stream instead of refused as if another node had written.
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(expected),
+                       "Nats-Msg-Id": f"{token(key)}:{lease.fence}:{expected}"}
+            ack = None
+            for attempt in range(APPEND_ATTEMPTS):
+                try:
+                    ack = await js.publish(self.subject(key), dumps(record), stream=self.stream, headers=headers)
+                    break
+                except APIError as exc:
+                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                    self.counters["appends_refused"] += 1
+                    log.warning("the fleet journal refused an append: another node owns the run",
+                                extra={"run": key, "expected": expected})
+                    self._drop(key)
+                    raise RunFenced(f"run {key} is owned by another node now; its journal refused this append",
+                                    run=key) from None
+                except (NatsTimeout, TimeoutError, OSError) as exc:
+                    log.info("an append to the fleet journal was not answered", extra={
+                        "run": key, "attempt": attempt + 1, "error": repr(exc)[:200]})
+            if ack is None:
                 # Unknown whether it was stored: act as fenced, and re-read the stream.
                 self._drop(key)
-                raise RunFenced(f"the fleet journal did not answer an append of run {key}: {exc!r}"[:300],
-                                run=key) from None
+                raise RunFenced(f"the fleet journal did not answer an append of run {key}", run=key)
             self._seq[key] = int(ack.seq)
             self._mark[key] = mark
             self.counters["appends"] += 1
@@ -431,6 +441,8 @@ class FleetJournal:
                     msgs = await sub.fetch(BATCH, timeout=1.0)
                 except (NatsTimeout, TimeoutError):
                     continue
+                if not msgs:
+                    continue
                 batch = [(int(m.metadata.sequence.stream), json.loads(m.data)) for m in msgs]
 
                 async with self._apply_lock:
@@ -444,7 +456,8 @@ class FleetJournal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("applying the fleet agent journal failed; retrying", extra={"error": repr(exc)[:300]})
+                log.warning("applying the fleet agent journal failed; retrying", extra={"error": repr(exc)[:300]},
+                            exc_info=True)
                 sub = None
                 await asyncio.sleep(1.0)
 

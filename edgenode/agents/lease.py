@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from nats.js.errors import APIError
 
 from edgenode.cluster.transport import Bucket, Entry, dumps
+
+log = logging.getLogger(__name__)
 
 #: JetStream's answer to a publish whose expected last sequence is stale.
 WRONG_LAST_SEQUENCE = 10071
@@ -90,6 +93,7 @@ class Leases:
             revision = await self.bucket.update(token(key), self._value(None), last)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
+                log.debug("lost a lease race", extra={"run": key, "last": last, "error": exc.description})
                 return None
             raise
         # The fence is the acquiring revision: written into the value at the next renewal.

@@ -302,9 +302,10 @@ def write_entry(conn: sqlite3.Connection, key: str, position: int, kind: str, na
                 result: str | None, status: str, attempts: int, now: float) -> None:
     """Record the journal entry at ``position`` (new, or a waiting or retrying one settled).
 
-    Every journal write goes through here. A replicated journal would append the entry
-    to the run's stream with the run's last sequence as the expected one (and the owner's
-    lease as the fence) at this one place, instead of writing the local row.
+    Every journal write of this node goes through here. For a fleet run the caller then
+    appends the change to the run's replicated journal (``edgenode.agents.fleetjournal``)
+    before the guest learns of it; entries other nodes wrote arrive through that journal's
+    consumer, which applies them to this same table.
     """
     conn.execute(
         """INSERT INTO journal (run_id, position, kind, name, request, result, status, attempts, created_at,

@@ -4,6 +4,7 @@ The agent charges (a step calling a side-effect server on loopback with an idemp
 key), asks a model (the loopback model double, through a gate here), waits for approval and
 ships (another step). The side-effect server can hold a key's first call until the test
 lets it go, so a kill lands inside a step or inside the model call on purpose, not by luck.
+Tests that need all three nodes come first; each kill test but the last restarts the node.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import signal
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +25,11 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
+from edgenode.agents.lease import Leases, token
+from edgenode.cluster.transport import NatsTransport
 from tests.agents.helpers import FAST as AGENTS_FAST
 from tests.agents.helpers import deploy
 from tests.agents.model_servers import ModelServer
-from edgenode.agents.lease import token
 from tests.cluster.helpers import KEYS, start_fleet, wait_members
 from tests.support import NodeProcess, wait_for
 
@@ -48,6 +51,24 @@ def run(ctx, input):
     decision = ctx.approval("ship?", {"id": rid})
     ship = ctx.step("ship", lambda: call(url, rid + ":ship"))
     return {"approved": decision.approved, "answer": answer.text, "charge": charge, "ship": ship}
+"""
+
+
+NAP = """
+import json
+import urllib.request
+
+
+def run(ctx, input):
+    ctx.sleep(input["s"])
+    url = input["effects"]
+
+    def after():
+        request = urllib.request.Request(url + "/effect?key=" + input["id"] + ":after", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())
+
+    return ctx.step("after", after)
 """
 
 
@@ -128,8 +149,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeP
             wait_for(lambda: not _fewer_copies(nodes[0]), timeout=60, message="every fleet stream on three servers")
             with nodes[0].client() as c:
                 deploy(c, "shop", AGENT)
+                deploy(c, "nap", NAP)
+                deploy(c, "kid", "def run(ctx, input):\n    return ctx.wait_for_event('go')\n")
+                deploy(c, "boss", "def run(ctx, input):\n    return ctx.call_agent('kid', input)\n")
             for n in nodes:
-                wait_for(lambda n=n: _get(n, "/v1/agents/shop").status_code == 200, message="the deployment")
+                for agent in ("shop", "nap", "kid", "boss"):
+                    wait_for(lambda n=n, a=agent: _get(n, f"/v1/agents/{a}").status_code == 200,
+                             message="the deployments")
             yield nodes, effects
         finally:
             effects.close()
@@ -168,6 +194,8 @@ def _run(node: NodeProcess, run_id: str) -> dict[str, Any] | None:
 
 def _status(node: NodeProcess, run_id: str, *statuses: str) -> dict[str, Any] | None:
     run = _run(node, run_id)
+    if run is not None and run["status"] in ("failed", "blocked") and run["status"] not in statuses:
+        raise AssertionError(f"run {run_id} is {run['status']}: {run['error']}")  # fail now, not at the bound
     return run if run is not None and run["status"] in statuses else None
 
 
@@ -227,7 +255,8 @@ def _recorded_once(node: NodeProcess, run_id: str) -> None:
     records = asyncio.run(_read_records(_port(node), f"default/{run_id}"))
     settled = [e[0] for r in records for e in r["entries"] if e[5] in ("ok", "error")]
     assert sorted(settled) == [0, 1, 2, 3], settled
-    assert [r["run"]["status"] for r in records].count("completed") == 1, [(r["node"], r["fence"], r["run"]["status"], [e[:1] + e[5:6] for e in r["entries"]]) for r in records]
+    assert [r["run"]["status"] for r in records].count("completed") == 1, [
+        (r["node"], r["fence"], r["run"]["status"]) for r in records]
     fences = [r["fence"] for r in records]
     assert fences == sorted(fences)  # a later owner's fence is higher; no record of an older one after it
 
@@ -235,6 +264,119 @@ def _recorded_once(node: NodeProcess, run_id: str) -> None:
 def _restart(node: NodeProcess, others: list[NodeProcess]) -> None:
     node.start()
     wait_members([node, *others])
+
+
+def test_a_former_owner_that_lost_its_lease_cannot_append(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    refused = _fleet(n3)["appends_refused"]
+    gate = effects.held("f:charge")
+    _start(n3, effects, "f")
+    wait_for(lambda: effects.calls.get("f:charge") == 1, message="the owner to be inside its first step")
+    n3.signal(signal.SIGSTOP)
+    try:
+        # Paused past its lease: another node takes the run over and runs the step again.
+        wait_for(lambda: _status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
+        assert effects.calls["f:charge"] == 2
+        gate.set()  # the paused owner's step now finishes; it offers the result when it wakes
+    finally:
+        n3.signal(signal.SIGCONT)
+    wait_for(lambda: _fleet(n3)["appends_refused"] > refused, timeout=60, message="the stale append to be refused")
+    # It stopped the run locally and re-read its copy: the run waits for approval, as on the others.
+    wait_for(lambda: _status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
+    assert _get(n3, "/v1/status").json()["capabilities"]["agents"]["active"] == 0
+    run = _finish_elsewhere([n3, n2], "f")
+    assert run["output"]["charge"] == {"key": "f:charge", "call": 2}
+    for node in (n1, n2, n3):
+        journal = _once_each(node, "f")
+        assert journal[0]["result"] == {"key": "f:charge", "call": 2}
+    _recorded_once(n1, "f")
+
+
+def test_a_cancel_sent_elsewhere_reaches_the_node_running_the_run(
+        setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    gate = effects.held("k:charge")
+    _start(n3, effects, "k")
+    wait_for(lambda: effects.calls.get("k:charge") == 1, message="the owner to be inside its first step")
+    forwarded = _fleet(n1)["forwarded"]
+    with n1.client() as c:
+        r = c.post("/v1/agents/runs/k/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    assert _fleet(n1)["forwarded"] == forwarded + 1
+    gate.set()
+    wait_for(lambda: _status(n2, "k", "cancelled"), message="the cancel seen on a third node")
+    wait_for(lambda: _fleet(n3)["held"] == 0, message="the owner to let the run go")
+    with n2.client() as c:
+        again = c.post("/v1/agents/runs/k/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "run_finished"
+
+
+def test_one_of_many_contenders_wins_a_lease(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, _ = setup
+
+    async def scenario() -> None:
+        t = NatsTransport([f"nats://127.0.0.1:{_port(nodes[0])}"], node_id="t", prefix="edntest",
+                          stream_prefix="EDNTEST", user=KEYS.client_user, password=KEYS.client_password, replicas=1)
+        await t.connect()
+        try:
+            bucket = await t.bucket("LEASETEST", ttl_s=60)
+            later = [0.0]
+            contenders = [Leases(bucket, f"c{i}", ttl_s=5, now=lambda: time.time() + later[0]) for i in range(8)]
+            won = await asyncio.gather(*(c.acquire("default/x") for c in contenders))
+            winners = [(c, lease) for c, lease in zip(contenders, won, strict=True) if lease is not None]
+            assert len(winners) == 1
+            first, lease = winners[0]
+            assert await first.renew(lease) and not lease.lost
+            other = next(c for c in contenders if c is not first)
+            assert await other.acquire("default/x") is None  # held and renewed
+            later[0] = 10.0  # past the TTL without a renewal: the holder is gone
+            taken = await other.acquire("default/x")
+            assert taken is not None and taken.fence > lease.fence
+            later[0] = 0.0  # back to now: the new lease is fresh
+            assert not await first.renew(lease) and lease.lost
+            await first.release(lease)  # a former holder's release changes nothing
+            holder, _ = await other.holder("default/x")
+            assert holder is not None and holder.node == other.node_id
+            await other.release(taken)
+            assert (await other.holder("default/x"))[0] is None
+        finally:
+            await t.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, _ = nodes
+    with n2.client() as c:
+        r = c.post("/v1/agents/shop/runs", json={"id": "pinned", "placement": "local",
+                                                 "input": {"effects": effects.url, "id": "pinned"}})
+        assert r.status_code == 201 and r.json()["placement"] == "local", r.text
+        bad = c.post("/v1/agents/shop/runs", json={"placement": "everywhere"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_failed"
+    wait_for(lambda: _status(n2, "pinned", "waiting"), message="the pinned run to park")
+    assert _run(n1, "pinned") is None  # never replicated
+    with n2.client() as c:
+        assert c.post("/v1/agents/runs/pinned/approve", json={}).status_code == 200
+    wait_for(lambda: _status(n2, "pinned", "completed"), message="the pinned run to complete")
+
+
+def test_cancelling_a_parent_on_another_node_cancels_its_sub_agent(
+        setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, _ = setup
+    n1, n2, n3 = nodes
+    with n2.client() as c:
+        assert c.post("/v1/agents/boss/runs", json={"id": "boss"}).status_code == 201
+    # The sub-agent's run is a fleet run of its own, replicated like its parent.
+    kid = wait_for(lambda: _status(n3, "boss.0", "waiting"), message="the sub-agent to wait, seen on n3")
+    assert kid["placement"] == "fleet" and kid["parent_id"] == "boss"
+    with n1.client() as c:
+        r = c.post("/v1/agents/runs/boss/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    wait_for(lambda: _status(n3, "boss.0", "cancelled"), message="the sub-agent cancelled with its parent")
+    assert _status(n2, "boss", "cancelled")
 
 
 def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects]) -> None:
@@ -276,6 +418,23 @@ def test_kill_9_of_the_owner_during_the_model_call(setup: tuple[list[NodeProcess
     _restart(n3, [n1, n2])
 
 
+def test_a_timer_fires_once_when_the_node_that_set_it_is_gone(setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, effects = setup
+    n1, n2, n3 = nodes
+    with n3.client() as c:
+        r = c.post("/v1/agents/nap/runs", json={"id": "t", "input": {"effects": effects.url, "id": "t", "s": 3}})
+        assert r.status_code == 201, r.text
+    wait_for(lambda: _status(n1, "t", "waiting"), message="the timer set, seen on another node")
+    n3.kill()
+    # Both survivors see the timer due in their copy; the lease lets exactly one of them fire it.
+    run = wait_for(lambda: _status(n2, "t", "completed"), timeout=60, message="the timer to fire elsewhere")
+    assert run["output"] == {"key": "t:after", "call": 1} and effects.calls["t:after"] == 1
+    for node in (n1, n2):
+        journal = _get(node, "/v1/agents/runs/t/history").json()["journal"]
+        assert [(e["kind"], e["status"]) for e in journal] == [("sleep", "ok"), ("step", "ok")]
+    _restart(n3, [n1, n2])
+
+
 def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effects]) -> None:
     nodes, effects = setup
     n1, n2, n3 = nodes
@@ -294,47 +453,3 @@ def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effect
     for node in (n1, n2):
         _once_each(node, "c")
     _recorded_once(n1, "c")
-    _restart(n3, [n1, n2])
-
-
-def test_a_former_owner_that_lost_its_lease_cannot_append(setup: tuple[list[NodeProcess], Effects]) -> None:
-    nodes, effects = setup
-    n1, n2, n3 = nodes
-    refused = _fleet(n3)["appends_refused"]
-    gate = effects.held("f:charge")
-    _start(n3, effects, "f")
-    wait_for(lambda: effects.calls.get("f:charge") == 1, message="the owner to be inside its first step")
-    n3.signal(signal.SIGSTOP)
-    try:
-        # Paused past its lease: another node takes the run over and runs the step again.
-        wait_for(lambda: _status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
-        assert effects.calls["f:charge"] == 2
-        gate.set()  # the paused owner's step now finishes; it offers the result when it wakes
-    finally:
-        n3.signal(signal.SIGCONT)
-    wait_for(lambda: _fleet(n3)["appends_refused"] > refused, timeout=60, message="the stale append to be refused")
-    # It stopped the run locally and re-read its copy: the run waits for approval, as on the others.
-    wait_for(lambda: _status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
-    assert _get(n3, "/v1/status").json()["capabilities"]["agents"]["active"] == 0
-    run = _finish_elsewhere([n3, n2], "f")
-    assert run["output"]["charge"] == {"key": "f:charge", "call": 2}
-    for node in (n1, n2, n3):
-        journal = _once_each(node, "f")
-        assert journal[0]["result"] == {"key": "f:charge", "call": 2}
-    _recorded_once(n1, "f")
-
-
-def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects]) -> None:
-    nodes, effects = setup
-    n1, n2, _ = nodes
-    with n2.client() as c:
-        r = c.post("/v1/agents/shop/runs", json={"id": "pinned", "placement": "local",
-                                                 "input": {"effects": effects.url, "id": "pinned"}})
-        assert r.status_code == 201 and r.json()["placement"] == "local", r.text
-        bad = c.post("/v1/agents/shop/runs", json={"placement": "everywhere"})
-        assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_failed"
-    wait_for(lambda: _status(n2, "pinned", "waiting"), message="the pinned run to park")
-    assert _run(n1, "pinned") is None  # never replicated
-    with n2.client() as c:
-        assert c.post("/v1/agents/runs/pinned/approve", json={}).status_code == 200
-    wait_for(lambda: _status(n2, "pinned", "completed"), message="the pinned run to complete")
