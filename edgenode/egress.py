@@ -239,7 +239,7 @@ def _ip(text: str) -> Address | None:
 def _port(raw: str, entry: str, field: str) -> int:
     if raw == "*":
         return -1
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 5 or not 0 < int(raw) < 65536:
         raise ValidationFailed(f"{field} entry {entry!r} has a bad port", field=field)
     return int(raw)
 
@@ -257,6 +257,25 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
             raise ValidationFailed(f"egress.allow_networks: {entry!r} is not a network ({exc})",
                                    field="egress.allow_networks") from None
     return tuple(out)
+
+
+#: IPv6 prefixes whose low 32 bits are an IPv4 address a gateway connects to: NAT64 (well-known
+#: and local-use), IPv4-compatible (deprecated) and IPv4-translated addresses.
+_IPV4_IN_LOW_BITS = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96",
+                                                             "::ffff:0:0:0/96"))
+
+
+def _embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to a translator or tunnel (6to4, Teredo, NAT64), if any."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in net for net in _IPV4_IN_LOW_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -281,6 +300,9 @@ class AddressPolicy:
             ip = ip.ipv4_mapped
         if any(ip in net for net in self.networks):
             return True
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and not self.permits(str(embedded)):
+            return False  # a translator or tunnel would carry it to that address
         return ip.is_global and not ip.is_multicast
 
     def addresses(self, host: str, port: int) -> list[str]:

@@ -47,7 +47,7 @@ class RequestBody:
     def __init__(self, receive: Receive, headers: dict[str, str]) -> None:
         self._receive = receive
         length = headers.get("content-length", "")
-        self.length = int(length) if length.isdigit() else None
+        self.length = int(length) if length.isascii() and length.isdigit() else None
         self.finished = "transfer-encoding" not in headers and not self.length
         #: receive() calls the app is waiting on (a streaming response listens for the disconnect).
         self.listening = 0

@@ -355,7 +355,7 @@ def _framing(headers: list[tuple[str, str]]) -> int:
     if len(lengths) > 1:
         raise _BadRequest("conflicting Content-Length headers")
     value = next(iter(lengths), "0")
-    if not value.isdigit() or len(value) > 15:
+    if not (value.isascii() and value.isdigit()) or len(value) > 15:  # "²" is a digit to str.isdigit
         raise _BadRequest("bad Content-Length")
     return int(value)
 
@@ -368,7 +368,8 @@ def _split_authority(target: str, default_port: int) -> tuple[str, int]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = target.rpartition(":") if ":" in target else (target, "", "")
-    if port_text and not port_text.isdigit():
+    if port_text and not (len(port_text) <= 5 and port_text.isascii() and port_text.isdigit()
+                          and 0 < int(port_text) < 65536):
         return "", 0
     return host, int(port_text) if port_text else default_port
 
