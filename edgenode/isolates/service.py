@@ -350,7 +350,12 @@ class Workers:
 
     async def invoke(self, tenant: str, name: str, request: GuestRequest, *, public: bool = False) -> Outcome:
         """Run one request through the current version of a worker, in a fresh isolate."""
-        deployed = await self._lookup(tenant, validate_name(name))
+        try:
+            deployed = await self._lookup(tenant, validate_name(name))
+        except WorkerNotFound:
+            if public:  # the same answer as for a private worker: nothing tells a stranger it exists
+                raise WorkerNotFound(f"no public worker named {name!r}") from None
+            raise
         if public and not deployed.public:
             raise WorkerNotFound(f"no public worker named {name!r}")
         version = deployed.version

@@ -1,0 +1,121 @@
+"""An outside review's attacks, rerun against a real node: alice and strangers against bob and the host.
+
+One node for the module (public sandbox ports on); each test is one attack class and its variants.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import NodeProcess
+
+#: A public worker that tells which request headers it saw and answers every header that would act
+#: on the node's whole origin or host if the node passed it on.
+ECHO = '''
+from edgenode_guest import Response
+
+ORIGIN_WIDE = {
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Alt-Svc": 'h2="evil.example:443"',
+    "NEL": '{"report_to": "x", "max_age": 31536000, "include_subdomains": true}',
+    "Report-To": '{"group": "x", "max_age": 31536000, "endpoints": [{"url": "https://evil.example/r"}]}',
+    "Reporting-Endpoints": 'x="https://evil.example/r"',
+    "Accept-CH": "Sec-CH-UA-Full-Version-List",
+    "Set-Cookie": "sid=alice; Path=/",
+    "Clear-Site-Data": '"*"',
+    "X-Guest": "yes",
+}
+
+
+def handle(request):
+    seen = {k: v for k, v in request.headers.items() if k in ("authorization", "cookie", "x-edgenode-tenant")}
+    return Response.json(seen, headers=ORIGIN_WIDE)
+'''
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = NodeProcess(tmp_path_factory.mktemp("rerun"), env={"EDGENODE_SANDBOXES_PUBLIC_PORTS": "true"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(node: NodeProcess) -> Iterator[httpx.Client]:
+    with node.client() as c:
+        yield c
+
+
+def _as(node: NodeProcess, admin: httpx.Client, tenant: str) -> httpx.Client:
+    created = admin.post("/v1/tokens", json={"tenant": tenant})
+    assert created.status_code == 201, created.text
+    return node.client(created.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def bob(node: NodeProcess, admin: httpx.Client) -> Iterator[httpx.Client]:
+    with _as(node, admin, "bob") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def alice(node: NodeProcess, admin: httpx.Client) -> Iterator[httpx.Client]:
+    with _as(node, admin, "alice") as c:
+        yield c
+
+
+def _error(r: httpx.Response) -> tuple[int, str, str]:
+    body = r.json()["error"]
+    return r.status_code, body["code"], body["message"]
+
+
+def test_a_stranger_cannot_tell_a_private_worker_from_a_missing_one(node: NodeProcess, bob: httpx.Client) -> None:
+    deployed = bob.put("/v1/workers/secret-name", json={"files": {"main.py": ECHO}})
+    assert deployed.status_code == 201, deployed.text
+    with httpx.Client(base_url=node.url) as stranger:
+        private = _error(stranger.get("/p/bob/secret-name/x"))
+        missing = _error(stranger.get("/p/bob/other-name/x"))
+    assert private[:2] == missing[:2] == (404, "worker_not_found")
+    assert private[2].replace("secret-name", "NAME") == missing[2].replace("other-name", "NAME")
+
+
+def test_a_stranger_cannot_tell_a_sandbox_from_a_missing_one(node: NodeProcess, bob: httpx.Client) -> None:
+    box = bob.post("/v1/sandboxes", json={})
+    assert box.status_code == 201, box.text
+    sid = box.json()["id"]
+    try:
+        # A port exposed to its owner only, a port not exposed at all, and a sandbox that does not exist.
+        assert bob.post(f"/v1/sandboxes/{sid}/ports", json={"port": 8000}).status_code == 201
+        with httpx.Client(base_url=node.url) as stranger:
+            answers = {_error(stranger.get(path)) for path in
+                       (f"/sp/{sid}/8000/", f"/sp/{sid}/8001/", "/sp/sb_0123456789abcdef/8000/")}
+        assert answers == {(404, "port_not_exposed", "port 8000 of this sandbox is not exposed"),
+                           (404, "port_not_exposed", "port 8001 of this sandbox is not exposed")}
+    finally:
+        bob.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_a_public_worker_gets_no_node_credentials_and_sets_no_origin_wide_policy(
+        node: NodeProcess, admin: httpx.Client, alice: httpx.Client, bob: httpx.Client) -> None:
+    deployed = alice.put("/v1/workers/open", json={"files": {"main.py": ECHO}, "public": True})
+    assert deployed.status_code == 201, deployed.text
+    bob_token = str(bob.headers["authorization"]).removeprefix("Bearer ")
+    basic = base64.b64encode(f"git:{bob_token}".encode()).decode()
+    with httpx.Client(base_url=node.url) as browser:
+        for credentials in (f"Bearer {bob_token}", f"Basic {basic}", f"token {bob_token}"):
+            r = browser.get("/p/alice/open/x", headers={"authorization": credentials, "cookie": "node_sid=bob",
+                                                        "x-edgenode-tenant": "bob"})
+            assert r.status_code == 200, r.text
+            assert r.json() == {}, credentials  # the guest saw none of them
+        # A credential of the worker's own passes: only the node's tokens are held back.
+        own = browser.get("/p/alice/open/x", headers={"authorization": "Bearer key-of-alices-api"})
+        assert own.json() == {"authorization": "Bearer key-of-alices-api"}
+    assert own.headers["x-guest"] == "yes" and own.headers.get_list("content-security-policy") == ["sandbox"]
+    for name in ("strict-transport-security", "alt-svc", "nel", "report-to", "reporting-endpoints", "accept-ch",
+                 "set-cookie", "clear-site-data"):
+        assert name not in own.headers, name
