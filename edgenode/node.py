@@ -29,6 +29,7 @@ from edgenode.store import Database
 from edgenode.store.health import StoreMonitor
 from edgenode.store.ledger import DatabaseLedger
 from edgenode.store.replication import INSTALL_HINT, Litestream, find_litestream
+from edgenode.tenants import TenantActivity
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class Node:
         self.capabilities: list[Capability] = []
         #: Background work routes answer 202 for (an import), followed at /v1/jobs/{id}.
         self.jobs = Jobs()
+        #: Requests under way per tenant, which a tenant's deletion waits for.
+        self.activity = TenantActivity()
         # Capabilities are wired here, in start order; each also registers its routes in
         # edgenode.api.app and its commands in edgenode.cli.
         self.cluster = self.add(Cluster(self))

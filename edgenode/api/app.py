@@ -57,7 +57,8 @@ def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = No
     routes.sort(key=lambda route: not getattr(route, "path", "").startswith(HOT_PREFIXES))
     routes.append(Route(MCP_PATH, mcp, include_in_schema=False))
     public = [p for module in ROUTE_MODULES for p in getattr(module, "public", ())]
-    middleware = [Middleware(EdgeMiddleware, auth=node.auth, metrics=node.metrics, public=public)]
+    middleware = [Middleware(EdgeMiddleware, auth=node.auth, metrics=node.metrics, public=public,
+                             activity=node.activity)]
     if node.config.sandboxes.ports_host:
         middleware.insert(0, Middleware(PortHosts, suffix=node.config.sandboxes.ports_host))
     app = Starlette(

@@ -218,8 +218,9 @@ async def list_tenants(request: Request) -> Response:
 @operation(responses={204: None}, errors=(403, 404), path={"name": TenantName})
 async def delete_tenant(request: Request) -> Response:
     """Delete a tenant with everything it owns on this node, and revoke its tokens (admin)."""
-    admin(request)
-    await tenants.delete_tenant(node_of(request), request.path_params["name"])
+    caller = admin(request)
+    name = request.path_params["name"]
+    await tenants.delete_tenant(node_of(request), name, own_request=caller.tenant == name)
     return Response(status_code=204)
 
 

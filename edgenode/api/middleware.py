@@ -14,6 +14,7 @@ request is answered is logged as a disconnect and counted with status 499, not 5
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -31,6 +32,7 @@ from edgenode.errors import EdgenodeError
 from edgenode.logs import request_id_var
 from edgenode.metrics import Metrics
 from edgenode.store import run_blocking
+from edgenode.tenants import TenantActivity
 
 log = logging.getLogger("edgenode.access")
 
@@ -79,12 +81,14 @@ class EdgeMiddleware:
     """Request ids, bearer-token auth, Prometheus metrics and one access-log line per request."""
 
     def __init__(
-        self, app: ASGIApp, *, auth: Auth, metrics: Metrics, public: Iterable[str]
+        self, app: ASGIApp, *, auth: Auth, metrics: Metrics, public: Iterable[str],
+        activity: TenantActivity | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
         self.metrics = metrics
         self.public = tuple(public)
+        self.activity = activity if activity is not None else TenantActivity()
 
     def is_public(self, path: str) -> bool:
         """Whether ``path`` skips bearer-token auth (it checks credentials itself, or has none)."""
@@ -138,8 +142,10 @@ class EdgeMiddleware:
                     await _send_error(send_wrapper, exc, request_id)
                     return
                 scope["edgenode.principal"] = principal
+            caller = scope.get("edgenode.principal")
             try:
-                await self.app(scope, body.receive, send_wrapper)
+                with self.activity.active(caller.tenant) if caller is not None else contextlib.nullcontext():
+                    await self.app(scope, body.receive, send_wrapper)
             except ClientDisconnect:
                 # Nobody is left to answer; not a server error.
                 status_holder["status"] = CLIENT_CLOSED

@@ -225,6 +225,21 @@ class Auth:
         return bool(await self.db.read(
             lambda c: c.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone()))
 
+    async def revoke_tenant(self, name: str) -> None:
+        """Revoke every token of a tenant, effective at once (its record stays)."""
+        validate_tenant(name)
+        now = self._now()
+
+        def revoke(c: sqlite3.Connection) -> list[str]:
+            ids = [r[0] for r in c.execute("SELECT id FROM tokens WHERE tenant = ? AND revoked_at IS NULL", (name,))]
+            c.execute("UPDATE tokens SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL", (now, name))
+            return ids
+
+        token_ids = await self.db.write(revoke)
+        self.forget_lookups()
+        for token_id in token_ids:
+            await self.changes.emit("token", token_id)
+
     async def delete_tenant(self, name: str) -> None:
         """Delete a tenant's record and revoke every token of it (its resources are the capabilities' to remove)."""
         validate_tenant(name)
