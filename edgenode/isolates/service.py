@@ -192,8 +192,8 @@ class Workers:
         await self._runtime()
         memory = self.settings.max_memory_mb << 20
         return await self._run_pool(lambda: self.python.program(
-            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory),
-            tenant)
+            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory,
+            owner=tenant or ""), tenant)
 
     async def deploy_python(self, tenant: str, name: str, files: object, settings: DeploySettings) -> dict[str, Any]:
         """Compile a Python worker's files on the shared runtime and make them the current version of ``name``."""
@@ -336,7 +336,8 @@ class Workers:
         limits = Limits(**s["limits"])
         grants = Grants(tenant, f"worker.{name}", AllowList.parse(s.get("allowed_hosts")), dict(s.get("env", {})),
                         max_subrequests=limits.subrequests, max_fetch_bytes=self.settings.max_response_bytes)
-        key = None if version.source is None else self.python.program_key(version.source, "main.py", "worker")
+        key = None if version.source is None else self.python.program_key(version.source, "main.py", "worker",
+                                                                           owner=tenant)
         deployed = Deployed(version, limits, grants, bool(s.get("public", False)), version.source, key)
         self._deployed[(tenant, name)] = deployed
         return deployed
@@ -372,7 +373,7 @@ class Workers:
                 budget = Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S)
                 program = self.python.program(source, "main.py", "worker", budget=budget,
                                               memory_bytes=self.settings.max_memory_mb << 20,
-                                              key=deployed.program_key)
+                                              key=deployed.program_key, owner=tenant)
                 invocation = Invocation(deployed.grants, name, _deadline(limits))
                 return self.runtime.invoke(self.python.component(), request, invocation, limits, program)
         else:

@@ -119,3 +119,19 @@ def test_a_public_worker_gets_no_node_credentials_and_sets_no_origin_wide_policy
     for name in ("strict-transport-security", "alt-svc", "nel", "report-to", "reporting-endpoints", "accept-ch",
                  "set-cookie", "clear-site-data"):
         assert name not in own.headers, name
+
+
+def test_a_deploy_cannot_learn_that_another_tenant_deployed_the_same_code(
+        admin: httpx.Client, alice: httpx.Client, bob: httpx.Client) -> None:
+    # A cache hit answers in milliseconds, a compile in hundreds: the bytecode cache is per tenant.
+    def compiled() -> int:
+        return int(admin.get("/v1/status").json()["capabilities"]["workers"]["python_runtime"]["programs_compiled"])
+
+    code = {"main.py": "def handle(request):\n    return 'the same code'\n"}
+    before = compiled()
+    assert bob.put("/v1/workers/same", json={"files": code}).status_code == 201
+    assert bob.put("/v1/workers/same-again", json={"files": code}).status_code == 201
+    assert compiled() == before + 1  # bob's second deploy found his own bytecode
+    assert alice.put("/v1/workers/same", json={"files": code}).status_code == 201
+    assert compiled() == before + 2  # alice's did not find bob's
+    assert alice.get("/w/same").text == bob.get("/w/same").text == "the same code"
