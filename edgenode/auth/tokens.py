@@ -271,6 +271,9 @@ class Auth:
                                    field="ttl_s")
         if not isinstance(name, str) or len(name) > 200:
             raise ValidationFailed("a token name is at most 200 characters", field="name")
+        if any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in name):  # lists and terminals show it as is
+            raise ValidationFailed("a token name may not hold control characters (NUL, newline, escape)",
+                                   field="name")
         token_id = secrets.token_hex(8)
         token = f"edn_{token_id}_{secrets.token_urlsafe(32)}"
         now = self._now()

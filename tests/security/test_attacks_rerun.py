@@ -135,3 +135,11 @@ def test_a_deploy_cannot_learn_that_another_tenant_deployed_the_same_code(
     assert alice.put("/v1/workers/same", json={"files": code}).status_code == 201
     assert compiled() == before + 2  # alice's did not find bob's
     assert alice.get("/w/same").text == bob.get("/w/same").text == "the same code"
+
+
+@pytest.mark.parametrize("name", ["laptop\n", "a\x00b", "\x1b]0;owned\x07", "tab\there", "c1\x85"])
+def test_token_names_with_control_characters_are_refused(admin: httpx.Client, name: str) -> None:
+    r = admin.post("/v1/tokens", json={"tenant": "bob", "name": name})
+    assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["field"]) == (400, "validation_failed", "name")
+    assert name not in [t["name"] for t in admin.get("/v1/tokens").json()["tokens"]]
+    assert admin.post("/v1/tokens", json={"tenant": "bob", "name": "laptop ünïcode"}).status_code == 201
