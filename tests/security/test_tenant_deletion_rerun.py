@@ -147,3 +147,18 @@ def test_a_request_under_way_when_its_tenant_is_deleted_leaves_nothing(node: Nod
         with node.client(again) as new_carol:
             assert new_carol.get("/v1/kv/notes/late").status_code == 404
             assert new_carol.get("/v1/kv/notes").json()["keys"] == []
+
+
+def test_a_deleted_tenants_repository_tokens_open_nothing_of_its_successor(node: NodeProcess) -> None:
+    with node.client(timeout=MIN_WAIT_S) as admin:
+        as_dave = {"x-edgenode-tenant": "dave"}
+        admin.post("/v1/tokens", json={"tenant": "dave"})
+        assert admin.post("/v1/repos", json={"name": "site"}, headers=as_dave).status_code == 201
+        old = admin.post("/v1/repos/site/tokens", json={"access": "write"}, headers=as_dave).json()["token"]
+        refs = f"{node.url}/git/dave/site.git/info/refs?service=git-upload-pack"
+        assert httpx.get(refs, auth=("x", old)).status_code == 200
+        assert admin.delete("/v1/tenants/dave").status_code == 204
+        admin.post("/v1/tokens", json={"tenant": "dave"})
+        assert admin.post("/v1/repos", json={"name": "site"}, headers=as_dave).status_code == 201
+        assert httpx.get(refs, auth=("x", old)).status_code == 401
+        assert admin.get("/v1/repos/site/tokens", headers=as_dave).json()["tokens"] == []
