@@ -143,3 +143,18 @@ def test_token_names_with_control_characters_are_refused(admin: httpx.Client, na
     assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["field"]) == (400, "validation_failed", "name")
     assert name not in [t["name"] for t in admin.get("/v1/tokens").json()["tokens"]]
     assert admin.post("/v1/tokens", json={"tenant": "bob", "name": "laptop ünïcode"}).status_code == 201
+
+
+def test_the_agents_page_runs_its_own_script_only(node: NodeProcess) -> None:
+    # 'self' would admit any script served on the node's origin, a public worker's among them.
+    nonces = []
+    for _ in range(2):
+        page = httpx.get(node.url + "/v1/agents/ui/")
+        policy = dict(d.strip().split(" ", 1) for d in page.headers["content-security-policy"].split(";"))
+        nonce = policy["script-src"].removeprefix("'nonce-").removesuffix("'")
+        assert policy["script-src"] == f"'nonce-{nonce}'" and len(nonce) >= 16
+        assert f'<script nonce="{nonce}" src="ui.js"></script>' in page.text
+        nonces.append(nonce)
+    assert nonces[0] != nonces[1]
+    script = httpx.get(node.url + "/v1/agents/ui/ui.js")
+    assert script.status_code == 200 and "script-src 'none'" in script.headers["content-security-policy"]
