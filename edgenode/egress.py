@@ -41,6 +41,10 @@ import httpx
 from edgenode.errors import EgressDenied, EgressFailed, EgressTimeout, EgressTooLarge, ValidationFailed
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: HTTP's grammar of a field name (a token) and of a field value (visible ASCII, space, tab and
+#: obs-text; no CR, LF or NUL), RFC 9110: what a guest may put in a header it sends or returns.
+FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 MAX_ENTRIES = 256
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -513,7 +517,13 @@ class Egress:
         target = Target.of(url)
         if allow is not None and allow.allows(target.scheme, target.host, target.port) is None:
             raise EgressDenied(f"{target} is not in the allow-list", host=target.host)
-        sent = [(k, v) for k, v in headers if k.lower() not in _HOP_HEADERS]
+        sent: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
+                raise ValidationFailed(f"header {name!r} is not a valid HTTP field (a token name; a value without "
+                                       "CR, LF, NUL or characters beyond Latin-1)", field="headers")
+            if name.lower() not in _HOP_HEADERS:
+                sent.append((name.encode("ascii"), value.encode("latin-1")))
         with deadline(until):
             left = _clamp(None, error=EgressTimeout)
             try:
@@ -547,5 +557,5 @@ _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
                           "proxy-connection", "proxy-authorization", "te", "trailer"})
 
 
-__all__ = ["DEFAULT_PORTS", "AddressPolicy", "AllowList", "Egress", "HostPattern", "Reply", "Target", "deadline",
-           "mcp_http_client", "normalise_host", "parse_networks", "system_resolver"]
+__all__ = ["DEFAULT_PORTS", "FIELD_NAME", "FIELD_VALUE", "AddressPolicy", "AllowList", "Egress", "HostPattern",
+           "Reply", "Target", "deadline", "mcp_http_client", "normalise_host", "parse_networks", "system_resolver"]

@@ -158,3 +158,26 @@ def test_the_agents_page_runs_its_own_script_only(node: NodeProcess) -> None:
     assert nonces[0] != nonces[1]
     script = httpx.get(node.url + "/v1/agents/ui/ui.js")
     assert script.status_code == 200 and "script-src 'none'" in script.headers["content-security-policy"]
+
+
+HEADERS = '''
+from edgenode_guest import Response
+
+BAD = {"name": ("x-caf\\u00e9", "v"), "value": ("x", "\\u2028v"), "nul": ("x", "a\\x00b"), "space": ("set-cookie ", "a=b"),
+       "crlf": ("x", "a\\r\\nset-cookie: a=b"), "fine": ("x-latin", "caf\\u00e9")}
+
+
+def handle(request):
+    name, value = BAD[request.path.strip("/")]
+    return Response("<b>hi</b>", headers={name: value})
+'''
+
+
+@pytest.mark.parametrize("case", ["name", "value", "nul", "space", "crlf"])
+def test_a_guest_header_that_is_not_http_is_a_clear_error(node: NodeProcess, alice: httpx.Client, case: str) -> None:
+    assert alice.put("/v1/workers/headers", json={"files": {"main.py": HEADERS}, "public": True}).status_code == 201
+    for r in (httpx.get(f"{node.url}/p/alice/headers/{case}"), alice.get(f"/w/headers/{case}")):
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_response", r.text
+        assert "set-cookie" not in r.headers
+    fine = alice.get("/w/headers/fine")
+    assert fine.status_code == 200 and fine.headers["x-latin"].encode("latin-1") == "caf\u00e9".encode("latin-1")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from edgenode.egress import AddressPolicy, HostPattern
+from edgenode.egress import AddressPolicy, Egress, HostPattern
 from edgenode.errors import ValidationFailed
 from edgenode.sandboxes.egress import EgressProxy, parse_policy
 
@@ -127,3 +128,36 @@ def test_a_well_formed_request_still_goes_through(tmp_path: Path, upstream: int)
     answer, errors = _through_proxy(tmp_path, [host], f"GET http://{host}/fine HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert answer.split(b" ")[1] == b"200" and answer.endswith(b"upstream saw /fine"), answer
     assert errors == []
+
+
+class _Headers(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        body = repr(self.headers.get("x-latin")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("header", [("x", "a\r\nx-smuggled: 1"), ("x", "\u2028"), ("x", "a\x00"), ("bad name", "v"),
+                                    ("x-caf\u00e9", "v"), ("", "v")])
+def test_a_fetch_header_that_is_not_http_is_refused(header: tuple[str, str]) -> None:
+    server = ThreadingHTTPServer((HOST, 0), _Headers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    egress = Egress([f"{HOST}/32"])
+    url = f"http://{HOST}:{server.server_address[1]}/"
+    try:
+        with pytest.raises(ValidationFailed):
+            egress.exchange("alice", "GET", url, allow=None, until=time.monotonic() + 60, max_bytes=1 << 20,
+                            headers=[header])
+        # A Latin-1 value is HTTP (obs-text) and goes out as those bytes.
+        fine = egress.exchange("alice", "GET", url, allow=None, until=time.monotonic() + 60, max_bytes=1 << 20,
+                               headers=[("x-latin", "caf\u00e9")])
+        assert fine.status == 200 and fine.body == repr("caf\u00e9").encode()
+    finally:
+        egress.close()
+        server.shutdown()
+        server.server_close()
