@@ -181,3 +181,26 @@ def test_a_guest_header_that_is_not_http_is_a_clear_error(node: NodeProcess, ali
         assert "set-cookie" not in r.headers
     fine = alice.get("/w/headers/fine")
     assert fine.status_code == 200 and fine.headers["x-latin"].encode("latin-1") == "caf\u00e9".encode("latin-1")
+
+
+def test_a_deleted_tenants_public_port_and_public_worker_stop_serving(node: NodeProcess, admin: httpx.Client) -> None:
+    with _as(node, admin, "erin") as erin:
+        sid = erin.post("/v1/sandboxes", json={}).json()["id"]
+        server = erin.post(f"/v1/sandboxes/{sid}/processes", json={"cmd": ["python3", "-m", "http.server", "8000"]})
+        assert server.status_code == 201, server.text
+        ready = erin.post(f"/v1/sandboxes/{sid}/exec", json={
+            "cmd": "curl -s --retry 50 --retry-delay 0 --retry-connrefused -o /dev/null -w '%{http_code}' "
+                   "http://127.0.0.1:8000/"}).json()
+        assert ready["stdout"] == "200", ready
+        exposed = erin.post(f"/v1/sandboxes/{sid}/ports", json={"port": 8000, "public": True}).json()
+        assert erin.put("/v1/workers/open", json={"files": {"main.py": ECHO}, "public": True}).status_code == 201
+    public_port = node.url + exposed["public_path"]
+    with httpx.Client() as stranger:
+        page = stranger.get(public_port)
+        assert page.status_code == 200 and page.headers["content-security-policy"] == "sandbox"
+        assert "set-cookie" not in page.headers
+        assert stranger.get(f"{node.url}/p/erin/open/x").status_code == 200
+        assert admin.delete("/v1/tenants/erin").status_code == 204
+        gone = stranger.get(public_port)
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "port_not_exposed", gone.text
+        assert stranger.get(f"{node.url}/p/erin/open/x").status_code == 404
