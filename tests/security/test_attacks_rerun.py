@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import NodeProcess
+from tests.support import MIN_WAIT_S, NodeProcess
 
 #: A public worker that tells which request headers it saw and answers every header that would act
 #: on the node's whole origin or host if the node passed it on.
@@ -204,3 +204,56 @@ def test_a_deleted_tenants_public_port_and_public_worker_stop_serving(node: Node
         gone = stranger.get(public_port)
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "port_not_exposed", gone.text
         assert stranger.get(f"{node.url}/p/erin/open/x").status_code == 404
+
+
+#: A server that answers its first line, then the rest only once the test has seen that line.
+TRICKLE = '''
+import http.server, os, time
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"first\\n")
+        self.wfile.flush()
+        deadline = time.time() + 300
+        while not os.path.exists("go") and time.time() < deadline:
+            time.sleep(0.05)
+        self.wfile.write(b"rest\\n")
+
+http.server.ThreadingHTTPServer(("127.0.0.1", 8000), Handler).serve_forever()
+'''
+
+
+#: Waits (within the exec's own time limit) until the sandbox's server accepts connections.
+LISTENING = """
+import socket, time
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", 8000)).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+print("listening")
+"""
+
+
+def test_a_sandbox_ports_answer_is_streamed_not_held_in_the_nodes_memory(node: NodeProcess, alice: httpx.Client) -> None:
+    # Held whole, an endless answer from alice's server would take the node's memory (and bob's service).
+    sid = alice.post("/v1/sandboxes", json={}).json()["id"]
+    try:
+        assert alice.put(f"/v1/sandboxes/{sid}/files/trickle.py", content=TRICKLE).status_code == 201
+        assert alice.post(f"/v1/sandboxes/{sid}/processes", json={"cmd": ["python3", "trickle.py"]}).status_code == 201
+        ready = alice.post(f"/v1/sandboxes/{sid}/exec", json={"code": LISTENING}).json()
+        assert ready["stdout"] == "listening\n", ready
+        assert alice.post(f"/v1/sandboxes/{sid}/ports", json={"port": 8000, "public": True}).status_code == 201
+        with httpx.Client(timeout=MIN_WAIT_S) as stranger, \
+                stranger.stream("GET", f"{node.url}/sp/{sid}/8000/") as answer:
+            assert answer.status_code == 200 and answer.headers["content-security-policy"] == "sandbox"
+            lines = answer.iter_lines()
+            assert next(lines) == "first"  # before the server has finished its answer
+            assert alice.put(f"/v1/sandboxes/{sid}/files/go", content=b"").status_code == 201
+            assert next(lines) == "rest"
+    finally:
+        alice.delete(f"/v1/sandboxes/{sid}")
