@@ -22,7 +22,7 @@ from edgenode.egress import Egress
 from edgenode.errors import BadRequest, InvalidComponent, PayloadTooLarge, ValidationFailed, WorkerNotFound
 from edgenode.fleet.changes import ChangeFeed
 from edgenode.isolates.builder import Source
-from edgenode.isolates.cache import prune
+from edgenode.isolates.cache import owned_key, prune
 from edgenode.isolates.capabilities import Grants, HostFunctions, Invocation
 from edgenode.isolates.egress import AllowList
 from edgenode.isolates.engine import Budget, IsolateEngine
@@ -222,9 +222,9 @@ class Workers:
         key = hashlib.sha256(data).hexdigest()
         path = self.uploads / f"{key}.wasm"
         if kind == "module":
-            await FILES.run(self.wasi.module, data)
+            await FILES.run(self.wasi.module, data, tenant)
         else:
-            component = await FILES.run(self._compile_upload, key, path, data)
+            component = await FILES.run(self._compile_upload, owned_key(tenant, key), path, data)
             await FILES.run(self.runtime.check_world, component, settings.limits)
         if not path.exists():
             await FILES.run(_write_atomic, path, data)
@@ -380,7 +380,7 @@ class Workers:
             path = await self._component_path(version)
 
             def call() -> Outcome:
-                component = self.cache.get(version.hash, path)
+                component = self.cache.get(owned_key(tenant, version.hash), path)
                 invocation = Invocation(deployed.grants, name, _deadline(limits))
                 return self.runtime.invoke(component, request, invocation, limits)
 
@@ -430,7 +430,7 @@ class Workers:
             wasm = await FILES.run(path.read_bytes)
         else:
             raise ValidationFailed("give module_b64 or the name of a deployed WASI module", field="module_b64")
-        _, module = await FILES.run(self.wasi.module, wasm)
+        _, module = await FILES.run(self.wasi.module, wasm, tenant)
         if worker == WASI_WORKER:
             self.prune_soon()  # one-off modules leave compiled code behind
         try:

@@ -36,6 +36,7 @@ from edgenode.errors import (
     ValidationFailed,
     WallLimitExceeded,
 )
+from edgenode.isolates.cache import owned_key
 from edgenode.isolates.engine import TICK_S, Budget, IsolateEngine, running
 from edgenode.isolates.limits import Limits
 from edgenode.store.faults import write_atomic
@@ -166,9 +167,9 @@ class WasiRunner:
         self.capacity = capacity
         self._local = threading.local()
 
-    def module(self, data: bytes) -> tuple[str, Module]:
-        """The compiled module for ``data``, from memory, disk, or compiled now."""
-        key = hashlib.sha256(data).hexdigest()
+    def module(self, data: bytes, owner: str = "") -> tuple[str, Module]:
+        """The compiled module for ``data``, from memory, disk, or compiled now (cached per ``owner``)."""
+        key = owned_key(owner, hashlib.sha256(data).hexdigest())
         with self._lock:
             found = self._modules.get(key)
             if found is not None:

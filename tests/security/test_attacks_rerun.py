@@ -257,3 +257,28 @@ def test_a_sandbox_ports_answer_is_streamed_not_held_in_the_nodes_memory(node: N
             assert next(lines) == "rest"
     finally:
         alice.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_compiled_components_and_wasi_modules_are_not_shared_between_tenants(
+        node: NodeProcess, alice: httpx.Client, bob: httpx.Client) -> None:
+    from tests.isolates.conftest import DATA, hello_component
+
+    compiled = node.data_dir / "workers" / "compiled"
+
+    def count() -> int:
+        return len(list(compiled.glob("*.cwasm"))) if compiled.exists() else 0
+
+    wasm = {"content": hello_component(), "headers": {"content-type": "application/wasm"}}
+    before = count()
+    assert bob.put("/v1/workers/hello", **wasm).status_code == 201
+    assert bob.put("/v1/workers/hello-again", **wasm).status_code == 201
+    assert count() == before + 1  # bob's second deploy found his own compiled code
+    assert alice.put("/v1/workers/hello", **wasm).status_code == 201
+    assert count() == before + 2  # alice's did not find bob's
+    assert alice.get("/w/hello/x").text == bob.get("/w/hello/x").text == "hello from wat"
+
+    module = {"module_b64": base64.b64encode((DATA / "brotli.wasm").read_bytes()).decode(), "args": ["brotli", "-V"]}
+    for caller, expected in ((bob, before + 3), (bob, before + 3), (alice, before + 4)):
+        ran = caller.post("/v1/wasi/run", json=module)
+        assert ran.status_code == 200, ran.text
+        assert count() == expected
