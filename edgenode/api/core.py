@@ -15,7 +15,7 @@ from edgenode.api.openapi import openapi
 from edgenode.api.parsing import PATH_MAX, query_str
 from edgenode.api.reference import REFERENCE_HEADERS, render
 from edgenode.api.schema import Body, Raw, Reply, operation, pattern, read_model
-from edgenode.auth.tokens import MAX_TOKEN_TTL_S, TENANT_NAME
+from edgenode.auth.tokens import MAX_TOKEN_TTL_S, TENANT_NAME, TOKEN_NAME
 from edgenode.errors import EdgenodeError
 from edgenode.metrics import CONTENT_TYPE_LATEST
 from edgenode.threads import STORE
@@ -83,7 +83,7 @@ class CreateToken(Body):
     """A token to issue."""
 
     tenant: TenantName
-    name: str = Field("", max_length=200)
+    name: Annotated[str, pattern(TOKEN_NAME, "A label: up to 200 characters, no control characters")] = ""
     ttl_s: float | None = Field(None, gt=0, le=MAX_TOKEN_TTL_S, description="Seconds to live; none: never expires")
     admin: bool = False
 
