@@ -239,7 +239,8 @@ print("listening")
 """
 
 
-def test_a_sandbox_ports_answer_is_streamed_not_held_in_the_nodes_memory(node: NodeProcess, alice: httpx.Client) -> None:
+def test_a_sandbox_ports_answer_is_streamed_not_held_in_the_nodes_memory(node: NodeProcess,
+                                                                         alice: httpx.Client) -> None:
     # Held whole, an endless answer from alice's server would take the node's memory (and bob's service).
     sid = alice.post("/v1/sandboxes", json={}).json()["id"]
     try:
