@@ -183,6 +183,8 @@ class StateSettings:
         128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files.", minimum=1
     )
     namespace_readers: int = setting(2, "Reader connections per open namespace database.", minimum=1)
+    max_namespaces_per_tenant: int = setting(1000, "Namespaces one tenant may create on this node (0: no limit); "
+                                                   "429 beyond (each is a database file).")
 
 
 @dataclass

@@ -39,7 +39,8 @@ def handle(request):
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path_factory.mktemp("rerun"), env={"EDGENODE_SANDBOXES_PUBLIC_PORTS": "true"})
+    proc = NodeProcess(tmp_path_factory.mktemp("rerun"), env={"EDGENODE_SANDBOXES_PUBLIC_PORTS": "true",
+                                                               "EDGENODE_STATE_MAX_NAMESPACES_PER_TENANT": "3"})
     proc.start()
     yield proc
     proc.stop()
@@ -283,3 +284,16 @@ def test_compiled_components_and_wasi_modules_are_not_shared_between_tenants(
         ran = caller.post("/v1/wasi/run", json=module)
         assert ran.status_code == 200, ran.text
         assert count() == expected
+
+
+def test_a_tenant_cannot_fill_the_disk_with_namespaces(alice: httpx.Client, bob: httpx.Client) -> None:
+    # Each namespace is a database file: without a cap, one tenant could make millions of them.
+    for ns in ("one", "two", "three"):
+        assert alice.put(f"/v1/kv/{ns}/k", content=b"v").status_code == 200
+    for refused in (alice.put("/v1/kv/four/k", content=b"v"),
+                    alice.post("/v1/sql/five", json={"sql": "CREATE TABLE t (x)"})):
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "tenant_quota_exceeded", refused.text
+        assert refused.headers["retry-after"] == "60"
+    assert alice.get("/v1/kv/four/k").status_code == 404  # reading a missing one creates nothing
+    assert alice.put("/v1/kv/one/other", content=b"v").status_code == 200  # her own namespaces still take writes
+    assert bob.put("/v1/kv/four/k", content=b"v").status_code == 200  # and bob has his own count
