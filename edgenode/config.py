@@ -22,11 +22,15 @@ from typing import Any
 from edgenode.errors import ValidationFailed
 
 
-def setting(default: Any, help: str, *, secret: bool = False, minimum: float | None = None) -> Any:
+def setting(default: Any, help: str, *, secret: bool = False, minimum: float | None = None,
+            signed: bool = False) -> Any:
     """A field with a default and the help text shown by ``edgenode serve --help`` and the docs.
 
     ``minimum`` is the least value a number may be set to; lower values are refused when loading.
+    Without one, a number may not be negative unless the setting is ``signed``.
     """
+    if minimum is None and not signed and isinstance(default, (int, float)) and not isinstance(default, bool):
+        minimum = 0
     metadata = {"help": help, "secret": secret, "minimum": minimum}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -159,7 +163,7 @@ class SandboxSettings:
     default_cpu_s: int = setting(600, "CPU time per sandboxed process when a sandbox sets none, in seconds.")
     default_open_files: int = setting(1024, "Open files per sandboxed process when a sandbox sets none.")
     uid_base: int = setting(1_200_000, "First host uid given to sandboxes (each gets its own) when the node is root.")
-    reaper_interval_s: float = setting(30.0, "How often idle sandboxes are looked for, in seconds.")
+    reaper_interval_s: float = setting(30.0, "How often idle sandboxes are looked for, in seconds.", minimum=0.01)
     max_files: int = setting(100_000, "Files and directories one sandbox may hold (workspace, /tmp and process "
                              "logs); past it, as past its disk quota, its processes are stopped.")
     max_running: int = setting(64, "Sandboxes with processes at once; the least recently used idle one is released.")
@@ -189,9 +193,11 @@ class StateSettings:
                                         "namespace, in bytes (SQLite's length limit; bounds one step's memory).")
     max_key_bytes: int = setting(1024, "Longest key-value key, in UTF-8 bytes.")
     max_open_namespaces: int = setting(
-        128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files."
+        128, "Namespace databases kept open at once (LRU); each holds a writer thread and a few files.", minimum=1
     )
     namespace_readers: int = setting(2, "Reader connections per open namespace database.", minimum=1)
+    max_namespaces_per_tenant: int = setting(1000, "Namespaces one tenant may create on this node (0: no limit); "
+                                                   "429 beyond (each is a database file).")
 
 
 @dataclass
@@ -252,7 +258,8 @@ class ClusterSettings:
         60.0, "How far a signed peer request's timestamp may be from this node's clock, in seconds."
     )
     clock_offset_ms: int = setting(
-        0, "Shift this node's clock for replication timestamps, in ms (a test and drill knob for clock skew)."
+        0, "Shift this node's clock for replication timestamps, in ms (a test and drill knob for clock skew).",
+        signed=True,
     )
     max_clock_offset_ms: int = setting(
         500, "How far ahead of this node's clock a peer's change may be stamped, in ms; changes stamped further "
@@ -269,7 +276,8 @@ class ClusterSettings:
         86400.0, "Tombstones younger than this stay even when every member has seen them, in seconds: a margin "
         "for a member that is briefly forgotten and returns (keep it above forget_peer_after_s).", minimum=0.0,
     )
-    sync_batch_rows: int = setting(2000, "Rows in one published batch or catch-up answer before the rest follows.")
+    sync_batch_rows: int = setting(2000, "Rows in one published batch or catch-up answer before the rest follows.",
+                                   minimum=1)
     max_peer_body_bytes: int = setting(64 * 1024 * 1024, "Largest peer request body, in bytes.")
 
 
@@ -284,7 +292,8 @@ class ArtifactSettings:
     max_commit_bytes: int = setting(32 * 1024 * 1024, "Largest total file content of one API commit, in bytes.")
     max_repos_per_tenant: int = setting(1000, "Repositories one tenant may have (0: no limit); 429 beyond.")
     gossip: bool = setting(True, "Announce ref updates to peers and pull missing refs (needs a fleet secret).")
-    anti_entropy_interval_s: float = setting(5.0, "Mean interval between ref-listing comparisons with a peer.")
+    anti_entropy_interval_s: float = setting(5.0, "Mean interval between ref-listing comparisons with a peer.",
+                                             minimum=0.01)
     upload_pack: str = setting(
         "auto", "Who does the pack work: git (git upload-pack answers clones and fetches, git index-pack "
         "indexes pushes), dulwich (pure Python, 2-4x slower) or auto (git when the binary is on PATH)."
@@ -299,7 +308,8 @@ class AgentSettings:
     """Agents: durable runs."""
 
     retention_days: float = setting(7.0, "Keep a finished run's journal this many days.")
-    scheduler_interval_s: float = setting(0.5, "How often the scheduler looks for due timers, in seconds.")
+    scheduler_interval_s: float = setting(0.5, "How often the scheduler looks for due timers, in seconds.",
+                                          minimum=0.001)
     runner: str = setting("isolate", "Where agent code runs: isolate (a fresh WebAssembly instance per "
                           "activation), process (a fresh interpreter per activation) or inprocess (node threads, "
                           "trusted code only).")
@@ -315,7 +325,8 @@ class AgentSettings:
     max_event_bytes: int = setting(1024 * 1024, "Largest event payload or approval data, as JSON, in bytes.")
     max_journal_entries: int = setting(10_000, "Host calls one run may journal; past it the run fails "
                                        "(journal_full) instead of growing without bound.")
-    prune_interval_s: float = setting(60.0, "How often finished runs past retention are pruned, in seconds.")
+    prune_interval_s: float = setting(60.0, "How often finished runs past retention are pruned, in seconds.",
+                                      minimum=0.01)
     model_timeout_s: float = setting(120.0, "Timeout of one model request, in seconds.")
     model_retries: int = setting(2, "Retries of a failed model request (connection errors, 429, 5xx).")
     openai_api_key: str = setting("", "API key for openai: models (a tenant secret OPENAI_API_KEY wins).",
@@ -400,7 +411,7 @@ class Config:
             if value is None or value == () or value == []:
                 continue
             target, name = _resolve(config, dotted)
-            _set(target, name, value, source="flag")
+            _set(target, name, value, source="flag", dotted=dotted)
         _check_ranges(config)
         return config
 
@@ -529,25 +540,25 @@ def _apply_mapping(target: Any, data: Mapping[str, Any], *, source: str, prefix:
                 raise ValidationFailed(f"{source}: [{key}] must be a table", field=prefix + key)
             _apply_mapping(getattr(target, name), value, source=source, prefix=f"{prefix}{name}.")
         else:
-            _set(target, name, value, source=source)
+            _set(target, name, value, source=source, dotted=prefix + name)
 
 
 def _apply_env(config: Config, env: Mapping[str, str]) -> None:
     for dotted, var, _, _ in describe():
         if var in env:
             target, name = _resolve(config, dotted)
-            _set(target, name, env[var], source=var)
+            _set(target, name, env[var], source=var, dotted=dotted)
 
 
-def _set(target: Any, name: str, value: Any, *, source: str) -> None:
+def _set(target: Any, name: str, value: Any, *, source: str, dotted: str) -> None:
     hint = typing.get_type_hints(type(target))[name]
     try:
         converted = _convert(hint, value)
     except (TypeError, ValueError) as exc:
-        raise ValidationFailed(f"{source}: bad value for {name}: {exc}", field=name) from exc
+        raise ValidationFailed(f"{source}: bad value for {dotted}: {exc}", field=name) from exc
     minimum = _fields(target)[name].metadata.get("minimum")
     if minimum is not None and converted < minimum:
-        raise ValidationFailed(f"{source}: {name} must be at least {minimum:g}, not {converted}", field=name)
+        raise ValidationFailed(f"{source}: {dotted} must be at least {minimum:g}, not {converted}", field=name)
     setattr(target, name, converted)
 
 

@@ -41,6 +41,10 @@ import httpx
 from edgenode.errors import EgressDenied, EgressFailed, EgressTimeout, EgressTooLarge, ValidationFailed
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: HTTP's grammar of a field name (a token) and of a field value (visible ASCII, space, tab and
+#: obs-text; no CR, LF or NUL), RFC 9110: what a guest may put in a header it sends or returns.
+FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 MAX_ENTRIES = 256
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -239,7 +243,7 @@ def _ip(text: str) -> Address | None:
 def _port(raw: str, entry: str, field: str) -> int:
     if raw == "*":
         return -1
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 5 or not 0 < int(raw) < 65536:
         raise ValidationFailed(f"{field} entry {entry!r} has a bad port", field=field)
     return int(raw)
 
@@ -257,6 +261,25 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
             raise ValidationFailed(f"egress.allow_networks: {entry!r} is not a network ({exc})",
                                    field="egress.allow_networks") from None
     return tuple(out)
+
+
+#: IPv6 prefixes whose low 32 bits are an IPv4 address a gateway connects to: NAT64 (well-known
+#: and local-use), IPv4-compatible (deprecated) and IPv4-translated addresses.
+_IPV4_IN_LOW_BITS = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96",
+                                                             "::ffff:0:0:0/96"))
+
+
+def _embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to a translator or tunnel (6to4, Teredo, NAT64), if any."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in net for net in _IPV4_IN_LOW_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -281,6 +304,9 @@ class AddressPolicy:
             ip = ip.ipv4_mapped
         if any(ip in net for net in self.networks):
             return True
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and not self.permits(str(embedded)):
+            return False  # a translator or tunnel would carry it to that address
         return ip.is_global and not ip.is_multicast
 
     def addresses(self, host: str, port: int) -> list[str]:
@@ -491,7 +517,13 @@ class Egress:
         target = Target.of(url)
         if allow is not None and allow.allows(target.scheme, target.host, target.port) is None:
             raise EgressDenied(f"{target} is not in the allow-list", host=target.host)
-        sent = [(k, v) for k, v in headers if k.lower() not in _HOP_HEADERS]
+        sent: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
+                raise ValidationFailed(f"header {name!r} is not a valid HTTP field (a token name; a value without "
+                                       "CR, LF, NUL or characters beyond Latin-1)", field="headers")
+            if name.lower() not in _HOP_HEADERS:
+                sent.append((name.encode("ascii"), value.encode("latin-1")))
         with deadline(until):
             left = _clamp(None, error=EgressTimeout)
             try:
@@ -525,5 +557,5 @@ _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
                           "proxy-connection", "proxy-authorization", "te", "trailer"})
 
 
-__all__ = ["DEFAULT_PORTS", "AddressPolicy", "AllowList", "Egress", "HostPattern", "Reply", "Target", "deadline",
-           "mcp_http_client", "normalise_host", "parse_networks", "system_resolver"]
+__all__ = ["DEFAULT_PORTS", "FIELD_NAME", "FIELD_VALUE", "AddressPolicy", "AllowList", "Egress", "HostPattern",
+           "Reply", "Target", "deadline", "mcp_http_client", "normalise_host", "parse_networks", "system_resolver"]

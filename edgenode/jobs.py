@@ -68,6 +68,7 @@ class Jobs:
         self._now = now
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     def start(self, tenant: str, kind: str, work: Callable[[Job], Awaitable[tuple[int, Any]]]) -> Job:
         """Run ``work(job)`` in the background; it returns ``(status, json)`` or raises an EdgenodeError."""
@@ -76,7 +77,9 @@ class Jobs:
         self._jobs[job.id] = job
         task = asyncio.create_task(self._run(job, work), name=f"job-{kind}-{job.id}")
         self._tasks.add(task)
+        self._running[job.id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._running.pop(job.id, None))
         return job
 
     async def _run(self, job: Job, work: Callable[[Job], Awaitable[tuple[int, Any]]]) -> None:
@@ -119,6 +122,17 @@ class Jobs:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Cancel the tenant's running jobs and forget all of its jobs (the tenant is being deleted)."""
+        running = [task for job_id, task in self._running.items() if self._jobs[job_id].tenant == tenant]
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for job_id in [j.id for j in self._jobs.values() if j.tenant == tenant]:
+            del self._jobs[job_id]
 
     def _forget_old(self) -> None:
         cutoff = self._now() - self.keep_s

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgenode import __version__
+from edgenode.admission import Admission
 from edgenode.agents import Agents
 from edgenode.artifacts import Artifacts
 from edgenode.auth import MIGRATIONS as AUTH_MIGRATIONS
@@ -117,6 +118,8 @@ class Node:
         self.capabilities: list[Capability] = []
         #: Background work routes answer 202 for (an import), followed at /v1/jobs/{id}.
         self.jobs = Jobs()
+        #: Requests under way per tenant: admitted by share, waited for by a tenant's deletion.
+        self.admission = Admission(self.config.http.tenant_requests, self.metrics.registry)
         # Capabilities are wired here, in start order; each also registers its routes in
         # edgenode.api.app and its commands in edgenode.cli.
         self.cluster = self.add(Cluster(self))

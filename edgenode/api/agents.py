@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,8 +30,12 @@ _ENVELOPE = 64 * 1024
 #: The runs-and-approvals page: plain files, no data in them (the page fetches with the user's token).
 _UI = Path(__file__).resolve().parent.parent / "agents" / "ui"
 _UI_TYPES = {"index.html": "text/html; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
-_UI_HEADERS = {"content-security-policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
-                                          "style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+#: The page runs its own script only, by a nonce: ``'self'`` would also admit a script that a public
+#: worker or sandbox port serves on this origin.
+_UI_CSP = ("default-src 'none'; script-src {script}; connect-src 'self'; style-src 'unsafe-inline'; "
+           "form-action 'none'; frame-ancestors 'none'")
+_UI_SCRIPT_TAG = b'<script src="ui.js"></script>'
+_UI_HEADERS = {"content-security-policy": _UI_CSP.format(script="'none'"),
                "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache"}
 
 _WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
@@ -46,7 +51,12 @@ async def ui(request: Request) -> Response:
     name = request.path_params.get("file") or "index.html"
     if name not in _UI_TYPES:
         raise NotFound(f"no page file {name!r}")
-    return Response((_UI / name).read_bytes(), media_type=_UI_TYPES[name], headers=_UI_HEADERS)
+    body, headers = (_UI / name).read_bytes(), dict(_UI_HEADERS)
+    if name == "index.html":
+        nonce = secrets.token_urlsafe(16)
+        body = body.replace(_UI_SCRIPT_TAG, f'<script nonce="{nonce}" src="ui.js"></script>'.encode())
+        headers["content-security-policy"] = _UI_CSP.format(script=f"'nonce-{nonce}'")
+    return Response(body, media_type=_UI_TYPES[name], headers=headers)
 
 
 async def ui_reserved(request: Request) -> Response:

@@ -16,7 +16,6 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgenode.api import agents, artifacts, cluster, core, jobs, sandboxes, state, workers
-from edgenode.api.admission import Admission
 from edgenode.api.errors import on_edgenode_error, on_http_exception, on_unexpected
 from edgenode.api.middleware import EdgeMiddleware
 from edgenode.api.parsing import guard_params
@@ -58,9 +57,8 @@ def build_app(node: Node, *, on_ready: Callable[[], Awaitable[None]] | None = No
     routes.sort(key=lambda route: not getattr(route, "path", "").startswith(HOT_PREFIXES))
     routes.append(Route(MCP_PATH, mcp, include_in_schema=False))
     public = [p for module in ROUTE_MODULES for p in getattr(module, "public", ())]
-    admission = Admission(node.config.http.tenant_requests, node.metrics.registry)
     middleware = [Middleware(EdgeMiddleware, auth=node.auth, metrics=node.metrics, public=public,
-                             admission=admission)]
+                             admission=node.admission)]
     if node.config.sandboxes.ports_host:
         middleware.insert(0, Middleware(PortHosts, suffix=node.config.sandboxes.ports_host))
     app = Starlette(

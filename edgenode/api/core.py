@@ -15,7 +15,7 @@ from edgenode.api.openapi import openapi
 from edgenode.api.parsing import PATH_MAX, query_str
 from edgenode.api.reference import REFERENCE_HEADERS, render
 from edgenode.api.schema import Body, Raw, Reply, operation, pattern, read_model
-from edgenode.auth.tokens import MAX_TOKEN_TTL_S, TENANT_NAME
+from edgenode.auth.tokens import MAX_TOKEN_TTL_S, TENANT_NAME, TOKEN_NAME
 from edgenode.errors import EdgenodeError
 from edgenode.metrics import CONTENT_TYPE_LATEST
 from edgenode.threads import STORE
@@ -83,7 +83,7 @@ class CreateToken(Body):
     """A token to issue."""
 
     tenant: TenantName
-    name: str = Field("", max_length=200)
+    name: Annotated[str, pattern(TOKEN_NAME, "A label: up to 200 characters, no control characters")] = ""
     ttl_s: float | None = Field(None, gt=0, le=MAX_TOKEN_TTL_S, description="Seconds to live; none: never expires")
     admin: bool = False
 
@@ -218,8 +218,9 @@ async def list_tenants(request: Request) -> Response:
 @operation(responses={204: None}, errors=(403, 404), path={"name": TenantName})
 async def delete_tenant(request: Request) -> Response:
     """Delete a tenant with everything it owns on this node, and revoke its tokens (admin)."""
-    admin(request)
-    await tenants.delete_tenant(node_of(request), request.path_params["name"])
+    caller = admin(request)
+    name = request.path_params["name"]
+    await tenants.delete_tenant(node_of(request), name, own_request=caller.tenant == name)
     return Response(status_code=204)
 
 

@@ -4,7 +4,8 @@ Authentication is deny-by-default: every path needs a bearer token unless it
 starts with one of the app's public prefixes (those routes check their own
 credentials, such as Git basic auth or the fleet signature). An authenticated request runs with
 its tenant in ``threads.current_tenant`` (the bridges to threads queue by it) and is admitted by
-the tenant's share of requests in flight (``api.admission``).
+the tenant's share of requests in flight (``edgenode.admission``), which also counts them for
+the tenant's deletion to wait for.
 
 A request body the route did not read (a refusal before reading it: 401, 403, 415)
 would make the server drop the keep-alive connection without saying so, and the
@@ -26,7 +27,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgenode.api.admission import Admission
+from edgenode.admission import Admission
 from edgenode.api.common import TENANT_HEADER
 from edgenode.api.errors import error_body
 from edgenode.auth import Auth
@@ -51,7 +52,7 @@ class RequestBody:
     def __init__(self, receive: Receive, headers: dict[str, str]) -> None:
         self._receive = receive
         length = headers.get("content-length", "")
-        self.length = int(length) if length.isdigit() else None
+        self.length = int(length) if length.isascii() and length.isdigit() else None
         self.finished = "transfer-encoding" not in headers and not self.length
         #: receive() calls the app is waiting on (a streaming response listens for the disconnect).
         self.listening = 0
@@ -83,13 +84,14 @@ class EdgeMiddleware:
     """Request ids, bearer-token auth, Prometheus metrics and one access-log line per request."""
 
     def __init__(
-        self, app: ASGIApp, *, auth: Auth, metrics: Metrics, public: Iterable[str], admission: Admission | None = None
+        self, app: ASGIApp, *, auth: Auth, metrics: Metrics, public: Iterable[str],
+        admission: Admission | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
         self.metrics = metrics
         self.public = tuple(public)
-        self.admission = admission or Admission(0)
+        self.admission = admission if admission is not None else Admission()
 
     def is_public(self, path: str) -> bool:
         """Whether ``path`` skips bearer-token auth (it checks credentials itself, or has none)."""
@@ -141,9 +143,9 @@ class EdgeMiddleware:
                     found = self.auth.authenticate_cached(bearer)
                     principal = found if found is not None else await run_blocking(self.auth.authenticate, bearer)
                     principal = principal.acting_for(headers.get(TENANT_HEADER) or None)
-                    if not principal.admin:
-                        self.admission.enter(principal.tenant)
-                        admitted = principal.tenant
+                    # Counted while it runs; an admin (acting for a tenant or not) is never refused.
+                    self.admission.enter(principal.tenant, limited=not principal.admin)
+                    admitted = principal.tenant
                 except EdgenodeError as exc:
                     await _send_error(send_wrapper, exc, request_id)
                     return

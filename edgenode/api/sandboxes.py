@@ -665,9 +665,10 @@ async def _proxy(request: Request, caller: Principal | None) -> Response:
         headers.append(("transfer-encoding", "chunked"))
     connection = httpcore.AsyncHTTPConnection(httpcore.Origin(b"http", b"127.0.0.1", port), network_backend=backend)
     body = request.stream() if request.method not in ("GET", "HEAD") else None
+    exchange = connection.stream(request.method, f"http://127.0.0.1:{port}{target}", headers=headers,
+                                 content=body, extensions={"timeout": {"connect": 10, "read": 300}})
     try:
-        upstream = await connection.request(request.method, f"http://127.0.0.1:{port}{target}", headers=headers,
-                                            content=body, extensions={"timeout": {"connect": 10, "read": 300}})
+        upstream = await exchange.__aenter__()
     except (httpcore.ConnectError, httpcore.ReadError, httpcore.RemoteProtocolError, httpcore.TimeoutException,
             OSError) as exc:
         await connection.aclose()
@@ -675,9 +676,21 @@ async def _proxy(request: Request, caller: Principal | None) -> Response:
     except EdgenodeError:
         await connection.aclose()
         raise
-    await connection.aclose()
+
+    async def relay() -> AsyncIterator[bytes]:
+        # Streamed, not read whole: the sandbox's server may answer more than the node's memory holds.
+        try:
+            async for chunk in upstream.aiter_stream():
+                yield chunk
+        except (httpcore.ReadError, httpcore.RemoteProtocolError, httpcore.TimeoutException, OSError):
+            return  # the server went away mid-answer: the answer ends there
+        finally:
+            with contextlib.suppress(Exception):
+                await exchange.__aexit__(None, None, None)
+            await connection.aclose()
+
     refused = _RESPONSE_DROPPED | (_PUBLIC_REFUSED if caller is None else {"set-cookie", "set-cookie2"})
-    response = Response(upstream.content, status_code=upstream.status)
+    response = StreamingResponse(relay(), status_code=upstream.status)
     for key, value in upstream.headers:
         if key.decode("latin-1").lower() not in refused:
             response.headers.append(key.decode("latin-1"), value.decode("latin-1"))

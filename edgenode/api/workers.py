@@ -6,7 +6,8 @@ Invocation is authorised two ways:
   worker ``name`` (an admin may pick the tenant with ``X-Edgenode-Tenant``).
   The token is not passed to the guest.
 - ``ANY /p/{tenant}/{name}/{path}`` takes no token and runs only workers
-  deployed with ``"public": true``; headers reach the guest unchanged and error
+  deployed with ``"public": true``; headers reach the guest but the node's own
+  credentials (a node or repository token, cookies, which it cannot set) and error
   replies leave out guest tracebacks.
 
 Worker names are unique per tenant, so two tenants may both have ``hello``.
@@ -38,11 +39,13 @@ public = ("/p/",)
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Response headers the server sets itself; a guest's values for them are dropped.
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
-#: Headers a public worker may not send: they would act on the node's own origin (its cookies,
-#: its security policy, its cached data).
+#: Headers a public worker may not send: they would act on the node's own origin or host (its
+#: cookies, security policy, cached data, transport and reporting policies, client hints).
 _PUBLIC_REFUSED = {"set-cookie", "set-cookie2", "content-security-policy", "content-security-policy-report-only",
                    "clear-site-data", "service-worker-allowed", "access-control-allow-origin",
-                   "access-control-allow-credentials", "refresh"}
+                   "access-control-allow-credentials", "refresh", "strict-transport-security", "alt-svc", "nel",
+                   "report-to", "reporting-endpoints", "public-key-pins", "public-key-pins-report-only",
+                   "expect-ct", "accept-ch", "critical-ch"}
 #: A public worker's page runs in an opaque origin: no scripts, no forms, no access to the
 #: node's cookies or storage, whatever HTML it serves.
 PUBLIC_CSP = "sandbox"
@@ -270,6 +273,9 @@ async def _invoke(request: Request, tenant: str, *, public: bool) -> Response:
     headers = [(k.lower(), v) for k, v in request.headers.items()]
     if not public:  # the tenant's credentials are not the guest's business
         headers = [(k, v) for k, v in headers if k not in ("authorization", TENANT_HEADER)]
+    else:  # nor a stranger's credentials for this node, or the cookies of its origin
+        headers = [(k, v) for k, v in headers if k not in ("cookie", TENANT_HEADER)
+                   and not (k == "authorization" and _carries_node_token(v))]
     guest_request = GuestRequest(
         method=request.method,
         path="/" + request.path_params.get("path", ""),
@@ -292,6 +298,17 @@ async def _invoke(request: Request, tenant: str, *, public: bool) -> Response:
         response.headers["x-content-type-options"] = "nosniff"
     response.headers["server-timing"] = _timing(outcome)
     return response
+
+
+def _carries_node_token(value: str) -> bool:
+    """Whether an Authorization value holds a token of this node (tenant ``edn_`` or repository ``edr_``)."""
+    scheme, _, credentials = value.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            credentials = base64.b64decode(credentials.strip(), validate=True).decode("latin-1")
+        except ValueError:  # binascii.Error is one
+            return False
+    return "edn_" in credentials or "edr_" in credentials
 
 
 @operation(body=RunCode, responses={200: RunResult}, errors=(400, 413))

@@ -38,6 +38,8 @@ LOOKUP_CACHE_S = 1.0
 LOOKUP_CACHE_SIZE = 10_000
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+#: A token's name, a label for people: no control characters, which lists and terminals show as they are.
+TOKEN_NAME = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{0,200}\Z")
 _TOKEN = re.compile(r"^edn_([0-9a-f]{16})_([A-Za-z0-9_-]{20,})\Z")
 
 
@@ -225,6 +227,21 @@ class Auth:
         return bool(await self.db.read(
             lambda c: c.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone()))
 
+    async def revoke_tenant(self, name: str) -> None:
+        """Revoke every token of a tenant, effective at once (its record stays)."""
+        validate_tenant(name)
+        now = self._now()
+
+        def revoke(c: sqlite3.Connection) -> list[str]:
+            ids = [r[0] for r in c.execute("SELECT id FROM tokens WHERE tenant = ? AND revoked_at IS NULL", (name,))]
+            c.execute("UPDATE tokens SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL", (now, name))
+            return ids
+
+        token_ids = await self.db.write(revoke)
+        self.forget_lookups()
+        for token_id in token_ids:
+            await self.changes.emit("token", token_id)
+
     async def delete_tenant(self, name: str) -> None:
         """Delete a tenant's record and revoke every token of it (its resources are the capabilities' to remove)."""
         validate_tenant(name)
@@ -254,8 +271,9 @@ class Auth:
                                   or not 0 < ttl_s <= MAX_TOKEN_TTL_S):  # NaN fails the comparison too
             raise ValidationFailed(f"ttl_s must be a number of seconds above 0 and at most {MAX_TOKEN_TTL_S}",
                                    field="ttl_s")
-        if not isinstance(name, str) or len(name) > 200:
-            raise ValidationFailed("a token name is at most 200 characters", field="name")
+        if not isinstance(name, str) or not TOKEN_NAME.match(name):
+            raise ValidationFailed("a token name is at most 200 characters, none of them a control character "
+                                   "(NUL, newline, escape)", field="name")
         token_id = secrets.token_hex(8)
         token = f"edn_{token_id}_{secrets.token_urlsafe(32)}"
         now = self._now()

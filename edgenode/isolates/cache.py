@@ -10,6 +10,7 @@ go oldest first until the cache fits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,15 @@ class PruneResult:
     removed: int
     freed_bytes: int
     total_bytes: int
+
+
+def owned_key(owner: str, key: str) -> str:
+    """The compiled-code cache's key for ``key`` compiled for ``owner`` (a tenant).
+
+    Per tenant, so a deploy or run that finds compiled code quickly never tells a tenant that
+    another one uploaded the same bytes.
+    """
+    return hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()
 
 
 def _key(path: Path) -> str:

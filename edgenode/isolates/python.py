@@ -291,22 +291,26 @@ class PythonRuntime:
 
     # -- programs ---------------------------------------------------------------
 
-    def program_key(self, files: dict[str, str], entry: str, kind: str) -> str:
-        """The bytecode cache's name for a deployment's files under this runtime."""
-        digest = hashlib.sha256(f"{self.key}\0{kind}\0{entry}\0".encode())
+    def program_key(self, files: dict[str, str], entry: str, kind: str, *, owner: str = "") -> str:
+        """The bytecode cache's name for a deployment's files under this runtime.
+
+        ``owner`` (a tenant) keeps one tenant's entries from answering another's: a deploy that found
+        another tenant's bytecode would be quick, and tell that someone had deployed the same code.
+        """
+        digest = hashlib.sha256(f"{self.key}\0{kind}\0{entry}\0{owner}\0".encode())
         for name in sorted(files):
             digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
         return digest.hexdigest()
 
     def program(self, files: dict[str, str], entry: str, kind: str, *, budget: Budget,
-                memory_bytes: int, key: str | None = None) -> Program:
+                memory_bytes: int, key: str | None = None, owner: str = "") -> Program:
         """The compiled program for ``files``: from memory, from disk, or compiled now in a fresh instance.
 
         ``key`` is ``program_key(files, entry, kind)`` when the caller keeps it (hashing a deployment's
         files on every request would cost more than finding its bytecode). Raises BuildFailed (400)
         with the file, line and column of the first syntax error.
         """
-        key = key or self.program_key(files, entry, kind)
+        key = key or self.program_key(files, entry, kind, owner=owner)
         with self._programs_lock:
             found = self._programs.get(key)
             if found is not None:

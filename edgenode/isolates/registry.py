@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgenode.errors import TenantQuotaExceeded, ValidationFailed, WorkerNotFound
+from edgenode.isolates.cache import owned_key
 from edgenode.store import Database, Migration
 from edgenode.threads import STORE
 
@@ -248,9 +249,10 @@ class Registry:
         return await self.db.write(roll)
 
     async def all_hashes(self) -> set[str]:
-        """The content hash of every version of every worker (what the cache must keep)."""
-        rows = await self.db.read(lambda c: c.execute("SELECT DISTINCT hash FROM versions").fetchall())
-        return {r[0] for r in rows}
+        """The content hash of every version of every worker, and its tenant's compiled-code key (what the
+        cache must keep)."""
+        rows = await self.db.read(lambda c: c.execute("SELECT DISTINCT tenant, hash FROM versions").fetchall())
+        return {r[1] for r in rows} | {owned_key(r[0], r[1]) for r in rows}
 
     # -- usage ---------------------------------------------------------------
 

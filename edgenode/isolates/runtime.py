@@ -20,6 +20,7 @@ import wasmtime
 from wasmtime import ExitTrap, WasmtimeError
 from wasmtime.component import Component, Linker, Record, Variant
 
+from edgenode.egress import FIELD_NAME, FIELD_VALUE
 from edgenode.errors import (
     BuildFailed,
     CpuLimitExceeded,
@@ -285,7 +286,7 @@ class Runtime:
             )
         headers = [(str(k), str(v)) for k, v in out.headers]
         for name, value in headers:
-            if not name or any(c in name for c in " :\r\n\t") or "\n" in value or "\r" in value:
+            if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
                 raise InvalidGuestResponse(f"the guest returned an invalid header {name!r}")
         return GuestResponse(status, headers, body)
 

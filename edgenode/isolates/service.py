@@ -22,7 +22,7 @@ from edgenode.egress import Egress
 from edgenode.errors import BadRequest, InvalidComponent, PayloadTooLarge, ValidationFailed, WorkerNotFound
 from edgenode.fleet.changes import ChangeFeed
 from edgenode.isolates.builder import Source
-from edgenode.isolates.cache import prune
+from edgenode.isolates.cache import owned_key, prune
 from edgenode.isolates.capabilities import Grants, HostFunctions, Invocation
 from edgenode.isolates.egress import AllowList
 from edgenode.isolates.engine import Budget, IsolateEngine
@@ -194,8 +194,8 @@ class Workers:
         await self._runtime()
         memory = self.settings.max_memory_mb << 20
         return await self._run_pool(lambda: self.python.program(
-            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory),
-            tenant)
+            files, entry, kind, budget=Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S), memory_bytes=memory,
+            owner=tenant or ""), tenant)
 
     async def deploy_python(self, tenant: str, name: str, files: object, settings: DeploySettings) -> dict[str, Any]:
         """Compile a Python worker's files on the shared runtime and make them the current version of ``name``."""
@@ -224,9 +224,9 @@ class Workers:
         key = hashlib.sha256(data).hexdigest()
         path = self.uploads / f"{key}.wasm"
         if kind == "module":
-            await FILES.run(self.wasi.module, data)
+            await FILES.run(self.wasi.module, data, tenant)
         else:
-            component = await FILES.run(self._compile_upload, key, path, data)
+            component = await FILES.run(self._compile_upload, owned_key(tenant, key), path, data)
             await FILES.run(self.runtime.check_world, component, settings.limits)
         if not path.exists():
             await FILES.run(_write_atomic, path, data)
@@ -338,7 +338,8 @@ class Workers:
         limits = Limits(**s["limits"])
         grants = Grants(tenant, f"worker.{name}", AllowList.parse(s.get("allowed_hosts")), dict(s.get("env", {})),
                         max_subrequests=limits.subrequests, max_fetch_bytes=self.settings.max_response_bytes)
-        key = None if version.source is None else self.python.program_key(version.source, "main.py", "worker")
+        key = None if version.source is None else self.python.program_key(version.source, "main.py", "worker",
+                                                                           owner=tenant)
         deployed = Deployed(version, limits, grants, bool(s.get("public", False)), version.source, key)
         self._deployed[(tenant, name)] = deployed
         return deployed
@@ -352,7 +353,12 @@ class Workers:
 
     async def invoke(self, tenant: str, name: str, request: GuestRequest, *, public: bool = False) -> Outcome:
         """Run one request through the current version of a worker, in a fresh isolate."""
-        deployed = await self._lookup(tenant, validate_name(name))
+        try:
+            deployed = await self._lookup(tenant, validate_name(name))
+        except WorkerNotFound:
+            if public:  # the same answer as for a private worker: nothing tells a stranger it exists
+                raise WorkerNotFound(f"no public worker named {name!r}") from None
+            raise
         if public and not deployed.public:
             raise WorkerNotFound(f"no public worker named {name!r}")
         version = deployed.version
@@ -369,14 +375,14 @@ class Workers:
                 budget = Budget(cpu_s=COMPILE_CPU_S, wall_s=COMPILE_WALL_S)
                 program = self.python.program(source, "main.py", "worker", budget=budget,
                                               memory_bytes=self.settings.max_memory_mb << 20,
-                                              key=deployed.program_key)
+                                              key=deployed.program_key, owner=tenant)
                 invocation = Invocation(deployed.grants, name, _deadline(limits))
                 return self.runtime.invoke(self.python.component(), request, invocation, limits, program)
         else:
             path = await self._component_path(version)
 
             def call() -> Outcome:
-                component = self.cache.get(version.hash, path)
+                component = self.cache.get(owned_key(tenant, version.hash), path)
                 invocation = Invocation(deployed.grants, name, _deadline(limits))
                 return self.runtime.invoke(component, request, invocation, limits)
 
@@ -426,7 +432,7 @@ class Workers:
             wasm = await FILES.run(path.read_bytes)
         else:
             raise ValidationFailed("give module_b64 or the name of a deployed WASI module", field="module_b64")
-        _, module = await FILES.run(self.wasi.module, wasm)
+        _, module = await FILES.run(self.wasi.module, wasm, tenant)
         if worker == WASI_WORKER:
             self.prune_soon()  # one-off modules leave compiled code behind
         try:

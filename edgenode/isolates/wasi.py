@@ -37,6 +37,7 @@ from edgenode.errors import (
     ValidationFailed,
     WallLimitExceeded,
 )
+from edgenode.isolates.cache import owned_key
 from edgenode.isolates.engine import TICK_S, Budget, IsolateEngine, running
 from edgenode.isolates.limits import Limits
 from edgenode.store.faults import write_atomic
@@ -173,9 +174,9 @@ class WasiRunner:
         self.capacity = capacity
         self._local = threading.local()
 
-    def module(self, data: bytes) -> tuple[str, Module]:
-        """The compiled module for ``data``, from memory, disk, or compiled now."""
-        key = hashlib.sha256(data).hexdigest()
+    def module(self, data: bytes, owner: str = "") -> tuple[str, Module]:
+        """The compiled module for ``data``, from memory, disk, or compiled now (cached per ``owner``)."""
+        key = owned_key(owner, hashlib.sha256(data).hexdigest())
         with self._lock:
             found = self._modules.get(key)
             if found is not None:
@@ -331,10 +332,19 @@ def parse_request(data: dict[str, Any], *, max_bytes: int) -> tuple[list[str], d
         raise ValidationFailed("files must be an object of path -> base64", field="files")
     files = {}
     total = len(stdin)
+    paths: dict[PurePosixPath, str] = {}
     for name, value in raw_files.items():
-        scratch_path(name)
+        path = scratch_path(name)
+        if path in paths:
+            raise ValidationFailed(f"files {paths[path]!r} and {name!r} name the same file", field="files")
+        paths[path] = name
         files[name] = _b64(value, f"files[{name}]")
         total += len(files[name])
+    for path, name in paths.items():
+        parent = next((p for p in path.parents if p in paths), None)
+        if parent is not None:
+            raise ValidationFailed(f"file {paths[parent]!r} cannot also be the directory of {name!r}",
+                                   field="files")
     if total > max_bytes:
         raise PayloadTooLarge(f"stdin and files exceed {max_bytes} bytes", limit=max_bytes)
     return args, env, stdin, files

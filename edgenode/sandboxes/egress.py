@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgenode.egress import AddressPolicy, AllowList, HostPattern, normalise_host
+from edgenode.egress import FIELD_NAME, FIELD_VALUE, AddressPolicy, AllowList, HostPattern, normalise_host
 from edgenode.errors import EgressDenied, ValidationFailed
 from edgenode.threads import NET
 
@@ -47,9 +47,9 @@ MAX_HEADERS = 100
 MAX_CONNECTIONS = 64
 MAX_ALLOW_ENTRIES = 256
 _FIELD = "network.allow"
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = FIELD_NAME
 _TARGET = re.compile(r"[\x21-\x7e]+")
-_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_VALUE = FIELD_VALUE
 _VERSION = re.compile(r"HTTP/1\.[01]")
 _CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,15})(;[\t\x20-\x7e]*)?\r\n")
 #: Request headers that describe the client's connection to the proxy, not the request.
@@ -355,7 +355,7 @@ def _framing(headers: list[tuple[str, str]]) -> int:
     if len(lengths) > 1:
         raise _BadRequest("conflicting Content-Length headers")
     value = next(iter(lengths), "0")
-    if not value.isdigit() or len(value) > 15:
+    if not (value.isascii() and value.isdigit()) or len(value) > 15:  # "²" is a digit to str.isdigit
         raise _BadRequest("bad Content-Length")
     return int(value)
 
@@ -368,7 +368,8 @@ def _split_authority(target: str, default_port: int) -> tuple[str, int]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = target.rpartition(":") if ":" in target else (target, "", "")
-    if port_text and not port_text.isdigit():
+    if port_text and not (len(port_text) <= 5 and port_text.isascii() and port_text.isdigit()
+                          and 0 < int(port_text) < 65536):
         return "", 0
     return host, int(port_text) if port_text else default_port
 

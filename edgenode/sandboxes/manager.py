@@ -33,6 +33,7 @@ from edgenode.errors import (
     NotFound,
     Overloaded,
     SandboxCheckoutFailed,
+    SandboxNotFound,
     SandboxPortNotExposed,
     SandboxPortUnreachable,
     SandboxProcessNotFound,
@@ -902,10 +903,17 @@ class Sandboxes:
     async def port_backend(self, principal: Principal | None, ref: str, port: int) -> SandboxPortBackend:
         """A dialler into the sandbox for an exposed port: the owner's (``principal``), or anyone's for a
         public port (``principal`` None); the same 404 for what is not exposed and what is not public."""
-        record = await (self.store.get(principal.tenant, ref) if principal is not None else self.store.by_id(ref))
+        not_exposed = SandboxPortNotExposed(f"port {port} of this sandbox is not exposed")
+        if principal is not None:
+            record = await self.store.get(principal.tenant, ref)
+        else:  # a stranger learns no more of a missing sandbox than of one without this public port
+            try:
+                record = await self.store.by_id(ref)
+            except SandboxNotFound:
+                raise not_exposed from None
         ports = await self.store.ports(record.id)
         if port not in ports or (principal is None and not (ports[port] and self.settings.public_ports)):
-            raise SandboxPortNotExposed(f"port {port} of this sandbox is not exposed")
+            raise not_exposed
         runtime = self.runtimes.get(record.id)
         if runtime is None or not runtime.alive or runtime.guest.proc is None:
             raise SandboxPortUnreachable("the sandbox's processes are not running: start its server as a "

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge
 from edgenode.auth import validate_tenant
 from edgenode.cluster.hlc import Hlc
 from edgenode.cluster.ranges import RangeSet
-from edgenode.errors import DatabaseDamaged, DatabaseRefused, MalformedChanges, ValidationFailed
+from edgenode.errors import DatabaseDamaged, DatabaseRefused, MalformedChanges, TenantQuotaExceeded, ValidationFailed
 from edgenode.state.blocked import BlockedNamespaces
 from edgenode.state.health import NamespaceHealth
 from edgenode.state.merge import check_changes
@@ -238,9 +238,22 @@ class State:
 
     # -- running work on a namespace -------------------------------------------------
 
+    def _check_new_namespace(self, tenant: str, namespace: str) -> None:
+        """Refuse (429) a namespace that would be one more than the tenant may create; blocking (file checks)."""
+        cap = self.settings.max_namespaces_per_tenant
+        if cap <= 0 or self.path(tenant, namespace).exists():
+            return
+        tenant_dir = self.root / tenant
+        have = sum(1 for _ in tenant_dir.glob("*.db")) if tenant_dir.is_dir() else 0
+        if have >= cap:
+            raise TenantQuotaExceeded(f"this tenant has {cap} namespaces, as many as the node allows one tenant "
+                                      "(state.max_namespaces_per_tenant)", limit=cap, retry_after=60)
+
     def _with(self, tenant: str, namespace: str, fn: Callable[[Replica], T], *, create: bool = True,
               default: Any = None) -> T:
         validate_namespace(namespace)
+        if create:
+            self._check_new_namespace(tenant, namespace)
         with self.pool.lease(tenant, namespace, create=create) as replica:
             if replica is None:
                 return default  # type: ignore[no-any-return]
@@ -249,8 +262,12 @@ class State:
     async def _awith(self, tenant: str, namespace: str, fn: Callable[[Replica], Awaitable[T]], *,
                      create: bool = True, default: Any = None) -> T:
         validate_namespace(namespace)
-        replica = self.pool.acquire_open(tenant, namespace) or await run_blocking(
-            self.pool.acquire, tenant, namespace, create=create)
+        def acquire() -> Replica | None:
+            if create:
+                self._check_new_namespace(tenant, namespace)
+            return self.pool.acquire(tenant, namespace, create=create)
+
+        replica = self.pool.acquire_open(tenant, namespace) or await run_blocking(acquire)
         if replica is None:
             return default  # type: ignore[no-any-return]
         try:

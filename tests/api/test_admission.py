@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from edgenode.api.admission import Admission
+from edgenode.admission import Admission
 from edgenode.api.middleware import EdgeMiddleware
 from edgenode.config import Config
 from edgenode.errors import ValidationFailed
