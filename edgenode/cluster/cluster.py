@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json as _json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -215,6 +216,7 @@ class Cluster:
         self.members.describe_self = self._self_info
         await self.members.start()
         self._tasks.append(asyncio.create_task(self._peer_loop(), name="cluster-peers"))
+        self._tasks.append(asyncio.create_task(self._grow_loop(), name="cluster-stream-copies"))
         if self.fleet.shape == "clustered" and self.fleet.peer_urls and not self.fleet.routes:
             self._tasks.append(asyncio.create_task(self.fleet.resolve_later(self._ask_route),
                                                    name="cluster-resolve-peers"))
@@ -284,6 +286,25 @@ class Cluster:
             except Exception:
                 log.exception("peer table refresh failed")
             await asyncio.sleep(max(0.05, self.settings.heartbeat_interval_s))
+
+    async def _grow_loop(self) -> None:
+        """Raise the fleet's streams to ``stream_replicas`` copies as servers join: soon while some are
+        short (a fleet forming), then now and then (a stream made later, a server replaced)."""
+        assert self.transport is not None
+        delay, seen_up, quick = 1.0, -1, 0
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            try:
+                short = await self.transport.grow_streams()
+            except Exception as exc:  # noqa: BLE001 - JetStream not answering yet: the next round
+                log.debug("could not check the streams' copies", extra={"error": repr(exc)})
+                short = ["?"]
+            up = sum(1 for m in self.members.members() if self.members.healthy(m)) if self.members else 1
+            if up != seen_up:  # members came or went: their servers may take a few seconds to route
+                seen_up, quick = up, 15
+            quick -= 1
+            # Still short with the members unchanged for a while: fewer servers than copies wanted.
+            delay = 2.0 if short and quick > 0 else 30.0
 
     def route_answer(self) -> dict[str, Any]:
         """What ``GET /v1/peer/cluster/route`` tells a joining node: where to route to."""

@@ -193,6 +193,34 @@ class NatsTransport:
                     raise
         raise RuntimeError(f"could not create stream {full}")
 
+    async def grow_streams(self) -> list[str]:
+        """Give every stream of this fleet as many copies as the servers allow, up to ``replicas``.
+
+        A stream made while the fleet had fewer servers (the first node makes the members bucket
+        alone) keeps its one copy until someone asks for more; a node that keeps it alone takes
+        it along when it dies. Returns the streams still short of ``replicas`` (too few servers).
+        """
+        prefix = f"{self.stream_prefix}_".upper()
+        short: list[str] = []
+        for info in await self.jetstream.streams_info():
+            config = info.config
+            if not config.name or not config.name.startswith(prefix):
+                continue
+            have = int(config.num_replicas or 1)
+            for want in range(self.replicas, have, -1):
+                try:
+                    await self.jetstream.update_stream(config.evolve(num_replicas=want))
+                except APIError as exc:
+                    if exc.err_code not in _TOO_FEW_SERVERS:
+                        raise
+                    continue
+                log.info("stream copies raised", extra={"stream": config.name, "replicas": want, "was": have})
+                have = want
+                break
+            if have < self.replicas:
+                short.append(config.name)
+        return short
+
     async def stream_replicas(self, name: str) -> int:
         """How many replicas a stream has now."""
         info = await self.jetstream.stream_info(self.stream_name(name))

@@ -615,12 +615,7 @@ class Replicator:
         while True:
             await asyncio.sleep(10.0)
             with contextlib.suppress(Exception):
-                await self._measure()
-                if self._stream_state.get("replicas", 1) < self.settings.stream_replicas:
-                    members = self.cluster.members
-                    up = sum(1 for m in members.members() if members.healthy(m)) if members else 0
-                    if up > self._stream_state.get("replicas", 1):
-                        await self._ensure_stream()  # more servers now: more copies
+                await self._measure()  # (the cluster raises the stream's copies as servers join)
 
     def heartbeat_info(self) -> dict[str, Any]:
         """What this node's heartbeat says about replication."""

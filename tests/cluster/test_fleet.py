@@ -113,6 +113,39 @@ async def _publish_raw(port: int, subject: str, payloads: list[bytes]) -> None:
         await nc.close()
 
 
+async def _stream_copies(port: int) -> dict[str, int]:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
+    try:
+        return {i.config.name: int(i.config.num_replicas or 1) for i in await nc.jetstream().streams_info()
+                if i.config.name}
+    finally:
+        await nc.close()
+
+
+def test_every_fleet_stream_gets_three_copies(fleet: list[NodeProcess]) -> None:
+    # The first node made the members bucket (and others) while it was alone: one copy, which would
+    # die with it. Once the fleet has servers enough, every stream of the fleet is kept three times.
+    def three_each() -> dict[str, int] | None:
+        copies = asyncio.run(_stream_copies(_client_port(fleet[1])))
+        return copies if copies and all(n == 3 for n in copies.values()) else None
+
+    copies = wait_for(three_each, interval=0.5, message="every stream of the fleet to have three copies")
+    assert any("MEMBERS" in name for name in copies) and any("STATE" in name for name in copies)
+    # A stream of the fleet's made with one copy (as by a node alone) gets its copies too.
+    prefix = next(name for name in copies if name.endswith("_STATE")).removesuffix("_STATE")
+    asyncio.run(_add_stream(_client_port(fleet[2]), f"{prefix}_MADE_ALONE", "test.made-alone.>"))
+    wait_for(lambda: asyncio.run(_stream_copies(_client_port(fleet[3]))).get(f"{prefix}_MADE_ALONE") == 3,
+             interval=0.5, message="a stream made with one copy to get three")
+
+
+async def _add_stream(port: int, name: str, subject: str) -> None:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user=KEYS.client_user, password=KEYS.client_password)
+    try:
+        await nc.jetstream().add_stream(name=name, subjects=[subject], num_replicas=1)
+    finally:
+        await nc.close()
+
+
 def _client_port(node: NodeProcess) -> int:
     port: int = json.loads((node.data_dir / "nats" / "ports.json").read_text())["client"]
     return port
