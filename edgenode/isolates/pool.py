@@ -16,17 +16,20 @@ guests. So the pool keeps each tenant's recent guest CPU time (decaying, see
 :class:`GuestCpu`), and the work of a tenant that used more than an equal share of it
 runs on threads of a lower OS priority (``over_share_nice`` added to their nice value;
 Linux sets it per thread). Those threads keep their priority for good (an unprivileged
-process cannot raise it back), so the pool has two sets of threads; it still runs at
-most ``size`` guests at once. Where the priority cannot be lowered, every guest runs
-on the normal threads and :meth:`IsolatePool.priority_status` says why.
+process cannot raise it back), so the pool has two lanes of threads, all started with the
+pool by its creator (a thread inherits its creator's priority, so none may be born of a
+lowered one); it still runs at most ``size`` guests at once. Where the priority cannot be
+lowered, every guest runs on the normal lane and :meth:`IsolatePool.priority_status` says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +84,36 @@ class GuestCpu:
         return recent[key] > sum(recent.values()) / len(recent)
 
 
+class _Lane:
+    """Threads of one OS priority, all started at once by the creator of the lane, running what they are given."""
+
+    def __init__(self, name: str, count: int, on_start: Callable[[], None] | None = None) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._on_start = on_start
+        self._closed = False
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}_{i}", daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
+        while (work := self._work.get()) is not None:
+            work()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on one of the lane's threads; RuntimeError once the lane is shut down."""
+        if self._closed:
+            raise RuntimeError("the lane is shut down")
+        self._work.put(work)
+
+    def shutdown(self) -> None:
+        """Let the threads end once the work already given to them is done."""
+        self._closed = True
+        for _ in self._threads:
+            self._work.put(None)
+
+
 class IsolatePool:
     """Runs guest work on ``size`` threads with at most ``queue_depth`` invocations waiting."""
 
@@ -95,10 +128,9 @@ class IsolatePool:
         self.tenant_queue_depth = tenant_queue_depth
         self.over_share_nice = over_share_nice
         self.cpu = cpu or GuestCpu()
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="isolate")
-        self._low = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.size, thread_name_prefix="isolate-low", initializer=self._lower_priority)
         self._lock = threading.Lock()
+        self._normal = _Lane("isolate", self.size)
+        self._low = _Lane("isolate-low", self.size, self._lower_priority) if over_share_nice else None
         self.in_flight = 0
         self.rejected = 0
         #: Invocations started on the lower-priority threads.
@@ -147,9 +179,10 @@ class IsolatePool:
             if not future.set_running_or_notify_cancel():
                 self._done(key, started=True)
                 continue
-            low = self._priority_problem is None and self.cpu.over_share(key)
+            low = self._low is not None and self._priority_problem is None and self.cpu.over_share(key)
+            lane = self._low if low and self._low is not None else self._normal
             try:
-                (self._low if low else self._executor).submit(self._call, key, fn, future)
+                lane.submit(functools.partial(self._call, key, fn, future))
             except RuntimeError:
                 self._done(key, started=True)
                 future.set_exception(Overloaded("the isolate pool is shutting down", retry_after=1))
@@ -159,15 +192,19 @@ class IsolatePool:
     def _call(self, key: str, fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
         began = time.thread_time()
         try:
-            result = fn()
+            try:
+                result = fn()
+            finally:
+                # Counted before the caller hears back, so its next request is weighed with this one.
+                used = time.thread_time() - began
+                with self._lock:
+                    self.cpu.add(key, used)
         except BaseException as exc:
             future.set_exception(exc)
         else:
             future.set_result(result)
         finally:
-            used = time.thread_time() - began
             with self._lock:
-                self.cpu.add(key, used)
                 self._done(key, started=True)
                 self._dispatch()
 
@@ -202,5 +239,6 @@ class IsolatePool:
             for key, (_, future) in self._queue.drain():
                 if future.cancel():
                     self._done(key, started=False)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._low.shutdown(wait=False, cancel_futures=True)
+        self._normal.shutdown()
+        if self._low is not None:
+            self._low.shutdown()
