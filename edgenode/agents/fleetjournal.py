@@ -194,12 +194,27 @@ class FleetJournal:
                 log.info("the fleet's agent journal is not reachable yet", extra={"error": repr(exc)[:200]})
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+        await self._recover()
         self._tasks.append(asyncio.create_task(self._consume(), name="agents-fleet-consume"))
         self._tasks.append(asyncio.create_task(self._renew(), name="agents-fleet-renew"))
         self._tasks.append(asyncio.create_task(self._grow(), name="agents-fleet-replicas"))
         self.joined.set()
         self.engine.kick()
         log.info("joined the fleet's agent journal")
+
+    async def _recover(self) -> None:
+        """Re-read the runs this node was executing when it stopped: a change committed here but never
+        appended (the node died in between) must not stay in this copy."""
+        keys = await self.engine.db.read(lambda c: [r[0] for r in c.execute(
+            "SELECT r.key FROM runs r JOIN fleet_runs f ON f.key = r.key WHERE r.placement = 'fleet' "
+            "AND r.status IN ('pending', 'running') AND f.owner = ?", (self.node_id,))])
+        if keys:
+            log.info("re-reading the fleet runs this node was executing", extra={"runs": len(keys)})
+        for key in keys:
+            try:
+                await self.resync(key)
+            except Exception as exc:  # noqa: BLE001 - the consumer and a later claim bring it up to date
+                log.info("could not re-read a fleet run at start", extra={"run": key, "error": repr(exc)[:200]})
 
     async def _ensure_streams(self) -> Bucket:
         self.stream = await self.transport.stream(
