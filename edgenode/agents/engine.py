@@ -13,7 +13,9 @@ executed by whichever node holds its lease, and its journal is replicated
 an activation releases it unless the run is to go on here, and runs whose owner is gone
 are taken over. A local run is pinned to its node: it never needs the fleet, works cut off
 from it, and never fails over. A node without a fleet has only local runs and behaves as
-before fleets existed.
+before fleets existed. ``fleet`` is the default in a fleet because an agent's promise is
+that it finishes: losing a node must not lose its runs. ``local`` is the choice for work
+that must go on while the node is cut off (a fleet run cannot start then: 503).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Fleet runs: a replicated journal per run, ownership by lease, takeover, controls from any node.
 
 **The stream.** Every fleet run has one subject in the fleet stream ``AGENTS``
-(``<prefix>.agents.run.<hash of the run key>``). Each message is a *record*: the run's row
-as it is after a change, the journal entries that changed since the writer's previous
-record, and (when they changed) the run's events. The stream is the truth; each node's
+(``<prefix>.agents.run.<hash of the run key>``). Each message is a *record*
+(:mod:`edgenode.agents.records`): the run's row as it is after a change, the journal
+entries that changed since the writer's previous record, and (when they changed) the
+run's events. The stream is the truth; each node's
 SQLite journal is its applied copy, fed by one durable consumer per node, and replay reads
 that copy exactly as it does for a local run. So ``GET /v1/agents/runs``, the approvals page
 and a run's history answer from any node, and every node knows every parked run's timer.
@@ -62,7 +63,8 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from edgenode.agents.lease import WRONG_LAST_SEQUENCE, Lease, Leases, token
-from edgenode.agents.store import TERMINAL, get_run
+from edgenode.agents.records import apply_record, build_record
+from edgenode.agents.store import TERMINAL
 from edgenode.cluster.transport import Bucket, NatsTransport, dumps
 from edgenode.errors import EdgenodeError, RunFenced, Unavailable
 
@@ -78,69 +80,6 @@ LEASES = "LEASES"
 BATCH = 256
 #: Tries of one append that is not answered (each bounded by the transport's request timeout).
 APPEND_ATTEMPTS = 3
-#: Journal columns a record carries, in order.
-ENTRY_COLUMNS = ("position", "kind", "name", "request", "result", "status", "attempts", "created_at", "updated_at")
-EVENT_COLUMNS = ("type", "payload", "sender", "created_at", "consumed_position")
-
-
-def build_record(conn: sqlite3.Connection, key: str, since: int, *, events: bool,
-                 with_input: bool) -> tuple[dict[str, Any], int]:
-    """The record of run ``key`` now: its row, entries changed after run-log ``since``; and the new mark."""
-    row = get_run(conn, key)
-    if row is None:
-        raise Unavailable(f"run {key} is not in this node's copy")
-    run = {name: row[name] for name in row.keys()}
-    if not with_input:
-        del run["input"]
-    mark = conn.execute("SELECT MAX(seq) FROM run_log WHERE run_key = ?", (key,)).fetchone()[0] or since
-    positions = [r[0] for r in conn.execute(
-        "SELECT DISTINCT position FROM run_log WHERE run_key = ? AND seq > ? AND kind = 'journal'", (key, since))]
-    marks = ",".join("?" * len(positions))
-    entries = [list(r) for r in conn.execute(
-        f"SELECT {', '.join(ENTRY_COLUMNS)} FROM journal WHERE run_id = ? AND position IN ({marks}) "
-        "ORDER BY position", (key, *positions))] if positions else []
-    record: dict[str, Any] = {"v": 1, "key": key, "run": run, "entries": entries}
-    if events:
-        record["events"] = [list(r) for r in conn.execute(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY id", (key,))]
-    return record, mark
-
-
-def apply_record(conn: sqlite3.Connection, record: dict[str, Any], seq: int, *, node_id: str,
-                 run_columns: frozenset[str], own: bool = False) -> bool:
-    """Apply one record at stream ``seq`` to this node's copy (once; older ones are skipped).
-
-    A record this node wrote itself is already in its copy (committed before the append) and
-    only moves the bookkeeping on, unless ``own`` (a re-read after a refused append).
-    """
-    key = record["key"]
-    done = conn.execute("SELECT seq FROM fleet_runs WHERE key = ?", (key,)).fetchone()
-    if done is not None and done[0] >= seq:
-        return False
-    if own or record.get("node") != node_id:
-        run = {k: v for k, v in record["run"].items() if k in run_columns}
-        run["key"] = key
-        names = list(run)
-        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "key")
-        conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
-                     f"ON CONFLICT (key) DO UPDATE SET {updates}", [run[n] for n in names])
-        for entry in record.get("entries") or []:
-            conn.execute(
-                f"""INSERT INTO journal (run_id, {', '.join(ENTRY_COLUMNS)}) VALUES (?, {', '.join('?' * 9)})
-                    ON CONFLICT (run_id, position) DO UPDATE SET kind = excluded.kind, name = excluded.name,
-                    request = excluded.request, result = excluded.result, status = excluded.status,
-                    attempts = excluded.attempts, updated_at = excluded.updated_at""", (key, *entry))
-        if record.get("events") is not None:
-            conn.execute("DELETE FROM events WHERE run_id = ?", (key,))
-            for event in record["events"]:
-                conn.execute(f"INSERT INTO events (run_id, {', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
-                             (key, *event))
-    conn.execute("INSERT INTO fleet_runs (key, seq, owner, fence) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
-                 "SET seq = excluded.seq, owner = excluded.owner, fence = excluded.fence",
-                 (key, seq, record.get("node"), int(record.get("fence") or 0)))
-    return True
-
-
 class FleetJournal:
     """This node's side of fleet runs: leases it holds, its appends, its applied copy, forwarded controls."""
 
@@ -194,12 +133,27 @@ class FleetJournal:
                 log.info("the fleet's agent journal is not reachable yet", extra={"error": repr(exc)[:200]})
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+        await self._recover()
         self._tasks.append(asyncio.create_task(self._consume(), name="agents-fleet-consume"))
         self._tasks.append(asyncio.create_task(self._renew(), name="agents-fleet-renew"))
         self._tasks.append(asyncio.create_task(self._grow(), name="agents-fleet-replicas"))
         self.joined.set()
         self.engine.kick()
         log.info("joined the fleet's agent journal")
+
+    async def _recover(self) -> None:
+        """Re-read the runs this node was executing when it stopped: a change committed here but never
+        appended (the node died in between) must not stay in this copy."""
+        keys = await self.engine.db.read(lambda c: [r[0] for r in c.execute(
+            "SELECT r.key FROM runs r JOIN fleet_runs f ON f.key = r.key WHERE r.placement = 'fleet' "
+            "AND r.status IN ('pending', 'running') AND f.owner = ?", (self.node_id,))])
+        if keys:
+            log.info("re-reading the fleet runs this node was executing", extra={"runs": len(keys)})
+        for key in keys:
+            try:
+                await self.resync(key)
+            except Exception as exc:  # noqa: BLE001 - the consumer and a later claim bring it up to date
+                log.info("could not re-read a fleet run at start", extra={"run": key, "error": repr(exc)[:200]})
 
     async def _ensure_streams(self) -> Bucket:
         self.stream = await self.transport.stream(

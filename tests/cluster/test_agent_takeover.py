@@ -399,6 +399,7 @@ def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects])
     _restart(n3, [n1, n2])
     # The old owner's copy catches up from the stream: the run it lost is completed there too.
     wait_for(lambda: _status(n3, "a", "completed"), timeout=60, message="the restarted node's copy")
+    assert _once_each(n3, "a") == _once_each(n1, "a")
 
 
 def test_kill_9_of_the_owner_during_the_model_call(setup: tuple[list[NodeProcess], Effects]) -> None:
