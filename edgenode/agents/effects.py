@@ -245,8 +245,12 @@ class Effects:
         """After a step that may change files, before it is journaled: checkpoint the sandbox into the fleet.
 
         Best effort: a failed checkpoint is logged and counted (``checkpoints.failed`` in the
-        sandboxes' status), never the step's failure. Outside a fleet it does nothing.
+        sandboxes' status), never the step's failure. Outside a fleet it does nothing; nor on a
+        node that has lost the run's lease (the new owner's checkpoints are the ones that count).
         """
+        fleet = self.engine.fleet
+        if act.fleet and fleet is not None and fleet.lost(act.key):
+            return
         self.engine.run_async(lambda: sandboxes.checkpoints.after_step(self._principal(act), ref))
 
     def _tool_sandbox_exec(self, act: Activation, name: str, request: dict[str, Any]) -> Any:

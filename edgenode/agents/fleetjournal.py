@@ -54,10 +54,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from edgenode.auth import Principal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STREAM = "AGENTS"
 LEASES = "LEASES"
@@ -136,7 +138,6 @@ class FleetJournal:
         await self._recover()
         self._tasks.append(asyncio.create_task(self._consume(), name="agents-fleet-consume"))
         self._tasks.append(asyncio.create_task(self._renew(), name="agents-fleet-renew"))
-        self._tasks.append(asyncio.create_task(self._grow(), name="agents-fleet-replicas"))
         self.joined.set()
         self.engine.kick()
         log.info("joined the fleet's agent journal")
@@ -159,17 +160,6 @@ class FleetJournal:
         self.stream = await self.transport.stream(
             STREAM, [self.transport.subject("agents", "run", ">")], allow_direct=True, discard=api.DiscardPolicy.NEW)
         return await self.transport.bucket(LEASES, ttl_s=max(60.0, 6 * self.ttl_s))
-
-    async def _grow(self) -> None:
-        """More copies of the journal and the leases once more servers have joined (the first node made them)."""
-        while True:
-            with contextlib.suppress(Exception):
-                replicas = min(await self.transport.stream_replicas(STREAM),
-                               await self.transport.stream_replicas(f"KV_{LEASES}"))
-                if replicas >= self.transport.replicas:
-                    return
-                await self._ensure_streams()
-            await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
         """Release the leases still held (another node takes those runs at once), stop the tasks."""
@@ -494,7 +484,7 @@ class FleetJournal:
         await self.ready()
         assert self.leases is not None
         for _ in range(3):
-            if await self.claim(key):
+            if await self._through_elections(lambda: self.claim(key)):
                 try:
                     result = await here()
                 finally:
@@ -504,7 +494,7 @@ class FleetJournal:
             finished = await self.engine.db.read(lambda c: not _wanted(c, key, self._now(), False))
             if finished:
                 return await here()  # finished meanwhile: the control says so (run_finished)
-            holder, _ = await self.leases.holder(key)
+            holder, _ = await self._through_elections(functools.partial(self.leases.holder, key))
             if holder is None or holder.node is None or holder.node == self.node_id:
                 continue  # freed meanwhile: claim again
             if forwarded:
@@ -523,6 +513,24 @@ class FleetJournal:
                 raise remote_error(reply["error"])
             return reply.get("ok")
         raise Unavailable(f"run {key.split('/', 1)[1]} is busy on another node; try again", retry_after=1)
+
+    async def _through_elections(self, call: Callable[[], Awaitable[T]], patience_s: float = 20.0) -> T:
+        """``call()``, tried again while JetStream does not answer (a stream electing its leader after
+        a server's loss takes a few seconds); Unavailable (503, Retry-After) past ``patience_s``."""
+        deadline = time.monotonic() + patience_s
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (TimeoutError, NatsError) as exc:
+                if isinstance(exc, APIError) and exc.code is not None and exc.code < 500:
+                    raise  # a refusal, not an absence
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"the fleet's journal does not answer ({type(exc).__name__}); try again",
+                                      retry_after=2) from exc
+                log.debug("journal not answering, trying again", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     async def _on_control(self, msg: Msg) -> None:
         from edgenode.agents import controls

@@ -72,6 +72,19 @@ def run(ctx, input):
 """
 
 
+BOX = """
+def run(ctx, input):
+    box = input["box"]
+    ctx.sandbox_write(box, "plan.txt", "written before the kill")
+    built = ctx.sandbox_exec(box, "mkdir notes && mv plan.txt notes/ && echo built > out.txt"
+                                  " && chmod +x out.txt && echo ok")
+    decision = ctx.approval("keep?", {"box": box})
+    # Read back on whichever node runs this now: the workspace followed the run.
+    listing = ctx.sandbox_exec(box, "cat notes/plan.txt; echo; cat out.txt; test -x out.txt && echo executable")
+    return {"approved": decision.approved, "built": built["stdout"], "listing": listing["stdout"]}
+"""
+
+
 class Effects:
     """Records side effects by idempotency key; holds a key's first call while the key is in ``hold``.
 
@@ -152,8 +165,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeP
                 deploy(c, "nap", NAP)
                 deploy(c, "kid", "def run(ctx, input):\n    return ctx.wait_for_event('go')\n")
                 deploy(c, "boss", "def run(ctx, input):\n    return ctx.call_agent('kid', input)\n")
+                deploy(c, "box", BOX)
             for n in nodes:
-                for agent in ("shop", "nap", "kid", "boss"):
+                for agent in ("shop", "nap", "kid", "boss", "box"):
                     wait_for(lambda n=n, a=agent: _get(n, f"/v1/agents/{a}").status_code == 200,
                              message="the deployments")
             yield nodes, effects
@@ -454,3 +468,31 @@ def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effect
     for node in (n1, n2):
         _once_each(node, "c")
     _recorded_once(n1, "c")
+
+
+def test_kill_9_of_the_first_node_while_parked_its_sandbox_files_follow_the_run(
+        setup: tuple[list[NodeProcess], Effects]) -> None:
+    nodes, _ = setup
+    n1, n2, n3 = nodes
+    if n3.proc is None or n3.proc.poll() is not None:
+        _restart(n3, [n1, n2])  # the previous test left it dead; three servers keep a quorum after the kill
+    # The first node made the fleet's streams alone; every one of them has three copies by now.
+    wait_for(lambda: all(n == 3 for name, n in asyncio.run(_stream_replicas(_port(n2))).items()
+                         if name.startswith(("EDGENODE", "EDN")) and "TEST" not in name),
+             timeout=60, message="every fleet stream on three servers")
+    with n1.client() as c:
+        r = c.post("/v1/sandboxes", json={"name": "keeper"})
+        assert r.status_code == 201, r.text
+        box = r.json()["id"]
+        r = c.post("/v1/agents/box/runs", json={"id": "s", "input": {"box": box}})
+        assert r.status_code == 201 and r.json()["placement"] == "fleet", r.text
+    wait_for(lambda: _status(n2, "s", "waiting"), timeout=60, message="the sandbox run to park, seen on n2")
+    wait_for(lambda: _get(n2, f"/v1/sandboxes/{box}/checkpoints").status_code == 200, timeout=60,
+             message="the sandbox's checkpoint, seen on n2")
+    n1.kill()  # the first node: its HTTP URL was every other node's peer
+    run = _finish_elsewhere([n2, n3], "s")
+    assert run["output"]["approved"] is True and run["output"]["built"].strip() == "ok"
+    assert run["output"]["listing"].split() == ["written", "before", "the", "kill", "built", "executable"]
+    journal = _get(n3, "/v1/agents/runs/s/history").json()["journal"]
+    assert [(e["kind"], e["status"]) for e in journal] == [
+        ("tool.sandbox_write", "ok"), ("tool.sandbox_exec", "ok"), ("approval", "ok"), ("tool.sandbox_exec", "ok")]
