@@ -76,6 +76,10 @@ def test_two_nodes_share_tokens_through_their_fleet_control(world: tuple[LoopThr
             return False
 
         wait_for(revoked, message="the revocation on a")
+        # Every record b published applied on a and its stamp recorded (the revocation holds a moment
+        # before that bookkeeping is written; a stop in between replays the record at the next start).
+        wait_for(lambda: ca.status()["control"]["applied"] >= cb.status()["control"]["published"] >= 1,
+                 message="a to record what it applied")
         status = cb.status()
         assert status["joined"] and status["control"]["caught_up"] and status["refbus"] is not None
         # a restarts on its data (its ledger now knows fleet.db) and replays to the same answer
