@@ -230,8 +230,15 @@ def _finish_elsewhere(nodes: list[NodeProcess], run_id: str) -> dict[str, Any]:
     a, b = nodes
     wait_for(lambda: _status(a, run_id, "waiting"), timeout=60, message=f"{run_id} to wait for approval")
     with a.client() as c:
-        r = c.post(f"/v1/agents/runs/{run_id}/approve", json={"comment": "ok"})
-        assert r.status_code == 200, r.text
+        def approved() -> bool:
+            # 503 with Retry-After while the dead owner's lease runs out: a client tries again.
+            r = c.post(f"/v1/agents/runs/{run_id}/approve", json={"comment": "ok"})
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                time.sleep(float(r.headers.get("retry-after", "1")))
+            return r.status_code == 200
+
+        wait_for(approved, timeout=60, message=f"the approval of {run_id} to be taken")
     run: dict[str, Any] = wait_for(lambda: _status(b, run_id, "completed"), timeout=60,
                                    message=f"{run_id} to complete")
     return run
