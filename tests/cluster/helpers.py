@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,29 @@ def start_fleet(root: Path, count: int, *, env: dict[str, str] | None = None,
             n.kill()
         raise
     return nodes
+
+
+@contextlib.contextmanager
+def running_fleet(root: Path, count: int, *, env: dict[str, str] | None = None) -> Iterator[list[NodeProcess]]:
+    """``count`` nodes (:func:`start_fleet`), each listing all as healthy members; stopped afterwards."""
+    nodes = start_fleet(root, count, env=env)
+    try:
+        wait_members(nodes)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def run_status(node: NodeProcess, run_id: str, *statuses: str) -> dict[str, Any] | None:
+    """Agent run ``run_id`` as ``node`` shows it, if it has one of ``statuses``; a failed or blocked run
+    (when not among them) fails the test at once, with its error, rather than at a wait's bound."""
+    with node.client() as c:
+        r = c.get(f"/v1/agents/runs/{run_id}")
+    run: dict[str, Any] | None = r.json() if r.status_code == 200 else None
+    if run is not None and run["status"] in ("failed", "blocked") and run["status"] not in statuses:
+        raise AssertionError(f"run {run_id} is {run['status']}: {run['error']}")
+    return run if run is not None and run["status"] in statuses else None
 
 
 def cluster(node: NodeProcess) -> dict[str, Any]:

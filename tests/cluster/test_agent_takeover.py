@@ -30,7 +30,7 @@ from edgenode.cluster.transport import NatsTransport
 from tests.agents.helpers import FAST as AGENTS_FAST
 from tests.agents.helpers import deploy
 from tests.agents.model_servers import ModelServer
-from tests.cluster.helpers import KEYS, start_fleet, wait_members
+from tests.cluster.helpers import KEYS, run_status, start_fleet, wait_members
 from tests.support import NodeProcess, wait_for
 
 AGENT = """
@@ -206,12 +206,6 @@ def _run(node: NodeProcess, run_id: str) -> dict[str, Any] | None:
     return r.json() if r.status_code == 200 else None
 
 
-def _status(node: NodeProcess, run_id: str, *statuses: str) -> dict[str, Any] | None:
-    run = _run(node, run_id)
-    if run is not None and run["status"] in ("failed", "blocked") and run["status"] not in statuses:
-        raise AssertionError(f"run {run_id} is {run['status']}: {run['error']}")  # fail now, not at the bound
-    return run if run is not None and run["status"] in statuses else None
-
 
 def _fleet(node: NodeProcess) -> dict[str, Any]:
     data: dict[str, Any] = _get(node, "/v1/status").json()["capabilities"]["agents"]["fleet"]
@@ -228,7 +222,7 @@ def _start(node: NodeProcess, effects: Effects, run_id: str) -> None:
 def _finish_elsewhere(nodes: list[NodeProcess], run_id: str) -> dict[str, Any]:
     """Approve on one survivor once the run waits there; the run completes, seen from the other."""
     a, b = nodes
-    wait_for(lambda: _status(a, run_id, "waiting"), timeout=60, message=f"{run_id} to wait for approval")
+    wait_for(lambda: run_status(a, run_id, "waiting"), timeout=60, message=f"{run_id} to wait for approval")
     with a.client() as c:
         def approved() -> bool:
             # 503 with Retry-After while the dead owner's lease runs out: a client tries again.
@@ -239,7 +233,7 @@ def _finish_elsewhere(nodes: list[NodeProcess], run_id: str) -> dict[str, Any]:
             return r.status_code == 200
 
         wait_for(approved, timeout=60, message=f"the approval of {run_id} to be taken")
-    run: dict[str, Any] = wait_for(lambda: _status(b, run_id, "completed"), timeout=60,
+    run: dict[str, Any] = wait_for(lambda: run_status(b, run_id, "completed"), timeout=60,
                                    message=f"{run_id} to complete")
     return run
 
@@ -297,14 +291,14 @@ def test_a_former_owner_that_lost_its_lease_cannot_append(setup: tuple[list[Node
     n3.signal(signal.SIGSTOP)
     try:
         # Paused past its lease: another node takes the run over and runs the step again.
-        wait_for(lambda: _status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
+        wait_for(lambda: run_status(n1, "f", "waiting"), timeout=60, message="f to be taken over and park")
         assert effects.calls["f:charge"] == 2
         gate.set()  # the paused owner's step now finishes; it offers the result when it wakes
     finally:
         n3.signal(signal.SIGCONT)
     wait_for(lambda: _fleet(n3)["appends_refused"] > refused, timeout=60, message="the stale append to be refused")
     # It stopped the run locally and re-read its copy: the run waits for approval, as on the others.
-    wait_for(lambda: _status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
+    wait_for(lambda: run_status(n3, "f", "waiting"), timeout=60, message="the former owner's copy")
     assert _get(n3, "/v1/status").json()["capabilities"]["agents"]["active"] == 0
     run = _finish_elsewhere([n3, n2], "f")
     assert run["output"]["charge"] == {"key": "f:charge", "call": 2}
@@ -327,7 +321,7 @@ def test_a_cancel_sent_elsewhere_reaches_the_node_running_the_run(
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     assert _fleet(n1)["forwarded"] == forwarded + 1
     gate.set()
-    wait_for(lambda: _status(n2, "k", "cancelled"), message="the cancel seen on a third node")
+    wait_for(lambda: run_status(n2, "k", "cancelled"), message="the cancel seen on a third node")
     wait_for(lambda: _fleet(n3)["held"] == 0, message="the owner to let the run go")
     with n2.client() as c:
         again = c.post("/v1/agents/runs/k/cancel")
@@ -377,11 +371,11 @@ def test_a_local_run_stays_on_its_node(setup: tuple[list[NodeProcess], Effects])
         assert r.status_code == 201 and r.json()["placement"] == "local", r.text
         bad = c.post("/v1/agents/shop/runs", json={"placement": "everywhere"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_failed"
-    wait_for(lambda: _status(n2, "pinned", "waiting"), message="the pinned run to park")
+    wait_for(lambda: run_status(n2, "pinned", "waiting"), message="the pinned run to park")
     assert _run(n1, "pinned") is None  # never replicated
     with n2.client() as c:
         assert c.post("/v1/agents/runs/pinned/approve", json={}).status_code == 200
-    wait_for(lambda: _status(n2, "pinned", "completed"), message="the pinned run to complete")
+    wait_for(lambda: run_status(n2, "pinned", "completed"), message="the pinned run to complete")
 
 
 def test_cancelling_a_parent_on_another_node_cancels_its_sub_agent(
@@ -391,13 +385,13 @@ def test_cancelling_a_parent_on_another_node_cancels_its_sub_agent(
     with n2.client() as c:
         assert c.post("/v1/agents/boss/runs", json={"id": "boss"}).status_code == 201
     # The sub-agent's run is a fleet run of its own, replicated like its parent.
-    kid = wait_for(lambda: _status(n3, "boss.0", "waiting"), message="the sub-agent to wait, seen on n3")
+    kid = wait_for(lambda: run_status(n3, "boss.0", "waiting"), message="the sub-agent to wait, seen on n3")
     assert kid["placement"] == "fleet" and kid["parent_id"] == "boss"
     with n1.client() as c:
         r = c.post("/v1/agents/runs/boss/cancel")
         assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
-    wait_for(lambda: _status(n3, "boss.0", "cancelled"), message="the sub-agent cancelled with its parent")
-    assert _status(n2, "boss", "cancelled")
+    wait_for(lambda: run_status(n3, "boss.0", "cancelled"), message="the sub-agent cancelled with its parent")
+    assert run_status(n2, "boss", "cancelled")
 
 
 def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects]) -> None:
@@ -419,7 +413,7 @@ def test_kill_9_of_the_owner_in_a_step(setup: tuple[list[NodeProcess], Effects])
     _recorded_once(n1, "a")
     _restart(n3, [n1, n2])
     # The old owner's copy catches up from the stream: the run it lost is completed there too.
-    wait_for(lambda: _status(n3, "a", "completed"), timeout=60, message="the restarted node's copy")
+    wait_for(lambda: run_status(n3, "a", "completed"), timeout=60, message="the restarted node's copy")
     assert _once_each(n3, "a") == _once_each(n1, "a")
 
 
@@ -446,10 +440,10 @@ def test_a_timer_fires_once_when_the_node_that_set_it_is_gone(setup: tuple[list[
     with n3.client() as c:
         r = c.post("/v1/agents/nap/runs", json={"id": "t", "input": {"effects": effects.url, "id": "t", "s": 3}})
         assert r.status_code == 201, r.text
-    wait_for(lambda: _status(n1, "t", "waiting"), message="the timer set, seen on another node")
+    wait_for(lambda: run_status(n1, "t", "waiting"), message="the timer set, seen on another node")
     n3.kill()
     # Both survivors see the timer due in their copy; the lease lets exactly one of them fire it.
-    run = wait_for(lambda: _status(n2, "t", "completed"), timeout=60, message="the timer to fire elsewhere")
+    run = wait_for(lambda: run_status(n2, "t", "completed"), timeout=60, message="the timer to fire elsewhere")
     assert run["output"] == {"key": "t:after", "call": 1} and effects.calls["t:after"] == 1
     for node in (n1, n2):
         journal = _get(node, "/v1/agents/runs/t/history").json()["journal"]
@@ -461,7 +455,7 @@ def test_kill_9_of_the_owner_while_parked(setup: tuple[list[NodeProcess], Effect
     nodes, effects = setup
     n1, n2, n3 = nodes
     _start(n3, effects, "c")
-    wait_for(lambda: _status(n3, "c", "waiting"), message="c to park")
+    wait_for(lambda: run_status(n3, "c", "waiting"), message="c to park")
     # Parked: no lease held for it anywhere, and every node lists it and its approval.
     wait_for(lambda: _fleet(n3)["held"] == 0, message="the parked run's lease to be released")
     for node in (n1, n2):
@@ -493,7 +487,7 @@ def test_kill_9_of_the_first_node_while_parked_its_sandbox_files_follow_the_run(
         box = r.json()["id"]
         r = c.post("/v1/agents/box/runs", json={"id": "s", "input": {"box": box}})
         assert r.status_code == 201 and r.json()["placement"] == "fleet", r.text
-    wait_for(lambda: _status(n2, "s", "waiting"), timeout=60, message="the sandbox run to park, seen on n2")
+    wait_for(lambda: run_status(n2, "s", "waiting"), timeout=60, message="the sandbox run to park, seen on n2")
     wait_for(lambda: _get(n2, f"/v1/sandboxes/{box}/checkpoints").status_code == 200, timeout=60,
              message="the sandbox's checkpoint, seen on n2")
     n1.kill()  # the first node: its HTTP URL was every other node's peer

@@ -23,7 +23,7 @@ from edgenode.fleet.buckets import BlobStore
 from edgenode.fleet.control import SIGNING_DOMAIN
 from tests.agents.helpers import FAST as AGENTS_FAST
 from tests.agents.helpers import deploy, start, wait_status
-from tests.cluster.helpers import KEYS, SECRET, start_fleet, wait_members
+from tests.cluster.helpers import KEYS, SECRET, running_fleet
 from tests.sandboxes.conftest import assert_error, run
 from tests.support import NodeProcess, wait_for
 
@@ -44,13 +44,8 @@ DESCRIBE = ("find . -path ./pipe -prune -o -print | sort | while read p; do "
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    nodes = start_fleet(tmp_path_factory.mktemp("checkpoints"), 2, env=AGENTS_FAST)
-    try:
-        wait_members(nodes)
+    with running_fleet(tmp_path_factory.mktemp("checkpoints"), 2, env=AGENTS_FAST) as nodes:
         yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,39 +6,20 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.agents.helpers import FAST as AGENTS_FAST
 from tests.agents.test_maintainer import EXAMPLE, seed
-from tests.cluster.helpers import start_fleet, wait_members
+from tests.cluster.helpers import run_status, running_fleet
 from tests.support import NodeProcess, wait_for
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
     env = {**AGENTS_FAST, "EDGENODE_AGENTS_LEASE_TTL_S": "2", "EDGENODE_EGRESS_ALLOW_NETWORKS": "127.0.0.0/8"}
-    nodes = start_fleet(tmp_path_factory.mktemp("maintainer"), 3, env=env)
-    try:
-        wait_members(nodes)
+    with running_fleet(tmp_path_factory.mktemp("maintainer"), 3, env=env) as nodes:
         yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
-
-
-def _run(node: NodeProcess, run_id: str) -> dict[str, Any] | None:
-    with node.client() as c:
-        r = c.get(f"/v1/agents/runs/{run_id}")
-        return r.json() if r.status_code == 200 else None
-
-
-def _status(node: NodeProcess, run_id: str, *statuses: str) -> dict[str, Any] | None:
-    run = _run(node, run_id)
-    if run is not None and run["status"] in ("failed", "blocked") and run["status"] not in statuses:
-        raise AssertionError(f"run {run_id} is {run['status']}: {run['error']}")
-    return run if run is not None and run["status"] in statuses else None
 
 
 def test_the_maintainer_survives_losing_its_node_and_still_pushes(fleet: list[NodeProcess], tmp_path: Path) -> None:
@@ -49,9 +30,9 @@ def test_the_maintainer_survives_losing_its_node_and_still_pushes(fleet: list[No
         seed(c, "calc")
         r = c.post("/v1/agents/maintainer/runs", json={"id": "m", "input": {"repo": "calc", "fork": "calc-fix"}})
         assert r.status_code == 201 and r.json()["placement"] == "fleet", r.text
-    wait_for(lambda: ((_status(n3, "m", "waiting") or {}).get("waiting") or {}).get("kind") == "approval",
+    wait_for(lambda: ((run_status(n3, "m", "waiting") or {}).get("waiting") or {}).get("kind") == "approval",
              timeout=120, message="the maintainer to wait for approval")
-    wait_for(lambda: ((_status(n1, "m", "waiting") or {}).get("waiting") or {}).get("kind") == "approval",
+    wait_for(lambda: ((run_status(n1, "m", "waiting") or {}).get("waiting") or {}).get("kind") == "approval",
              timeout=60, message="the parked run seen on n1")
     n3.kill()
     with n1.client() as c:
@@ -61,7 +42,7 @@ def test_the_maintainer_survives_losing_its_node_and_still_pushes(fleet: list[No
             return r.status_code == 200
 
         wait_for(approved, timeout=60, interval=1.0, message="the approval to be taken")
-    done = wait_for(lambda: _status(n2, "m", "completed"), timeout=120, message="the run to complete elsewhere")
+    done = wait_for(lambda: run_status(n2, "m", "completed"), timeout=120, message="the run to complete elsewhere")
     out = done["output"]
     assert out["status"] == "merge_request", out
     # Real git against a survivor: the fork's branch has the fix on top of main.
