@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dulwich.errors import NotGitRepository
 from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -108,8 +109,12 @@ class RepoStore:
 
     @contextmanager
     def open(self, info: RepoInfo) -> Iterator[Repo]:
-        """A dulwich ``Repo`` for ``info``, closed afterwards."""
-        repo = Repo(str(info.path))
+        """A dulwich ``Repo`` for ``info``, closed afterwards; ArtifactNotFound while its directory is not there
+        yet (its row is written first, under the repository's lock, and the directory made right after)."""
+        try:
+            repo = Repo(str(info.path))
+        except NotGitRepository:
+            raise ArtifactNotFound(f"repository {info.name!r} is not there yet; try again", repo=info.name) from None
         try:
             yield repo
         finally:

@@ -191,22 +191,23 @@ class IsolatePool:
 
     def _call(self, key: str, fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
         began = time.thread_time()
+        result: Any = None
+        error: BaseException | None = None
         try:
-            try:
-                result = fn()
-            finally:
-                # Counted before the caller hears back, so its next request is weighed with this one.
-                used = time.thread_time() - began
-                with self._lock:
-                    self.cpu.add(key, used)
+            result = fn()
         except BaseException as exc:
-            future.set_exception(exc)
+            error = exc
+        # The CPU is counted and the thread given back before the caller hears back, so its next
+        # request is weighed with this one and finds this thread free (not a spurious 503).
+        used = time.thread_time() - began
+        with self._lock:
+            self.cpu.add(key, used)
+            self._done(key, started=True)
+            self._dispatch()
+        if error is not None:
+            future.set_exception(error)
         else:
             future.set_result(result)
-        finally:
-            with self._lock:
-                self._done(key, started=True)
-                self._dispatch()
 
     def _done(self, key: str, *, started: bool) -> None:
         self.in_flight -= 1

@@ -183,6 +183,8 @@ def test_repository_tokens_replicate_and_their_revocation_too(fleet: Fleet) -> N
     token = _mint(fleet, a.node.artifacts.tokens.issue("acme", "site", "read", 600))
     wait_for(lambda: _repo_token_ok(b, token.token), message="the repository token on b")
     assert b.node.artifacts.tokens.check_sync("acme", "site", token.token) == (token.id, "read")
+    # c revokes it: c must know the token first (a node refuses to revoke a token it has never seen).
+    wait_for(lambda: _repo_token_ok(c, token.token), message="the repository token on c")
     fleet.run(c.node.artifacts.tokens.revoke("acme", "site", token.id))
     wait_for(lambda: _repo_token_revoked(a, token.token), message="the revocation on a")
 

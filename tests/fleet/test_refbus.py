@@ -17,6 +17,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from edgenode.api import build_app
 from edgenode.config import Config
+from edgenode.errors import ArtifactNotFound
 from edgenode.fleet.control import MIGRATIONS
 from edgenode.fleet.git import RefBus
 from edgenode.node import Node
@@ -87,9 +88,12 @@ def _head(s: Served, repo: str, branch: str = "main") -> str | None:
     info = s.node.artifacts.repos.find_sync("default", repo)
     if info is None:
         return None
-    with s.node.artifacts.repos.open(info) as r:
-        value = r.refs.as_dict().get(f"refs/heads/{branch}".encode())
-        return None if value is None else value.decode()
+    try:
+        with s.node.artifacts.repos.open(info) as r:
+            value = r.refs.as_dict().get(f"refs/heads/{branch}".encode())
+            return None if value is None else value.decode()
+    except ArtifactNotFound:  # listed, its directory being made
+        return None
 
 
 def test_a_node_joining_late_fetches_the_objects_from_a_holder_when_the_writer_is_gone(
